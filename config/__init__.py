@@ -1,0 +1,1 @@
+"""Carina settings, example configurations and the OpenAPI contract."""

@@ -1,0 +1,1 @@
+"""Carina's queued functions and the pure logic they use."""

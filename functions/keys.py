@@ -1,0 +1,131 @@
+"""Every Redis key Carina uses, and nothing else: the single owner of key names.
+
+Any module that reads or writes Redis builds its key names here, so a reader finds
+the whole state model in one place. All keys share the `carina:` prefix; RQ's own
+keys (`rq:*`) are RQ's business.
+
+State model (hashes are the source of truth, streams are the event log):
+- services:            set of service names
+- service(s):          hash name, class, token_hash, created
+- service_key(s):      hash private (PEM), public (OpenSSH) -- the controller key
+- token(h):            string service name, looked up by sha256(token)
+- admin_token:         string sha256 of the admin token
+- config(s):           hash current (normalized JSON), source (raw text), kind, uploaded_at
+- vm_files(s):         hash filename -> .vm template text
+- context_files(s):    hash filename -> context file bytes
+- env_seq / job_seq:   global counters (ids are unique across services)
+- service_envs(s):     sorted set envid (score = envid)
+- env(e):              hash of one environment (service, name, status, policy_status, ...)
+- env_vms(e):          hash slot -> JSON of the VM record (endpoint, vmid, role, ip, ...)
+- vm_index(ep, vmid):  string "envid slot" for callbacks that know only the VM id
+- env_op(e):           string jobid of the running create/scale/remove (the 409 guard)
+- env_lock(e):         string owner token with TTL (one writer per environment)
+- env_events(e):       stream of the environment's events
+- service_jobs(s):     sorted set jobid (score = jobid)
+- job(j):              hash of one job
+- service_events(s):   stream of the service's events
+- hostkeys:            hash "endpoint:vmid" -> pinned SSH host key (type base64)
+- callback_secret:     string HMAC key for per-VM callback tokens
+- tick(name, minute):  string, SET NX per minute so several schedulers fire once
+- inflight:            set of envids with unfinished work (re-driven on start and every minute)
+"""
+
+from __future__ import annotations
+
+PREFIX = "carina:"
+
+
+def services() -> str:
+    return f"{PREFIX}services"
+
+
+def service(name: str) -> str:
+    return f"{PREFIX}svc:{name}"
+
+
+def service_key(name: str) -> str:
+    return f"{PREFIX}svc:{name}:sshkey"
+
+
+def token(token_hash: str) -> str:
+    return f"{PREFIX}token:{token_hash}"
+
+
+def admin_token() -> str:
+    return f"{PREFIX}admin_token"
+
+
+def config(name: str) -> str:
+    return f"{PREFIX}svc:{name}:config"
+
+
+def vm_files(name: str) -> str:
+    return f"{PREFIX}svc:{name}:vmfiles"
+
+
+def context_files(name: str) -> str:
+    return f"{PREFIX}svc:{name}:ctxfiles"
+
+
+def env_seq() -> str:
+    return f"{PREFIX}seq:env"
+
+
+def job_seq() -> str:
+    return f"{PREFIX}seq:job"
+
+
+def service_envs(name: str) -> str:
+    return f"{PREFIX}svc:{name}:envs"
+
+
+def env(envid: str) -> str:
+    return f"{PREFIX}env:{envid}"
+
+
+def env_vms(envid: str) -> str:
+    return f"{PREFIX}env:{envid}:vms"
+
+
+def vm_index(endpoint: str, vmid: int | str) -> str:
+    return f"{PREFIX}vmidx:{endpoint}:{vmid}"
+
+
+def env_op(envid: str) -> str:
+    return f"{PREFIX}env:{envid}:op"
+
+
+def env_lock(envid: str) -> str:
+    return f"{PREFIX}env:{envid}:lock"
+
+
+def env_events(envid: str) -> str:
+    return f"{PREFIX}env:{envid}:events"
+
+
+def service_jobs(name: str) -> str:
+    return f"{PREFIX}svc:{name}:jobs"
+
+
+def job(jobid: str) -> str:
+    return f"{PREFIX}job:{jobid}"
+
+
+def service_events(name: str) -> str:
+    return f"{PREFIX}svc:{name}:events"
+
+
+def hostkeys() -> str:
+    return f"{PREFIX}hostkeys"
+
+
+def callback_secret() -> str:
+    return f"{PREFIX}callback_secret"
+
+
+def tick(name: str, minute: int) -> str:
+    return f"{PREFIX}tick:{name}:{minute}"
+
+
+def inflight() -> str:
+    return f"{PREFIX}inflight"

@@ -1,0 +1,35 @@
+"""The Falcon gateway: maps each CLI verb and VM callback to a handler that enqueues a function.
+
+`create_app` wires routes to resource instances; `get_app` builds one from the environment
+(used by gunicorn: `gunicorn 'gateway:get_app()'`).
+"""
+
+from __future__ import annotations
+
+import falcon
+
+from config.settings import Settings
+from functions.clock import Clock, system_clock
+from functions.runtime import connect
+from handlers import callbacks, configs, envs, health, repo, services
+from handlers.deps import Deps
+from handlers.errors import install_error_handlers
+
+ROUTE_MODULES = (health, services, configs, repo, envs, callbacks)
+
+
+def create_app(settings: Settings, clock: Clock = system_clock) -> falcon.App:
+    """A WSGI app serving every Carina route against the Redis in `settings`."""
+    rt = connect(settings)
+    deps = Deps(settings=settings, redis=rt.text, raw=rt.raw, queue=rt.queue, clock=clock)
+    app = falcon.App()
+    app.req_options.strip_url_path_trailing_slash = True
+    install_error_handlers(app)
+    for module in ROUTE_MODULES:
+        module.add_routes(app, deps)
+    return app
+
+
+def get_app() -> falcon.App:
+    """The app for the current environment variables."""
+    return create_app(Settings.from_env())

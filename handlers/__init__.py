@@ -1,0 +1,1 @@
+"""Falcon resources: validate, authorize, enqueue, answer. No business logic lives here."""
