@@ -1,0 +1,297 @@
+"""Environments, their VM records, jobs, events, the operation guard and the per-environment lock.
+
+All state lives in Redis (key names from functions/keys.py); `r` is always a decode_responses client.
+Writes that must land together use MULTI pipelines; compare-and-delete uses Lua so a stale owner can
+never release someone else's lock or operation.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from functions import keys
+from functions.clock import Clock
+
+JOB_TYPES = ("CREATE", "SCALEUP", "SCALEDOWN", "REMOVE", "RECREATE")
+JOB_STATES = ("PENDING", "RUNNING", "DONE", "FAIL", "ABORT")
+EVENT_MAXLEN = 10000
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass
+class VmRecord:
+    """One VM slot of an environment: `m` for the master, `s0`, `s1`, ... for slaves.
+
+    `state` is Carina's view: allocating (intent recorded, OpenNebula not yet answered) → allocated →
+    running → announced (slave added on the master) → removing → gone. `status` is the last status string
+    reported by the VM or set by Carina (VM_CREATE, NET_CONFIG_DONE, MASTER_INIT_DONE, ...).
+    """
+
+    slot: str
+    role: str
+    index: int
+    endpoint: str
+    nonce: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    vmid: int | None = None
+    state: str = "allocating"
+    status: str = "VM_CREATE"
+    ip: str = ""
+    hostname: str = ""
+    cpu: float = -1
+    one_state: str = ""
+    created: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> VmRecord:
+        data = json.loads(text)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+# ---------------------------------------------------------------- environments and jobs
+
+
+def create_env(r: redis.Redis, service: str, name: str, spec: dict[str, Any], job_type: str, clock: Clock,
+               groupid: str = "-1") -> tuple[str, str]:
+    """Record a new environment, its first job (RUNNING) and the operation guard, atomically.
+
+    Returns (envid, jobid). Not idempotent: every call makes a new environment.
+    """
+    envid = str(r.incr(keys.env_seq()))
+    jobid = str(r.incr(keys.job_seq()))
+    now = clock()
+    env = {"envid": envid, "service": service, "name": name, "status": "INIT", "policy_status": "INIT",
+           "app_url": "", "groupid": groupid, "endpoint": spec.get("endpoint", ""), "spec": json.dumps(spec),
+           "phase": "new", "phase_since": now, "created": now, "job": jobid, "info": "", "metrics": "",
+           "desired_slaves": int(spec.get("num_slaves", 0))}
+    with r.pipeline() as p:
+        p.hset(keys.env(envid), mapping=env)
+        p.zadd(keys.service_envs(service), {envid: int(envid)})
+        _job_writes(p, service, jobid, envid, name, job_type, now, "RUNNING")
+        p.set(keys.env_op(envid), jobid)
+        p.sadd(keys.inflight(), envid)
+        p.execute()
+    return envid, jobid
+
+
+def get_env(r: redis.Redis, envid: str, service: str | None = None) -> dict[str, Any] | None:
+    """The environment hash with `spec` decoded, or None; with `service`, None unless that service owns it."""
+    data = r.hgetall(keys.env(envid))
+    if not data or (service is not None and data.get("service") != service):
+        return None
+    data["spec"] = json.loads(data.get("spec") or "{}")
+    return data
+
+
+def update_env(r: redis.Redis, envid: str, **fields: Any) -> None:
+    """Set fields of an existing environment (no-op if it was deleted). Safe to run twice."""
+    if not fields:
+        return
+    values = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}
+    r.eval("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end return 1",
+           1, keys.env(envid), *[x for kv in values.items() for x in (kv[0], str(kv[1]))])
+
+
+def list_envs(r: redis.Redis, service: str) -> list[dict[str, Any]]:
+    """Every environment of `service`, by ascending envid."""
+    envids = r.zrange(keys.service_envs(service), 0, -1)
+    envs = [get_env(r, envid) for envid in envids]
+    return [e for e in envs if e is not None]
+
+
+def delete_env(r: redis.Redis, envid: str) -> None:
+    """Forget an environment and its VM records; its event stream expires after a day. Safe to run twice."""
+    env = r.hgetall(keys.env(envid))
+    with r.pipeline() as p:
+        if env:
+            p.zrem(keys.service_envs(env["service"]), envid)
+        p.delete(keys.env(envid), keys.env_vms(envid), keys.env_op(envid))
+        p.srem(keys.inflight(), envid)
+        p.expire(keys.env_events(envid), 86400)
+        p.execute()
+
+
+def new_job(r: redis.Redis, service: str, envid: str, name: str, job_type: str, clock: Clock,
+            status: str = "RUNNING") -> str:
+    """Record a new job and return its id."""
+    jobid = str(r.incr(keys.job_seq()))
+    with r.pipeline() as p:
+        _job_writes(p, service, jobid, envid, name, job_type, clock(), status)
+        p.execute()
+    return jobid
+
+
+def _job_writes(p: Any, service: str, jobid: str, envid: str, name: str, job_type: str, now: float,
+                status: str) -> None:
+    p.hset(keys.job(jobid), mapping={"jobid": jobid, "service": service, "envid": envid, "name": name,
+                                     "type": job_type, "status": status, "submit": now, "start": now,
+                                     "end": "", "info": ""})
+    p.zadd(keys.service_jobs(service), {jobid: int(jobid)})
+
+
+def finish_job(r: redis.Redis, jobid: str, status: str, clock: Clock, info: str = "") -> bool:
+    """Move a job to a final state unless it already has one. Returns True if this call changed it."""
+    script = """
+    local s = redis.call('HGET', KEYS[1], 'status')
+    if (not s) or s == 'DONE' or s == 'FAIL' or s == 'ABORT' then return 0 end
+    redis.call('HSET', KEYS[1], 'status', ARGV[1], 'end', ARGV[2], 'info', ARGV[3])
+    return 1
+    """
+    return bool(r.eval(script, 1, keys.job(jobid), status, str(clock()), info))
+
+
+def get_job(r: redis.Redis, jobid: str) -> dict[str, str] | None:
+    return r.hgetall(keys.job(jobid)) or None
+
+
+def list_jobs(r: redis.Redis, service: str, limit: int = 10000) -> list[dict[str, str]]:
+    """The service's most recent `limit` jobs, oldest first."""
+    jobids = r.zrange(keys.service_jobs(service), -limit, -1)
+    with r.pipeline() as p:
+        for jobid in jobids:
+            p.hgetall(keys.job(jobid))
+        return [j for j in p.execute() if j]
+
+
+def trim_jobs(r: redis.Redis, service: str, keep: int) -> int:
+    """Drop all but the newest `keep` jobs of a service. Returns how many were dropped."""
+    old = r.zrange(keys.service_jobs(service), 0, -keep - 1) if keep > 0 else []
+    if old:
+        with r.pipeline() as p:
+            p.zrem(keys.service_jobs(service), *old)
+            p.delete(*[keys.job(j) for j in old])
+            p.execute()
+    return len(old)
+
+
+# ---------------------------------------------------------------- the operation guard (HTTP 409)
+
+
+def claim_op(r: redis.Redis, envid: str, jobid: str) -> bool:
+    """Take the environment's operation slot for `jobid`; False if another operation holds it."""
+    return bool(r.set(keys.env_op(envid), jobid, nx=True))
+
+
+def current_op(r: redis.Redis, envid: str) -> str | None:
+    return r.get(keys.env_op(envid))
+
+
+def release_op(r: redis.Redis, envid: str, jobid: str) -> bool:
+    """Free the operation slot if `jobid` still holds it. Safe to run twice."""
+    return bool(r.eval(_RELEASE, 1, keys.env_op(envid), jobid))
+
+
+def take_over_op(r: redis.Redis, envid: str, jobid: str) -> str | None:
+    """Give the slot to `jobid` whatever holds it (remove pre-empts). Returns the previous holder."""
+    return r.set(keys.env_op(envid), jobid, get=True)
+
+
+# ---------------------------------------------------------------- one writer per environment
+
+
+@contextmanager
+def env_lock(r: redis.Redis, envid: str, ttl: int = 120) -> Iterator[bool]:
+    """Try to become the single writer of an environment; yields False (without waiting) if taken.
+
+    The lock holds an owner token and a TTL, so a killed worker's lock expires by itself.
+    """
+    token = uuid.uuid4().hex
+    got = bool(r.set(keys.env_lock(envid), token, nx=True, ex=ttl))
+    try:
+        yield got
+    finally:
+        if got:
+            r.eval(_RELEASE, 1, keys.env_lock(envid), token)
+
+
+# ---------------------------------------------------------------- VM records
+
+
+def put_vm(r: redis.Redis, envid: str, rec: VmRecord) -> None:
+    """Write (create or replace) a VM record. Safe to run twice."""
+    r.hset(keys.env_vms(envid), rec.slot, rec.to_json())
+
+
+def get_vms(r: redis.Redis, envid: str) -> dict[str, VmRecord]:
+    """slot -> record, masters first then slaves by index."""
+    raw = r.hgetall(keys.env_vms(envid))
+    recs = [VmRecord.from_json(v) for v in raw.values()]
+    recs.sort(key=lambda v: (v.role != "master", v.index))
+    return {v.slot: v for v in recs}
+
+
+def del_vm(r: redis.Redis, envid: str, slot: str) -> None:
+    r.hdel(keys.env_vms(envid), slot)
+
+
+def vm_by_id(r: redis.Redis, envid: str, vmid: int) -> VmRecord | None:
+    """The environment's record whose OpenNebula id is `vmid` (ids are per endpoint; one env = one endpoint)."""
+    for rec in get_vms(r, envid).values():
+        if rec.vmid == vmid:
+            return rec
+    return None
+
+
+# ---------------------------------------------------------------- events, in-flight set, host keys, secret
+
+
+def add_event(r: redis.Redis, envid: str, service: str, kind: str, msg: str, clock: Clock,
+              **extra: str) -> None:
+    """Append an event to the environment's and the service's streams (bounded)."""
+    fields = {"ts": str(clock()), "envid": envid, "type": kind, "msg": msg, **{k: str(v) for k, v in extra.items()}}
+    with r.pipeline() as p:
+        p.xadd(keys.env_events(envid), fields, maxlen=EVENT_MAXLEN, approximate=True)
+        p.xadd(keys.service_events(service), fields, maxlen=EVENT_MAXLEN, approximate=True)
+        p.execute()
+
+
+def list_events(r: redis.Redis, envid: str, count: int = 1000) -> list[dict[str, str]]:
+    """The environment's newest `count` events, oldest first."""
+    entries = r.xrevrange(keys.env_events(envid), count=count)
+    return [dict(fields, id=eid) for eid, fields in reversed(entries)]
+
+
+def mark_inflight(r: redis.Redis, envid: str) -> None:
+    r.sadd(keys.inflight(), envid)
+
+
+def clear_inflight(r: redis.Redis, envid: str) -> None:
+    r.srem(keys.inflight(), envid)
+
+
+def inflight(r: redis.Redis) -> list[str]:
+    return sorted(r.smembers(keys.inflight()), key=int)
+
+
+def pinned_hostkey(r: redis.Redis, endpoint: str, vmid: int) -> str | None:
+    return r.hget(keys.hostkeys(), f"{endpoint}:{vmid}")
+
+
+def pin_hostkey(r: redis.Redis, endpoint: str, vmid: int, key: str) -> str:
+    """Pin `key` for the VM unless one is pinned already; returns the key now pinned."""
+    r.hsetnx(keys.hostkeys(), f"{endpoint}:{vmid}", key)
+    return r.hget(keys.hostkeys(), f"{endpoint}:{vmid}") or key
+
+
+def forget_hostkey(r: redis.Redis, endpoint: str, vmid: int) -> None:
+    r.hdel(keys.hostkeys(), f"{endpoint}:{vmid}")
+
+
+def callback_secret(r: redis.Redis) -> bytes:
+    """The HMAC key for VM callback tokens, created on first use (same for every process)."""
+    r.set(keys.callback_secret(), secrets.token_hex(32), nx=True)
+    return bytes.fromhex(r.get(keys.callback_secret()) or "")
