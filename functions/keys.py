@@ -129,3 +129,8 @@ def tick(name: str, minute: int) -> str:
 
 def inflight() -> str:
     return f"{PREFIX}inflight"
+
+
+def env_kick(envid: str) -> str:
+    """String: due time (epoch) of the drive job already queued for the environment (kick dedupe), with TTL."""
+    return f"{PREFIX}env:{envid}:kick"
