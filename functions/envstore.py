@@ -135,6 +135,19 @@ def new_job(r: redis.Redis, service: str, envid: str, name: str, job_type: str, 
     return jobid
 
 
+def next_jobid(r: redis.Redis) -> str:
+    """Take a fresh job id (before the job is written, e.g. to claim the op guard with it first)."""
+    return str(r.incr(keys.job_seq()))
+
+
+def record_job(r: redis.Redis, service: str, jobid: str, envid: str, name: str, job_type: str, clock: Clock,
+               status: str = "RUNNING") -> None:
+    """Write job `jobid` (an id from next_jobid). Safe to run twice (same values)."""
+    with r.pipeline() as p:
+        _job_writes(p, service, jobid, envid, name, job_type, clock(), status)
+        p.execute()
+
+
 def _job_writes(p: Any, service: str, jobid: str, envid: str, name: str, job_type: str, now: float,
                 status: str) -> None:
     p.hset(keys.job(jobid), mapping={"jobid": jobid, "service": service, "envid": envid, "name": name,
