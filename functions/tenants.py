@@ -1,0 +1,299 @@
+"""Services (tenants): tokens, the controller SSH keypair, the stored configuration, .vm and context files.
+
+Every key comes from `functions.keys`; `r` is a decode_responses Redis client. Tokens are stored only
+as sha256 hex digests. Context files are stored base64-encoded so binary content survives.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import redis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from functions import keys
+from functions.clock import Clock, system_clock
+
+CLASSES = ("bronze", "silver", "gold", "platinum")
+NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+FILE_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+RESERVED_FILES = frozenset({"authorized_keys"})
+MAX_FILES = 256          # per service and per kind (.vm, context)
+ADMIN_FILE = "admin.token"
+
+
+class TenantError(Exception):
+    """Base of this module's errors; `field` names the offending input."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidInput(TenantError):
+    """Bad input (HTTP 400)."""
+
+
+class NotFound(TenantError):
+    """No such service or object (HTTP 404)."""
+
+
+class Conflict(TenantError):
+    """Duplicate service, or removal refused while environments exist (HTTP 409)."""
+
+
+def hash_token(token: str) -> str:
+    """sha256 hex digest of a token: the only form a token is stored in."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_name(name: object, field: str = "name") -> str:
+    """`name` if it is a valid service name, else InvalidInput naming `field`."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise InvalidInput(f"{field}: a service name is 1-32 characters of A-Z a-z 0-9 _ -", field)
+    return name
+
+
+def check_class(cls: object, field: str = "class") -> str:
+    """`cls` if it is a known priority class, else InvalidInput naming `field`."""
+    if cls not in CLASSES:
+        raise InvalidInput(f"{field}: must be one of {', '.join(CLASSES)}", field)
+    return str(cls)
+
+
+def check_filename(filename: object, field: str = "name") -> str:
+    """`filename` if it is a plain file name (`[A-Za-z0-9._-]{1,64}`, no leading dot, no path)."""
+    if not isinstance(filename, str) or not FILE_RE.fullmatch(filename):
+        raise InvalidInput(
+            f"{field}: a file name is 1-64 characters of A-Z a-z 0-9 . _ -, not starting with a dot, no path", field)
+    return filename
+
+
+def generate_keypair(comment: str) -> tuple[str, str]:
+    """A new ed25519 keypair: (OpenSSH PEM private key, `ssh-ed25519 AAAA... comment` public line)."""
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    key = paramiko.Ed25519Key.from_private_key(io.StringIO(pem))
+    return pem, f"{key.get_name()} {key.get_base64()} {comment}"
+
+
+def add_service(r: redis.Redis, name: str, cls: str = "silver", clock: Clock = system_clock,
+                max_memory: int = 0, max_vcpus: int = 0) -> str:
+    """Create service `name` with a token and a controller keypair; returns the token.
+
+    Not repeatable: a second call for the same name raises Conflict and changes nothing.
+    """
+    check_name(name)
+    check_class(cls)
+    for field, value in (("max_memory", max_memory), ("max_vcpus", max_vcpus)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidInput(f"{field}: must be a non-negative integer", field)
+    token = secrets.token_urlsafe(32)
+    token_hash = hash_token(token)
+    private, public = generate_keypair(f"carina-{name}")
+    record = {"name": name, "class": cls, "token_hash": token_hash, "created": str(clock()),
+              "max_memory": str(max_memory), "max_vcpus": str(max_vcpus)}
+
+    def write(pipe: Any) -> None:
+        if pipe.exists(keys.service(name)):
+            raise Conflict(f"name: service {name!r} already exists", "name")
+        pipe.multi()
+        pipe.hset(keys.service(name), mapping=record)
+        pipe.hset(keys.service_key(name), mapping={"private": private, "public": public})
+        pipe.set(keys.token(token_hash), name)
+        pipe.sadd(keys.services(), name)
+
+    r.transaction(write, keys.service(name))
+    return token
+
+
+def get_service(r: redis.Redis, name: str) -> dict[str, str] | None:
+    """The service record without its token hash, or None."""
+    record = r.hgetall(keys.service(name)) if NAME_RE.fullmatch(name or "") else {}
+    if not record:
+        return None
+    record.pop("token_hash", None)
+    return record
+
+
+def list_services(r: redis.Redis) -> list[dict[str, str]]:
+    """Every service record (without token hashes), sorted by name."""
+    records = [get_service(r, name) for name in sorted(r.smembers(keys.services()))]
+    return [rec for rec in records if rec]
+
+
+def _require(r: redis.Redis, name: str) -> None:
+    if get_service(r, check_name(name)) is None:
+        raise NotFound(f"name: no service {name!r}", "name")
+
+
+def remove_service(r: redis.Redis, name: str) -> None:
+    """Delete service `name` and all its keys (config, files, keypair, token, jobs, events).
+
+    Refused (Conflict) while the service still has environments. A second call raises NotFound.
+    """
+    _require(r, name)
+    envs_key = keys.service_envs(name)
+
+    def delete(pipe: Any) -> None:
+        if pipe.zcard(envs_key):
+            raise Conflict(f"name: service {name!r} still has environments; remove them first", "name")
+        token_hash = pipe.hget(keys.service(name), "token_hash")
+        jobids = pipe.zrange(keys.service_jobs(name), 0, -1)
+        pipe.multi()
+        if token_hash:
+            pipe.delete(keys.token(token_hash))
+        for jobid in jobids:
+            pipe.delete(keys.job(jobid))
+        pipe.delete(keys.service(name), keys.service_key(name), keys.config(name), keys.vm_files(name),
+                    keys.context_files(name), keys.service_jobs(name), keys.service_events(name), envs_key)
+        pipe.srem(keys.services(), name)
+
+    r.transaction(delete, envs_key, keys.service(name), keys.service_jobs(name))
+
+
+def rotate_token(r: redis.Redis, name: str) -> str:
+    """Give service `name` a new token and invalidate the old one; returns the new token. Each call rotates again."""
+    _require(r, name)
+    token = secrets.token_urlsafe(32)
+    new_hash = hash_token(token)
+
+    def swap(pipe: Any) -> None:
+        old_hash = pipe.hget(keys.service(name), "token_hash")
+        if old_hash is None:
+            raise NotFound(f"name: no service {name!r}", "name")
+        pipe.multi()
+        pipe.delete(keys.token(old_hash))
+        pipe.set(keys.token(new_hash), name)
+        pipe.hset(keys.service(name), "token_hash", new_hash)
+
+    r.transaction(swap, keys.service(name))
+    return token
+
+
+def service_for_token(r: redis.Redis, token: str) -> str | None:
+    """The service that owns `token`, or None. Read-only."""
+    if not token:
+        return None
+    token_hash = hash_token(token)
+    name = r.get(keys.token(token_hash))
+    if not name:
+        return None
+    stored = r.hget(keys.service(name), "token_hash") or ""
+    return name if hmac.compare_digest(stored, token_hash) else None
+
+
+def ensure_admin_token(r: redis.Redis, home: Path) -> str:
+    """The admin token from `home/admin.token` (created mode 0600 if missing); its hash is (re)stored in Redis.
+
+    Safe to run twice: an existing file is kept and its token stays valid.
+    """
+    path = Path(home) / ADMIN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if not token:
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+    os.chmod(path, 0o600)
+    r.set(keys.admin_token(), hash_token(token))
+    return token
+
+
+def is_admin(r: redis.Redis, token: str) -> bool:
+    """True when `token` is the admin token. Read-only."""
+    stored = r.get(keys.admin_token())
+    return bool(token and stored) and hmac.compare_digest(stored, hash_token(token))
+
+
+def service_keypair(r: redis.Redis, name: str) -> tuple[str, str]:
+    """(private PEM, public OpenSSH line) of the service's controller key; NotFound if the service has none."""
+    pair = r.hgetall(keys.service_key(check_name(name)))
+    if not pair.get("private") or not pair.get("public"):
+        raise NotFound(f"name: no service {name!r}", "name")
+    return pair["private"], pair["public"]
+
+
+def save_config(r: redis.Redis, name: str, normalized: dict, source: str, kind: str,
+                clock: Clock = system_clock) -> None:
+    """Replace the service's configuration atomically (one MULTI). Safe to run twice."""
+    if kind not in ("rb", "yaml"):
+        raise InvalidInput("kind: must be rb or yaml", "kind")
+    _require(r, name)
+    record = {"current": json.dumps(normalized), "source": source, "kind": kind, "uploaded_at": str(clock())}
+    with r.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.config(name))
+        pipe.hset(keys.config(name), mapping=record)
+        pipe.execute()
+
+
+def get_config(r: redis.Redis, name: str) -> dict | None:
+    """The service's normalized configuration, or None when none was uploaded."""
+    raw = r.hget(keys.config(check_name(name)), "current")
+    return json.loads(raw) if raw else None
+
+
+def _save_file(r: redis.Redis, key: str, filename: str, value: str, field: str) -> None:
+    if r.hlen(key) >= MAX_FILES and not r.hexists(key, filename):
+        raise InvalidInput(f"{field}: at most {MAX_FILES} files of this kind per service", field)
+    r.hset(key, filename, value)
+
+
+def save_vm_file(r: redis.Redis, name: str, filename: str, text: str, field: str = "name") -> None:
+    """Store (or replace) VM template `filename` of service `name`. Safe to run twice."""
+    check_filename(filename, field)
+    if not filename.endswith(".vm"):
+        raise InvalidInput(f"{field}: a VM template name ends in .vm", field)
+    _require(r, name)
+    _save_file(r, keys.vm_files(name), filename, text, field)
+
+
+def get_vm_file(r: redis.Redis, name: str, filename: str) -> str | None:
+    """The text of VM template `filename`, or None."""
+    if not FILE_RE.fullmatch(filename or ""):
+        return None
+    return r.hget(keys.vm_files(check_name(name)), filename)
+
+
+def list_vm_files(r: redis.Redis, name: str) -> list[str]:
+    """Sorted names of the service's VM templates."""
+    return sorted(r.hkeys(keys.vm_files(check_name(name))))
+
+
+def save_context_file(r: redis.Redis, name: str, filename: str, data: bytes, field: str = "name") -> None:
+    """Store (or replace) context file `filename` (any bytes) of service `name`. Safe to run twice."""
+    check_filename(filename, field)
+    if filename in RESERVED_FILES:
+        raise InvalidInput(f"{field}: {filename} is generated by Carina (the controller key) and cannot be uploaded",
+                           field)
+    _require(r, name)
+    _save_file(r, keys.context_files(name), filename, base64.b64encode(data).decode("ascii"), field)
+
+
+def get_context_file(r: redis.Redis, name: str, filename: str) -> bytes | None:
+    """The bytes of context file `filename`, or None."""
+    if not FILE_RE.fullmatch(filename or ""):
+        return None
+    raw = r.hget(keys.context_files(check_name(name)), filename)
+    return base64.b64decode(raw) if raw is not None else None
+
+
+def list_context_files(r: redis.Redis, name: str) -> list[str]:
+    """Sorted names of the service's uploaded context files."""
+    return sorted(r.hkeys(keys.context_files(check_name(name))))
