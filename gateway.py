@@ -12,6 +12,7 @@ from config.settings import Settings
 from functions.clock import Clock, system_clock
 from functions.runtime import connect
 from handlers import callbacks, configs, envs, health, repo, services
+from handlers.auth import AuthMiddleware
 from handlers.deps import Deps
 from handlers.errors import install_error_handlers
 
@@ -22,7 +23,7 @@ def create_app(settings: Settings, clock: Clock = system_clock) -> falcon.App:
     """A WSGI app serving every Carina route against the Redis in `settings`."""
     rt = connect(settings)
     deps = Deps(settings=settings, redis=rt.text, raw=rt.raw, queue=rt.queue, clock=clock)
-    app = falcon.App()
+    app = falcon.App(middleware=[AuthMiddleware(deps)])
     app.req_options.strip_url_path_trailing_slash = True
     install_error_handlers(app)
     for module in ROUTE_MODULES:

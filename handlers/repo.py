@@ -1,11 +1,45 @@
-"""Routes for repo (placeholder until its issue lands)."""
+"""`GET /repo/{service}/context/{file}`: the context repo VMs fetch with wget (no token, as in the original).
+
+Serves the service's uploaded context files, and `authorized_keys` = the service's controller public key.
+Anything unknown, including malformed names, answers 404.
+"""
 
 from __future__ import annotations
 
 import falcon
 
+from functions import tenants
 from handlers.deps import Deps
 
 
+class ContextFile:
+    auth_exempt = True
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def _missing(self, service: str, filename: str) -> falcon.HTTPNotFound:
+        return falcon.HTTPNotFound(title="Not found", description=f"no context file {filename!r} for this service")
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, service: str, filename: str) -> None:
+        r = self.deps.redis
+        if not tenants.NAME_RE.fullmatch(service) or not tenants.FILE_RE.fullmatch(filename):
+            raise self._missing(service, filename)
+        if filename == "authorized_keys":
+            try:
+                _, public = tenants.service_keypair(r, service)
+            except tenants.NotFound:
+                raise self._missing(service, filename) from None
+            resp.content_type = falcon.MEDIA_TEXT
+            resp.text = public + "\n"
+            return
+        data = tenants.get_context_file(r, service, filename)
+        if data is None:
+            raise self._missing(service, filename)
+        resp.content_type = "application/octet-stream"
+        resp.data = data
+
+
 def add_routes(app: falcon.App, deps: Deps) -> None:
-    """Register this module's routes on `app`."""
+    """Register GET /repo/{service}/context/{filename}."""
+    app.add_route("/repo/{service}/context/{filename}", ContextFile(deps))

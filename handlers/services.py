@@ -1,11 +1,134 @@
-"""Routes for services (placeholder until its issue lands)."""
+"""Service (tenant) administration: create, list, remove, rotate a token.
+
+Admin token only, except `GET /services`, where a service token sees its own row (the --services table).
+Allocations stay 0 until the global scheduler records them.
+"""
 
 from __future__ import annotations
 
+import logging
+
 import falcon
 
+from functions import tables, tenants
+from handlers.auth import require_admin
 from handlers.deps import Deps
+
+log = logging.getLogger("carina.gateway")
+
+SERVICE_FIELDS = ("name", "class", "max_memory", "max_vcpus")
+SERVICES_HEADERS = ["NAME", "PRIORITY_CLASS", "MEM(ALLOC/MAX)", "VCPUS(ALLOC/MAX)", "CLIENT"]
+
+
+def _http(exc: tenants.TenantError) -> falcon.HTTPError:
+    """The HTTP error for a tenants error (400 / 404 / 409)."""
+    if isinstance(exc, tenants.NotFound):
+        return falcon.HTTPNotFound(title="Not found", description=str(exc))
+    if isinstance(exc, tenants.Conflict):
+        return falcon.HTTPConflict(title="Conflict", description=str(exc))
+    return falcon.HTTPBadRequest(title="Invalid request", description=str(exc))
+
+
+def service_row(record: dict[str, str]) -> dict:
+    """The JSON row of one service (allocations are the global scheduler's, 0 until it records them)."""
+    return {"name": record["name"], "class": record.get("class"),
+            "mem_alloc": int(record.get("mem_alloc") or 0), "mem_max": int(record.get("max_memory") or 0),
+            "vcpus_alloc": int(record.get("vcpus_alloc") or 0), "vcpus_max": int(record.get("max_vcpus") or 0),
+            "client": record.get("client") or None}
+
+
+def services_table(rows: list[dict]) -> str:
+    """The --services table."""
+    cells = [[row["name"], row["class"], f"{row['mem_alloc']}/{row['mem_max']}",
+              f"{row['vcpus_alloc']}/{row['vcpus_max']}", row["client"]] for row in rows]
+    return tables.render_table(SERVICES_HEADERS, cells)
+
+
+def _service_body(req: falcon.Request) -> dict:
+    """The JSON object of POST /services, every key checked (400 naming the field)."""
+    body = req.get_media()
+    if not isinstance(body, dict):
+        raise falcon.HTTPBadRequest(title="Invalid request", description="body: must be a JSON object")
+    for key in body:
+        if key not in SERVICE_FIELDS:
+            raise falcon.HTTPBadRequest(title="Invalid request",
+                                        description=f"{key}: unknown field; expected {', '.join(SERVICE_FIELDS)}")
+    return body
+
+
+class Services:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Create a service; answers its token once (201). Not repeatable: the same name again is 409."""
+        require_admin(req)
+        body = _service_body(req)
+        name, cls = body.get("name"), body.get("class", "silver")
+        try:
+            token = tenants.add_service(self.deps.redis, name, cls, clock=self.deps.clock,  # type: ignore[arg-type]
+                                        max_memory=body.get("max_memory", 0), max_vcpus=body.get("max_vcpus", 0))
+        except tenants.TenantError as exc:
+            raise _http(exc) from None
+        log.info("service %s created (class %s)", name, cls)
+        resp.status = falcon.HTTP_201
+        resp.media = {"name": name, "class": cls, "token": token}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """All services for the admin; only itself for a service token."""
+        r = self.deps.redis
+        if req.context.admin:
+            records = tenants.list_services(r)
+        else:
+            own = tenants.get_service(r, req.context.service)
+            records = [own] if own else []
+        rows = [service_row(rec) for rec in records]
+        if tables.wants_text(req.accept):
+            resp.content_type = falcon.MEDIA_TEXT
+            resp.text = services_table(rows)
+        else:
+            resp.media = rows
+
+
+class Service:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        """One service's row: admin, or the service itself (others get 404)."""
+        record = tenants.get_service(self.deps.redis, name)
+        if record is None or not (req.context.admin or req.context.service == name):
+            raise falcon.HTTPNotFound(title="Not found", description=f"name: no service {name!r}")
+        resp.media = service_row(record)
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        """Remove a service and its keys; 409 while it has environments, 404 the second time."""
+        require_admin(req)
+        try:
+            tenants.remove_service(self.deps.redis, name)
+        except tenants.TenantError as exc:
+            raise _http(exc) from None
+        log.info("service %s removed", name)
+        resp.media = {"name": name, "status": "removed"}
+
+
+class ServiceToken:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        """Rotate the service's token: the old one stops working at once. Each call rotates again."""
+        require_admin(req)
+        try:
+            token = tenants.rotate_token(self.deps.redis, name)
+        except tenants.TenantError as exc:
+            raise _http(exc) from None
+        log.info("service %s: token rotated", name)
+        resp.media = {"name": name, "token": token}
 
 
 def add_routes(app: falcon.App, deps: Deps) -> None:
-    """Register this module's routes on `app`."""
+    """Register /services, /services/{name}, /services/{name}/token."""
+    app.add_route("/services", Services(deps))
+    app.add_route("/services/{name}", Service(deps))
+    app.add_route("/services/{name}/token", ServiceToken(deps))
