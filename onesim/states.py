@@ -1,0 +1,65 @@
+"""OpenNebula constants: VM states, LCM states, error codes, and the error the API layer reports (pure)."""
+
+from __future__ import annotations
+
+# VM STATE
+INIT, PENDING, HOLD, ACTIVE, STOPPED, SUSPENDED, DONE = 0, 1, 2, 3, 4, 5, 6
+POWEROFF, UNDEPLOYED, CLONING, CLONING_FAILURE = 8, 9, 10, 11
+
+VM_STATE_NAMES = {0: "INIT", 1: "PENDING", 2: "HOLD", 3: "ACTIVE", 4: "STOPPED", 5: "SUSPENDED", 6: "DONE",
+                  7: "FAILED", 8: "POWEROFF", 9: "UNDEPLOYED", 10: "CLONING", 11: "CLONING_FAILURE"}
+
+# LCM_STATE (meaningful when STATE == ACTIVE)
+LCM_INIT, PROLOG, BOOT, RUNNING = 0, 1, 2, 3
+SAVE_STOP, SAVE_SUSPEND, PROLOG_RESUME, EPILOG_STOP, EPILOG, SHUTDOWN = 5, 6, 9, 10, 11, 12
+UNKNOWN, SHUTDOWN_POWEROFF, BOOT_UNKNOWN, BOOT_POWEROFF, BOOT_SUSPENDED, BOOT_STOPPED = 16, 18, 19, 20, 21, 22
+SHUTDOWN_UNDEPLOY, EPILOG_UNDEPLOY, PROLOG_UNDEPLOY, BOOT_UNDEPLOY = 29, 30, 31, 32
+BOOT_FAILURE, PROLOG_FAILURE, EPILOG_FAILURE, EPILOG_STOP_FAILURE, EPILOG_UNDEPLOY_FAILURE = 36, 39, 40, 41, 42
+BOOT_UNDEPLOY_FAILURE, BOOT_STOPPED_FAILURE, PROLOG_RESUME_FAILURE, PROLOG_UNDEPLOY_FAILURE = 47, 48, 49, 50
+
+LCM_STATE_NAMES = {
+    0: "LCM_INIT", 1: "PROLOG", 2: "BOOT", 3: "RUNNING", 4: "MIGRATE", 5: "SAVE_STOP", 6: "SAVE_SUSPEND",
+    7: "SAVE_MIGRATE", 8: "PROLOG_MIGRATE", 9: "PROLOG_RESUME", 10: "EPILOG_STOP", 11: "EPILOG", 12: "SHUTDOWN",
+    15: "CLEANUP_RESUBMIT", 16: "UNKNOWN", 17: "HOTPLUG", 18: "SHUTDOWN_POWEROFF", 19: "BOOT_UNKNOWN",
+    20: "BOOT_POWEROFF", 21: "BOOT_SUSPENDED", 22: "BOOT_STOPPED", 23: "CLEANUP_DELETE", 29: "SHUTDOWN_UNDEPLOY",
+    30: "EPILOG_UNDEPLOY", 31: "PROLOG_UNDEPLOY", 32: "BOOT_UNDEPLOY", 36: "BOOT_FAILURE",
+    37: "BOOT_MIGRATE_FAILURE", 38: "PROLOG_MIGRATE_FAILURE", 39: "PROLOG_FAILURE", 40: "EPILOG_FAILURE",
+    41: "EPILOG_STOP_FAILURE", 42: "EPILOG_UNDEPLOY_FAILURE", 44: "PROLOG_MIGRATE_POWEROFF_FAILURE",
+    46: "PROLOG_MIGRATE_SUSPEND_FAILURE", 47: "BOOT_UNDEPLOY_FAILURE", 48: "BOOT_STOPPED_FAILURE",
+    49: "PROLOG_RESUME_FAILURE", 50: "PROLOG_UNDEPLOY_FAILURE", 61: "PROLOG_MIGRATE_UNKNOWN_FAILURE",
+}
+FAILURE_LCM = frozenset({36, 37, 38, 39, 40, 41, 42, 44, 46, 47, 48, 49, 50, 61})
+
+# Host STATE
+HOST_MONITORED, HOST_ERROR, HOST_DISABLED, HOST_OFFLINE = 2, 3, 4, 8
+
+# Error codes (include/Request.h)
+AUTHENTICATION = 0x0100
+AUTHORIZATION = 0x0200
+NO_EXISTS = 0x0400
+ACTION = 0x0800
+RPC_API = 0x1000
+INTERNAL = 0x2000
+ALLOCATE = 0x4000
+
+# XML-RPC fault codes used by xmlrpc-c
+FAULT_TYPE = -501
+FAULT_PARSE = -503
+FAULT_NO_METHOD = -506
+
+
+class OneError(Exception):
+    """A failed call: becomes `[False, "[method] message", code, obj_id, 0]` on the wire."""
+
+    def __init__(self, code: int, message: str, obj_id: int = -1) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.obj_id = obj_id
+
+
+def state_name(state: int, lcm: int) -> str:
+    """The name oned prints for a VM in wrong-state errors (LCM name when ACTIVE)."""
+    if state == ACTIVE:
+        return LCM_STATE_NAMES.get(lcm, str(lcm))
+    return VM_STATE_NAMES.get(state, str(state))
