@@ -1,0 +1,151 @@
+"""Run one command on a VM over SSH (paramiko) with a pinned host key, quoted arguments and one overall timeout.
+
+No AutoAddPolicy/WarningPolicy: the host key is checked by hand right after the key exchange, before any
+authentication. With no pinned key the key is accepted and returned (trust on first use: the caller stores it
+with the VM record and passes it on every later call).
+"""
+
+from __future__ import annotations
+
+import io
+import select
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+
+import paramiko
+
+OUTPUT_CAP = 64 * 1024
+_KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
+_RSA_KEX_TYPES = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
+
+
+class SshFailed(Exception):
+    """Connect, authentication, timeout or channel failure (the caller may retry)."""
+
+
+class HostKeyMismatch(SshFailed):
+    """The server's host key differs from the pinned one; nothing was run."""
+
+
+@dataclass(frozen=True)
+class SshResult:
+    rc: int
+    out: str
+    err: str
+
+
+def script_command(script: str, args: list[str]) -> str:
+    """`~/<script> <args...>` with the script name and every argument shell-quoted. Pure."""
+    if not script or script.startswith("/") or ".." in script.split("/") or "\0" in script:
+        raise ValueError(f"script: expected a file name relative to the home directory, got {script!r}")
+    return " ".join(["~/" + shlex.quote(script)] + [shlex.quote(str(a)) for a in args])
+
+
+def load_private_key(private_pem: str) -> paramiko.PKey:
+    """Parse an unencrypted Ed25519, ECDSA or RSA private key (PEM or OpenSSH format)."""
+    for cls in _KEY_CLASSES:
+        try:
+            return cls.from_private_key(io.StringIO(private_pem))
+        except (paramiko.SSHException, ValueError):
+            continue
+    raise SshFailed("private key: not an unencrypted Ed25519, ECDSA or RSA key")
+
+
+def _normalise_key(known_key: str) -> tuple[str, str]:
+    parts = known_key.split()
+    if len(parts) < 2:
+        raise ValueError("known_key: expected '<type> <base64>'")
+    return parts[0], parts[1]
+
+
+class _Deadline:
+    def __init__(self, timeout: float) -> None:
+        self.end = time.monotonic() + timeout
+        self.timeout = timeout
+
+    def left(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise SshFailed(f"timed out after {self.timeout:g}s")
+        return left
+
+
+def _handshake(host: str, port: int, known_key: str | None, deadline: _Deadline) -> tuple[paramiko.Transport, str]:
+    """Connect and do the key exchange; return the transport and the host key seen. Checks the pin."""
+    try:
+        sock = socket.create_connection((host, port), timeout=deadline.left())
+    except OSError as exc:
+        raise SshFailed(f"connect {host}:{port}: {exc}") from None
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = transport.handshake_timeout = deadline.left()
+    if known_key is not None:
+        key_type, _ = _normalise_key(known_key)
+        types = _RSA_KEX_TYPES if key_type == "ssh-rsa" else (key_type,)
+        try:
+            transport.get_security_options().key_types = types
+        except ValueError:
+            transport.close()
+            raise HostKeyMismatch(f"{host}:{port}: pinned key type {key_type!r} is not supported") from None
+    try:
+        transport.start_client(timeout=deadline.left())
+    except paramiko.ssh_exception.IncompatiblePeer as exc:
+        transport.close()
+        if known_key is not None:  # the server no longer offers the pinned key's type: a changed key
+            raise HostKeyMismatch(f"{host}:{port}: host key changed (no {key_type} key offered)") from None
+        raise SshFailed(f"ssh handshake with {host}:{port}: {exc}") from None
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        transport.close()
+        raise SshFailed(f"ssh handshake with {host}:{port}: {exc}") from None
+    key = transport.get_remote_server_key()
+    seen = f"{key.get_name()} {key.get_base64()}"
+    if known_key is not None and _normalise_key(known_key) != _normalise_key(seen):
+        transport.close()
+        raise HostKeyMismatch(f"{host}:{port}: host key changed (got {key.get_name()}, pinned key differs)")
+    return transport, seen
+
+
+def _collect(chan: paramiko.Channel, deadline: _Deadline) -> SshResult:
+    """Read stdout/stderr (each capped at OUTPUT_CAP) until the command exits or the deadline passes."""
+    out, err = bytearray(), bytearray()
+    while True:
+        select.select([chan], [], [], min(0.1, deadline.left()))
+        while chan.recv_ready():
+            data = chan.recv(32768)
+            out += data[: max(0, OUTPUT_CAP - len(out))]
+        while chan.recv_stderr_ready():
+            data = chan.recv_stderr(32768)
+            err += data[: max(0, OUTPUT_CAP - len(err))]
+        if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            break
+    return SshResult(chan.recv_exit_status(), out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+
+def run_remote(host: str, port: int, user: str, private_pem: str, command: str, *,
+               known_key: str | None, timeout: float) -> tuple[SshResult, str]:
+    """Run `command` as `user` on host:port; return (result, host key seen as "<type> <base64>").
+
+    Changes nothing locally. Raises HostKeyMismatch (before authenticating) if `known_key` is given and the
+    server's key differs, SshFailed on any connect/auth/channel failure or when `timeout` seconds (covering
+    connect, auth and the command) pass. Running it twice runs the command twice.
+    """
+    if timeout <= 0:
+        raise ValueError("timeout: must be positive")
+    pkey = load_private_key(private_pem)
+    deadline = _Deadline(timeout)
+    transport, seen = _handshake(host, port, known_key, deadline)
+    try:
+        transport.auth_timeout = deadline.left()
+        try:
+            transport.auth_publickey(user, pkey)
+        except paramiko.AuthenticationException as exc:
+            raise SshFailed(f"ssh auth as {user!r} on {host}:{port} failed: {exc}") from None
+        chan = transport.open_session(timeout=deadline.left())
+        chan.settimeout(deadline.left())
+        chan.exec_command(command)
+        return _collect(chan, deadline), seen
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise SshFailed(f"ssh to {host}:{port}: {type(exc).__name__}: {exc}") from None
+    finally:
+        transport.close()
