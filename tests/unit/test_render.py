@@ -302,3 +302,19 @@ def test_render_is_pure() -> None:
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not imported & {"redis", "rq", "falcon", "pyone", "paramiko"}
+
+
+@pytest.mark.parametrize("nasty", NASTY)
+def test_simulator_parser_reads_the_same_attributes(nasty: str) -> None:
+    """Cross-check with the simulator's OpenNebula template parser (a second, independent reader)."""
+    from onesim.template import parse_text
+
+    values = {**MASTER_VALUES, "ADMIN_USER": nasty, "NAME": nasty}
+    text = render_vm(TEMPLATE, values, [("APP", nasty)], context_extra=EXTRA, tags={**TAGS, "CARINA_SERVICE": nasty},
+                     placement="pack")
+    attrs = parse_text(text)
+    assert [n for n, _ in attrs] == [n for n, _ in parse_template(text)]
+    top = dict(attrs)
+    assert top["NAME"] == nasty and top["CARINA_SERVICE"] == nasty
+    assert top["CONTEXT"]["DEFUSER"] == nasty and top["CONTEXT"]["APP"] == nasty
+    assert top["CONTEXT"]["CARINA_TOKEN"] == EXTRA["CARINA_TOKEN"]
