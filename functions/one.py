@@ -1,0 +1,260 @@
+"""The only module that talks to OpenNebula (pyone over XML-RPC).
+
+Errors come out as two kinds: `OneUnavailable` (retry later: refused, timeout, HTTP or transport trouble) and
+`OneError` (OpenNebula answered no: auth, bad template, wrong state...). The session string never appears in
+an exception or a log line. pyone's own `timeout=` would change the process-wide socket default, so the
+timeout is given to the HTTP transport instead.
+"""
+
+from __future__ import annotations
+
+import decimal
+import logging
+import xml.parsers.expat
+import xmlrpc.client
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from lxml import etree
+from pyone.bindings.supbind import GDSParseError
+from pyone.server_xrpc import OneServerXRPC, RequestsTransport
+
+log = logging.getLogger("carina.one")
+
+AUTHENTICATION, AUTHORIZATION, NO_EXISTS, ACTION = 0x100, 0x200, 0x400, 0x800
+ALL_USERS, NOT_DONE = -2, -1
+
+# STATE and LCM_STATE short codes as `onevm list` prints them (the original parsed these).
+_STATE_SHORT = {0: "init", 1: "pend", 2: "hold", 4: "stop", 5: "susp", 6: "done", 7: "fail", 8: "poff",
+                9: "unde", 10: "clon", 11: "fail"}
+_LCM_SHORT = {0: "init", 1: "prol", 2: "boot", 3: "runn", 4: "migr", 5: "save", 6: "save", 7: "save", 8: "migr",
+              9: "prol", 10: "epil", 11: "epil", 12: "shut", 13: "shut", 14: "fail", 15: "clea", 16: "unkn",
+              17: "hotp", 18: "shut", 19: "boot", 20: "boot", 21: "boot", 22: "boot", 23: "clea", 24: "snap",
+              25: "hotp", 26: "hotp", 27: "hotp", 28: "hotp", 29: "shut", 30: "epil", 31: "prol", 32: "boot",
+              33: "hotp", 34: "hotp", 35: "boot", 43: "migr", 45: "migr", 51: "snap", 52: "snap", 53: "snap",
+              54: "snap", 56: "snap", 57: "snap", 59: "snap", 60: "migr", 62: "drsz", 63: "drsz", 64: "drsz",
+              65: "hotp", 66: "hotp", 67: "hotp", 68: "hotp", 69: "back", 70: "back", 71: "rest"}
+FAILURE_LCM = frozenset({14, 36, 37, 38, 39, 40, 41, 42, 44, 46, 47, 48, 49, 50, 61})
+STARTING_LCM = frozenset({0, 1, 2, 9, 20, 21, 22, 31, 32})
+UNKNOWN_LCM = frozenset({16, 19})
+
+
+_PARSE_ERRORS = (GDSParseError, etree.XMLSyntaxError, decimal.InvalidOperation, IndexError, ValueError)
+
+
+class OneUnavailable(Exception):
+    """OpenNebula could not be reached or answered garbage; retry later."""
+
+
+class OneError(Exception):
+    """OpenNebula answered with an error (`code` is its error code, -1 for an XML-RPC fault)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"OpenNebula error 0x{code & 0xFFFFFFFF:x}: {message}" if code >= 0
+                         else f"OpenNebula fault: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class VmView:
+    """What Carina needs to know about one OpenNebula VM."""
+
+    vmid: int
+    name: str
+    state: int
+    lcm_state: int
+    ip: str | None
+    host: str | None
+    cpu: float | None
+    user_template: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def running(self) -> bool:
+        return self.state == 3 and self.lcm_state == 3
+
+    @property
+    def starting(self) -> bool:
+        return self.state in (0, 1, 2, 10) or (self.state == 3 and self.lcm_state in STARTING_LCM)
+
+    @property
+    def failed(self) -> bool:
+        return self.state in (7, 11) or (self.state == 3 and self.lcm_state in FAILURE_LCM)
+
+    @property
+    def unknown(self) -> bool:
+        return self.state == 3 and self.lcm_state in UNKNOWN_LCM
+
+    @property
+    def stopped(self) -> bool:
+        return self.state in (4, 5, 8, 9)
+
+    @property
+    def gone(self) -> bool:
+        return self.state == 6
+
+    def short_status(self) -> str:
+        """The lowercase 4-letter code of `onevm list` (runn, pend, boot, fail, unkn, ...)."""
+        if self.state == 3:
+            return "fail" if self.lcm_state in FAILURE_LCM else _LCM_SHORT.get(self.lcm_state, "actv")
+        return _STATE_SHORT.get(self.state, "unkn")
+
+
+def _as_list(value: Any) -> list[Any]:
+    """xmltodict gives a dict for one element and a list for several: always a list."""
+    if value is None or value == "":
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _first_ip(template: Any) -> str | None:
+    """The IP of the first NIC (or NIC_ALIAS) of a TEMPLATE dict, or None."""
+    if not isinstance(template, dict):
+        return None
+    for key in ("NIC", "NIC_ALIAS"):
+        for nic in _as_list(template.get(key)):
+            if isinstance(nic, dict) and nic.get("IP"):
+                return str(nic["IP"])
+    return None
+
+
+def _last_host(vm: Any) -> str | None:
+    records = getattr(vm, "HISTORY_RECORDS", None)
+    history = getattr(records, "HISTORY", None) or []
+    return str(history[-1].HOSTNAME) if history and history[-1].HOSTNAME else None
+
+
+def _view(vm: Any, cpu: float | None) -> VmView:
+    utmpl = vm.USER_TEMPLATE if isinstance(vm.USER_TEMPLATE, dict) else {}
+    return VmView(
+        vmid=int(vm.ID), name=str(vm.NAME or ""), state=int(vm.STATE if vm.STATE is not None else -1),
+        lcm_state=int(vm.LCM_STATE or 0), ip=_first_ip(vm.TEMPLATE), host=_last_host(vm), cpu=cpu,
+        user_template={str(k): str(v) for k, v in utmpl.items() if isinstance(v, str | int | float)},
+    )
+
+
+class _TimedTransport(RequestsTransport):
+    """pyone's requests transport with a per-request timeout (instead of a global socket default)."""
+
+    def __init__(self, timeout: float, https: bool) -> None:
+        super().__init__()
+        self.timeout = timeout
+        self.set_https(https)
+        self.set_https_verify(True)
+
+    def request(self, host: str, handler: str, request_body: bytes, verbose: bool = False) -> Any:
+        url = self._build_url(host, handler)
+        resp = requests.post(url, data=request_body, headers=self.headers, verify=self.https_verify,
+                             timeout=self.timeout)
+        if resp.status_code >= 400:
+            raise xmlrpc.client.ProtocolError(url, resp.status_code, resp.reason, {})
+        return self.parse_response(resp)
+
+
+class _Server(OneServerXRPC):
+    """OneServerXRPC with our transport and errors raised from the raw answer (keeping OpenNebula's code)."""
+
+    def __init__(self, uri: str, session: str, timeout: float) -> None:
+        super().__init__(uri, session)  # no timeout here: pyone would call socket.setdefaulttimeout()
+        # Re-run the base ServerProxy setup with our transport; pyone's session and helpers stay as they are.
+        xmlrpc.client.ServerProxy.__init__(self, uri, transport=_TimedTransport(timeout, uri.startswith("https")))
+
+    def _do_request(self, method: str, params: Any) -> Any:
+        try:
+            raw = xmlrpc.client.ServerProxy._ServerProxy__request(self, method, params)  # type: ignore[attr-defined]
+        except xmlrpc.client.Fault as exc:
+            raise OneError(-1, f"[{method}] {exc.faultString}") from None
+        except (requests.RequestException, xmlrpc.client.ProtocolError, OSError,
+                xml.parsers.expat.ExpatError) as exc:
+            raise OneUnavailable(f"[{method}] {type(exc).__name__}: {exc}") from None
+        if not isinstance(raw, list | tuple) or len(raw) < 2:
+            raise OneUnavailable(f"[{method}] malformed answer")
+        if not raw[0]:
+            code = int(raw[2]) if len(raw) > 2 and isinstance(raw[2], int) else -1
+            raise OneError(code, str(raw[1]))
+        if raw[1] == "":
+            raise OneUnavailable(f"[{method}] empty answer")
+        return raw
+
+
+class OneClient:
+    """A client for one OpenNebula endpoint. Cheap to build; each call is one HTTP request (or two)."""
+
+    def __init__(self, proxy: str, session: str, timeout: float = 15.0) -> None:
+        if not proxy.startswith(("http://", "https://")):
+            raise ValueError("proxy: expected an http:// or https:// XML-RPC URL")
+        if not session or ":" not in session:
+            raise ValueError("oneauth: expected 'user:password'")
+        if timeout <= 0:
+            raise ValueError("timeout: must be positive")
+        self.proxy = proxy
+        self._session = session
+        self._server = _Server(proxy, session, timeout)
+
+    def __repr__(self) -> str:
+        return f"OneClient({self.proxy!r})"
+
+    def _call(self, method: str, *args: Any) -> Any:
+        """Call `one.<method>`; parsing trouble becomes OneUnavailable; the session is scrubbed from errors."""
+        func = self._server
+        for part in method.split("."):
+            func = getattr(func, part)
+        try:
+            return func(*args)
+        except (OneError, OneUnavailable) as exc:
+            raise self._scrub(exc) from None
+        except _PARSE_ERRORS as exc:
+            log.warning("unparseable answer to one.%s: %s", method, type(exc).__name__)
+            raise OneUnavailable(f"[one.{method}] unparseable answer: {type(exc).__name__}") from None
+
+    def _scrub(self, exc: OneError | OneUnavailable) -> OneError | OneUnavailable:
+        if self._session not in str(exc):
+            return exc
+        if isinstance(exc, OneError):
+            return OneError(exc.code, exc.message.replace(self._session, "***"))
+        return OneUnavailable(str(exc).replace(self._session, "***"))
+
+    def version(self) -> str:
+        """OpenNebula's version string. Read-only."""
+        return str(self._call("system.version"))
+
+    def allocate(self, template: str) -> int:
+        """Create a VM from template text (pending, not on hold); returns its id. NOT idempotent: tag VMs."""
+        return int(self._call("vm.allocate", template, False))
+
+    def info(self, vmid: int) -> VmView | None:
+        """The VM, or None if OpenNebula has no such VM. Read-only."""
+        try:
+            vm = self._call("vm.info", int(vmid))
+        except OneError as exc:
+            if exc.code == NO_EXISTS:
+                return None
+            raise
+        cpu = getattr(vm.MONITORING, "CPU", None) if vm.MONITORING is not None else None
+        return _view(vm, float(cpu) if cpu is not None else None)
+
+    def terminate(self, vmid: int, hard: bool = False) -> None:
+        """Ask OpenNebula to terminate the VM. Safe to run twice: absent, DONE or a state where terminate
+        is not allowed (e.g. already shutting down) is no error; the caller re-checks with info()."""
+        try:
+            self._call("vm.action", "terminate-hard" if hard else "terminate", int(vmid))
+        except OneError as exc:
+            if exc.code in (NO_EXISTS, ACTION):
+                log.info("terminate vm %s: %s", vmid, exc.message)
+                return
+            raise
+
+    def pool(self) -> list[VmView]:
+        """Every VM that is not DONE, all users, with the last monitored CPU. Read-only."""
+        vms = self._call("vmpool.infoextended", ALL_USERS, -1, -1, NOT_DONE)
+        mon = self._call("vmpool.monitoring", ALL_USERS, 0)
+        cpu: dict[int, float] = {}
+        for rec in getattr(mon, "MONITORING", None) or []:
+            if rec.ID is not None and rec.CPU is not None:
+                cpu[int(rec.ID)] = float(rec.CPU)
+        return [_view(vm, cpu.get(int(vm.ID))) for vm in getattr(vms, "VM", None) or []]
+
+    def tagged(self, envid: str) -> list[VmView]:
+        """Every non-DONE VM whose USER_TEMPLATE has CARINA_ENVID == envid. Read-only."""
+        return [v for v in self.pool() if v.user_template.get("CARINA_ENVID") == str(envid)]
