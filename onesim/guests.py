@@ -11,9 +11,12 @@ Guest processes run as the simulator's own user: the sandbox is a directory, not
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import threading
@@ -202,7 +205,10 @@ class _ProcessGuest:
 
 
 class _SyntheticGuests:
-    """Callbacks and SSH for many VMs without processes: a small thread pool and the shared accept loop."""
+    """Callbacks and SSH for many VMs without processes: a small thread pool and the shared accept loop.
+
+    Host keys derive from a per-run secret and the vmid: a VM powered off and resumed keeps its key.
+    """
 
     def __init__(self, workdir: Path, ssh_port: int, server: SshServer) -> None:
         self.workdir, self.ssh_port, self.server = workdir, ssh_port, server
@@ -211,6 +217,7 @@ class _SyntheticGuests:
         self._live: dict[int, dict[str, str]] = {}
         self._keys: dict[str, str] = {}
         self._host_keys: dict[int, paramiko.PKey] = {}
+        self._host_key_secret = secrets.token_bytes(32)  # host keys derive from it: same key after a restart
         self._log_lock = threading.Lock()
 
     def start(self, vmid: int, ip: str, context: dict[str, str]) -> None:
@@ -239,7 +246,8 @@ class _SyntheticGuests:
         try:
             self._controller_keys(context)
             user = guest_user(context)
-            host_key = load_host_key(generate_host_key())
+            seed = hmac.new(self._host_key_secret, str(vmid).encode(), hashlib.sha256).digest()
+            host_key = load_host_key(generate_host_key(seed))
             with self._lock:
                 if vmid not in self._live:
                     return

@@ -47,9 +47,9 @@ class Endpoint:
     run: Callable[[str], ExecResult]
 
 
-def generate_host_key() -> str:
-    """A new ed25519 private key in OpenSSH PEM form (no passphrase)."""
-    key = Ed25519PrivateKey.generate()
+def generate_host_key(seed: bytes | None = None) -> str:
+    """An ed25519 private key in OpenSSH PEM form (no passphrase): random, or derived from a 32-byte seed."""
+    key = Ed25519PrivateKey.generate() if seed is None else Ed25519PrivateKey.from_private_bytes(seed)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                             serialization.NoEncryption())
     return pem.decode("ascii")

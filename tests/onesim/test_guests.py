@@ -281,9 +281,14 @@ def test_synthetic_guests_call_back_and_answer_ssh(tmp_path: Path, repo: Repo,
             ssh("127.0.1.21", port, load_host_key(generate_host_key()))
         assert list(tmp_path.glob("vm-*")) == []
 
+        key20 = mgr.host_key(20)
         mgr.stop(20)
         with pytest.raises(OSError), socket.create_connection(("127.0.1.20", port), timeout=2):
             pass
+        assert mgr.host_key(20) is None
+        mgr.start(20, "127.0.1.20", vm_context(repo, 20, "127.0.1.20", "tomcat-master.sh", CARINA_ROLE="master"))
+        wait_for(lambda: mgr.host_key(20), what="synthetic guest restart")
+        assert mgr.host_key(20) == key20 != mgr.host_key(21)
     finally:
         mgr.close()
 
