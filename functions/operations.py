@@ -1,0 +1,208 @@
+"""What the gateway asks for: create, scale and remove requests, recorded and handed to the lifecycle.
+
+Each request_* function records the request (job, env fields op/job/phase, in-flight mark, an event)
+and kicks `functions.lifecycle.drive` for the environment; the lifecycle owns `phase` and every step
+after that. The operation guard (envstore.claim_op / take_over_op) makes a second scale a 409 across
+gateways, workers and restarts; a remove pre-empts whatever runs.
+
+The spec snapshot written at create (env field `spec`) is the environment's config entry (flat: endpoint,
+num_slaves, master_context_script, ...) plus:
+  name       the configuration name          service   the owning service
+  proxy      the endpoint's XML-RPC URL (never its oneauth secret: read that from tenants.get_config)
+  drain_time seconds (the entry's value, else settings.drain_time_default)
+  templates  {"master": {...TEMPLATE entry, "name": <template name>, "text": <.vm text>},
+              "slave": same, or None when the environment has no slave template}
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from rq import Queue
+
+from config.settings import Settings
+from functions import envstore, tenants
+from functions.clock import Clock
+from functions.lifecycle import kick
+
+SCALE_TYPES = {"up": "SCALEUP", "down": "SCALEDOWN"}
+FINAL = ("DONE", "FAIL", "ABORT")
+
+
+class RequestError(Exception):
+    """A refused request; `field` names the input at fault (HTTP status by subclass)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class NotFound(RequestError):
+    """No such configuration or environment (for this service): HTTP 404."""
+
+
+class Invalid(RequestError):
+    """The request cannot be carried out as configured (missing template, group...): HTTP 422."""
+
+
+class Conflict(RequestError):
+    """The state forbids it now (no configuration uploaded, environment not ready): HTTP 409."""
+
+
+class Busy(Conflict):
+    """Another operation holds the environment: HTTP 409 "operation in progress (job N)"."""
+
+
+# ---------------------------------------------------------------- the spec snapshot (pure)
+
+
+def _template(cfg: dict[str, Any], env_name: str, role: str, tname: str, endpoint: str,
+              vm_text: Callable[[str], str | None]) -> dict[str, Any]:
+    where = f"ENVIRONMENT.{env_name}.{role}_template"
+    entry = (cfg.get("TEMPLATE") or {}).get(tname)
+    if not isinstance(entry, dict):
+        raise Invalid(f"{where}: template {tname!r} is not defined in TEMPLATE", where)
+    for key in ("network_id", "image_id"):
+        if endpoint not in (entry.get(key) or {}):
+            raise Invalid(f"TEMPLATE.{tname}.{key}: no value for endpoint {endpoint!r}", f"TEMPLATE.{tname}.{key}")
+    filename = str(entry.get("file") or "")
+    text = vm_text(filename) if filename else None
+    if text is None:
+        raise Invalid(f"TEMPLATE.{tname}.file: VM template {filename!r} was not uploaded", f"TEMPLATE.{tname}.file")
+    return {**copy.deepcopy(entry), "name": tname, "text": text}
+
+
+def build_spec(cfg: dict[str, Any], name: str, service: str, vm_text: Callable[[str], str | None],
+               drain_default: int) -> dict[str, Any]:
+    """The spec snapshot for creating configuration `name` (see the module docstring). Pure.
+
+    Raises NotFound (no such configuration) or Invalid (a group, or a missing piece, named by its config path).
+    """
+    entry = (cfg.get("ENVIRONMENT") or {}).get(name)
+    if not isinstance(entry, dict):
+        raise NotFound(f"name: no configuration named {name!r} in this service's config", "name")
+    if entry.get("type") == "group":
+        raise Invalid(f"name: {name!r} is a group; group creation is not supported yet", "name")
+    endpoint = str(entry.get("endpoint") or "")
+    ep = (cfg.get("ENDPOINT") or {}).get(endpoint)
+    if not isinstance(ep, dict) or not ep.get("proxy"):
+        raise Invalid(f"ENVIRONMENT.{name}.endpoint: endpoint {endpoint!r} is not defined in ENDPOINT",
+                      f"ENVIRONMENT.{name}.endpoint")
+    master_t = str(entry.get("master_template") or "")
+    if not master_t:
+        raise Invalid(f"ENVIRONMENT.{name}.master_template: missing", f"ENVIRONMENT.{name}.master_template")
+    templates: dict[str, Any] = {"master": _template(cfg, name, "master", master_t, endpoint, vm_text)}
+    slave_t = str(entry.get("slave_template") or "")
+    if not slave_t and int(entry.get("num_slaves") or 0) > 0:
+        raise Invalid(f"ENVIRONMENT.{name}.slave_template: missing (num_slaves > 0)",
+                      f"ENVIRONMENT.{name}.slave_template")
+    templates["slave"] = _template(cfg, name, "slave", slave_t, endpoint, vm_text) if slave_t else None
+    drain = entry.get("drain_time")
+    spec = copy.deepcopy(entry)
+    spec.update(name=name, service=service, proxy=str(ep["proxy"]), templates=templates,
+                drain_time=int(drain) if drain is not None else int(drain_default))
+    return spec
+
+
+# ---------------------------------------------------------------- requests
+
+
+def _start(r: redis.Redis, queue: Queue, service: str, envid: str, op: str, jobid: str, clock: Clock,
+           msg: str) -> None:
+    """Hand a recorded operation to the lifecycle: env fields, in-flight mark, event, kick. Safe to run twice."""
+    envstore.update_env(r, envid, op=op, job=jobid, phase="new", phase_since=clock())
+    envstore.mark_inflight(r, envid)
+    envstore.add_event(r, envid, service, "request", msg, clock, jobid=jobid, op=op)
+    kick(queue, envid)
+
+
+def request_create(r: redis.Redis, queue: Queue, service: str, name: str, clock: Clock,
+                   settings: Settings) -> tuple[str, str]:
+    """Record a new environment from configuration `name` and start its CREATE. Returns (envid, jobid).
+
+    Raises Conflict (no configuration uploaded), NotFound, Invalid. Not idempotent: each call creates one.
+    """
+    cfg = tenants.get_config(r, service)
+    if cfg is None:
+        raise Conflict("name: upload a configuration first (this service has none)", "name")
+    spec = build_spec(cfg, name, service, lambda f: tenants.get_vm_file(r, service, f), settings.drain_time_default)
+    envid, jobid = envstore.create_env(r, service, name, spec, "CREATE", clock)
+    _start(r, queue, service, envid, "CREATE", jobid, clock, f"create of {name!r} requested (job {jobid})")
+    return envid, jobid
+
+
+def request_scale(r: redis.Redis, queue: Queue, service: str, envid: str, direction: str, clock: Clock) -> str:
+    """Start a SCALEUP (direction "up") or SCALEDOWN ("down") of one slave. Returns the jobid.
+
+    The guard is claimed before the job is written, so a refused request leaves no job. Does not change
+    desired_slaves: the lifecycle picks the slot when it starts the op. Raises NotFound, Invalid, Busy, Conflict.
+    """
+    op = SCALE_TYPES.get(direction)
+    if op is None:
+        raise Invalid("direction: must be up or down", "direction")
+    env = envstore.get_env(r, envid, service)
+    if env is None:
+        raise NotFound(f"envid: no environment {envid}", "envid")
+    holder = envstore.current_op(r, envid)
+    if holder is None and env.get("policy_status") == "INIT":
+        raise Conflict(f"envid: environment {envid} is not ready (its create did not complete: "
+                       f"{env.get('status', '')})", "envid")
+    jobid = envstore.next_jobid(r)
+    if not envstore.claim_op(r, envid, jobid):
+        raise Busy(f"operation in progress (job {envstore.current_op(r, envid) or holder})", "envid")
+    if envstore.get_env(r, envid, service) is None:      # removed between our read and the claim
+        envstore.release_op(r, envid, jobid)
+        raise NotFound(f"envid: no environment {envid}", "envid")
+    envstore.record_job(r, service, jobid, envid, env["name"], op, clock)
+    if envstore.current_op(r, envid) != jobid:           # a remove took over before our job existed
+        envstore.finish_job(r, jobid, "FAIL", clock, info="pre-empted by remove")
+        return jobid
+    word = "up" if op == "SCALEUP" else "down"
+    _start(r, queue, service, envid, op, jobid, clock, f"scale {word} requested (job {jobid})")
+    return jobid
+
+
+def _remove_one(r: redis.Redis, queue: Queue, service: str, env: dict[str, Any], clock: Clock) -> str:
+    envid = env["envid"]
+    holder = envstore.current_op(r, envid)
+    running = envstore.get_job(r, holder) if holder else None
+    if running and running.get("type") == "REMOVE" and running.get("status") not in FINAL:
+        return str(holder)                               # already being removed: same job
+    jobid = envstore.next_jobid(r)
+    envstore.record_job(r, service, jobid, envid, env["name"], "REMOVE", clock)
+    previous = envstore.take_over_op(r, envid, jobid)
+    if previous and previous != jobid and envstore.finish_job(r, previous, "FAIL", clock,
+                                                              info=f"pre-empted by remove {jobid}"):
+        envstore.add_event(r, envid, service, "preempted", f"job {previous} pre-empted by remove {jobid}", clock,
+                           jobid=previous)
+    if envstore.get_env(r, envid) is None:               # finished removing meanwhile
+        envstore.release_op(r, envid, jobid)
+        envstore.finish_job(r, jobid, "DONE", clock, info="environment already removed")
+        return jobid
+    _start(r, queue, service, envid, "REMOVE", jobid, clock, f"remove requested (job {jobid})")
+    return jobid
+
+
+def request_remove(r: redis.Redis, queue: Queue, service: str, target: str, clock: Clock) -> list[str]:
+    """Remove environment `target`, or with `-N` the group N (every env whose groupid is N, and N itself).
+
+    Returns the jobids, the group's parent first. Pre-empts a running create/scale (its job ends FAIL
+    "pre-empted by remove <jobid>"). Asking again while a remove runs returns that remove's jobid.
+    Raises NotFound when nothing of this service matches.
+    """
+    if target.startswith("-"):
+        gid = target[1:]
+        envs = [e for e in envstore.list_envs(r, service) if e.get("groupid") == gid or e.get("envid") == gid]
+        envs.sort(key=lambda e: (e["envid"] != gid, int(e["envid"])))
+        if not envs:
+            raise NotFound(f"envid: no environment group {gid}", "envid")
+    else:
+        env = envstore.get_env(r, target, service)
+        if env is None:
+            raise NotFound(f"envid: no environment {target}", "envid")
+        envs = [env]
+    return [_remove_one(r, queue, service, env, clock) for env in envs]
