@@ -42,18 +42,20 @@ return 0
 """
 
 
-def kick(queue: Queue, envid: str, delay: float = 0.0) -> bool:
+def kick(queue: Queue, envid: str, delay: float = 0.0, force: bool = False) -> bool:
     """Make sure `drive(envid)` runs within `delay` seconds. Returns True if a job was enqueued.
 
     Safe to call any number of times: while a drive job due no later is already waiting, nothing is
-    added. Uses real time (RQ schedules in real time), never the injected clock.
+    added. `force` (recovery, the minute tick) enqueues even then, in case that job was lost; it costs at
+    most one extra, harmless drive. Uses real time (RQ schedules in real time), never the injected clock.
     """
     envid = str(envid)
     delay = max(0.0, float(delay))
     due = time.time() + delay
     ttl = int(delay + PENDING_GRACE)
     conn = queue.connection
-    marked = conn.eval(_MARK, 1, keys.env_kick(envid), repr(due), repr(PENDING_SLACK), str(ttl))
+    slack = -1e12 if force else PENDING_SLACK
+    marked = conn.eval(_MARK, 1, keys.env_kick(envid), repr(due), repr(slack), str(ttl))
     if not marked:
         return False
     job_id = f"drive-{envid}-{int(due * 1000)}"

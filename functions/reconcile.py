@@ -1,0 +1,27 @@
+"""Restart safety: re-drive every environment with unfinished work (worker start, every minute).
+
+The in-flight set (envstore.inflight) holds every environment whose current job is not final; drive()
+itself works out from Redis plus OpenNebula (VMs found by their tags) what is left to do, so kicking is
+all recovery needs. Kicks are forced (a lost queued job must not block recovery); each costs at most one extra drive.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from rq import Queue
+
+from functions import envstore, lifecycle
+
+log = logging.getLogger("carina.reconcile")
+
+
+def recover_all(r: redis.Redis, queue: Queue) -> list[str]:
+    """Kick drive(envid) for every in-flight environment; returns their ids. Safe to run twice."""
+    envids = envstore.inflight(r)
+    for envid in envids:
+        lifecycle.kick(queue, envid, force=True)
+    if envids:
+        log.info("re-driving %d in-flight environment(s): %s", len(envids), " ".join(envids))
+    return envids

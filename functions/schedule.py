@@ -1,0 +1,68 @@
+"""The scheduler process: `python -m functions.schedule [--burst] [--interval S]`.
+
+Registers the periodic tick (functions.ticks.minute_tick, every TICK_EVERY seconds; the tick itself acts
+once per minute) with rq-scheduler, using JSON jobs on Carina's queue, then runs the scheduler loop. Several
+scheduler processes are safe: the registration is idempotent (fixed job id), rq-scheduler's lock lets one
+enqueue at a time, and the tick deduplicates per minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import UTC, datetime
+
+import redis
+from rq import Queue
+from rq_scheduler import Scheduler
+
+from config.settings import Settings
+from functions.runtime import JsonJob, JsonQueue, connect
+
+log = logging.getLogger("carina.schedule")
+
+TICK_FUNC = "functions.ticks.minute_tick"
+TICK_ID = "carina-minute-tick"
+TICK_EVERY = 10          # seconds between tick jobs; the tick acts once per minute
+TICK_TIMEOUT = 50        # seconds a tick may run
+
+
+def scheduler_for(raw: redis.Redis, queue: Queue, interval: float = 2.0) -> Scheduler:
+    """An rq-scheduler Scheduler that creates JSON jobs on `queue`."""
+    return Scheduler(queue=queue, connection=raw, interval=interval, job_class=JsonJob, queue_class=JsonQueue)
+
+
+def register(scheduler: Scheduler, every: int = TICK_EVERY) -> bool:
+    """Register the periodic tick unless it is registered as wanted. Returns True if (re)registered.
+
+    Safe to run twice and from several processes (fixed job id).
+    """
+    for job in scheduler.get_jobs():
+        if job.id == TICK_ID:
+            if job.func_name == TICK_FUNC and job.meta.get("interval") == every:
+                return False
+            scheduler.cancel(job)
+    scheduler.schedule(scheduled_time=datetime.now(UTC).replace(tzinfo=None), func=TICK_FUNC, interval=every,
+                       repeat=None, id=TICK_ID, timeout=TICK_TIMEOUT, result_ttl=max(every * 6, 120),
+                       description="Carina minute tick")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Carina scheduler (rq-scheduler with the minute tick)")
+    parser.add_argument("--burst", action="store_true", help="enqueue what is due once, then exit")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between scheduler polls")
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rt = connect(Settings.from_env())
+    scheduler = scheduler_for(rt.raw, rt.queue, args.interval)
+    if register(scheduler):
+        log.info("registered %s every %ss", TICK_FUNC, TICK_EVERY)
+    scheduler.run(burst=args.burst)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

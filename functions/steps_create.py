@@ -1,0 +1,124 @@
+"""CREATE: master → RUNNING → master_setup_time and MASTER_INIT_DONE → slaves → announce each → READY/ACTIVE.
+
+Each function is one level-triggered step under the env lock (see functions.engine); it returns when to
+come back (0 = at once, > 0 = seconds, None = the job ended).
+"""
+
+from __future__ import annotations
+
+from functions import envstore, render, specview, sshexec, vmops
+from functions.engine import POLL, Ctx, Env, Step, deadline_passed, fail, finish
+from functions.envstore import VmRecord
+from functions.one import OneClient, OneError
+
+SSH_RETRY = 2.0
+
+
+def _status_of(env: Env, master: VmRecord) -> str:
+    """The master's init verdict: its own reported status first, then the environment's."""
+    for status in (master.status, str(env.data.get("status") or "")):
+        if status.startswith(("MASTER_INIT_DONE", "MASTER_INIT_FAIL")):
+            return status
+    return ""
+
+
+def _timeout(ctx: Ctx, env: Env) -> Step:
+    master = env.vms.get("m")
+    if master is None or master.state in ("allocating", "allocated"):
+        why = "the master VM did not reach RUNNING"
+    elif not env.data.get("master_ready"):
+        why = "no MASTER_INIT_DONE callback from the master"
+    else:
+        why = "the slaves were not all running and announced"
+    return fail(ctx, env, "CREATE_TIMEOUT", f"{why} within {ctx.settings.create_deadline}s (deadline)")
+
+
+def _master(ctx: Ctx, env: Env, one: OneClient) -> tuple[VmRecord | None, Step]:
+    """Get the master to RUNNING and initialised. Returns (master, None) when slaves may start."""
+    try:
+        master = vmops.ensure_allocated(ctx, env, one, "m", "master", 0,
+                                        num_slaves=int(env.num("desired_slaves")))
+    except (render.RenderError, specview.SpecError, OneError) as exc:
+        return None, fail(ctx, env, f"MASTER_CREATE_FAIL: {exc}", f"master: {exc}")
+    if master.state in ("allocating", "allocated"):
+        why = vmops.boot_failure(master, vmops.observe(ctx, env, one, master))
+        if why:
+            return None, fail(ctx, env, "MASTER_CREATE_FAIL: VM failed", f"master: {why}")
+        if master.state != "running":
+            envstore.update_env(ctx.r, env.envid, phase="master_boot")
+            return None, POLL
+    if env.data.get("master_ready"):
+        return master, None
+    now = ctx.clock()
+    up = env.num("master_up")
+    if not up:
+        up = now
+        envstore.update_env(ctx.r, env.envid, master_up=now, phase="master_init")
+        ctx.event(env, "step", "waiting for the master's MASTER_INIT_DONE callback")
+    status = _status_of(env, master)
+    if status.startswith("MASTER_INIT_FAIL"):
+        return None, fail(ctx, env, status, f"the master reported {status}")
+    if not status:
+        return None, max(1.0, env.num("deadline") - now) if env.num("deadline") else None
+    left = up + float(env.cfg.get("master_setup_time") or 0) - now
+    if left > 0:
+        envstore.update_env(ctx.r, env.envid, phase="master_setup")
+        return None, left
+    envstore.update_env(ctx.r, env.envid, master_ready=1, phase="slaves")
+    ctx.event(env, "step", "master initialised (MASTER_INIT_DONE)")
+    return master, None
+
+
+def _slave(ctx: Ctx, env: Env, one: OneClient, master: VmRecord, rec: VmRecord) -> Step:
+    """Move one slave on: boot → announce. Returns None once it is announced; raises StepFailed."""
+    if rec.state in ("allocating", "allocated"):
+        why = vmops.boot_failure(rec, vmops.observe(ctx, env, one, rec))
+        if why:
+            raise vmops.StepFailed(f"SLAVE_CREATE_FAIL: {rec.slot}", f"slave {rec.slot}: {why}")
+        if rec.state != "running":
+            return POLL
+    if rec.state == "running":
+        try:
+            vmops.master_command(ctx, env, master, "add", rec)
+        except sshexec.HostKeyMismatch as exc:
+            why = f"announce {rec.slot}: {exc}"
+            raise vmops.StepFailed("SLAVE_CREATE_FAIL: master host key changed", why) from None
+        except sshexec.SshFailed as exc:
+            ctx.event(env, "error", f"announce {rec.slot} to the master failed, retrying: {exc}", slot=rec.slot)
+            return SSH_RETRY
+        rec.state = "announced"
+        envstore.put_vm(ctx.r, env.envid, rec)
+    return None
+
+
+def create_step(ctx: Ctx, env: Env) -> Step:
+    """One step of CREATE. Safe to run twice."""
+    if deadline_passed(ctx, env):
+        return _timeout(ctx, env)
+    one = ctx.one(env)
+    master, wait = _master(ctx, env, one)
+    if master is None:
+        return wait
+    desired = int(env.num("desired_slaves"))
+    for i in range(desired):
+        try:
+            vmops.ensure_allocated(ctx, env, one, f"s{i}", "slave", i, master_ip=master.ip, num_slaves=desired)
+        except (render.RenderError, specview.SpecError, OneError) as exc:
+            return fail(ctx, env, f"SLAVE_CREATE_FAIL: {exc}", f"slave s{i}: {exc}")
+    try:
+        waits = [w for w in (_slave(ctx, env, one, master, env.vms[f"s{i}"]) for i in range(desired)) if w is not None]
+    except vmops.StepFailed as exc:
+        return fail(ctx, env, exc.status, exc.why)
+    if waits:
+        return min(waits)
+    return _complete(ctx, env, master, desired)
+
+
+def _complete(ctx: Ctx, env: Env, master: VmRecord, desired: int) -> Step:
+    url = render.app_url(str(env.cfg.get("app_url") or ""), master.ip)
+    policy = env.cfg.get("availability_policy") or {}
+    passive = isinstance(policy, dict) and str(policy.get("failover_role", "")).lower() == "passive"
+    envstore.update_env(ctx.r, env.envid, app_url=url, policy_status="READY")
+    ctx.event(env, "step", f"environment READY{' at ' + url if url else ''}")
+    return finish(ctx, env, f"created: 1 master + {desired} slaves",
+                  policy_status="PASSIVE" if passive else "ACTIVE")

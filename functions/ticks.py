@@ -1,0 +1,110 @@
+"""The per-minute tick: re-drive in-flight environments and refresh what OpenNebula says about every VM.
+
+`minute_tick()` is the RQ entry the scheduler enqueues every few seconds; it acts once per minute however
+many schedulers fire (SET NX on keys.tick). The VM refresh asks OpenNebula once per (service, endpoint)
+for its whole pool and updates each record's `one_state` (runn, unkn, fail, ..., or "missing") and `cpu`
+under the environment's lock (an environment busy with a step is skipped until the next minute).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from rq import Queue
+
+from config.settings import Settings
+from functions import envstore, keys, reconcile, specview, tenants
+from functions.clock import Clock, system_clock
+from functions.one import OneClient, OneError, OneUnavailable, VmView
+
+log = logging.getLogger("carina.ticks")
+
+TICK_TTL = 180
+
+
+def claim_minute(r: redis.Redis, name: str, now: float) -> bool:
+    """True for the first caller of this minute (several schedulers fire once). Sets a key with TTL."""
+    return bool(r.set(keys.tick(name, int(now // 60)), "1", nx=True, ex=TICK_TTL))
+
+
+def _apply_snapshot(r: redis.Redis, envid: str, views: dict[int, VmView], taken: float) -> int:
+    """Write one_state/cpu of the environment's records from a pool snapshot; returns records changed."""
+    newest = max(views, default=-1)
+    changed = 0
+    with envstore.env_lock(r, envid, ttl=30) as got:
+        if not got:
+            return 0
+        for rec in envstore.get_vms(r, envid).values():
+            if rec.vmid is None or rec.state == "allocating":
+                continue
+            view = views.get(rec.vmid)
+            if view is None and (rec.vmid > newest or rec.created > taken):
+                continue                      # allocated after the snapshot: cannot judge
+            state = view.short_status() if view is not None else "missing"
+            cpu = view.cpu if view is not None and view.cpu is not None else rec.cpu
+            if (state, cpu) != (rec.one_state, rec.cpu):
+                rec.one_state, rec.cpu = state, cpu
+                envstore.put_vm(r, envid, rec)
+                changed += 1
+    return changed
+
+
+def _groups(r: redis.Redis) -> dict[tuple[str, str, str], list[str]]:
+    """(service, endpoint, proxy) -> envids of the environments that have VM records."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for svc in tenants.list_services(r):
+        for env in envstore.list_envs(r, svc["name"]):
+            if not r.exists(keys.env_vms(env["envid"])):
+                continue
+            try:
+                proxy = specview.proxy(env["spec"])
+            except specview.SpecError:
+                continue
+            groups.setdefault((svc["name"], env.get("endpoint") or "", proxy), []).append(env["envid"])
+    return groups
+
+
+def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
+                one_factory: Callable[[str, str], OneClient] = OneClient) -> dict[str, Any]:
+    """Refresh every live VM record from one pool() call per endpoint. Returns counts (for logs/tests)."""
+    stats = {"endpoints": 0, "changed": 0, "errors": 0}
+    for (service, endpoint, proxy), envids in _groups(r).items():
+        conf = tenants.get_config(r, service) or {}
+        auth = ((conf.get("ENDPOINT") or {}).get(endpoint) or {}).get("oneauth")
+        if not auth:
+            continue
+        taken = clock()
+        try:
+            views = {v.vmid: v for v in one_factory(proxy, auth).pool()}
+        except (OneUnavailable, OneError) as exc:
+            log.warning("tick: endpoint %s of %s: %s", endpoint, service, exc)
+            stats["errors"] += 1
+            continue
+        stats["endpoints"] += 1
+        for envid in envids:
+            stats["changed"] += _apply_snapshot(r, envid, views, taken)
+    return stats
+
+
+def tick(r: redis.Redis, queue: Queue, clock: Clock = system_clock,
+         one_factory: Callable[[str, str], OneClient] = OneClient) -> dict[str, Any] | None:
+    """Once per minute: re-drive in-flight environments and refresh VM states. None if this minute ran."""
+    if not claim_minute(r, "minute", clock()):
+        return None
+    kicked = reconcile.recover_all(r, queue)
+    stats = refresh_vms(r, clock, one_factory)
+    stats["kicked"] = len(kicked)
+    log.info("minute tick: %s", stats)
+    return stats
+
+
+def minute_tick() -> str:
+    """RQ entry (enqueued by functions.schedule): run tick() against the environment's settings."""
+    from functions.runtime import connect
+
+    rt = connect(Settings.from_env())
+    stats = tick(rt.text, rt.queue)
+    return "skipped (this minute already ran)" if stats is None else f"done: {stats}"

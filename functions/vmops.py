@@ -1,0 +1,181 @@
+"""VM-level steps shared by create, scale and remove: render, allocate (intent first), observe, announce, terminate.
+
+Every function here runs under the environment lock (one writer). Each OpenNebula side effect is preceded by a
+written intent (a VmRecord in state "allocating" with its nonce), and a replay of an "allocating" record first
+searches OpenNebula for a VM tagged with the environment and slot, so a crash never yields a duplicate VM.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from functions import envstore, keys, render, specview, sshexec, tenants, tokens
+from functions.envstore import VmRecord
+from functions.one import OneClient, VmView
+
+if TYPE_CHECKING:
+    from functions.engine import Ctx, Env
+
+
+class StepFailed(Exception):
+    """The current operation cannot go on (terminal); `status` becomes the environment's status."""
+
+    def __init__(self, status: str, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+        self.why = why
+
+
+def _per_endpoint(entry: dict, key: str, endpoint: str, role: str) -> str:
+    value = entry.get(key)
+    if isinstance(value, dict):
+        value = value.get(endpoint)
+    if value is None or value == "":
+        raise render.RenderError(f"{role} template: no {key} for endpoint {endpoint!r}")
+    return str(value)
+
+
+def render_vm(ctx: Ctx, env: Env, rec: VmRecord, master_ip: str = "", num_slaves: int = 0) -> str:
+    """The allocate text for `rec` (role master or slave). Pure apart from reading the callback secret.
+
+    Raises RenderError / SpecError naming the culprit.
+    """
+    cfg, role = env.cfg, rec.role
+    entry = specview.template_entry(env.spec, role)
+    values = {
+        "NAME": f"{env.name}-{'m' if role == 'master' else 's'}", "ENVID": env.envid,
+        "SERVICE_NAME": env.service, "CARINA_IP": ctx.settings.callback_addr,
+        "NETWORK_ID": _per_endpoint(entry, "network_id", env.endpoint, role),
+        "IMAGE_ID": _per_endpoint(entry, "image_id", env.endpoint, role),
+        "CPU": str(entry.get("cpu", 1)), "MEMORY": str(entry.get("memory", 1024)),
+        "APP_CONTEXT_SCRIPT": str(cfg.get(f"{role}_context_script") or ""),
+        "ADMIN_USER": str(cfg.get("adminuser") or "root"),
+        "MASTER_SERVICE_PORT": str(cfg.get("master_service_port") or ""),
+    }
+    if role == "slave":
+        values.update({"MASTER": master_ip, "APP_PACKAGE": str(cfg.get("app_package") or "")})
+    pairs = render.context_pairs(str(cfg.get(f"{role}_context_var") or ""), role, master_ip=master_ip,
+                                 index=rec.index, num_slaves=num_slaves, deps=specview.deps(env.spec))
+    token = tokens.vm_token(envstore.callback_secret(ctx.r), env.envid, rec.slot, rec.nonce)
+    extra = {"CARINA_TOKEN": token, "CARINA_ROLE": role, "CARINA_SLOT": rec.slot}
+    tags = {"CARINA_SERVICE": env.service, "CARINA_ENVID": env.envid, "CARINA_ROLE": role,
+            "CARINA_SLOT": rec.slot}
+    return render.render_vm(specview.vm_text(env.spec, role), values, pairs, context_extra=extra, tags=tags,
+                            placement=cfg.get("placement_policy"))
+
+
+def tagged_by_slot(one: OneClient, envid: str) -> dict[str, list[VmView]]:
+    """Live VMs of the environment in OpenNebula, grouped by their CARINA_SLOT tag. Read-only."""
+    out: dict[str, list[VmView]] = {}
+    for view in one.tagged(envid):
+        out.setdefault(view.user_template.get("CARINA_SLOT", ""), []).append(view)
+    return out
+
+
+def _adopt(ctx: Ctx, env: Env, rec: VmRecord, vmid: int, how: str) -> VmRecord:
+    rec.vmid, rec.state = vmid, "allocated"
+    envstore.put_vm(ctx.r, env.envid, rec)
+    ctx.r.set(keys.vm_index(env.endpoint, vmid), f"{env.envid} {rec.slot}")
+    ctx.event(env, "step", f"{rec.role} {rec.slot}: VM {vmid} {how}", vmid=str(vmid), slot=rec.slot)
+    return rec
+
+
+def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, index: int,
+                     master_ip: str = "", num_slaves: int = 0) -> VmRecord:
+    """The slot's record with a VM id, allocating the VM if needed. Safe to run twice (never a 2nd VM).
+
+    Writes the intent record before allocate; a replayed intent adopts a VM already tagged with the slot.
+    """
+    rec = env.vms.get(slot)
+    if rec is not None and rec.vmid is not None:
+        return rec
+    if rec is None:
+        rec = VmRecord(slot=slot, role=role, index=index, endpoint=env.endpoint, created=ctx.clock())
+        text = render_vm(ctx, env, rec, master_ip, num_slaves)       # render errors before any intent
+        envstore.put_vm(ctx.r, env.envid, rec)
+    else:
+        found = sorted(tagged_by_slot(one, env.envid).get(slot, []), key=lambda v: v.vmid)
+        if found:
+            for extra in found[1:]:
+                one.terminate(extra.vmid)
+            return _adopt(ctx, env, rec, found[0].vmid, "found by its tags after a restart")
+        text = render_vm(ctx, env, rec, master_ip, num_slaves)
+    env.vms[slot] = rec
+    vmid = one.allocate(text)
+    return _adopt(ctx, env, rec, vmid, "allocated")
+
+
+def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
+    """Refresh the record from OpenNebula (state, IP, CPU); marks it running once RUNNING. Returns the view."""
+    assert rec.vmid is not None
+    view = one.info(rec.vmid)
+    if view is None or view.gone:
+        rec.one_state = "missing"
+        envstore.put_vm(ctx.r, env.envid, rec)
+        return None
+    changed = rec.one_state != view.short_status()
+    rec.one_state = view.short_status()
+    if view.cpu is not None:
+        rec.cpu = view.cpu
+    if view.running and rec.state in ("allocating", "allocated"):
+        rec.state, changed = "running", True
+        rec.ip = rec.ip or view.ip or ""
+        ctx.event(env, "step", f"{rec.role} {rec.slot}: VM {rec.vmid} RUNNING at {rec.ip or '?'}",
+                  vmid=str(rec.vmid), slot=rec.slot)
+    if changed:
+        envstore.put_vm(ctx.r, env.envid, rec)
+    return view
+
+
+def boot_failure(rec: VmRecord, view: VmView | None) -> str | None:
+    """Why the VM will never run (vanished or failed), or None."""
+    if view is None:
+        return f"VM {rec.vmid} disappeared from OpenNebula"
+    if view.failed:
+        return f"VM {rec.vmid} failed to boot ({view.short_status()})"
+    return None
+
+
+def master_command(ctx: Ctx, env: Env, master: VmRecord, verb: str, slave: VmRecord) -> None:
+    """SSH to the master as adminuser and run `~/<master script> <verb> <slave ip> <slavedata>`.
+
+    Pins the master's host key on first contact and verifies it afterwards. Raises sshexec.SshFailed
+    (retry later), HostKeyMismatch (never accepted) or StepFailed on a non-zero exit. Runs the command again
+    if called again (the master scripts' add/remove are idempotent).
+    """
+    script = str(env.cfg.get("master_context_script") or "")
+    if not script:
+        return
+    command = sshexec.script_command(script, [verb, slave.ip, str(env.cfg.get("slavedata") or "")])
+    private_pem, _ = tenants.service_keypair(ctx.r, env.service)
+    assert master.vmid is not None
+    known = envstore.pinned_hostkey(ctx.r, env.endpoint, master.vmid)
+    result, seen = ctx.ssh(master.ip, ctx.settings.ssh_port, str(env.cfg.get("adminuser") or "root"),
+                           private_pem, command, known_key=known, timeout=ctx.settings.ssh_timeout)
+    if known is None:
+        envstore.pin_hostkey(ctx.r, env.endpoint, master.vmid, seen)
+    if result.rc != 0:
+        raise sshexec.SshFailed(f"`{verb}` on the master exited {result.rc}: {(result.err or result.out)[-200:]}")
+    ctx.event(env, "step", f"master: {verb} {slave.ip} {env.cfg.get('slavedata') or ''}".rstrip(),
+              slot=slave.slot)
+
+
+def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = False) -> bool:
+    """Ask OpenNebula to terminate the slot's VM; True once it is gone (then the record is deleted).
+
+    Safe to run twice: terminate is idempotent and an already-gone VM just drops the record.
+    """
+    if rec.vmid is not None:
+        view = one.info(rec.vmid)
+        if view is not None and not view.gone:
+            one.terminate(rec.vmid, hard=hard or view.failed or view.unknown)
+            if rec.state != "removing":
+                rec.state = "removing"
+                envstore.put_vm(ctx.r, env.envid, rec)
+                ctx.event(env, "step", f"{rec.role} {rec.slot}: terminating VM {rec.vmid}", vmid=str(rec.vmid))
+            return False
+        ctx.r.delete(keys.vm_index(env.endpoint, rec.vmid))
+        envstore.forget_hostkey(ctx.r, env.endpoint, rec.vmid)
+    envstore.del_vm(ctx.r, env.envid, rec.slot)
+    env.vms.pop(rec.slot, None)
+    return True
