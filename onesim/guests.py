@@ -185,6 +185,7 @@ class _ProcessGuest:
             self._kill_group(proc.pid)
             out, err = proc.communicate()
             err += f"onesim: command killed after {EXEC_TIMEOUT:.0f}s\n".encode()
+        self.note(f"ssh exec {command!r}: exit status {exit_status(proc.returncode)}")
         return ExecResult(out, err, exit_status(proc.returncode))
 
     @staticmethod

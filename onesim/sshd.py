@@ -234,8 +234,12 @@ class SshServer:
                     if skey.data is None:
                         self._wake_r.recv(4096)
                         continue
-                    if skey.fileobj in self._listeners.values():
-                        self._accept(skey.fileobj, *skey.data)  # type: ignore[arg-type]
+                    key, endpoint = skey.data
+                    if self._listeners.get(key) is skey.fileobj:  # still open (not replaced or closed)
+                        try:
+                            self._accept(skey.fileobj, key, endpoint)  # type: ignore[arg-type]
+                        except Exception:  # one bad connection must not stop the loop for every guest
+                            log.exception("sshd: accept failed for %s", key)
         self._sel.close()
         self._wake_r.close()
         self._wake_w.close()

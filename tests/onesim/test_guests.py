@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import paramiko
 import pytest
 
+from functions.sshexec import HostKeyMismatch, run_remote, script_command
 from onesim.guestlib import GuestError, callback_urls, file_name, is_master
 from onesim.guests import GuestManager
 from onesim.sshd import generate_host_key, key_in_authorized_keys, load_host_key, public_line
@@ -165,6 +166,9 @@ def test_process_guest_calls_back_and_runs_ssh_commands(tmp_path: Path, repo: Re
             assert out == f"{home}|{home}|7|8080|{tmp_path / 'vm-7' / 'mnt'}\n"
         finally:
             client.close()
+        log = (tmp_path / "vm-7" / "guest.log").read_text()
+        assert "init.sh: installed authorized_keys" in log and "init.sh exited with status 0" in log
+        assert "ssh exec '~/tomcat-master.sh frobnicate': exit status 2" in log
     finally:
         mgr.close()
 
@@ -386,3 +390,25 @@ def test_init_reports_missing_app_script(tmp_path: Path, repo: Repo) -> None:
     assert [p for p, _ in repo.calls] == ["/cgi-bin/updatevmstatus.sh", "/cgi-bin/updateappstatus.sh"]
     assert params(repo.calls[0][1])["newip"] == "127.0.1.40"
     assert repo.statuses() == ["MASTER_INIT_FAIL:CONTEXT_SCRIPT_MISSING"]
+
+
+def test_carina_ssh_client_works_against_a_process_guest(tmp_path: Path, repo: Repo) -> None:
+    pem = generate_host_key()
+    repo.files["authorized_keys"] = f"{public_line(load_host_key(pem))} carina@svc\n".encode()
+    port, ip = free_port(), "127.0.1.16"
+    mgr = GuestManager("process", port, tmp_path)
+    try:
+        mgr.start(12, ip, vm_context(repo, 12, ip, "tomcat-master.sh"))
+        wait_for(lambda: repo.statuses() == ["MASTER_INIT_DONE"], what="master init")
+        pinned = mgr.host_key(12)
+        add = script_command("tomcat-master.sh", ["add", "127.0.1.17", "8080"])
+        result, seen = run_remote(ip, port, "local", pem, add, known_key=pinned, timeout=10)
+        assert (result.rc, seen) == (0, pinned)
+        result, _ = run_remote(ip, port, "local", pem, script_command("tomcat-master.sh", ["show"]),
+                               known_key=pinned, timeout=10)
+        assert (result.rc, result.out) == (0, "127.0.1.17:8080\n")
+        other = public_line(load_host_key(generate_host_key()))
+        with pytest.raises(HostKeyMismatch):
+            run_remote(ip, port, "local", pem, add, known_key=other, timeout=10)
+    finally:
+        mgr.close()
