@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import falcon
 from falcon.media import MultipartFormHandler
 
-from functions import tables, tenants
+from functions import confschema, tables, tenants
 from handlers.auth import require_service
 from handlers.deps import Deps
 
@@ -164,8 +164,6 @@ class Configs:
         _answer(req, resp, body, "OK")
 
     def _config(self, req: falcon.Request, resp: falcon.Response, service: str, upload: Upload, kind: str) -> None:
-        from functions import confschema  # imported on first use while that module is being written
-
         r = self.deps.redis
         text = _text(upload)
         try:

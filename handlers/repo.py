@@ -12,30 +12,31 @@ from functions import tenants
 from handlers.deps import Deps
 
 
+def _missing(filename: str) -> falcon.HTTPNotFound:
+    return falcon.HTTPNotFound(title="Not found", description=f"no context file {filename!r} for this service")
+
+
 class ContextFile:
     auth_exempt = True
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
-    def _missing(self, service: str, filename: str) -> falcon.HTTPNotFound:
-        return falcon.HTTPNotFound(title="Not found", description=f"no context file {filename!r} for this service")
-
     def on_get(self, req: falcon.Request, resp: falcon.Response, service: str, filename: str) -> None:
         r = self.deps.redis
         if not tenants.NAME_RE.fullmatch(service) or not tenants.FILE_RE.fullmatch(filename):
-            raise self._missing(service, filename)
+            raise _missing(filename)
         if filename == "authorized_keys":
             try:
                 _, public = tenants.service_keypair(r, service)
             except tenants.NotFound:
-                raise self._missing(service, filename) from None
+                raise _missing(filename) from None
             resp.content_type = falcon.MEDIA_TEXT
             resp.text = public + "\n"
             return
         data = tenants.get_context_file(r, service, filename)
         if data is None:
-            raise self._missing(service, filename)
+            raise _missing(filename)
         resp.content_type = "application/octet-stream"
         resp.data = data
 
