@@ -1,11 +1,149 @@
-"""Routes for callbacks (placeholder until its issue lands)."""
+"""`GET /cgi-bin/...`: status callbacks made by `wget` inside VMs (no bearer token: a per-VM token instead).
+
+Accepted forms (any parameter order; parameters may sit in the path after `&` and in the query string):
+  /cgi-bin/updatevmstatus.sh?service=S&vmid=V&envid=E&newip=IP&name=H[&token=T]
+  /cgi-bin/updateappstatus.sh?service=S&vmid=V&envid=E&status=ST[&token=T]
+  /cgi-bin/S&vmid=V&envid=E&status=ST   and   /cgi-bin/S&vmid=V&envid=E&newip=IP&name=H   (the guide's form)
+The route validates, authorizes (functions.callbacks.find_caller), queues apply_callback and answers "OK".
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
 import falcon
 
+from functions import callbacks, envstore
 from handlers.deps import Deps
+
+SCRIPTS = {"updatevmstatus.sh": "net", "updateappstatus.sh": "status"}
+KNOWN = ("service", "vmid", "envid", "status", "newip", "name", "token")
+_PATTERNS = {
+    "vmid": re.compile(r"[0-9]{1,10}"),
+    "envid": re.compile(r"[0-9]{1,18}"),
+    "service": re.compile(r"[A-Za-z0-9_-]{1,64}"),
+    "status": re.compile(r"[A-Za-z0-9_:.@-]{1,128}"),
+    "token": re.compile(r"[A-Za-z0-9_-]{1,128}"),
+    "name": re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"),
+}
+_HINTS = {"vmid": "digits", "envid": "digits", "service": "A-Z a-z 0-9 _ -",
+          "status": "1-128 characters of A-Z a-z 0-9 _ : . @ -", "token": "the VM's CARINA_TOKEN (base64url)",
+          "name": "a host name"}
+
+
+def _bad(field_name: str, what: str) -> falcon.HTTPBadRequest:
+    return falcon.HTTPBadRequest(title="Invalid callback", description=f"{field_name}: {what}")
+
+
+@dataclass
+class CallbackRequest:
+    """A parsed, validated callback."""
+
+    kind: str
+    envid: str
+    vmid: int
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """What apply_callback records: newip (+ name) or status."""
+        keys = ("newip", "name") if self.kind == "net" else ("status",)
+        return {k: self.params[k] for k in keys if k in self.params}
+
+
+def _pairs(text: str, params: dict[str, str]) -> None:
+    """Merge `k=v&k=v` pieces into params (values %-decoded); a key repeated with another value is a 400."""
+    for piece in text.split("&"):
+        if not piece:
+            continue
+        key, sep, value = piece.partition("=")
+        key, value = unquote(key), unquote(value)
+        if not sep:
+            raise _bad(key[:32], "expected key=value")
+        if key in params and params[key] != value:
+            raise _bad(key[:32], "given twice with different values")
+        params[key] = value
+
+
+def _kind(head: str, params: dict[str, str]) -> str:
+    if head in SCRIPTS:
+        return SCRIPTS[head]
+    if head.endswith(".sh"):
+        raise falcon.HTTPNotFound(title="Not found", description=f"no callback script {head[:64]!r}")
+    if not _PATTERNS["service"].fullmatch(head):
+        raise _bad("service", f"must be {_HINTS['service']}")
+    if params.setdefault("service", head) != head:
+        raise _bad("service", "given twice with different values")
+    if "status" in params:
+        return "status"
+    if "newip" in params:
+        return "net"
+    raise _bad("status", "missing (or newip and name)")
+
+
+def _validate(kind: str, params: dict[str, str]) -> None:
+    required = ["vmid", "envid", "status" if kind == "status" else "newip"]
+    for name in required:
+        if not params.get(name):
+            raise _bad(name, "missing")
+    for name, pattern in _PATTERNS.items():
+        if name in params and not pattern.fullmatch(params[name]):
+            raise _bad(name, f"must be {_HINTS[name]}")
+    if kind == "net":
+        try:
+            ipaddress.ip_address(params["newip"])
+        except ValueError:
+            raise _bad("newip", "must be an IPv4 or IPv6 address") from None
+
+
+def parse_callback(script: str, query: str) -> CallbackRequest:
+    """Parse and validate a callback from the path segment after /cgi-bin/ and the raw query string.
+
+    Raises HTTPBadRequest naming the field, or HTTPNotFound for an unknown `*.sh` script.
+    """
+    head, _, rest = script.partition("&")
+    params: dict[str, str] = {}
+    _pairs(rest, params)
+    _pairs(query or "", params)
+    params = {k: v for k, v in params.items() if k in KNOWN}
+    kind = _kind(unquote(head), params)
+    _validate(kind, params)
+    return CallbackRequest(kind=kind, envid=params["envid"], vmid=int(params["vmid"]), params=params)
+
+
+class Callback:
+    """GET /cgi-bin/{script}: validate, authorize, queue apply_callback, answer "OK"."""
+
+    auth_exempt = True
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, script: str) -> None:
+        cb = parse_callback(script, req.query_string)
+        r = self.deps.redis
+        env = envstore.get_env(r, cb.envid)
+        if env is None:
+            raise falcon.HTTPNotFound(title="Not found", description=f"envid: no environment {cb.envid}")
+        try:
+            if cb.params.get("service", env["service"]) != env["service"]:
+                raise callbacks.CallbackRefused(404, f"envid: no environment {cb.envid} for that service")
+            caller = callbacks.find_caller(r, env, cb.vmid, cb.params.get("token"), cb.params.get("status"),
+                                           self.deps.settings.legacy_callbacks)
+        except callbacks.CallbackRefused as exc:
+            callbacks.record_refused(r, env, cb.params, exc.message, self.deps.clock)
+            if exc.http_status == 404:
+                raise falcon.HTTPNotFound(title="Not found", description=exc.message) from None
+            raise falcon.HTTPForbidden(title="Callback refused", description=exc.message) from None
+        callbacks.enqueue_apply(self.deps.queue, cb.envid, cb.vmid, cb.kind, cb.fields, caller.slot)
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.text = "OK"
 
 
 def add_routes(app: falcon.App, deps: Deps) -> None:
-    """Register this module's routes on `app`."""
+    """Register GET /cgi-bin/{script}."""
+    app.add_route("/cgi-bin/{script}", Callback(deps))

@@ -1,0 +1,181 @@
+"""VM callbacks: who may report (per-VM token, or legacy mode) and applying a report to Redis.
+
+`find_caller` runs in the gateway (read-only); `apply_callback` is the queued function that records an
+accepted callback under the environment lock and wakes the lifecycle on MASTER_INIT_*.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import redis
+from rq import Queue, get_current_job
+
+from functions import envstore, tokens
+from functions.clock import Clock, system_clock
+from functions.envstore import VmRecord
+from functions.lifecycle import kick
+from functions.runtime import JsonQueue
+
+log = logging.getLogger("carina.callbacks")
+
+APPLY = "functions.callbacks.apply_callback"
+KINDS = ("net", "status")
+LOCK_TTL = 30
+MAX_RETRY_DELAY = 5.0
+# Parameters never copied into an event's extra fields (the token; names add_event itself uses).
+_NOT_EXTRA = frozenset({"token", "envid", "service", "ts", "type", "msg", "id", "r", "kind", "clock"})
+
+
+class CallbackRefused(Exception):
+    """A callback that must not be applied; `http_status` is 403 or 404."""
+
+    def __init__(self, http_status: int, message: str) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.message = message
+
+
+@dataclass
+class Caller:
+    """The VM record a callback was authorized for."""
+
+    slot: str
+    role: str
+
+
+def _token_slot(r: redis.Redis, envid: str, vmid: int, token: str) -> VmRecord:
+    secret = envstore.callback_secret(r)
+    vms = envstore.get_vms(r, envid)
+    rec = next((v for v in vms.values() if v.vmid == vmid), None)
+    if rec is not None:
+        if tokens.token_matches(secret, envid, rec.slot, rec.nonce, token):
+            return rec
+        raise CallbackRefused(403, f"token: does not match VM {vmid} of environment {envid}")
+    # The VM may call back before its id was recorded (worker killed right after allocate): the token
+    # still proves the slot incarnation, whose record has no vmid yet.
+    for rec in vms.values():
+        if rec.vmid is None and tokens.token_matches(secret, envid, rec.slot, rec.nonce, token):
+            return rec
+    raise CallbackRefused(403, f"token: does not match VM {vmid} of environment {envid}")
+
+
+def find_caller(r: redis.Redis, env: dict[str, Any], vmid: int, token: str | None, status: str | None,
+                legacy: bool) -> Caller:
+    """Authorize a callback for VM `vmid` of `env`; raises CallbackRefused (403/404). Read-only.
+
+    With a token it must match that VM's record. Without one it is refused unless `legacy`, and then
+    accepted only for an existing VM of the environment. MASTER_INIT_* is accepted only from the master.
+    """
+    envid = env["envid"]
+    if token:
+        rec = _token_slot(r, envid, vmid, token)
+    elif not legacy:
+        raise CallbackRefused(403, "token: callback token required")
+    else:
+        rec = envstore.vm_by_id(r, envid, vmid)
+        if rec is None:
+            raise CallbackRefused(404, f"vmid: no VM {vmid} in environment {envid}")
+    if status and status.startswith("MASTER_INIT") and rec.role != "master":
+        raise CallbackRefused(403, f"status: only the master reports {status.split(':')[0]}")
+    return Caller(slot=rec.slot, role=rec.role)
+
+
+def enqueue_apply(queue: Queue, envid: str, vmid: int, kind: str, fields: dict[str, str], slot: str,
+                  attempt: int = 0) -> None:
+    """Queue apply_callback (after a short delay on retries). Arguments are ids and strings only."""
+    args = (envid, vmid, kind, fields, slot, attempt)
+    opts: dict[str, Any] = {"job_timeout": 60, "result_ttl": 60, "failure_ttl": 86400,
+                            "description": f"callback {kind} env {envid} vm {vmid}"}
+    if attempt:
+        delay = min(0.2 * 2 ** min(attempt, 10), MAX_RETRY_DELAY)
+        queue.enqueue_in(timedelta(seconds=delay), APPLY, *args, **opts)
+    else:
+        queue.enqueue(APPLY, *args, **opts)
+
+
+def _record(r: redis.Redis, envid: str, vmid: int, kind: str, fields: dict[str, str],
+            slot: str | None) -> VmRecord | None:
+    """Write the reported values to the VM record (and the env status). Caller holds the env lock."""
+    vms = envstore.get_vms(r, envid)
+    rec = vms.get(slot) if slot else None
+    if rec is None or rec.vmid not in (None, vmid):
+        rec = next((v for v in vms.values() if v.vmid == vmid), None)
+    if rec is None:
+        return None
+    if kind == "net":
+        rec.ip = fields["newip"]
+        rec.hostname = fields.get("name", rec.hostname)
+        rec.status = "NET_CONFIG_DONE"
+    else:
+        rec.status = fields["status"]
+        envstore.update_env(r, envid, status=fields["status"])
+    envstore.put_vm(r, envid, rec)
+    return rec
+
+
+def apply(r: redis.Redis, queue: Queue, envid: str, vmid: int, kind: str, fields: dict[str, str], clock: Clock,
+          slot: str | None = None, attempt: int = 0) -> str:
+    """Record one accepted callback; returns "applied", "retry" (lock busy: re-queued), "gone" or "stale".
+
+    newip/name → VM ip, hostname, status NET_CONFIG_DONE; status → env status and VM status. Adds a
+    `callback` event; MASTER_INIT_* kicks the lifecycle. Safe to run twice (same values, one more event).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind: must be one of {', '.join(KINDS)}")
+    with envstore.env_lock(r, envid, ttl=LOCK_TTL) as got:
+        if not got:
+            enqueue_apply(queue, envid, vmid, kind, fields, slot or "", attempt + 1)
+            return "retry"
+        env = envstore.get_env(r, envid)
+        if env is None:
+            return "gone"
+        rec = _record(r, envid, vmid, kind, fields, slot)
+        extra = {"callback": kind, "vmid": str(vmid), **fields}
+        if rec is None:
+            envstore.add_event(r, envid, env["service"], "callback_stale",
+                               f"callback from VM {vmid} ignored: no such VM any more", clock, **extra)
+            return "stale"
+        what = f"status={fields['status']}" if kind == "status" else f"newip={fields['newip']}"
+        envstore.add_event(r, envid, env["service"], "callback", f"VM {vmid} ({rec.slot}) {what}", clock,
+                           slot=rec.slot, **extra)
+    if kind == "status" and fields["status"].startswith("MASTER_INIT_"):
+        kick(queue, envid)
+    return "applied"
+
+
+_TEXT_CLIENTS: dict[int, redis.Redis] = {}
+
+
+def _text_client(raw: redis.Redis) -> redis.Redis:
+    """A decode_responses client on the same server as RQ's bytes client (one per pool, reused)."""
+    pool = raw.connection_pool
+    client = _TEXT_CLIENTS.get(id(pool))
+    if client is None:
+        kwargs = {**pool.connection_kwargs, "decode_responses": True}
+        client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+        _TEXT_CLIENTS[id(pool)] = client
+    return client
+
+
+def apply_callback(envid: str, vmid: int, kind: str, fields: dict[str, str], slot: str = "",
+                   attempt: int = 0) -> str:
+    """RQ entry for `apply` (queued by the callback route); uses the running job's Redis and queue."""
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("apply_callback runs as an RQ job (call functions.callbacks.apply directly otherwise)")
+    queue = JsonQueue(job.origin, connection=job.connection)
+    return apply(_text_client(job.connection), queue, str(envid), int(vmid), kind, dict(fields), system_clock,
+                 slot or None, int(attempt))
+
+
+def record_refused(r: redis.Redis, env: dict[str, Any], params: dict[str, str], reason: str, clock: Clock) -> None:
+    """Add a `callback_refused` event to the environment's stream (params without the token)."""
+    extra = {k: v for k, v in params.items() if k not in _NOT_EXTRA}
+    if "service" in params:
+        extra["service_param"] = params["service"]
+    envstore.add_event(r, env["envid"], env["service"], "callback_refused", f"callback refused: {reason}", clock,
+                       **extra)

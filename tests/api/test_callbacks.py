@@ -1,0 +1,249 @@
+"""VM callbacks on the real gateway app and a real redis-server: the three URL forms, tokens, legacy mode,
+validation, and apply_callback's effects (run by a real RQ SimpleWorker or called directly)."""
+
+from __future__ import annotations
+
+import falcon.testing
+import pytest
+import redis
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
+
+from config.settings import Settings
+from functions import callbacks, envstore, keys, tenants, tokens
+from functions.envstore import VmRecord
+from functions.runtime import JsonQueue
+from gateway import create_app
+
+
+@pytest.fixture
+def world(api):
+    """Service svc1 with env E: master (vmid 7) and slave s0 (vmid 8); service svc2 exists too."""
+    api.service("svc1")
+    api.service("svc2")
+    envid, _ = envstore.create_env(api.r, "svc1", "tomcat", {"endpoint": "onesim", "num_slaves": 1}, "CREATE",
+                                   api.clock)
+    master = VmRecord(slot="m", role="master", index=0, endpoint="onesim", vmid=7, state="running")
+    slave = VmRecord(slot="s0", role="slave", index=0, endpoint="onesim", vmid=8, state="running")
+    for rec in (master, slave):
+        envstore.put_vm(api.r, envid, rec)
+    secret = envstore.callback_secret(api.r)
+    api.envid = envid
+    api.tok = {rec.vmid: tokens.vm_token(secret, envid, rec.slot, rec.nonce) for rec in (master, slave)}
+    return api
+
+
+def _queue(r: redis.Redis) -> JsonQueue:
+    kw = r.connection_pool.connection_kwargs
+    return JsonQueue("carina", connection=redis.Redis(host=kw["host"], port=kw["port"], db=kw.get("db", 0)))
+
+
+def _queued(r: redis.Redis) -> list[tuple[str, list]]:
+    q = _queue(r)
+    return [(j.func_name, j.args) for j in (q.fetch_job(i) for i in q.job_ids)]
+
+
+def _run_queue(r: redis.Redis) -> None:
+    q = _queue(r)
+    SimpleWorker([q], connection=q.connection, serializer=JSONSerializer).work(burst=True)
+
+
+def _events(api, kind: str) -> list[dict]:
+    return [e for e in envstore.list_events(api.r, api.envid) if e["type"] == kind]
+
+
+def test_updatevmstatus_query_form_is_applied_by_a_worker(world):
+    e, t = world.envid, world.tok[8]
+    url = f"/cgi-bin/updatevmstatus.sh?service=svc1&vmid=8&envid={e}&newip=10.0.0.8&name=tomcat-s&token={t}"
+    res = world.client.simulate_get(url)
+    assert res.status_code == 200 and res.text == "OK" and res.headers["content-type"].startswith("text/plain")
+    assert _queued(world.r) == [("functions.callbacks.apply_callback",
+                                 [e, 8, "net", {"newip": "10.0.0.8", "name": "tomcat-s"}, "s0", 0])]
+    _run_queue(world.r)
+    rec = envstore.get_vms(world.r, e)["s0"]
+    assert (rec.ip, rec.hostname, rec.status) == ("10.0.0.8", "tomcat-s", "NET_CONFIG_DONE")
+    assert envstore.get_env(world.r, e)["status"] == "INIT"          # the env status is untouched
+    ev = _events(world, "callback")
+    assert len(ev) == 1 and ev[0]["vmid"] == "8" and ev[0]["newip"] == "10.0.0.8" and ev[0]["name"] == "tomcat-s"
+    assert not any(t in str(v) for v in ev[0].values())              # never the token
+    assert _queue(world.r).job_ids == []                            # no kick for a network callback
+
+
+def test_updateappstatus_any_order_sets_env_and_vm_status(world):
+    e, t = world.envid, world.tok[8]
+    url = f"/cgi-bin/updateappstatus.sh?token={t}&status=SLAVE_0_INIT_DONE&envid={e}&vmid=8"   # no service
+    assert world.client.simulate_get(url).status_code == 200
+    _run_queue(world.r)
+    assert envstore.get_env(world.r, e)["status"] == "SLAVE_0_INIT_DONE"
+    assert envstore.get_vms(world.r, e)["s0"].status == "SLAVE_0_INIT_DONE"
+
+
+@pytest.mark.parametrize("path", [
+    "/cgi-bin/svc1&vmid=7&envid={e}&status=MASTER_INIT_DONE&token={t}",
+    "/cgi-bin/svc1&envid={e}&token={t}&status=MASTER_INIT_DONE&vmid=7",
+    "/cgi-bin/svc1&vmid=7&envid={e}?status=MASTER_INIT_DONE&token={t}",
+    "/cgi-bin/svc1?token={t}&envid={e}&vmid=7&status=MASTER_INIT_DONE&service=svc1",
+])
+def test_guide_form_with_params_in_the_path(world, path):
+    res = world.client.simulate_get(path.format(e=world.envid, t=world.tok[7]))
+    assert res.status_code == 200, res.text
+    assert _queued(world.r) == [("functions.callbacks.apply_callback",
+                                 [world.envid, 7, "status", {"status": "MASTER_INIT_DONE"}, "m", 0])]
+
+
+def test_guide_form_network_callback_and_space_decoding(world):
+    e, t = world.envid, world.tok[7]
+    assert world.client.simulate_get(f"/cgi-bin/svc1&vmid=7&envid={e}&newip=10.0.0.7&name=tomcat-m&token={t}"
+                                     ).status_code == 200
+    res = world.client.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=7&envid={e}&status=APP%20X&token={t}")
+    assert res.status_code == 400 and res.json["description"].startswith("status: must be")
+    assert [a[3] for _, a in _queued(world.r)] == [{"newip": "10.0.0.7", "name": "tomcat-m"}]
+
+
+def test_master_init_done_kicks_the_lifecycle(world):
+    e = world.envid
+    q = _queue(world.r)
+    assert callbacks.apply(world.r, q, e, 7, "status", {"status": "MASTER_INIT_DONE"}, world.clock, "m") == "applied"
+    assert envstore.get_vms(world.r, e)["m"].status == "MASTER_INIT_DONE"
+    assert envstore.get_env(world.r, e)["status"] == "MASTER_INIT_DONE"
+    assert _queued(world.r) == [("functions.lifecycle.drive", [e])]
+
+
+def test_master_init_fail_keeps_the_reason(world):
+    e = world.envid
+    status = "MASTER_INIT_FAIL:MOUNTLIST_MISSING"
+    callbacks.apply(world.r, _queue(world.r), e, 7, "status", {"status": status}, world.clock, "m")
+    assert envstore.get_env(world.r, e)["status"] == status
+    assert _queued(world.r) == [("functions.lifecycle.drive", [e])]
+
+
+def test_busy_env_lock_requeues_the_callback(world):
+    e = world.envid
+    q = _queue(world.r)
+    with envstore.env_lock(world.r, e) as got:
+        assert got
+        assert callbacks.apply(world.r, q, e, 8, "status", {"status": "X"}, world.clock, "s0") == "retry"
+    assert envstore.get_env(world.r, e)["status"] == "INIT"
+    scheduled = q.scheduled_job_registry.get_job_ids()
+    assert len(scheduled) == 1
+    job = q.fetch_job(scheduled[0])
+    assert job.func_name == "functions.callbacks.apply_callback" and job.args == [e, 8, "status", {"status": "X"},
+                                                                                "s0", 1]
+    assert callbacks.apply(world.r, q, *job.args[:4], world.clock, "s0", 1) == "applied"
+    assert envstore.get_env(world.r, e)["status"] == "X"
+
+
+def test_apply_twice_is_harmless_and_a_removed_env_is_gone(world):
+    e = world.envid
+    q = _queue(world.r)
+    for _ in range(2):
+        callbacks.apply(world.r, q, e, 8, "net", {"newip": "10.0.0.8", "name": "h"}, world.clock, "s0")
+    assert envstore.get_vms(world.r, e)["s0"].ip == "10.0.0.8" and len(envstore.get_vms(world.r, e)) == 2
+    assert callbacks.apply(world.r, q, e, 99, "status", {"status": "X"}, world.clock) == "stale"
+    envstore.delete_env(world.r, e)
+    assert callbacks.apply(world.r, q, e, 8, "status", {"status": "X"}, world.clock, "s0") == "gone"
+
+
+@pytest.mark.parametrize("token_of, status, code, why", [
+    (None, "APP_X", 403, "token: callback token required"),
+    ("forged", "APP_X", 403, "token: does not match VM 8"),
+    (7, "APP_X", 403, "token: does not match VM 8"),                # the master's token used for the slave
+    (8, "MASTER_INIT_DONE", 403, "status: only the master reports MASTER_INIT_DONE"),
+])
+def test_refused_callbacks_are_recorded_without_the_token(world, token_of, status, code, why):
+    token = {None: None, "forged": "AAAAforgedAAAA"}.get(token_of, world.tok.get(token_of))
+    url = f"/cgi-bin/updateappstatus.sh?service=svc1&vmid=8&envid={world.envid}&status={status}"
+    url += f"&token={token}" if token else ""
+    res = world.client.simulate_get(url)
+    assert res.status_code == code and res.json["description"].startswith(why)
+    assert _queued(world.r) == []
+    refused = _events(world, "callback_refused")
+    assert len(refused) == 1 and refused[0]["vmid"] == "8" and refused[0]["status"] == status
+    assert "token" not in refused[0] and (token is None or token not in str(refused[0]))
+
+
+def test_wrong_service_and_unknown_env_are_404(world):
+    e, t = world.envid, world.tok[8]
+    res = world.client.simulate_get(f"/cgi-bin/updateappstatus.sh?service=svc2&vmid=8&envid={e}&status=X&token={t}")
+    assert res.status_code == 404 and len(_events(world, "callback_refused")) == 1
+    res = world.client.simulate_get(f"/cgi-bin/svc2&vmid=8&envid={e}&status=X&token={t}")
+    assert res.status_code == 404
+    assert world.client.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=8&envid=999&status=X&token={t}"
+                                     ).status_code == 404
+    assert world.client.simulate_get(f"/cgi-bin/other.sh?vmid=8&envid={e}&status=X").status_code == 404
+    assert _queued(world.r) == []
+
+
+@pytest.mark.parametrize("query, field", [
+    ("vmid=8&status=X", "envid"),
+    ("envid={e}&status=X", "vmid"),
+    ("vmid=8a&envid={e}&status=X", "vmid"),
+    ("vmid=8&envid=-{e}&status=X", "envid"),
+    ("vmid=8&envid={e}&status=a%22b", "status"),
+    ("vmid=8&envid={e}&status=" + "x" * 129, "status"),
+    ("vmid=8&envid={e}", "status"),
+    ("vmid=8&envid={e}&status=X&service=a%20b", "service"),
+    ("vmid=8&envid={e}&status=X&token=a/b", "token"),
+    ("vmid=8&envid={e}&status=X&vmid=9", "vmid"),
+    ("vmid=8&envid={e}&status=X&junk", "junk"),
+])
+def test_bad_app_params_are_400_naming_the_field(world, query, field):
+    res = world.client.simulate_get("/cgi-bin/updateappstatus.sh?" + query.format(e=world.envid))
+    assert res.status_code == 400 and res.json["description"].startswith(f"{field}:"), res.json
+
+
+@pytest.mark.parametrize("query, field", [
+    ("vmid=8&envid={e}&name=h", "newip"),
+    ("vmid=8&envid={e}&newip=10.0.0.300&name=h", "newip"),
+    ("vmid=8&envid={e}&newip=10.0.0.8;rm&name=h", "newip"),
+    ("vmid=8&envid={e}&newip=10.0.0.8&name=-bad-", "name"),
+    ("vmid=8&envid={e}&newip=10.0.0.8&name=a%20b", "name"),
+])
+def test_bad_net_params_are_400_naming_the_field(world, query, field):
+    res = world.client.simulate_get("/cgi-bin/updatevmstatus.sh?" + query.format(e=world.envid))
+    assert res.status_code == 400 and res.json["description"].startswith(f"{field}:"), res.json
+
+
+def test_ipv6_and_bad_guide_service(world):
+    e, t = world.envid, world.tok[8]
+    ok = world.client.simulate_get(f"/cgi-bin/updatevmstatus.sh?vmid=8&envid={e}&newip=fd00::8&name=h&token={t}")
+    assert ok.status_code == 200
+    res = world.client.simulate_get(f"/cgi-bin/sv%20c&vmid=8&envid={e}&status=X")
+    assert res.status_code == 400 and res.json["description"].startswith("service:")
+    res = world.client.simulate_get(f"/cgi-bin/svc1&vmid=8&envid={e}")
+    assert res.status_code == 400 and res.json["description"].startswith("status: missing")
+
+
+def test_token_proves_a_slot_whose_vmid_is_not_recorded_yet(world):
+    e = world.envid
+    rec = VmRecord(slot="s1", role="slave", index=1, endpoint="onesim", vmid=None)
+    envstore.put_vm(world.r, e, rec)
+    token = tokens.vm_token(envstore.callback_secret(world.r), e, "s1", rec.nonce)
+    res = world.client.simulate_get(f"/cgi-bin/updatevmstatus.sh?vmid=12&envid={e}&newip=10.0.0.12&token={token}")
+    assert res.status_code == 200
+    _run_queue(world.r)
+    got = envstore.get_vms(world.r, e)["s1"]
+    assert got.ip == "10.0.0.12" and got.vmid is None and got.status == "NET_CONFIG_DONE"
+
+
+def test_legacy_mode_accepts_tokenless_callbacks_only_for_existing_vms(world, redis_server, tmp_path):
+    legacy = falcon.testing.TestClient(create_app(Settings(redis_url=redis_server.url, home=tmp_path,
+                                                           legacy_callbacks=True)))
+    e = world.envid
+    ok = legacy.simulate_get(f"/cgi-bin/updateappstatus.sh?service=svc1&vmid=8&envid={e}&status=APP_SVC_START")
+    assert ok.status_code == 200
+    res = legacy.simulate_get(f"/cgi-bin/updateappstatus.sh?service=svc1&vmid=99&envid={e}&status=X")
+    assert res.status_code == 404 and res.json["description"] == f"vmid: no VM 99 in environment {e}"
+    forged = legacy.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=8&envid={e}&status=X&token=AAAAforged")
+    assert forged.status_code == 403                                  # a token, if given, must still match
+    _run_queue(world.r)
+    assert envstore.get_env(world.r, e)["status"] == "APP_SVC_START"
+    assert [e_["type"] for e_ in envstore.list_events(world.r, e)] == ["callback_refused", "callback_refused",
+                                                                      "callback"]
+
+
+def test_callback_routes_need_no_bearer_token_and_keys_are_untouched(world):
+    assert tenants.get_service(world.r, "svc1") is not None
+    before = world.r.get(keys.callback_secret())
+    res = world.client.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=8&envid={world.envid}&status=X&token=x")
+    assert res.status_code == 403 and world.r.get(keys.callback_secret()) == before
