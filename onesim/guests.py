@@ -23,6 +23,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import paramiko
 
@@ -145,13 +146,13 @@ class _ProcessGuest:
             code = proc.wait()
             self.note(f"{name} exited with status {exit_status(code)}")
 
-    def _spawn(self, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes] | None:
+    def _spawn(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes] | None:
         """Start a process in its own process group in the guest's sandbox; None once the guest is stopped."""
         with self._lock:
             if self._stopped:
                 return None
             self._prune_groups()
-            proc = subprocess.Popen(argv, env=self.env, cwd=self.home, stdin=subprocess.DEVNULL,  # type: ignore[call-overload]
+            proc = subprocess.Popen(argv, env=self.env, cwd=self.home, stdin=subprocess.DEVNULL,
                                     start_new_session=True, close_fds=True, **kwargs)
             self._pgids.add(proc.pid)
             return proc
