@@ -27,8 +27,9 @@ _PATTERNS = {
     "service": re.compile(r"[A-Za-z0-9_-]{1,64}"),
     "status": re.compile(r"[A-Za-z0-9_:.@-]{1,128}"),
     "token": re.compile(r"[A-Za-z0-9_-]{1,128}"),
-    "name": re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"),
+    # A host name; `_` is allowed because OpenNebula VM names (<env>-m) may carry it.
+    "name": re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+                       r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"),
 }
 _HINTS = {"vmid": "digits", "envid": "digits", "service": "A-Z a-z 0-9 _ -",
           "status": "1-128 characters of A-Z a-z 0-9 _ : . @ -", "token": "the VM's CARINA_TOKEN (base64url)",
@@ -109,7 +110,7 @@ def parse_callback(script: str, query: str) -> CallbackRequest:
     params: dict[str, str] = {}
     _pairs(rest, params)
     _pairs(query or "", params)
-    params = {k: v for k, v in params.items() if k in KNOWN}
+    params = {k: v for k, v in params.items() if k in KNOWN and (v or k != "name")}   # name= empty: no name
     kind = _kind(unquote(head), params)
     _validate(kind, params)
     return CallbackRequest(kind=kind, envid=params["envid"], vmid=int(params["vmid"]), params=params)

@@ -97,7 +97,13 @@ def test_guide_form_network_callback_and_space_decoding(world):
                                      ).status_code == 200
     res = world.client.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=7&envid={e}&status=APP%20X&token={t}")
     assert res.status_code == 400 and res.json["description"].startswith("status: must be")
-    assert [a[3] for _, a in _queued(world.r)] == [{"newip": "10.0.0.7", "name": "tomcat-m"}]
+    assert world.client.simulate_get(f"/cgi-bin/svc1&vmid=7&envid={e}&newip=10.0.0.7&name=my_env-m.lan&token={t}"
+                                     ).status_code == 200
+    assert world.client.simulate_get(f"/cgi-bin/updatevmstatus.sh?vmid=7&envid={e}&newip=10.0.0.7&name=&token={t}"
+                                     ).status_code == 200
+    assert [a[3] for _, a in _queued(world.r)] == [{"newip": "10.0.0.7", "name": "tomcat-m"},
+                                                   {"newip": "10.0.0.7", "name": "my_env-m.lan"},
+                                                   {"newip": "10.0.0.7"}]
 
 
 def test_master_init_done_kicks_the_lifecycle(world):
