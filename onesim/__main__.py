@@ -1,0 +1,66 @@
+"""`python -m onesim [options]` runs the simulator; `python -m onesim fault ...` injects faults.
+
+Defaults come from ONESIM_PORT (2633), ONESIM_AUTH (oneadmin:onesim), ONESIM_SSH_PORT (2222) and
+CARINA_HOME (workdir $CARINA_HOME/onesim). SIGTERM or SIGINT stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from onesim.model import DEFAULT_DELAYS, DELAY_NAMES
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ
+    p = argparse.ArgumentParser(prog="python -m onesim", description="OpenNebula-compatible simulator")
+    p.add_argument("--port", type=int, default=int(env.get("ONESIM_PORT", "2633")))
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--auth", default=env.get("ONESIM_AUTH", "oneadmin:onesim"), help="user:password accepted")
+    p.add_argument("--inventory", type=Path, default=None, help="inventory YAML (default config/onesim.yaml)")
+    p.add_argument("--guests", choices=["process", "synthetic", "none"], default="process")
+    p.add_argument("--ssh-port", type=int, default=int(env.get("ONESIM_SSH_PORT", "2222")))
+    home = Path(env.get("CARINA_HOME", "var"))
+    p.add_argument("--workdir", type=Path, default=home / "onesim")
+    for name in DELAY_NAMES:
+        p.add_argument(f"--delay-{name}", type=float, default=DEFAULT_DELAYS[name], metavar="S",
+                       help=f"seconds for {name} (default {DEFAULT_DELAYS[name]:g})")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["fault"]:
+        from onesim.faults import cli
+
+        return cli(argv[1:])
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s onesim %(levelname)s %(message)s")
+    from onesim.inventory import InventoryError
+    from onesim.server import start_simulator
+
+    delays = {name: getattr(args, f"delay_{name}") for name in DELAY_NAMES}
+    try:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        handle = start_simulator(args.port, auth=args.auth, inventory=args.inventory, guests=args.guests,
+                                 ssh_port=args.ssh_port, delays=delays, workdir=args.workdir, host=args.host)
+    except (InventoryError, ValueError, OSError) as exc:
+        print(f"onesim: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    logging.getLogger("onesim").info("serving %s (guests=%s)", handle.url, args.guests)
+    stop.wait()
+    handle.stop()
+    logging.getLogger("onesim").info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
