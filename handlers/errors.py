@@ -15,5 +15,8 @@ def _unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, param
 
 
 def install_error_handlers(app: falcon.App) -> None:
-    """Make unexpected exceptions answer 500 JSON; HTTPError keeps its default JSON handler (Falcon picks the most specific type)."""
+    """Make unexpected exceptions answer 500 JSON.
+
+    HTTPError keeps its default JSON handler: Falcon picks the most specific registered type.
+    """
     app.add_error_handler(Exception, _unexpected)
