@@ -318,3 +318,18 @@ def test_simulator_parser_reads_the_same_attributes(nasty: str) -> None:
     assert top["NAME"] == nasty and top["CARINA_SERVICE"] == nasty
     assert top["CONTEXT"]["DEFUSER"] == nasty and top["CONTEXT"]["APP"] == nasty
     assert top["CONTEXT"]["CARINA_TOKEN"] == EXTRA["CARINA_TOKEN"]
+
+
+@pytest.mark.parametrize("vm_file", ["example.vm", "cassandra.vm"])
+def test_shipped_example_templates_render_for_both_roles(vm_file: str) -> None:
+    from onesim.template import parse_text
+
+    path = Path(__file__).resolve().parents[2] / "config" / "examples" / vm_file
+    if not path.exists():
+        pytest.skip(f"{path} not shipped")
+    for role, values in (("master", MASTER_VALUES), ("slave", SLAVE_VALUES)):
+        pairs = context_pairs(CASSANDRA_SLAVE, role, master_ip="127.0.1.5", index=0, num_slaves=2)
+        text = render_vm(path.read_text(), values, pairs, context_extra=EXTRA, tags=TAGS, placement="pack")
+        ctx = dict(parse_text(text))["CONTEXT"]
+        assert ctx["CARINA_TOKEN"] == EXTRA["CARINA_TOKEN"] and ctx["DEFUSER"] == "root"
+        assert ctx["MOUNTLIST"] == "/vol/data{1-6}"
