@@ -90,7 +90,7 @@ def check_failover(envs: dict[str, Any]) -> list[str]:
         key = (policy["failover_group"], policy["failover_role"])
         if key in holders:
             errors.append(f"ENVIRONMENT.{name}.availability_policy.failover_role: failover group {key[0]!r} "
-                          f"already has a {key[1]} environment ({holders[key]})")
+                          f"already has its {key[1]} environment ({holders[key]})")
         else:
             holders[key] = name
     return errors

@@ -216,4 +216,4 @@ def test_any_text_gives_a_value_or_expr_error_fast(text: str) -> None:
         assert 0 <= exc.pos <= max(len(text), MAX_LENGTH)
     else:
         assert isinstance(evaluate(compiled, ZERO).value, bool)
-    assert time.perf_counter() - start < 0.05
+    assert time.perf_counter() - start < 0.25   # generous: shared 2-core CI
