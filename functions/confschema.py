@@ -17,7 +17,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from functions import confcheck
 from functions.conffields import Int, Num, Text, Windows, check_expr, check_tz, file_name, name_list
-from functions.rbparse import DEFAULT_CONSTANTS, GLOBAL_CONSTANTS, RbSyntaxError, parse_rb
+from functions.rbparse import DEFAULT_CONSTANTS, GLOBAL_CONSTANTS, MAX_INPUT, RbSyntaxError, parse_rb
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 CLASSES = ("bronze", "silver", "gold", "platinum")
@@ -213,6 +213,8 @@ def parse_text(text: str, kind: str, constants: frozenset[str], filename: str) -
             raise ConfigError([f"{filename}.rb line {exc.line} col {exc.col}: {exc.reason}"]) from None
     if kind not in ("yaml", "yml"):
         raise ConfigError([f"unknown configuration kind {kind!r} (use rb or yaml)"])
+    if len(text) > MAX_INPUT:
+        raise ConfigError([f"{filename}.yaml: larger than {MAX_INPUT} characters"])
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -220,6 +222,8 @@ def parse_text(text: str, kind: str, constants: frozenset[str], filename: str) -
         where = f" line {mark.line + 1} col {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError([f"{filename}.yaml{where}: {problem}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{filename}.yaml: too large or too deeply nested"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{filename}.yaml: the top level must be a mapping of {', '.join(sorted(constants))}"])
     data = _plain(data, [0], 0, filename)

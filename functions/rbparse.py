@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-MAX_INPUT = 1_000_000      # characters
+MAX_INPUT = 256_000        # characters (a large real config.rb is a few tens of KB)
 MAX_DEPTH = 32             # nesting of [ ] and { }
 DEFAULT_CONSTANTS = frozenset({"ENDPOINT", "TEMPLATE", "ENVIRONMENT"})
 GLOBAL_CONSTANTS = frozenset({"SHAREDPOOLS", "SERVICES"})

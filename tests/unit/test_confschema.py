@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from functions.confschema import ConfigError, load_config, load_global
+from functions.rbparse import MAX_INPUT
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "config" / "examples"
@@ -271,6 +274,13 @@ def test_yaml_alias_bomb_is_capped() -> None:
     text = "ENDPOINT:\n" + "\n".join("  " + line for line in lines) + "\nTEMPLATE: {}\nENVIRONMENT: {}\n"
     with pytest.raises(ConfigError, match="too large or too deeply nested"):
         load_config(text, "yaml", VM_FILES)
+    for deep in ("[" * 5000, "a: " + "{a: " * 3000, "- " * 3000 + "x"):
+        with pytest.raises(ConfigError, match="too large or too deeply nested"):
+            load_config(deep, "yaml", VM_FILES)
+    with pytest.raises(ConfigError, match="config.yaml: larger than"):
+        load_config("#" * (MAX_INPUT + 1), "yaml", VM_FILES)
+    with pytest.raises(ConfigError, match="config.rb line 1 col 1: input larger than"):
+        load_config("#" * (MAX_INPUT + 1), "rb", VM_FILES)
 
 
 def test_yaml_keys_with_and_without_colons_agree() -> None:
@@ -306,3 +316,14 @@ def test_global_example_and_errors() -> None:
     yaml_text = yaml.safe_dump({"SHAREDPOOLS": {}, "SERVICES": {"s": {":priority": "bronze", ":maxcpus": 1,
                                                                       ":maxmemory": "2"}}})
     assert load_global(yaml_text, "yaml")["SERVICES"] == {"s": {"priority": "bronze", "maxcpus": 1, "maxmemory": 2}}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200), st.sampled_from(["rb", "yaml"]))
+def test_any_text_gives_a_config_or_config_error(text: str, kind: str) -> None:
+    try:
+        config = load_config(text, kind, VM_FILES)
+    except ConfigError as exc:
+        assert exc.errors and all(isinstance(e, str) and e for e in exc.errors)
+    else:
+        assert set(config) == {"ENDPOINT", "TEMPLATE", "ENVIRONMENT"}
