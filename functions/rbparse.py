@@ -96,12 +96,12 @@ class _Parser:
             if name not in self.constants:
                 allowed = ", ".join(sorted(self.constants))
                 raise self.error(f"unknown constant `{name}` (allowed: {allowed})")
-            if name in result:
-                raise self.error(f"`{name}` is assigned twice")
             self.pos = match.end()
             self.skip_space()
             if self.peek() != "=" or self.peek(2) in ("==", "=>", "=~"):
                 raise self.unexpected(f"expected `=` after `{name}`")
+            if name in result:
+                raise self.error(f"`{name}` is assigned twice", start)
             self.pos += 1
             self.skip_space()
             result[name] = self.parse_value()

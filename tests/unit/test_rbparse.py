@@ -81,6 +81,7 @@ def test_global_constants_only_when_asked() -> None:
     ("ENDPOINT = $stdin", 1, 12, "variables are not allowed"),
     ("FOO = 1", 1, 1, "unknown constant `FOO`"),
     ("ENDPOINT = 1\nENDPOINT = 2", 2, 1, "assigned twice"),
+    ("ENDPOINT = {}\nENDPOINT.merge!(:a => 1)", 2, 9, "method calls are not allowed"),
     ("ENDPOINT = {:a => 1, :a => 2}", 1, 22, "duplicate key 'a'"),
     ("ENDPOINT = {:a => 1 :b => 2}", 1, 21, "expected `,` or `}`"),
     ("ENDPOINT = {\n  :a => 1\n  :b => 2\n}", 3, 3, "missing `,`"),
