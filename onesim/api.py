@@ -131,6 +131,7 @@ def _register_vm(api: Api, m: Model) -> None:
             raise S.OneError(S.RPC_API, "Wrong update type", vmid)
         new = _parse(text, S.INTERNAL)
         vm.user_template = sorted(new if kind == 0 else merge_attrs(vm.user_template, new), key=lambda kv: kv[0])
+        vm.sched_epoch = -1  # a PENDING VM gets a fresh placement attempt
         return vmid
 
     def recover(u: UserSpec, vmid: int, op: int) -> int:

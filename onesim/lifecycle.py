@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from onesim import states as S
 from onesim.inventory import UserSpec
-from onesim.model import Model, Vm
+from onesim.model import SCHED_RETRY_SECONDS, Model, Vm
 from onesim.template import Template, first_str
 from onesim.vmbuild import build_vm
 
@@ -48,6 +48,7 @@ def go(model: Model, vm: Vm, state: int, lcm: int, plan: list[tuple[str, int, in
     if (vm.state, vm.lcm) != (state, lcm):
         vm.prev_state, vm.prev_lcm = vm.state, vm.lcm
     vm.state, vm.lcm = state, lcm
+    vm.sched_epoch = -1
     vm.plan = list(plan or [])
     vm.step_at = model.clock()
     now_running = (state, lcm) == RUNNING
@@ -254,9 +255,10 @@ def _priority(vm: Vm) -> float:
 
 
 def schedule(model: Model, now: float) -> None:
-    """Place due PENDING VMs (USER_PRIORITY desc, then id); unplaceable ones stay PENDING with SCHED_MESSAGE."""
+    """Place due PENDING VMs (USER_PRIORITY desc, then id); unplaceable ones stay PENDING with SCHED_MESSAGE
+    and are retried when capacity frees, when they change, or every SCHED_RETRY_SECONDS."""
     due = [vm for vm in model.vms.values() if vm.state == S.PENDING and now >= vm.step_at + model.delays["schedule"]
-           and vm.sched_epoch != model.capacity_epoch]
+           and (vm.sched_epoch != model.capacity_epoch or now >= vm.sched_tried_at + SCHED_RETRY_SECONDS)]
     if not due:
         return
     due.sort(key=lambda v: (-_priority(v), v.id))
@@ -264,7 +266,7 @@ def schedule(model: Model, now: float) -> None:
     for vm in due:
         host_id, message = model.pick_host(vm, cache)
         if host_id is None:
-            vm.sched_epoch = model.capacity_epoch
+            vm.sched_epoch, vm.sched_tried_at = model.capacity_epoch, now
             model.set_user_attr(vm, "SCHED_MESSAGE", f"{message}")
             continue
         deploy(model, vm, host_id)

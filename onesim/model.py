@@ -25,6 +25,7 @@ ZERO_DELAYS = {name: 0.0 for name in DELAY_NAMES} | {"monitor": 5.0}
 DEFAULT_DELAYS = {"schedule": 1.0, "prolog": 1.0, "boot": 2.0, "shutdown": 1.0, "epilog": 1.0, "save": 1.0,
                   "monitor": 5.0}
 MONITORING_KEEP = 200  # records kept per VM
+SCHED_RETRY_SECONDS = 15.0  # an unplaceable VM is retried at least this often (oned's scheduler cycle)
 
 
 @dataclass
@@ -69,7 +70,8 @@ class Vm:
     last_poll: int = 0
     last_monitor: float = 0.0
     leases: list[tuple[int, str]] = field(default_factory=list)
-    sched_epoch: int = -1  # capacity epoch of the last failed placement attempt
+    sched_epoch: int = -1  # capacity epoch of the last failed placement attempt (-1: try at the next tick)
+    sched_tried_at: float = 0.0  # when that attempt was made
 
     def ip(self) -> str:
         """The first NIC's IP ("" when the VM has no NIC)."""

@@ -205,14 +205,16 @@ def _deliver(handle: SimHandle) -> None:
 def start_simulator(port: int = 0, *, auth: str = "oneadmin:onesim", inventory: Path | None = None,
                     guests: str = "none", ssh_port: int = 2222, delays: dict[str, float] | None = None,
                     workdir: Path | None = None, host: str = "127.0.0.1", clock: Clock = time.time,
-                    tick: bool = True) -> SimHandle:
+                    tick: bool = True, guest_manager: Any = None) -> SimHandle:
     """Start a simulator in this process (background threads); port 0 picks a free port.
 
     `delays` override the lifecycle delays (all 0 by default in-process, so tests run fast);
-    `tick=False` leaves time to the caller (`lifecycle.tick(handle.model)` under `model.lock`).
+    `tick=False` leaves time to the caller (`lifecycle.tick(handle.model)` under `model.lock`);
+    `guest_manager` (an object with start/stop/close) replaces the one `guests` would build.
     """
     model = Model(load_inventory(inventory, auth), clock=clock, delays=delays)
-    guest_manager = make_guests(guests, ssh_port, workdir or Path("var/onesim"))
+    if guest_manager is None:
+        guest_manager = make_guests(guests, ssh_port, workdir or Path("var/onesim"))
     api = Api(model)
     faults.register(api)
     endpoint = _Endpoint(host, port, api)

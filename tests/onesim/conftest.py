@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pyone
@@ -12,10 +14,43 @@ from onesim import lifecycle
 from onesim.server import SimHandle, start_simulator
 
 
+class GuestRecorder:
+    """Records the guest calls the simulator delivers (same interface as onesim.guests.GuestManager)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.changed = threading.Condition()
+
+    def start(self, vmid: int, ip: str, context: dict[str, str]) -> None:
+        with self.changed:
+            self.calls.append(("start", vmid, ip, context))
+            self.changed.notify_all()
+
+    def stop(self, vmid: int) -> None:
+        with self.changed:
+            self.calls.append(("stop", vmid))
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        pass
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[tuple]:
+        """The calls once at least `count` arrived (raises after `timeout`)."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while len(self.calls) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"only {self.calls} after {timeout}s")
+                self.changed.wait(left)
+            return list(self.calls)
+
+
 class Sim:
     """A running simulator plus its fake clock; `advance(s)` moves time and runs one tick."""
 
-    def __init__(self, handle: SimHandle, clock: FakeClock) -> None:
+    def __init__(self, handle: SimHandle, clock: FakeClock, guests: GuestRecorder) -> None:
+        self.guests = guests
         self.handle = handle
         self.clock = clock
         self.model = handle.model
@@ -36,9 +71,10 @@ def make_sim() -> Iterator[Callable[..., Sim]]:
 
     def make(**kwargs: object) -> Sim:
         clock = FakeClock()
-        handle = start_simulator(clock=clock, tick=False, **kwargs)  # type: ignore[arg-type]
+        recorder = GuestRecorder()
+        handle = start_simulator(clock=clock, tick=False, guest_manager=recorder, **kwargs)  # type: ignore[arg-type]
         handles.append(handle)
-        return Sim(handle, clock)
+        return Sim(handle, clock, recorder)
 
     yield make
     for handle in handles:
