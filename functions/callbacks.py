@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from rq import Queue, get_current_job
 
-from functions import envstore, tokens
+from functions import envstore, keys, tokens
 from functions.clock import Clock, system_clock
 from functions.envstore import VmRecord
 from functions.lifecycle import kick
@@ -26,6 +26,7 @@ APPLY = "functions.callbacks.apply_callback"
 KINDS = ("net", "status")
 LOCK_TTL = 30
 MAX_RETRY_DELAY = 5.0
+REFUSALS_PER_MINUTE = 30
 # Parameters never copied into an event's extra fields (the token; names add_event itself uses).
 _NOT_EXTRA = frozenset({"token", "envid", "service", "ts", "type", "msg", "id", "r", "kind", "clock"})
 
@@ -172,10 +173,22 @@ def apply_callback(envid: str, vmid: int, kind: str, fields: dict[str, str], slo
                  slot or None, int(attempt))
 
 
-def record_refused(r: redis.Redis, env: dict[str, Any], params: dict[str, str], reason: str, clock: Clock) -> None:
-    """Add a `callback_refused` event to the environment's stream (params without the token)."""
+def record_refused(r: redis.Redis, env: dict[str, Any], params: dict[str, str], reason: str, clock: Clock) -> bool:
+    """Add a `callback_refused` event to the environment's stream (params without the token).
+
+    At most REFUSALS_PER_MINUTE per environment and minute, so forged calls cannot flush the bounded
+    stream of its real events. Returns True if recorded.
+    """
+    key = keys.callback_refusals(env["envid"], int(clock() // 60))
+    with r.pipeline() as p:
+        p.incr(key)
+        p.expire(key, 120)
+        count = p.execute()[0]
+    if count > REFUSALS_PER_MINUTE:
+        return False
     extra = {k: v for k, v in params.items() if k not in _NOT_EXTRA}
     if "service" in params:
         extra["service_param"] = params["service"]
     envstore.add_event(r, env["envid"], env["service"], "callback_refused", f"callback refused: {reason}", clock,
                        **extra)
+    return True

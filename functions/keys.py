@@ -134,3 +134,8 @@ def inflight() -> str:
 def env_kick(envid: str) -> str:
     """String: due time (epoch) of the drive job already queued for the environment (kick dedupe), with TTL."""
     return f"{PREFIX}env:{envid}:kick"
+
+
+def callback_refusals(envid: str, minute: int) -> str:
+    """Counter with TTL: refused callbacks recorded for the environment in that minute (caps the event flood)."""
+    return f"{PREFIX}env:{envid}:refused:{minute}"

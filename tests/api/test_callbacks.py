@@ -253,3 +253,14 @@ def test_callback_routes_need_no_bearer_token_and_keys_are_untouched(world):
     before = world.r.get(keys.callback_secret())
     res = world.client.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=8&envid={world.envid}&status=X&token=x")
     assert res.status_code == 403 and world.r.get(keys.callback_secret()) == before
+
+
+def test_refused_events_are_capped_per_minute(world):
+    url = f"/cgi-bin/updateappstatus.sh?vmid=8&envid={world.envid}&status=X"
+    world.clock.advance(60 - world.clock.now % 60)                    # start of a minute
+    for _ in range(callbacks.REFUSALS_PER_MINUTE + 5):
+        assert world.client.simulate_get(url).status_code == 403     # still refused, just not all recorded
+    assert len(_events(world, "callback_refused")) == callbacks.REFUSALS_PER_MINUTE
+    world.clock.advance(60)
+    assert world.client.simulate_get(url).status_code == 403
+    assert len(_events(world, "callback_refused")) == callbacks.REFUSALS_PER_MINUTE + 1
