@@ -135,6 +135,18 @@ def request_create(r: redis.Redis, queue: Queue, service: str, name: str, clock:
     return envid, jobid
 
 
+def _claim_stale(r: redis.Redis, envid: str, jobid: str) -> bool:
+    """Claim the guard if its holder's job already ended (a lifecycle that died before releasing it).
+
+    A holder whose job is not written yet (a request between claim and record) is not stale.
+    """
+    holder = envstore.current_op(r, envid)
+    job = envstore.get_job(r, holder) if holder else None
+    if holder and job and job.get("status") in FINAL:
+        envstore.release_op(r, envid, holder)             # compare-and-delete: only that stale holder
+    return envstore.claim_op(r, envid, jobid)
+
+
 def request_scale(r: redis.Redis, queue: Queue, service: str, envid: str, direction: str, clock: Clock) -> str:
     """Start a SCALEUP (direction "up") or SCALEDOWN ("down") of one slave. Returns the jobid.
 
@@ -152,7 +164,7 @@ def request_scale(r: redis.Redis, queue: Queue, service: str, envid: str, direct
         raise Conflict(f"envid: environment {envid} is not ready (its create did not complete: "
                        f"{env.get('status', '')})", "envid")
     jobid = envstore.next_jobid(r)
-    if not envstore.claim_op(r, envid, jobid):
+    if not envstore.claim_op(r, envid, jobid) and not _claim_stale(r, envid, jobid):
         raise Busy(f"operation in progress (job {envstore.current_op(r, envid) or holder})", "envid")
     if envstore.get_env(r, envid, service) is None:      # removed between our read and the claim
         envstore.release_op(r, envid, jobid)

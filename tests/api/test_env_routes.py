@@ -232,6 +232,15 @@ def test_scaleup_then_second_scale_is_409_even_after_restart(api, redis_server, 
     assert res.status_code == 202 and envstore.get_env(api.r, envid)["op"] == "SCALEDOWN"
 
 
+def test_guard_left_by_an_ended_job_does_not_block_forever(api):
+    token = _setup(api)
+    envid, jobid = _create(api, token)
+    envstore.update_env(api.r, envid, policy_status="ACTIVE")
+    envstore.finish_job(api.r, jobid, "DONE", api.clock)               # ended, but the guard was never released
+    res = api.client.simulate_put(f"/envs/{envid}/scaleup", headers=bearer(token))
+    assert res.status_code == 202 and envstore.current_op(api.r, envid) == res.json["jobid"]
+
+
 def test_concurrent_scaleups_exactly_one_wins(api):
     token = _setup(api)
     envid, _ = _create(api, token)
