@@ -13,6 +13,7 @@ from onesim.template import Template, first_str
 from onesim.vmbuild import build_vm
 
 RUNNING = (S.ACTIVE, S.RUNNING)
+MAX_DISPATCH = 1000  # PENDING VMs considered per tick (bounds the time the model lock is held)
 _TO_RUNNING = ("boot", S.ACTIVE, S.RUNNING)
 
 # failure LCM state -> (LCM state a retry restarts, the plan from there)
@@ -263,14 +264,14 @@ def schedule(model: Model, now: float) -> None:
         return
     due.sort(key=lambda v: (-_priority(v), v.id))
     cache = {h.spec.id: model.host_attrs(h) for h in model.hosts.values()}
-    for vm in due:
+    for vm in due[:MAX_DISPATCH]:
         host_id, message = model.pick_host(vm, cache)
         if host_id is None:
             vm.sched_epoch, vm.sched_tried_at = model.capacity_epoch, now
             model.set_user_attr(vm, "SCHED_MESSAGE", f"{message}")
             continue
         deploy(model, vm, host_id)
-        cache[host_id] = model.host_attrs(model.hosts[host_id])
+        model.account(cache[host_id], vm)
 
 
 def tick(model: Model) -> None:

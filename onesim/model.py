@@ -134,6 +134,7 @@ class Model:
         self.next_template_id = 0
         self.hosts_full = False
         self.capacity_epoch = 0  # bumped whenever capacity may have freed up (PENDING VMs retry then)
+        self._compiled: dict[tuple[str, str], tuple] = {}
         self.guest_events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
 
     # ---- configuration ------------------------------------------------------------------------------
@@ -280,8 +281,15 @@ class Model:
         rank_text = (first_str(vm.user_template, "SCHED_RANK") or first_str(vm.user_template, "RANK")
                      or self.inventory.default_rank)
         try:
-            req = compile_requirements(reqs, self._lookup(vm))
-            rank = compile_rank(rank_text, self._lookup(vm))
+            if "$" in reqs or "$" in rank_text:
+                req, rank = compile_requirements(reqs, self._lookup(vm)), compile_rank(rank_text, self._lookup(vm))
+            else:
+                key = (reqs, rank_text)
+                if key not in self._compiled:
+                    if len(self._compiled) > 1000:
+                        self._compiled.clear()
+                    self._compiled[key] = (compile_requirements(reqs), compile_rank(rank_text))
+                req, rank = self._compiled[key]
         except PlacementError as exc:
             return None, f"Cannot dispatch VM: error in SCHED_REQUIREMENTS or SCHED_RANK: {exc}"
         hosts = [Candidate(hid, attrs, self.has_room(attrs, vm)) for hid, attrs in sorted(cache.items())]
@@ -291,6 +299,15 @@ class Model:
                 return None, "Cannot dispatch VM: No host meets SCHED_REQUIREMENTS"
             return None, "Cannot dispatch VM: No host with enough capacity to deploy the VM"
         return chosen, ""
+
+    @staticmethod
+    def account(attrs: dict[str, HostValue], vm: Vm) -> None:
+        """Update cached host attributes after `vm` was placed there (cheaper than host_attrs again)."""
+        attrs["CPU_USAGE"] = attrs["HOST_SHARE/CPU_USAGE"] = int(attrs["CPU_USAGE"]) + round(vm.cpu * 100)
+        attrs["MEM_USAGE"] = attrs["HOST_SHARE/MEM_USAGE"] = int(attrs["MEM_USAGE"]) + vm.memory_mb * 1024
+        attrs["RUNNING_VMS"] = attrs["HOST_SHARE/RUNNING_VMS"] = int(attrs["RUNNING_VMS"]) + 1
+        ids = [*attrs["VMS/ID"], str(vm.id)]  # type: ignore[misc]
+        attrs["VMS/ID"] = attrs["HOST/VMS/ID"] = attrs["CURRENT_VMS"] = ids
 
     def set_user_attr(self, vm: Vm, name: str, value: str | None) -> None:
         """Set (or remove, value None) a single USER_TEMPLATE attribute. Safe to run twice."""

@@ -4,6 +4,7 @@ the model, and a thread that delivers guest start/stop events (outside the model
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import socketserver
 import threading
@@ -214,7 +215,7 @@ def start_simulator(port: int = 0, *, auth: str = "oneadmin:onesim", inventory: 
     """
     model = Model(load_inventory(inventory, auth), clock=clock, delays=delays)
     if guest_manager is None:
-        guest_manager = make_guests(guests, ssh_port, workdir or Path("var/onesim"))
+        guest_manager = make_guests(guests, ssh_port, workdir or Path(os.environ.get("CARINA_HOME", "var")) / "onesim")
     api = Api(model)
     faults.register(api)
     endpoint = _Endpoint(host, port, api)
