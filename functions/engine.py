@@ -10,8 +10,11 @@ An operation is "in progress" while the environment's current job is not final. 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +35,17 @@ POLL = 1.0                  # seconds between OpenNebula polls while a VM boots 
 BUSY_RETRY = 0.5            # seconds before retrying when another worker holds the env lock
 MAX_BACKOFF = 30.0
 FINAL = ("DONE", "FAIL", "ABORT")
+LOCK_TTL = 20               # seconds; renewed every LOCK_TTL/4 while a step runs, so a killed worker's lock
+                            # frees itself quickly while a slow step (SSH timeouts) keeps it
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 # Leave the in-flight set only if the environment's current job is still the one that finished.
 _CLEAR_INFLIGHT = """
@@ -135,8 +149,8 @@ def work_pending(r: redis.Redis, env: Env) -> bool:
 # ---------------------------------------------------------------- ending an operation
 
 
-def _end(ctx: Ctx, env: Env, status: str, info: str, **fields: Any) -> None:
-    envstore.finish_job(ctx.r, env.jobid, status, ctx.clock, info)
+def _end(ctx: Ctx, env: Env, job_status: str, info: str, **fields: Any) -> None:
+    envstore.finish_job(ctx.r, env.jobid, job_status, ctx.clock, info)
     envstore.update_env(ctx.r, env.envid, info=info, retries=0, **fields)
     envstore.release_op(ctx.r, env.envid, env.jobid)
     ctx.r.eval(_CLEAR_INFLIGHT, 2, keys.env(env.envid), keys.inflight(), env.envid, env.jobid)
@@ -208,13 +222,41 @@ def run_steps(ctx: Ctx, envid: str) -> tuple[Step, str]:
     return 0.0, "more"
 
 
+@contextmanager
+def held_lock(r: redis.Redis, envid: str, ttl: int = LOCK_TTL) -> Iterator[bool]:
+    """The environment lock (same key and owner-token protocol as envstore.env_lock), kept alive by a
+    background renewal while held. Yields False without waiting if another writer holds it."""
+    token = uuid.uuid4().hex
+    if not r.set(keys.env_lock(envid), token, nx=True, ex=ttl):
+        yield False
+        return
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(ttl / 4):
+            try:
+                if not r.eval(_RENEW, 1, keys.env_lock(envid), token, str(ttl)):
+                    return
+            except redis.RedisError:
+                log.warning("env %s: could not renew the lock", envid)
+
+    keeper = threading.Thread(target=renew, name=f"lock-{envid}", daemon=True)
+    keeper.start()
+    try:
+        yield True
+    finally:
+        stop.set()
+        keeper.join(5)
+        r.eval(_RELEASE, 1, keys.env_lock(envid), token)
+
+
 def step(ctx: Ctx, envid: str) -> str:
     """Drive the environment as far as it can go now, then schedule the next drive if needed.
 
     Takes the env lock (busy: retry shortly). Unexpected errors are recorded as events and retried with
     backoff, never lost. Safe to run any number of times, concurrently.
     """
-    with envstore.env_lock(ctx.r, envid) as got:
+    with held_lock(ctx.r, envid) as got:
         if not got:
             lifecycle.kick(ctx.queue, envid, BUSY_RETRY)
             return "busy"
