@@ -110,7 +110,8 @@ def parse_callback(script: str, query: str) -> CallbackRequest:
     params: dict[str, str] = {}
     _pairs(rest, params)
     _pairs(query or "", params)
-    params = {k: v for k, v in params.items() if k in KNOWN and (v or k != "name")}   # name= empty: no name
+    # An empty name= or token= counts as not given (a VM whose context lacks the variable sends it empty).
+    params = {k: v for k, v in params.items() if k in KNOWN and (v or k not in ("name", "token"))}
     kind = _kind(unquote(head), params)
     _validate(kind, params)
     return CallbackRequest(kind=kind, envid=params["envid"], vmid=int(params["vmid"]), params=params)

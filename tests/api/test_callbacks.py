@@ -152,20 +152,21 @@ def test_apply_twice_is_harmless_and_a_removed_env_is_gone(world):
 
 @pytest.mark.parametrize("token_of, status, code, why", [
     (None, "APP_X", 403, "token: callback token required"),
+    ("empty", "APP_X", 403, "token: callback token required"),
     ("forged", "APP_X", 403, "token: does not match VM 8"),
     (7, "APP_X", 403, "token: does not match VM 8"),                # the master's token used for the slave
     (8, "MASTER_INIT_DONE", 403, "status: only the master reports MASTER_INIT_DONE"),
 ])
 def test_refused_callbacks_are_recorded_without_the_token(world, token_of, status, code, why):
-    token = {None: None, "forged": "AAAAforgedAAAA"}.get(token_of, world.tok.get(token_of))
+    token = {None: None, "empty": "", "forged": "AAAAforgedAAAA"}.get(token_of, world.tok.get(token_of))
     url = f"/cgi-bin/updateappstatus.sh?service=svc1&vmid=8&envid={world.envid}&status={status}"
-    url += f"&token={token}" if token else ""
+    url += f"&token={token}" if token is not None else ""
     res = world.client.simulate_get(url)
     assert res.status_code == code and res.json["description"].startswith(why)
     assert _queued(world.r) == []
     refused = _events(world, "callback_refused")
     assert len(refused) == 1 and refused[0]["vmid"] == "8" and refused[0]["status"] == status
-    assert "token" not in refused[0] and (token is None or token not in str(refused[0]))
+    assert "token" not in refused[0] and (not token or token not in str(refused[0]))
 
 
 def test_wrong_service_and_unknown_env_are_404(world):
