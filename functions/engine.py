@@ -282,9 +282,12 @@ def _backoff_internal(ctx: Ctx, env: Env) -> float:
 
 def run_drive(envid: str) -> str:
     """RQ entry (via lifecycle.drive): connect from the environment's settings and step the environment."""
+    from rq import get_current_job
+
     from functions.runtime import connect
 
     settings = Settings.from_env()
     rt = connect(settings)
-    lifecycle.clear_kick(rt.raw, envid)
+    job = get_current_job()
+    lifecycle.clear_kick(rt.raw, envid, job.id if job is not None else None)
     return step(Ctx(r=rt.text, queue=rt.queue, settings=settings), envid)

@@ -34,12 +34,17 @@ if cur and tonumber(cur) <= tonumber(ARGV[1]) + tonumber(ARGV[2]) then return 0 
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 return 1
 """
-# Clear the pending mark if it is due by now (the running job is the one it stood for).
+# Clear the pending mark if it stands for the running job (same due time) or is due by now.
 _CLEAR = """
 local cur = redis.call('GET', KEYS[1])
-if cur and tonumber(cur) <= tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) return 1 end
+if not cur then return 0 end
+local due = tonumber(cur)
+if due <= tonumber(ARGV[1]) or math.abs(due - tonumber(ARGV[2])) < 0.002 then
+  redis.call('DEL', KEYS[1]) return 1
+end
 return 0
 """
+EARLY_SLACK = 1.5          # RQ's scheduler stores due times in whole seconds: a delayed job may run ~1 s early
 
 
 def kick(queue: Queue, envid: str, delay: float = 0.0, force: bool = False) -> bool:
@@ -71,9 +76,17 @@ def kick(queue: Queue, envid: str, delay: float = 0.0, force: bool = False) -> b
     return True
 
 
-def clear_kick(conn: redis.Redis, envid: str) -> bool:
-    """Forget the pending mark of `envid` if it is due now (called as a drive job starts). Safe twice."""
-    return bool(conn.eval(_CLEAR, 1, keys.env_kick(str(envid)), repr(time.time() + PENDING_SLACK)))
+def _job_due(job_id: str | None) -> float:
+    """The due time encoded in a drive job id (`drive-<envid>-<due ms>`), or -1."""
+    tail = (job_id or "").rpartition("-")[2]
+    return int(tail) / 1000 if tail.isdigit() else -1.0
+
+
+def clear_kick(conn: redis.Redis, envid: str, job_id: str | None = None) -> bool:
+    """Forget the pending mark of `envid` as drive job `job_id` starts: the mark stands for this job, or is
+    due by now (jobs may run a little early). Safe to run twice."""
+    return bool(conn.eval(_CLEAR, 1, keys.env_kick(str(envid)), repr(time.time() + EARLY_SLACK),
+                          repr(_job_due(job_id))))
 
 
 def drive(envid: str) -> str:

@@ -51,3 +51,12 @@ def test_kicks_of_different_envs_are_independent(rdb: redis.Redis) -> None:
     assert lifecycle.kick(q, "1") and lifecycle.kick(q, "2")
     assert sorted(q.fetch_job(j).args[0] for j in q.job_ids) == ["1", "2"]
     assert rdb.ttl(keys.env_kick("1")) > 0                  # a lost job cannot block kicks forever
+
+
+def test_a_delayed_job_running_early_still_clears_its_own_mark(rdb: redis.Redis) -> None:
+    q = _queue(rdb)
+    assert lifecycle.kick(q, "9", delay=5)
+    job_id = ScheduledJobRegistry(queue=q).get_job_ids()[0]
+    assert lifecycle.clear_kick(rdb, "9") is False              # some other job: the mark is not due
+    assert lifecycle.clear_kick(rdb, "9", job_id) is True       # its own job, even if early
+    assert lifecycle.kick(q, "9", delay=1) is True              # so its next kick is not swallowed
