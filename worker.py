@@ -1,8 +1,9 @@
 """The Carina RQ worker: `python worker.py [--burst] [--name NAME]`.
 
-JSON serializer only (no pickle in Redis), RQ's scheduler on (delayed drives and retries), logging to
-stderr. At start it re-drives every in-flight environment (reconcile.recover_all), so work interrupted by a
-killed worker or a Redis restart resumes.
+JSON serializer only (no pickle in Redis), RQ's scheduler on (delayed jobs of other modules), a pump
+thread for Carina's delayed drives (lifecycle.pump), logging to stderr. At start it re-drives every
+in-flight environment (reconcile.recover_all), so work interrupted by a killed worker or a Redis
+restart resumes.
 """
 
 from __future__ import annotations
@@ -10,20 +11,36 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 
-from rq import Worker
+import redis
+from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
 from config.settings import Settings
+from functions.lifecycle import pump
 from functions.reconcile import recover_all
 from functions.runtime import JsonJob, connect
 
 log = logging.getLogger("carina.worker")
 
-# RQ's delayed jobs are moved by the scheduler of the one worker holding `rq:scheduler-lock:<queue>` (TTL 61 s).
-# If that worker is killed, the others try to take the lock at each maintenance pass: keep it short so
-# delayed drives resume about a minute after a crash instead of ten.
-MAINTENANCE_INTERVAL = 10
+MAINTENANCE_INTERVAL = 30   # RQ registry cleanup (abandoned jobs of killed workers) and scheduler lock retries
+PUMP_EVERY = 0.25           # seconds between pumps of Carina's delayed drives (lifecycle.pump)
+
+
+def start_pump(queue: Queue, stop: threading.Event) -> threading.Thread:
+    """A daemon thread moving due delayed drives onto the queue until `stop` is set (every worker runs one,
+    so a killed worker never stalls them)."""
+    def loop() -> None:
+        while not stop.wait(PUMP_EVERY):
+            try:
+                pump(queue)
+            except redis.RedisError as exc:
+                log.warning("pump: %s", exc)
+
+    thread = threading.Thread(target=loop, name="carina-pump", daemon=True)
+    thread.start()
+    return thread
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info("worker starting on queue %r (%d environment(s) re-driven)", settings.queue_name, len(recovered))
     worker = Worker([rt.queue], connection=rt.raw, serializer=JSONSerializer, job_class=JsonJob, name=args.name,
                     maintenance_interval=MAINTENANCE_INTERVAL)
-    worker.work(with_scheduler=True, burst=args.burst, logging_level="INFO")
+    stop = threading.Event()
+    start_pump(connect(settings).queue, stop)
+    try:
+        worker.work(with_scheduler=True, burst=args.burst, logging_level="INFO")
+    finally:
+        stop.set()
     return 0
 
 

@@ -139,3 +139,8 @@ def env_kick(envid: str) -> str:
 def callback_refusals(envid: str, minute: int) -> str:
     """Counter with TTL: refused callbacks recorded for the environment in that minute (caps the event flood)."""
     return f"{PREFIX}env:{envid}:refused:{minute}"
+
+
+def kick_schedule() -> str:
+    """Sorted set envid -> due time (epoch) of delayed drives, pumped onto the queue by every worker."""
+    return f"{PREFIX}kicks"

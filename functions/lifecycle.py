@@ -1,17 +1,20 @@
 """The lifecycle engine's queue entry points: `kick(queue, envid, delay)` and `drive(envid)`.
 
 `drive` is an idempotent, level-triggered step function run by RQ; `kick` enqueues it, deduplicated:
-at most one drive job per environment waits in the queue at a time (a later-due kick while an
-earlier one is pending is a no-op; an earlier-due kick supersedes the later one). The pending mark
-is cleared when a drive job starts, before it reads any state, so a kick that arrives while a drive
-runs always leads to one more run and no wake-up is ever lost.
+at most one drive job per environment waits in the queue at a time. The pending mark is cleared when a
+drive job starts, before it reads any state, so a kick that arrives while a drive runs always leads to
+one more run and no wake-up is ever lost.
+
+Delayed kicks go to a Redis sorted set (envid -> earliest due time) that every worker pumps onto the
+queue (`pump`, a thread in worker.py; the minute tick pumps too). RQ's own delayed jobs are not used:
+they are moved by the single worker holding RQ's scheduler lock, and when that worker is killed the
+others take over only after minutes, which would stall every polling environment.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
 
 import redis
 from rq import Queue
@@ -44,7 +47,7 @@ if due <= tonumber(ARGV[1]) or math.abs(due - tonumber(ARGV[2])) < 0.002 then
 end
 return 0
 """
-EARLY_SLACK = 1.5          # RQ's scheduler stores due times in whole seconds: a delayed job may run ~1 s early
+EARLY_SLACK = 1.5          # seconds: a mark due this soon counts as the running job's
 
 
 def kick(queue: Queue, envid: str, delay: float = 0.0, force: bool = False) -> bool:
@@ -56,24 +59,42 @@ def kick(queue: Queue, envid: str, delay: float = 0.0, force: bool = False) -> b
     """
     envid = str(envid)
     delay = max(0.0, float(delay))
-    due = time.time() + delay
-    ttl = int(delay + PENDING_GRACE)
     conn = queue.connection
+    now = time.time()
+    if delay > 0:
+        conn.zadd(keys.kick_schedule(), {envid: now + delay}, lt=True)   # keeps the earliest due time
+        return True
     slack = -1e12 if force else PENDING_SLACK
-    marked = conn.eval(_MARK, 1, keys.env_kick(envid), repr(due), repr(slack), str(ttl))
+    marked = conn.eval(_MARK, 1, keys.env_kick(envid), repr(now), repr(slack), str(PENDING_GRACE))
     if not marked:
         return False
-    job_id = f"drive-{envid}-{int(due * 1000)}"
-    opts = {"job_id": job_id, "unique": True, "job_timeout": JOB_TIMEOUT, "result_ttl": RESULT_TTL,
-            "failure_ttl": 86400, "description": f"drive env {envid}"}
+    opts = {"job_id": f"drive-{envid}-{int(now * 1000)}", "unique": True, "job_timeout": JOB_TIMEOUT,
+            "result_ttl": RESULT_TTL, "failure_ttl": 86400, "description": f"drive env {envid}"}
     try:
-        if delay > 0:
-            queue.enqueue_in(timedelta(seconds=delay), DRIVE, envid, **opts)
-        else:
-            queue.enqueue(DRIVE, envid, **opts)
+        queue.enqueue(DRIVE, envid, **opts)
     except DuplicateJobError:
         return False
     return True
+
+
+_POP_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, m in ipairs(due) do redis.call('ZREM', KEYS[1], m) end
+return due
+"""
+
+
+def pump(queue: Queue, now: float | None = None, batch: int = 200) -> list[str]:
+    """Move every delayed kick that is due onto the queue (deduplicated). Returns the envids kicked.
+
+    Each due entry is taken atomically, so several workers pumping at once never double it.
+    """
+    taken = queue.connection.eval(_POP_DUE, 1, keys.kick_schedule(), repr(time.time() if now is None else now),
+                                  str(batch))
+    envids = [e.decode() if isinstance(e, bytes) else str(e) for e in taken]
+    for envid in envids:
+        kick(queue, envid)
+    return envids
 
 
 def _job_due(job_id: str | None) -> float:

@@ -16,7 +16,7 @@ import redis
 from rq import Queue
 
 from config.settings import Settings
-from functions import envstore, keys, reconcile, specview, tenants
+from functions import envstore, keys, lifecycle, reconcile, specview, tenants
 from functions.clock import Clock, system_clock
 from functions.one import OneClient, OneError, OneUnavailable, VmView
 
@@ -94,6 +94,7 @@ def tick(r: redis.Redis, queue: Queue, clock: Clock = system_clock,
     """Once per minute: re-drive in-flight environments and refresh VM states. None if this minute ran."""
     if not claim_minute(r, "minute", clock()):
         return None
+    lifecycle.pump(queue)
     kicked = reconcile.recover_all(r, queue)
     stats = refresh_vms(r, clock, one_factory)
     stats["kicked"] = len(kicked)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
 import redis
-from rq.registry import ScheduledJobRegistry
 
 from functions import keys, lifecycle
 from functions.runtime import JsonQueue
@@ -20,7 +21,7 @@ def test_repeated_kicks_enqueue_one_job(rdb: redis.Redis) -> None:
     assert lifecycle.kick(q, "7") is True
     for _ in range(5):
         assert lifecycle.kick(q, "7") is False
-    assert lifecycle.kick(q, "7", delay=3) is False      # a later kick is covered by the queued one
+    assert lifecycle.kick(q, "7", delay=3) is True       # delayed: recorded for the pump, no job yet
     assert len(q.job_ids) == 1
     job = q.fetch_job(q.job_ids[0])
     assert job.func_name == "functions.lifecycle.drive" and job.args == ["7"]
@@ -35,15 +36,17 @@ def test_kick_after_job_started_enqueues_again(rdb: redis.Redis) -> None:
     assert len(q.job_ids) == 2
 
 
-def test_delayed_kick_is_scheduled_and_superseded_by_an_earlier_one(rdb: redis.Redis) -> None:
+def test_delayed_kicks_keep_the_earliest_due_time_and_are_pumped_once(rdb: redis.Redis) -> None:
     q = _queue(rdb)
-    assert lifecycle.kick(q, "8", delay=30) is True
-    assert lifecycle.kick(q, "8", delay=40) is False
-    assert len(ScheduledJobRegistry(queue=q).get_job_ids()) == 1
-    assert q.job_ids == []
-    assert lifecycle.clear_kick(rdb, "8") is False          # not due yet: the mark stays
-    assert lifecycle.kick(q, "8") is True                   # earlier due time wins
-    assert len(q.job_ids) == 1
+    assert lifecycle.kick(q, "8", delay=30)
+    assert lifecycle.kick(q, "8", delay=40)
+    assert lifecycle.kick(q, "8", delay=20)                 # earlier wins
+    due = rdb.zscore(keys.kick_schedule(), "8")
+    assert q.job_ids == [] and rdb.zcard(keys.kick_schedule()) == 1
+    assert lifecycle.pump(q, now=due - 1) == []             # not due yet
+    assert lifecycle.pump(q, now=due + 0.1) == ["8"]
+    assert lifecycle.pump(q, now=due + 0.2) == []           # taken once
+    assert len(q.job_ids) == 1 and q.fetch_job(q.job_ids[0]).args == ["8"]
 
 
 def test_kicks_of_different_envs_are_independent(rdb: redis.Redis) -> None:
@@ -53,10 +56,9 @@ def test_kicks_of_different_envs_are_independent(rdb: redis.Redis) -> None:
     assert rdb.ttl(keys.env_kick("1")) > 0                  # a lost job cannot block kicks forever
 
 
-def test_a_delayed_job_running_early_still_clears_its_own_mark(rdb: redis.Redis) -> None:
+def test_a_job_clears_its_own_mark_only(rdb: redis.Redis) -> None:
     q = _queue(rdb)
-    assert lifecycle.kick(q, "9", delay=5)
-    job_id = ScheduledJobRegistry(queue=q).get_job_ids()[0]
-    assert lifecycle.clear_kick(rdb, "9") is False              # some other job: the mark is not due
-    assert lifecycle.clear_kick(rdb, "9", job_id) is True       # its own job, even if early
-    assert lifecycle.kick(q, "9", delay=1) is True              # so its next kick is not swallowed
+    rdb.set(keys.env_kick("9"), repr(time.time() + 30))    # a mark for some later job
+    assert lifecycle.clear_kick(rdb, "9", "drive-9-1") is False
+    assert lifecycle.kick(q, "9")                           # an earlier kick supersedes it
+    assert lifecycle.clear_kick(rdb, "9", q.job_ids[0]) is True
