@@ -2,6 +2,7 @@
 # Carina context entry point, run once at boot from the context CD (${MNT:-/mnt}).
 # Installs the controller's key for SSH, reports the network (network.sh), then runs the
 # application's context script ($APP_CONTEXT_SCRIPT init), which reports *_INIT_DONE / *_INIT_FAIL.
+# Without an application script it reports *_INIT_DONE itself.
 MNT="${MNT:-/mnt}"
 
 urlencode() {
@@ -43,7 +44,11 @@ else
     echo "init.sh: no $MNT/network.sh on the context CD" >&2
 fi
 
-[ -n "${APP_CONTEXT_SCRIPT:-}" ] || exit 0
+if [ -z "${APP_CONTEXT_SCRIPT:-}" ]; then
+    # No application script (the guide's minimal example): nothing more to set up, so say so.
+    if is_master; then appstatus MASTER_INIT_DONE; else appstatus "SLAVE_${SLAVE_ID:-}_INIT_DONE"; fi
+    exit $?
+fi
 case "$APP_CONTEXT_SCRIPT" in
     */*|.*) echo "init.sh: APP_CONTEXT_SCRIPT must be a plain file name: $APP_CONTEXT_SCRIPT" >&2; ok=no ;;
     *) if [ -f "$MNT/$APP_CONTEXT_SCRIPT" ]; then ok=yes; else ok=no

@@ -414,3 +414,19 @@ def test_carina_ssh_client_works_against_a_process_guest(tmp_path: Path, repo: R
             run_remote(ip, port, "local", pem, add, known_key=other, timeout=10)
     finally:
         mgr.close()
+
+
+@pytest.mark.parametrize(("extra", "status"), [
+    ({"CARINA_ROLE": "master"}, "MASTER_INIT_DONE"),
+    ({"CARINA_ROLE": "slave", "SLAVE_ID": "1"}, "SLAVE_1_INIT_DONE"),
+])
+def test_init_without_app_script_reports_done(tmp_path: Path, repo: Repo, extra: dict[str, str],
+                                              status: str) -> None:
+    """The guide's minimal example has empty context scripts: the VM is ready once its network is."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    (mnt / "network.sh").write_bytes((CONTEXT_DIR / "network.sh").read_bytes())
+    result = sh("init.sh", home=tmp_path / "home", MNT=str(mnt), IP="127.0.1.41", HOSTNAME="h",
+                APP_CONTEXT_SCRIPT="", **script_env(repo, **extra))
+    assert result.returncode == 0, result.stderr
+    assert repo.statuses() == [status]
