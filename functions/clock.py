@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 Clock = Callable[[], float]
 
@@ -16,7 +16,7 @@ def system_clock() -> float:
 
 def utc(ts: float) -> datetime:
     """A tz-aware UTC datetime for an epoch timestamp."""
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
+    return datetime.fromtimestamp(ts, tz=UTC)
 
 
 class FakeClock:
