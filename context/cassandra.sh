@@ -8,30 +8,8 @@
 #   add|remove|delete <ip> [<data>]   accepted, nothing to do (slaves find the seed through SEEDS)
 #   show       print $HOME/mount
 
-urlencode() {
-    printf '%s' "$1" | LC_ALL=C awk '
-        BEGIN { for (i = 1; i < 256; i++) ord[sprintf("%c", i)] = i }
-        { if (NR > 1) printf "%%0A"
-          for (i = 1; i <= length($0); i++) {
-              c = substr($0, i, 1)
-              if (c ~ /[A-Za-z0-9._~-]/) printf "%s", c; else printf "%%%02X", ord[c]
-          } }'
-}
+. "$(dirname "$0")/carina-lib.sh"
 
-# appstatus STATUS: the updateappstatus callback to Carina (retried a few times).
-appstatus() {
-    url="http://$CARINA_IP/cgi-bin/updateappstatus.sh?service=$(urlencode "$SERVICE_NAME")&vmid=$(urlencode "$VMID")&envid=$(urlencode "$ENVID")&status=$(urlencode "$1")&token=$(urlencode "$CARINA_TOKEN")"
-    for try in 1 2 3 4 5; do
-        wget -q -T 10 -t 1 -O /dev/null "$url" && return 0
-        echo "$(basename "$0"): callback $1 failed (try $try)" >&2
-        sleep 2
-    done
-    return 1
-}
-
-is_master() {
-    if [ -n "${CARINA_ROLE:-}" ]; then [ "$CARINA_ROLE" = master ]; else [ -z "${SLAVE_ID+x}" ]; fi
-}
 
 # getmount: sets and exports MOUNT; returns 1 (MOUNTLIST missing), 2 (invalid) or 3 (past the last mount).
 getmount() {
@@ -69,8 +47,7 @@ case "${1:-init}" in
             if [ "$role" = MASTER ]; then appstatus "MASTER_INIT_FAIL:$why"; else appstatus "${role}_INIT_FAIL"; fi
             exit 1
         fi
-        self="$HOME/$(basename "$0")"
-        if [ "$0" != "$self" ]; then cp "$0" "$self" && chmod 755 "$self"; fi
+        install_home
         printf '%s\n' "$MOUNT" > "$HOME/mount"
         echo "$(basename "$0"): mount $MOUNT"
         appstatus "${role}_INIT_DONE"

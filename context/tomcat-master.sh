@@ -6,26 +6,7 @@
 #   show                 print the backends, one per line
 BACKENDS="$HOME/backends"
 
-urlencode() {
-    printf '%s' "$1" | LC_ALL=C awk '
-        BEGIN { for (i = 1; i < 256; i++) ord[sprintf("%c", i)] = i }
-        { if (NR > 1) printf "%%0A"
-          for (i = 1; i <= length($0); i++) {
-              c = substr($0, i, 1)
-              if (c ~ /[A-Za-z0-9._~-]/) printf "%s", c; else printf "%%%02X", ord[c]
-          } }'
-}
-
-# appstatus STATUS: the updateappstatus callback to Carina (retried a few times).
-appstatus() {
-    url="http://$CARINA_IP/cgi-bin/updateappstatus.sh?service=$(urlencode "$SERVICE_NAME")&vmid=$(urlencode "$VMID")&envid=$(urlencode "$ENVID")&status=$(urlencode "$1")&token=$(urlencode "$CARINA_TOKEN")"
-    for try in 1 2 3 4 5; do
-        wget -q -T 10 -t 1 -O /dev/null "$url" && return 0
-        echo "$(basename "$0"): callback $1 failed (try $try)" >&2
-        sleep 2
-    done
-    return 1
-}
+. "$(dirname "$0")/carina-lib.sh"
 
 entry() {
     case "$1" in ""|*[!0-9A-Za-z.:_-]*) echo "$(basename "$0"): bad backend address: '$1'" >&2; exit 2 ;; esac
@@ -41,8 +22,7 @@ usage() {
 cmd="${1:-init}"
 case "$cmd" in
     init)
-        self="$HOME/$(basename "$0")"
-        if [ "$0" != "$self" ]; then cp "$0" "$self" && chmod 755 "$self"; fi
+        install_home
         touch "$BACKENDS"
         echo "$(basename "$0"): load balancer ready, backends in $BACKENDS"
         appstatus MASTER_INIT_DONE

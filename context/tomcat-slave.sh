@@ -1,26 +1,7 @@
 #!/bin/sh
 # Tomcat slave context script: reports SLAVE_${SLAVE_ID}_INIT_DONE (SLAVE_ID may be empty, as in the guide).
 
-urlencode() {
-    printf '%s' "$1" | LC_ALL=C awk '
-        BEGIN { for (i = 1; i < 256; i++) ord[sprintf("%c", i)] = i }
-        { if (NR > 1) printf "%%0A"
-          for (i = 1; i <= length($0); i++) {
-              c = substr($0, i, 1)
-              if (c ~ /[A-Za-z0-9._~-]/) printf "%s", c; else printf "%%%02X", ord[c]
-          } }'
-}
-
-# appstatus STATUS: the updateappstatus callback to Carina (retried a few times).
-appstatus() {
-    url="http://$CARINA_IP/cgi-bin/updateappstatus.sh?service=$(urlencode "$SERVICE_NAME")&vmid=$(urlencode "$VMID")&envid=$(urlencode "$ENVID")&status=$(urlencode "$1")&token=$(urlencode "$CARINA_TOKEN")"
-    for try in 1 2 3 4 5; do
-        wget -q -T 10 -t 1 -O /dev/null "$url" && return 0
-        echo "$(basename "$0"): callback $1 failed (try $try)" >&2
-        sleep 2
-    done
-    return 1
-}
+. "$(dirname "$0")/carina-lib.sh"
 
 case "${1:-init}" in
     init)

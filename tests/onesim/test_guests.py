@@ -91,7 +91,7 @@ def repo(controller_key: paramiko.PKey) -> Iterator[Repo]:
 
 
 def vm_context(repo: Repo, vmid: int, ip: str, script: str, **extra: str) -> dict[str, str]:
-    names = ["authorized_keys", "init.sh", "network.sh", script]
+    names = ["authorized_keys", "init.sh", "carina-lib.sh", "network.sh", script]
     ctx = {"FILES": " ".join(repo.url(n) for n in names), "VMID": str(vmid), "ENVID": "3",
            "SERVICE_NAME": "svc", "CARINA_IP": repo.addr, "IP": ip, "HOSTNAME": f"env-{vmid}",
            "DEFUSER": "local", "APP_CONTEXT_SCRIPT": script, "CARINA_TOKEN": TOKEN}
@@ -235,8 +235,8 @@ def test_bad_files_urls_do_not_crash_the_guest(tmp_path: Path, repo: Repo) -> No
         wait_for(lambda: len(repo.calls) >= 2, what="callbacks")
         assert repo.statuses() == ["SLAVE_4_INIT_DONE"]
         mnt = tmp_path / "vm-10" / "mnt"
-        assert sorted(p.name for p in mnt.iterdir()) == ["authorized_keys", "init.sh", "network.sh",
-                                                          "tomcat-slave.sh"]
+        assert sorted(p.name for p in mnt.iterdir()) == ["authorized_keys", "carina-lib.sh", "init.sh",
+                                                          "network.sh", "tomcat-slave.sh"]
         log = (tmp_path / "vm-10" / "guest.log").read_text()
         assert "file:///etc/passwd" in log and "missing.sh" in log and "404" in log
     finally:
@@ -384,7 +384,8 @@ def test_context_scripts_report_status(tmp_path: Path, repo: Repo, script: str, 
 def test_init_reports_missing_app_script(tmp_path: Path, repo: Repo) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    (mnt / "network.sh").write_bytes((CONTEXT_DIR / "network.sh").read_bytes())
+    for name in ("network.sh", "carina-lib.sh"):
+        (mnt / name).write_bytes((CONTEXT_DIR / name).read_bytes())
     result = sh("init.sh", home=tmp_path / "home", MNT=str(mnt), IP="127.0.1.40", HOSTNAME="h-m",
                 APP_CONTEXT_SCRIPT="gone.sh", **script_env(repo))
     assert result.returncode == 1
@@ -425,7 +426,8 @@ def test_init_without_app_script_reports_done(tmp_path: Path, repo: Repo, extra:
     """The guide's minimal example has empty context scripts: the VM is ready once its network is."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    (mnt / "network.sh").write_bytes((CONTEXT_DIR / "network.sh").read_bytes())
+    for name in ("network.sh", "carina-lib.sh"):
+        (mnt / name).write_bytes((CONTEXT_DIR / name).read_bytes())
     result = sh("init.sh", home=tmp_path / "home", MNT=str(mnt), IP="127.0.1.41", HOSTNAME="h",
                 APP_CONTEXT_SCRIPT="", **script_env(repo, **extra))
     assert result.returncode == 0, result.stderr
