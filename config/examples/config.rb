@@ -1,8 +1,8 @@
 # Carina service configuration: the examples of the original user guide, ready for the embedded
-# OpenNebula simulator (onesim). Upload the VM templates and context scripts first:
-#   oneenv --upload example.vm ; oneenv --upload cassandra.vm
-#   oneenv --upload tomcat-master.sh ; oneenv --upload tomcat-slave.sh ; oneenv --upload cassandra.sh
-#   oneenv --upload config.rb
+# OpenNebula simulator (onesim). Upload the VM templates and the context scripts (context/*.sh:
+# init.sh, carina-lib.sh, network.sh and the application scripts) first, then this file:
+#   oneenv --upload config/examples/*.vm context/*.sh
+#   oneenv --upload config/examples/config.rb
 # This file is parsed (never executed): only Ruby literals are allowed (strings, symbols, numbers,
 # true/false/nil, arrays, hashes with `=>` or `key:` pairs, comments, trailing commas).
 
