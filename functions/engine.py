@@ -10,11 +10,9 @@ An operation is "in progress" while the environment's current job is not final. 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,22 +28,12 @@ from functions.one import OneClient, OneError, OneUnavailable
 log = logging.getLogger("carina.engine")
 
 MAX_STEPS = 40              # steps per drive job before handing over to a fresh job
-MAX_SECONDS = 30.0          # wall time per drive job (the env lock's TTL is 120 s)
+MAX_SECONDS = 30.0          # wall time per drive job
 POLL = 1.0                  # seconds between OpenNebula polls while a VM boots or shuts down
 BUSY_RETRY = 0.5            # seconds before retrying when another worker holds the env lock
 MAX_BACKOFF = 30.0
 FINAL = ("DONE", "FAIL", "ABORT")
-LOCK_TTL = 20               # seconds; renewed every LOCK_TTL/4 while a step runs, so a killed worker's lock
-                            # frees itself quickly while a slow step (SSH timeouts) keeps it
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+LOCK_TTL = envstore.LOCK_TTL  # the env lock's TTL, renewed while a step runs (functions.envstore.env_lock)
 
 # Leave the in-flight set only if the environment's current job is still the one that finished.
 _CLEAR_INFLIGHT = """
@@ -206,8 +194,8 @@ def run_steps(ctx: Ctx, envid: str) -> tuple[Step, str]:
     started = time.monotonic()
     for _ in range(MAX_STEPS):
         env = load(ctx.r, envid)
-        if env is None:
-            envstore.clear_inflight(ctx.r, envid)
+        if env is None:                  # removed: end the job still holding its guard (a racing remove)
+            envstore.finish_vanished(ctx.r, envid, ctx.clock)
             return None, "gone"
         try:
             nxt = dispatch(ctx, env)
@@ -222,32 +210,9 @@ def run_steps(ctx: Ctx, envid: str) -> tuple[Step, str]:
     return 0.0, "more"
 
 
-@contextmanager
-def held_lock(r: redis.Redis, envid: str, ttl: int = LOCK_TTL) -> Iterator[bool]:
-    """The environment lock (same key and owner-token protocol as envstore.env_lock), kept alive by a
-    background renewal while held. Yields False without waiting if another writer holds it."""
-    token = uuid.uuid4().hex
-    if not r.set(keys.env_lock(envid), token, nx=True, ex=ttl):
-        yield False
-        return
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(ttl / 4):
-            try:
-                if not r.eval(_RENEW, 1, keys.env_lock(envid), token, str(ttl)):
-                    return
-            except redis.RedisError:
-                log.warning("env %s: could not renew the lock", envid)
-
-    keeper = threading.Thread(target=renew, name=f"lock-{envid}", daemon=True)
-    keeper.start()
-    try:
-        yield True
-    finally:
-        stop.set()
-        keeper.join(5)
-        r.eval(_RELEASE, 1, keys.env_lock(envid), token)
+def held_lock(r: redis.Redis, envid: str) -> AbstractContextManager[bool]:
+    """The environment lock: envstore.env_lock (owner token, short TTL renewed while held)."""
+    return envstore.env_lock(r, envid)
 
 
 def step(ctx: Ctx, envid: str) -> str:

@@ -8,7 +8,9 @@ never release someone else's lock or operation.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,12 +22,19 @@ import redis
 from functions import keys
 from functions.clock import Clock
 
+log = logging.getLogger("carina.envstore")
+
 JOB_TYPES = ("CREATE", "SCALEUP", "SCALEDOWN", "REMOVE", "RECREATE")
 JOB_STATES = ("PENDING", "RUNNING", "DONE", "FAIL", "ABORT")
 EVENT_MAXLEN = 10000
+LOCK_TTL = 10               # seconds; the env lock is renewed every LOCK_TTL/4 while held
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -113,16 +122,46 @@ def list_envs(r: redis.Redis, service: str) -> list[dict[str, Any]]:
     return [e for e in envs if e is not None]
 
 
-def delete_env(r: redis.Redis, envid: str) -> None:
-    """Forget an environment and its VM records; its event stream expires after a day. Safe to run twice."""
+def delete_env(r: redis.Redis, envid: str, clock: Clock | None = None) -> str | None:
+    """Forget an environment and its VM records; its event stream expires after a day. Safe to run twice.
+
+    Returns the job that held the operation guard. With `clock`, that job is finished too (DONE for a
+    REMOVE): a remove that took the guard over just before the deletion must not stay RUNNING for ever.
+    """
     env = r.hgetall(keys.env(envid))
     with r.pipeline() as p:
         if env:
             p.zrem(keys.service_envs(env["service"]), envid)
-        p.delete(keys.env(envid), keys.env_vms(envid), keys.env_op(envid))
+        p.getdel(keys.env_op(envid))
+        p.delete(keys.env(envid), keys.env_vms(envid))
         p.srem(keys.inflight(), envid)
         p.expire(keys.env_events(envid), 86400)
-        p.execute()
+        holder = p.execute()[1 if env else 0]
+    if holder and clock is not None:
+        _finish_orphan(r, holder, clock)
+    return holder
+
+
+def finish_vanished(r: redis.Redis, envid: str, clock: Clock) -> str | None:
+    """For an environment that no longer exists: finish the job still holding its operation guard (DONE
+    for a REMOVE, FAIL otherwise), drop the guard and the in-flight mark. Returns that job. Safe to run twice."""
+    script = """
+    if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+    redis.call('SREM', KEYS[3], ARGV[1])
+    return redis.call('GETDEL', KEYS[2])
+    """
+    holder = r.eval(script, 3, keys.env(envid), keys.env_op(envid), keys.inflight(), envid)
+    if holder:
+        _finish_orphan(r, holder, clock)
+    return holder or None
+
+
+def _finish_orphan(r: redis.Redis, jobid: str, clock: Clock) -> None:
+    job = r.hgetall(keys.job(jobid))
+    if job.get("type") == "REMOVE":
+        finish_job(r, jobid, "DONE", clock, "environment removed")
+    else:
+        finish_job(r, jobid, "FAIL", clock, "environment removed")
 
 
 def new_job(r: redis.Redis, service: str, envid: str, name: str, job_type: str, clock: Clock,
@@ -180,15 +219,32 @@ def list_jobs(r: redis.Redis, service: str, limit: int = 10000) -> list[dict[str
         return [j for j in p.execute() if j]
 
 
-def trim_jobs(r: redis.Redis, service: str, keep: int) -> int:
-    """Drop all but the newest `keep` jobs of a service. Returns how many were dropped."""
+def trim_jobs(r: redis.Redis, service: str, keep: int, keep_unfinished: bool = False) -> int:
+    """Drop all but the newest `keep` jobs of a service (with `keep_unfinished`, never a job that has not
+    ended: a long create outlives newer jobs). Returns how many were dropped. Safe to run twice."""
     old = r.zrange(keys.service_jobs(service), 0, -keep - 1) if keep > 0 else []
+    if old and keep_unfinished:
+        with r.pipeline() as p:
+            for jobid in old:
+                p.hget(keys.job(jobid), "status")
+            old = [j for j, st in zip(old, p.execute(), strict=True) if st is None or st in JOB_STATES[2:]]
     if old:
         with r.pipeline() as p:
             p.zrem(keys.service_jobs(service), *old)
             p.delete(*[keys.job(j) for j in old])
             p.execute()
     return len(old)
+
+
+def trim_events(r: redis.Redis, service: str, envids: list[str], keep: int) -> int:
+    """Cap the service's event stream and those of `envids` at the newest `keep` entries each (no-op if
+    keep <= 0). Returns how many entries were dropped. Safe to run twice."""
+    if keep <= 0:
+        return 0
+    with r.pipeline() as p:
+        for key in [keys.service_events(service), *[keys.env_events(e) for e in envids]]:
+            p.xtrim(key, maxlen=keep, approximate=False)
+        return sum(int(n) for n in p.execute())
 
 
 # ---------------------------------------------------------------- the operation guard (HTTP 409)
@@ -217,18 +273,37 @@ def take_over_op(r: redis.Redis, envid: str, jobid: str) -> str | None:
 
 
 @contextmanager
-def env_lock(r: redis.Redis, envid: str, ttl: int = 120) -> Iterator[bool]:
+def env_lock(r: redis.Redis, envid: str, ttl: float = LOCK_TTL) -> Iterator[bool]:
     """Try to become the single writer of an environment; yields False (without waiting) if taken.
 
-    The lock holds an owner token and a TTL, so a killed worker's lock expires by itself.
+    The one lock primitive of Carina: a random owner token under keys.env_lock with a short TTL, renewed
+    every ttl/4 by a background thread while held (a slow step keeps it, a killed holder frees it within
+    `ttl` seconds), released by a Lua compare-and-delete (a stale holder never frees someone else's lock).
     """
-    token = uuid.uuid4().hex
-    got = bool(r.set(keys.env_lock(envid), token, nx=True, ex=ttl))
+    key, token, ms = keys.env_lock(envid), uuid.uuid4().hex, max(1, int(ttl * 1000))
+    if not r.set(key, token, nx=True, px=ms):
+        yield False
+        return
+    stop = threading.Event()
+    keeper = threading.Thread(target=_keep_lock, args=(r, key, token, ms, stop), name=f"lock-{envid}", daemon=True)
+    keeper.start()
     try:
-        yield got
+        yield True
     finally:
-        if got:
-            r.eval(_RELEASE, 1, keys.env_lock(envid), token)
+        stop.set()
+        keeper.join(5)
+        r.eval(_RELEASE, 1, key, token)
+
+
+def _keep_lock(r: redis.Redis, key: str, token: str, ms: int, stop: threading.Event) -> None:
+    """Renew the lock every ms/4 while `token` owns it; ends when stopped or the lock was lost."""
+    while not stop.wait(ms / 4000):
+        try:
+            if not r.eval(_RENEW, 1, key, token, str(ms)):
+                log.warning("lock %s lost before its holder released it", key)
+                return
+        except redis.RedisError as exc:     # Redis restarting: keep trying while the TTL lasts
+            log.warning("lock %s: could not renew (%s)", key, exc)
 
 
 # ---------------------------------------------------------------- VM records
