@@ -77,7 +77,8 @@ class SshRecorder:
 
 
 class SpyOne(OneClient):
-    """The real OneClient; `allocate` also notes (slot, text, the slot's record as stored at that moment)."""
+    """The real OneClient; `allocate` also notes each attempt: slot, text, the slot's record as stored at that
+    moment, and the VM id OpenNebula gave (None if the call failed)."""
 
     def __init__(self, proxy: str, session: str, rig: Rig) -> None:
         super().__init__(proxy, session, timeout=5.0)
@@ -88,8 +89,10 @@ class SpyOne(OneClient):
         slot = re.search(r'CARINA_SLOT = "(\w+)"', template)
         assert envid and slot, "every allocated VM is tagged with its environment and slot"
         rec = envstore.get_vms(self.rig.r, envid.group(1)).get(slot.group(1))
-        self.rig.allocs.append({"envid": envid.group(1), "slot": slot.group(1), "text": template, "rec": rec})
-        return super().allocate(template)
+        entry = {"envid": envid.group(1), "slot": slot.group(1), "text": template, "rec": rec, "vmid": None}
+        self.rig.allocs.append(entry)
+        entry["vmid"] = super().allocate(template)
+        return entry["vmid"]
 
 
 @dataclass
@@ -188,6 +191,8 @@ def wait_refused(port: int, timeout: float = 5.0) -> None:
                 pass
         except ConnectionRefusedError:
             return
+        except OSError:
+            pass                         # reset while the listener closes: not refused yet
         time.sleep(0.02)
     raise TimeoutError(f"127.0.0.1:{port} still accepts connections")
 
