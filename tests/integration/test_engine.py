@@ -56,6 +56,7 @@ def test_create_one_master_two_slaves(rig: Rig) -> None:
         assert (ctx["MASTER_IP"], ctx["SLAVE_ID"], ctx["SLAVES"]) == (master.ip, str(i), "2")
         assert ctx["CARINA_SLOT"] == slot and ctx["CARINA_ROLE"] == "slave"
 
+    assert rig.env(envid)["policy_status"] == "INIT"
     rig.tick()
     rig.drive(envid)
     vms = rig.vms(envid)
