@@ -146,5 +146,5 @@ def remove_step(ctx: Ctx, env: Env) -> Step:
         return POLL
     envstore.finish_job(ctx.r, env.jobid, "DONE", ctx.clock, "environment removed")
     ctx.event(env, "step", f"REMOVE job {env.jobid} DONE: environment removed", job=env.jobid)
-    envstore.delete_env(ctx.r, env.envid)
+    envstore.delete_env(ctx.r, env.envid, ctx.clock)   # also ends a remove that took the guard meanwhile
     return None
