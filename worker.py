@@ -18,6 +18,7 @@ from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
 from config.settings import Settings
+from functions.callbacks import pump_retries
 from functions.lifecycle import pump
 from functions.reconcile import recover_all
 from functions.runtime import JsonJob, connect
@@ -29,12 +30,13 @@ PUMP_EVERY = 0.25           # seconds between pumps of Carina's delayed drives (
 
 
 def start_pump(queue: Queue, stop: threading.Event) -> threading.Thread:
-    """A daemon thread moving due delayed drives onto the queue until `stop` is set (every worker runs one,
-    so a killed worker never stalls them)."""
+    """A daemon thread moving due delayed drives and callback retries onto the queue until `stop` is set
+    (every worker runs one, so a killed worker never stalls them)."""
     def loop() -> None:
         while not stop.wait(PUMP_EVERY):
             try:
                 pump(queue)
+                pump_retries(queue)
             except redis.RedisError as exc:
                 log.warning("pump: %s", exc)
 

@@ -6,9 +6,11 @@ accepted callback under the environment lock and wakes the lifecycle on MASTER_I
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import redis
@@ -24,7 +26,6 @@ log = logging.getLogger("carina.callbacks")
 
 APPLY = "functions.callbacks.apply_callback"
 KINDS = ("net", "status")
-LOCK_TTL = 30
 MAX_RETRY_DELAY = 5.0
 REFUSALS_PER_MINUTE = 30
 # Parameters never copied into an event's extra fields (the token; names add_event itself uses).
@@ -87,15 +88,55 @@ def find_caller(r: redis.Redis, env: dict[str, Any], vmid: int, token: str | Non
 
 def enqueue_apply(queue: Queue, envid: str, vmid: int, kind: str, fields: dict[str, str], slot: str,
                   attempt: int = 0) -> None:
-    """Queue apply_callback (after a short delay on retries). Arguments are ids and strings only."""
-    args = (envid, vmid, kind, fields, slot, attempt)
-    opts: dict[str, Any] = {"job_timeout": 60, "result_ttl": 60, "failure_ttl": 86400,
-                            "description": f"callback {kind} env {envid} vm {vmid}"}
+    """Queue apply_callback now, or (retries) after a short delay. Arguments are ids and strings only.
+
+    A retry goes to keys.callback_retries (a sorted set every worker pumps, see pump_retries), not to RQ's
+    delayed jobs, which stall for minutes when the worker holding RQ's scheduler lock is killed.
+    """
     if attempt:
         delay = min(0.2 * 2 ** min(attempt, 10), MAX_RETRY_DELAY)
-        queue.enqueue_in(timedelta(seconds=delay), APPLY, *args, **opts)
+        payload = json.dumps({"args": [envid, vmid, kind, fields, slot, attempt], "id": uuid.uuid4().hex},
+                             sort_keys=True)
+        queue.connection.zadd(keys.callback_retries(), {payload: time.time() + delay})
     else:
-        queue.enqueue(APPLY, *args, **opts)
+        _enqueue_now(queue, envid, vmid, kind, fields, slot, attempt)
+
+
+def _enqueue_now(queue: Queue, envid: str, vmid: int, kind: str, fields: dict[str, str], slot: str,
+                 attempt: int) -> None:
+    queue.enqueue(APPLY, envid, vmid, kind, fields, slot, attempt, job_timeout=60, result_ttl=60, failure_ttl=86400,
+                  description=f"callback {kind} env {envid} vm {vmid}")
+
+
+# Take the due retries: push their due time RETRY_LEASE seconds on (a pumper killed before enqueueing them
+# leaves them due again later, so a retry is never lost) and return them.
+_TAKE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), m) end
+return due
+"""
+RETRY_LEASE = 30.0
+
+
+def pump_retries(queue: Queue, now: float | None = None, batch: int = 200) -> int:
+    """Enqueue every callback retry that is due (real time unless `now`); returns how many.
+
+    Safe to run twice and from several workers at once: a taken entry is leased, enqueued, then removed,
+    so each retry runs at least once (a second run of apply is harmless) and none is lost.
+    """
+    conn = queue.connection
+    now = time.time() if now is None else now
+    taken = conn.eval(_TAKE_DUE, 1, keys.callback_retries(), repr(now), str(batch), repr(RETRY_LEASE))
+    for member in taken:
+        text = member.decode() if isinstance(member, bytes) else str(member)
+        try:
+            envid, vmid, kind, fields, slot, attempt = json.loads(text)["args"]
+        except (ValueError, KeyError, TypeError):
+            log.error("dropping a malformed callback retry: %.200s", text)
+        else:
+            _enqueue_now(queue, envid, vmid, kind, fields, slot, attempt)
+        conn.zrem(keys.callback_retries(), member)
+    return len(taken)
 
 
 def _record(r: redis.Redis, envid: str, vmid: int, kind: str, fields: dict[str, str],
@@ -127,7 +168,7 @@ def apply(r: redis.Redis, queue: Queue, envid: str, vmid: int, kind: str, fields
     """
     if kind not in KINDS:
         raise ValueError(f"kind: must be one of {', '.join(KINDS)}")
-    with envstore.env_lock(r, envid, ttl=LOCK_TTL) as got:
+    with envstore.env_lock(r, envid) as got:
         if not got:
             enqueue_apply(queue, envid, vmid, kind, fields, slot or "", attempt + 1)
             return "retry"

@@ -144,3 +144,9 @@ def callback_refusals(envid: str, minute: int) -> str:
 def kick_schedule() -> str:
     """Sorted set envid -> due time (epoch) of delayed drives, pumped onto the queue by every worker."""
     return f"{PREFIX}kicks"
+
+
+def callback_retries() -> str:
+    """Sorted set JSON payload -> due time (epoch) of callbacks to apply again (env lock was busy),
+    pumped onto the queue by every worker (callbacks.pump_retries)."""
+    return f"{PREFIX}callback_retries"

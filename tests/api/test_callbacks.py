@@ -3,6 +3,8 @@ validation, and apply_callback's effects (run by a real RQ SimpleWorker or calle
 
 from __future__ import annotations
 
+import time
+
 import falcon.testing
 import pytest
 import redis
@@ -130,9 +132,10 @@ def test_busy_env_lock_requeues_the_callback(world):
         assert got
         assert callbacks.apply(world.r, q, e, 8, "status", {"status": "X"}, world.clock, "s0") == "retry"
     assert envstore.get_env(world.r, e)["status"] == "INIT"
-    scheduled = q.scheduled_job_registry.get_job_ids()
-    assert len(scheduled) == 1
-    job = q.fetch_job(scheduled[0])
+    assert q.scheduled_job_registry.get_job_ids() == []                  # not RQ's delayed jobs (scheduler lock)
+    assert callbacks.pump_retries(q) == 0                                # not due yet
+    assert callbacks.pump_retries(q, now=time.time() + 60) == 1
+    job = q.fetch_job(q.job_ids[0])
     assert job.func_name == "functions.callbacks.apply_callback" and job.args == [e, 8, "status", {"status": "X"},
                                                                                 "s0", 1]
     assert callbacks.apply(world.r, q, *job.args[:4], world.clock, "s0", 1) == "applied"
