@@ -1,4 +1,4 @@
-"""The scheduler process: `python -m functions.schedule [--burst] [--interval S]`.
+"""The scheduler process: `python -m functions.schedule [--burst] [--interval S] [--tick-every S]`.
 
 Registers the periodic tick (functions.ticks.minute_tick, every TICK_EVERY seconds; the tick itself acts
 once per minute) with rq-scheduler, using JSON jobs on Carina's queue, then runs the scheduler loop. Several
@@ -53,13 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Carina scheduler (rq-scheduler with the minute tick)")
     parser.add_argument("--burst", action="store_true", help="enqueue what is due once, then exit")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between scheduler polls")
+    parser.add_argument("--tick-every", type=int, default=TICK_EVERY,
+                        help=f"seconds between tick jobs (default {TICK_EVERY}; the tick acts once per minute)")
     args = parser.parse_args(argv)
+    if args.tick_every < 1:
+        parser.error("--tick-every: must be at least 1 second")
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rt = connect(Settings.from_env())
     scheduler = scheduler_for(rt.raw, rt.queue, args.interval)
-    if register(scheduler):
-        log.info("registered %s every %ss", TICK_FUNC, TICK_EVERY)
+    if register(scheduler, args.tick_every):
+        log.info("registered %s every %ss", TICK_FUNC, args.tick_every)
     scheduler.run(burst=args.burst)
     return 0
 

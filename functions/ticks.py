@@ -1,4 +1,5 @@
-"""The per-minute tick: re-drive in-flight environments and refresh what OpenNebula says about every VM.
+"""The per-minute tick: re-drive in-flight environments, refresh what OpenNebula says about every VM, and
+trim jobs and events to the retention setting.
 
 `minute_tick()` is the RQ entry the scheduler enqueues every few seconds; it acts once per minute however
 many schedulers fire (SET NX on keys.tick). The VM refresh asks OpenNebula once per (service, endpoint)
@@ -16,7 +17,7 @@ import redis
 from rq import Queue
 
 from config.settings import Settings
-from functions import envstore, keys, lifecycle, reconcile, specview, tenants
+from functions import callbacks, envstore, keys, lifecycle, reconcile, specview, tenants
 from functions.clock import Clock, system_clock
 from functions.one import OneClient, OneError, OneUnavailable, VmView
 
@@ -34,7 +35,7 @@ def _apply_snapshot(r: redis.Redis, envid: str, views: dict[int, VmView], taken:
     """Write one_state/cpu of the environment's records from a pool snapshot; returns records changed."""
     newest = max(views, default=-1)
     changed = 0
-    with envstore.env_lock(r, envid, ttl=30) as got:
+    with envstore.env_lock(r, envid) as got:
         if not got:
             return 0
         for rec in envstore.get_vms(r, envid).values():
@@ -89,15 +90,33 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
     return stats
 
 
+def retain(r: redis.Redis, keep: int) -> dict[str, int]:
+    """Apply the retention setting: per service, keep the newest `keep` jobs (never an unfinished one) and
+    cap the service's and each environment's event stream at `keep`. Returns counts. Safe to run twice."""
+    stats = {"jobs_dropped": 0, "events_dropped": 0}
+    if keep <= 0:
+        return stats
+    for svc in tenants.list_services(r):
+        name = svc["name"]
+        stats["jobs_dropped"] += envstore.trim_jobs(r, name, keep, keep_unfinished=True)
+        envids = [str(e) for e in r.zrange(keys.service_envs(name), 0, -1)]
+        stats["events_dropped"] += envstore.trim_events(r, name, envids, keep)
+    return stats
+
+
 def tick(r: redis.Redis, queue: Queue, clock: Clock = system_clock,
-         one_factory: Callable[[str, str], OneClient] = OneClient) -> dict[str, Any] | None:
-    """Once per minute: re-drive in-flight environments and refresh VM states. None if this minute ran."""
+         one_factory: Callable[[str, str], OneClient] = OneClient, retention: int = 0) -> dict[str, Any] | None:
+    """Once per minute: re-drive in-flight environments, refresh VM states, apply `retention` (jobs and
+    events kept; 0 = keep all). Every call pumps due delayed drives and callback retries. None if this
+    minute already ran (several schedulers, or a tick job run twice)."""
+    lifecycle.pump(queue)
+    callbacks.pump_retries(queue)
+    minute = int(clock() // 60)
     if not claim_minute(r, "minute", clock()):
         return None
-    lifecycle.pump(queue)
     kicked = reconcile.recover_all(r, queue)
     stats = refresh_vms(r, clock, one_factory)
-    stats["kicked"] = len(kicked)
+    stats.update(retain(r, retention), kicked=len(kicked), minute=minute)
     log.info("minute tick: %s", stats)
     return stats
 
@@ -106,6 +125,7 @@ def minute_tick() -> str:
     """RQ entry (enqueued by functions.schedule): run tick() against the environment's settings."""
     from functions.runtime import connect
 
-    rt = connect(Settings.from_env())
-    stats = tick(rt.text, rt.queue)
+    settings = Settings.from_env()
+    rt = connect(settings)
+    stats = tick(rt.text, rt.queue, retention=settings.job_retention)
     return "skipped (this minute already ran)" if stats is None else f"done: {stats}"
