@@ -137,10 +137,25 @@ class Stack:
                 proc.wait(10)
         self.workers.clear()
 
-    def start_scheduler(self) -> subprocess.Popen[bytes]:
-        proc = self._spawn("scheduler", [sys.executable, "-m", "functions.schedule", "--interval", "1"])
-        self.procs["scheduler"] = proc
+    def start_scheduler(self, name: str = "scheduler", tick_every: int | None = None) -> subprocess.Popen[bytes]:
+        """Start `python -m functions.schedule` (several may run: give each its own `name`)."""
+        args = [sys.executable, "-m", "functions.schedule", "--interval", "1"]
+        if tick_every is not None:
+            args += ["--tick-every", str(tick_every)]
+        proc = self._spawn(name, args)
+        self.procs[name] = proc
         return proc
+
+    def crash_redis(self) -> None:
+        """SIGKILL redis-server (what was acknowledged is in the AOF, appendfsync always)."""
+        self.redis.kill()
+        if self._r is not None:
+            self._r.close()
+            self._r = None
+
+    def restart_redis(self) -> None:
+        """Start redis-server again on the same port and data directory (it reloads the AOF)."""
+        self.redis.start()
 
     def stop(self) -> None:
         """Stop every process (SIGTERM, then SIGKILL). Safe to run twice."""
