@@ -9,9 +9,11 @@ restart resumes.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
 import threading
+import time
 
 import redis
 from rq import Queue, Worker
@@ -21,23 +23,31 @@ from config.settings import Settings
 from functions.callbacks import pump_retries
 from functions.lifecycle import pump
 from functions.reconcile import recover_all
-from functions.runtime import JsonJob, connect
+from functions.runtime import JsonJob, Runtime, connect
 
 log = logging.getLogger("carina.worker")
 
 MAINTENANCE_INTERVAL = 30   # RQ registry cleanup (abandoned jobs of killed workers) and scheduler lock retries
+RECONNECT_EVERY = 0.5       # seconds between Redis pings after the worker loop quit on a connection error
 PUMP_EVERY = 0.25           # seconds between pumps of Carina's delayed drives (lifecycle.pump)
 
 
-def start_pump(queue: Queue, stop: threading.Event) -> threading.Thread:
+def start_pump(queue: Queue, stop: threading.Event, text: redis.Redis | None = None) -> threading.Thread:
     """A daemon thread moving due delayed drives and callback retries onto the queue until `stop` is set
-    (every worker runs one, so a killed worker never stalls them)."""
+    (every worker runs one, so a killed worker never stalls them). With `text` (a decode_responses client),
+    the first pump that works after a Redis outage re-drives every in-flight environment (a drive that ran
+    when Redis went away failed, and would otherwise wait for the minute tick)."""
     def loop() -> None:
+        outage = False
         while not stop.wait(PUMP_EVERY):
             try:
                 pump(queue)
                 pump_retries(queue)
+                if outage and text is not None:
+                    log.info("Redis is back: re-driving %d environment(s)", len(recover_all(text, queue)))
+                outage = False
             except redis.RedisError as exc:
+                outage = True
                 log.warning("pump: %s", exc)
 
     thread = threading.Thread(target=loop, name="carina-pump", daemon=True)
@@ -57,15 +67,39 @@ def main(argv: list[str] | None = None) -> int:
     rt = connect(settings)
     recovered = recover_all(rt.text, rt.queue)
     log.info("worker starting on queue %r (%d environment(s) re-driven)", settings.queue_name, len(recovered))
-    worker = Worker([rt.queue], connection=rt.raw, serializer=JSONSerializer, job_class=JsonJob, name=args.name,
-                    maintenance_interval=MAINTENANCE_INTERVAL)
     stop = threading.Event()
-    start_pump(connect(settings).queue, stop)
+    pumping = connect(settings)
+    start_pump(pumping.queue, stop, pumping.text)
     try:
-        worker.work(with_scheduler=True, burst=args.burst, logging_level="INFO")
+        run(rt, args.name, args.burst)
     finally:
         stop.set()
     return 0
+
+
+def run(rt: Runtime, name: str | None, burst: bool) -> None:
+    """Run RQ's worker loop. RQ quits on some Redis connection errors (a Redis restart); then wait for Redis,
+    re-drive in-flight environments and start again (fresh name: the old registration may linger). Returns
+    on a requested stop (SIGTERM/SIGINT) or, with `burst`, once the queue is empty."""
+    for attempt in itertools.count():
+        worker = Worker([rt.queue], connection=rt.raw, serializer=JSONSerializer, job_class=JsonJob,
+                        name=name if attempt == 0 or name is None else f"{name}-r{attempt}",
+                        maintenance_interval=MAINTENANCE_INTERVAL)
+        try:
+            worker.work(with_scheduler=True, burst=burst, logging_level="INFO")
+        except redis.ConnectionError as exc:          # raised from RQ's teardown while Redis is away
+            log.warning("worker: %s", exc)
+        # RQ (pinned) records a requested stop in these attributes; a plain return without one is an error exit
+        if burst or worker._stop_requested or worker._shutdown_requested_date is not None:
+            return
+        log.warning("worker quit on an error (Redis restarting?): reconnecting")
+        while True:
+            try:
+                rt.raw.ping()
+                log.info("Redis is back: %d environment(s) re-driven", len(recover_all(rt.text, rt.queue)))
+                break
+            except redis.RedisError:
+                time.sleep(RECONNECT_EVERY)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 
 import redis
@@ -26,6 +27,7 @@ TICK_FUNC = "functions.ticks.minute_tick"
 TICK_ID = "carina-minute-tick"
 TICK_EVERY = 10          # seconds between tick jobs; the tick acts once per minute
 TICK_TIMEOUT = 50        # seconds a tick may run
+RECONNECT_EVERY = 1.0    # seconds between attempts while Redis is away
 
 
 def scheduler_for(raw: redis.Redis, queue: Queue, interval: float = 2.0) -> Scheduler:
@@ -61,11 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rt = connect(Settings.from_env())
-    scheduler = scheduler_for(rt.raw, rt.queue, args.interval)
-    if register(scheduler, args.tick_every):
-        log.info("registered %s every %ss", TICK_FUNC, args.tick_every)
-    scheduler.run(burst=args.burst)
-    return 0
+    while True:                      # a Redis restart ends rq-scheduler's loop: start a fresh scheduler
+        try:
+            scheduler = scheduler_for(rt.raw, rt.queue, args.interval)
+            if register(scheduler, args.tick_every):
+                log.info("registered %s every %ss", TICK_FUNC, args.tick_every)
+            scheduler.run(burst=args.burst)
+            return 0
+        except redis.ConnectionError as exc:
+            log.warning("scheduler: %s; reconnecting in %ss", exc, RECONNECT_EVERY)
+            time.sleep(RECONNECT_EVERY)
 
 
 if __name__ == "__main__":
