@@ -74,19 +74,27 @@ def _parse_form(req: falcon.Request, body: bytes) -> Upload:
     return Upload(name=name or "", data=data)
 
 
+def _check_name(name: str) -> None:
+    """400 naming `name` unless it is a plain file name."""
+    if not name:
+        raise bad_request("name", "missing: send the file name as form field `name` or query `?name=`")
+    try:
+        tenants.check_filename(name, "name")
+    except tenants.InvalidInput as exc:
+        raise bad_request("name", str(exc).partition(": ")[2]) from None
+
+
 def parse_upload(req: falcon.Request) -> Upload:
     """The uploaded file (name and bytes) from a multipart form or a raw body with ?name=. 400/413 if bad."""
     body = read_body(req)
+    if req.get_param("name") is not None:
+        # A bad ?name= is refused even when the multipart form's name would override it.
+        _check_name(req.get_param("name") or "")
     if (req.content_type or "").lower().startswith("multipart/form-data"):
         upload = _parse_form(req, body)
     else:
         upload = Upload(name=req.get_param("name") or "", data=body)
-    if not upload.name:
-        raise bad_request("name", "missing: send the file name as form field `name` or query `?name=`")
-    try:
-        tenants.check_filename(upload.name, "name")
-    except tenants.InvalidInput as exc:
-        raise bad_request("name", str(exc).partition(": ")[2]) from None
+    _check_name(upload.name)
     if not upload.data:
         raise bad_request("upload", "the file is empty")
     return upload
