@@ -2,7 +2,8 @@
 
 Rules: scale-up adds the lowest free slave slot; a scale-up whose VM fails to boot is rolled back (its VM
 terminated, its record dropped) and the job FAILs; an SSH failure to announce it ends the job DONE with status
-SLAVE_SCALEUP_FAIL (the slave is kept, as the original did). Scale-down removes the highest slave slot (never
+SLAVE_SCALEUP_FAIL (the slave is kept, as the original did), but a changed master host key FAILs the job
+(never accepted). Scale-down removes the highest slave slot (never
 the master), announces `<scaledown_verb> <ip> <slavedata>` to the master first, waits drain_time (a delayed
 drive, not a sleep), then terminates. Remove terminates every recorded VM and every VM tagged with the
 environment, waits until OpenNebula shows none, then deletes the environment.
@@ -83,10 +84,13 @@ def scaleup_step(ctx: Ctx, env: Env) -> Step:
     if rec.state == "running":
         try:
             vmops.master_command(ctx, env, master, "add", rec)
+        except sshexec.HostKeyMismatch as exc:
+            ctx.event(env, "error", f"announce {slot} to the master refused: {exc}")
+            return fail(ctx, env, "SLAVE_SCALEUP_FAIL: master host key changed", f"slave {slot} not announced: {exc}")
         except sshexec.SshFailed as exc:
             tries = int(env.num("ssh_tries")) + 1
             ctx.event(env, "error", f"announce {slot} to the master failed ({tries}/{SSH_ATTEMPTS}): {exc}")
-            if tries < SSH_ATTEMPTS and not isinstance(exc, sshexec.HostKeyMismatch):
+            if tries < SSH_ATTEMPTS:
                 envstore.update_env(ctx.r, env.envid, ssh_tries=tries)
                 return SSH_RETRY
             return finish(ctx, env, f"slave {slot} added but not announced: {exc}",
