@@ -27,6 +27,7 @@ log = logging.getLogger("carina.envstore")
 JOB_TYPES = ("CREATE", "SCALEUP", "SCALEDOWN", "REMOVE", "RECREATE")
 JOB_STATES = ("PENDING", "RUNNING", "DONE", "FAIL", "ABORT")
 EVENT_MAXLEN = 10000
+DELETED_EVENTS_TTL = 86400     # a deleted environment's events stay readable for a day
 LOCK_TTL = 10               # seconds; the env lock is renewed every LOCK_TTL/4 while held
 
 _RELEASE = """
@@ -135,7 +136,7 @@ def delete_env(r: redis.Redis, envid: str, clock: Clock | None = None) -> str | 
         p.getdel(keys.env_op(envid))
         p.delete(keys.env(envid), keys.env_vms(envid))
         p.srem(keys.inflight(), envid)
-        p.expire(keys.env_events(envid), 86400)
+        p.expire(keys.env_events(envid), DELETED_EVENTS_TTL)
         holder = p.execute()[1 if env else 0]
     if holder and clock is not None:
         _finish_orphan(r, holder, clock)
@@ -339,12 +340,18 @@ def vm_by_id(r: redis.Redis, envid: str, vmid: int) -> VmRecord | None:
 
 def add_event(r: redis.Redis, envid: str, service: str, kind: str, msg: str, clock: Clock,
               **extra: str) -> None:
-    """Append an event to the environment's and the service's streams (bounded)."""
+    """Append an event to the environment's and the service's streams (bounded).
+
+    An event for an environment already deleted (a late writer) keeps its stream on the deleted streams' expiry.
+    """
     fields = {"ts": str(clock()), "envid": envid, "type": kind, "msg": msg, **{k: str(v) for k, v in extra.items()}}
     with r.pipeline() as p:
         p.xadd(keys.env_events(envid), fields, maxlen=EVENT_MAXLEN, approximate=True)
         p.xadd(keys.service_events(service), fields, maxlen=EVENT_MAXLEN, approximate=True)
-        p.execute()
+        p.exists(keys.env(envid))
+        env_exists = p.execute()[-1]
+    if not env_exists:
+        r.expire(keys.env_events(envid), DELETED_EVENTS_TTL, nx=True)
 
 
 def list_events(r: redis.Redis, envid: str, count: int = 1000) -> list[dict[str, str]]:

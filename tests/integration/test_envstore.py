@@ -90,3 +90,14 @@ def test_hostkey_pinning_and_tokens(rdb):
     assert token_matches(secret, "4", "m", "n1", tok)
     assert not token_matches(secret, "4", "s0", "n1", tok)
     assert not token_matches(secret, "4", "m", "n2", tok)
+
+
+def test_a_late_event_for_a_deleted_env_expires_with_its_stream(rdb):
+    clock = FakeClock()
+    envid, _ = es.create_env(rdb, "s", "t", {"endpoint": "e"}, "CREATE", clock)
+    es.add_event(rdb, envid, "s", "step", "alive", clock)
+    assert rdb.ttl(f"carina:env:{envid}:events") == -1          # a live env's stream never expires
+    es.delete_env(rdb, envid)
+    rdb.delete(f"carina:env:{envid}:events")                     # gone entirely, then a late writer
+    es.add_event(rdb, envid, "s", "step", "late", clock)
+    assert 0 < rdb.ttl(f"carina:env:{envid}:events") <= es.DELETED_EVENTS_TTL
