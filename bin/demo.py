@@ -144,6 +144,7 @@ def main() -> int:
         print(f"ports already in use: {', '.join(busy)} (set other values in the environment)", file=sys.stderr)
         return 1
     say("starting redis, onesim, gateway, worker and scheduler (honcho start; log in var/demo/stack.log)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))    # stop the stack on SIGTERM too
     stack = start_stack(env)
     try:
         wait_health(env["CARINA_PORT"], timeout=60)
