@@ -1,0 +1,1 @@
+"""Carina benchmarks: `python bench/run.py [--quick]` prints one table (see bench/README.md)."""

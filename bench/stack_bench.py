@@ -1,0 +1,121 @@
+"""(a) gateway latency under gunicorn, (d) create → ACTIVE end to end, (e) memory: the whole stack of
+tests/stack.py (redis, simulator, gunicorn, worker.py) with synthetic guests."""
+
+from __future__ import annotations
+
+import http.client
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+from bench.common import Row, children, latency_rows, rss_mb, timed_ms, wait_until
+from functions import envstore, tokens
+from tests.stack import Stack
+
+SERVICE = "bench"
+# Extra configuration entries: a 1+20 cluster, and a master-only one for the create-latency loop.
+EXTRA_ENVS = "".join(
+    f"""  '{name}' => {{
+    :type => "compute", :endpoint => "onesim", :description => "{desc}", :placement_policy => "pack",
+    :master_template => "example", :master_context_script => "tomcat-master.sh", :master_setup_time => 0,
+    :master_context_var => "BALANCE_PORT=8080", :slave_template => "example",
+    :slave_context_script => "tomcat-slave.sh", :num_slaves => {slaves}, :slavedata => "8080",
+    :adminuser => "root", :app_url => "http://%MASTER%:8080/", :drain_time => 0,
+  }},
+""" for name, desc, slaves in (("tomcat20", "1+20 cluster", 20), ("solo", "master only", 0)))
+
+
+class BenchStack(Stack):
+    """tests.stack.Stack with synthetic guests: the simulator makes each VM's callbacks itself."""
+
+    def _spawn(self, name: str, args: list[str]):  # type: ignore[no-untyped-def]
+        if name == "onesim":
+            args = ["synthetic" if a == "process" else a for a in args]
+        return super()._spawn(name, args)
+
+
+class Client:
+    """One keep-alive HTTP connection to the gateway with the service token."""
+
+    def __init__(self, stack: Stack, token: str) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=30)
+        self.headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+
+    def call(self, method: str, path: str, expect: int = 200) -> bytes:
+        """The body of one request; reconnects once if the server closed the idle keep-alive connection."""
+        try:
+            self.conn.request(method, path, headers=self.headers)
+            resp = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self.conn.close()
+            self.conn.request(method, path, headers=self.headers)
+            resp = self.conn.getresponse()
+        body = resp.read()
+        if resp.status != expect:
+            raise RuntimeError(f"{method} {path}: HTTP {resp.status} {body[:200]!r}")
+        return body
+
+
+def create_to_active(stack: Stack, client: Client, name: str, timeout: float) -> tuple[str, float | None]:
+    """POST /configs/NAME, then seconds until the environment is ACTIVE (None on timeout or failure)."""
+    import json
+
+    start = time.perf_counter()
+    envid = json.loads(client.call("POST", f"/configs/{name}", 202))["envid"]
+
+    def active() -> bool:
+        env = stack.env_state(envid) or {}
+        if str(env.get("status", "")).startswith("MASTER_INIT_FAIL"):
+            raise RuntimeError(f"{name}: create failed: {stack.events(envid)[-3:]}")
+        return env.get("policy_status") == "ACTIVE"
+
+    done = wait_until(active, timeout, every=0.05)
+    return envid, None if done is None else time.perf_counter() - start
+
+
+def callback_round_trips(stack: Stack, client: Client, envid: str, runs: int) -> list[Row]:
+    """Status callbacks from the master with its real token: the HTTP answer, and until the worker applied it."""
+    rec = envstore.get_vms(stack.r, envid)["m"]
+    token = tokens.vm_token(envstore.callback_secret(stack.r), envid, "m", rec.nonce)
+    http_ms, applied_ms = [], []
+    for i in range(runs + 5):
+        status = f"APP_BENCH_{i}"
+        query = urlencode({"service": SERVICE, "vmid": rec.vmid, "envid": envid, "status": status, "token": token})
+        start = time.perf_counter()
+        client.call("GET", f"/cgi-bin/updateappstatus.sh?{query}")
+        answered = time.perf_counter()
+        if wait_until(lambda s=status: envstore.get_vms(stack.r, envid)["m"].status == s, 10, every=0.0005) is None:
+            raise RuntimeError(f"callback {status} not applied within 10 s")
+        if i >= 5:
+            http_ms.append((answered - start) * 1000)
+            applied_ms.append((time.perf_counter() - start) * 1000)
+    return (latency_rows("gateway callback (HTTP answer)", http_ms)
+            + latency_rows("gateway callback ->queue->applied", applied_ms, "< 30"))
+
+
+def run(workdir: Path, quick: bool, before: list) -> tuple[list[Row], list[Row]]:  # type: ignore[type-arg]
+    """Start the stack, run `before` (callables taking the redis URL) on it, then (d), (a), (e).
+
+    Returns (rows of `before` callables, rows of this part).
+    """
+    rows: list[Row] = []
+    with BenchStack(workdir / "stack", workers=1, sim_delay=0.2) as stack:
+        early = [row for fn in before for row in fn(stack.redis.url)]
+        token = stack.add_service(SERVICE)
+        stack.upload_example(token, extra_envs=EXTRA_ENVS)
+        client = Client(stack, token)
+        for name, label in (("tomcat", "1+2"), ("tomcat20", "1+20")):
+            envid, secs = create_to_active(stack, client, name, 180)
+            rows.append(Row(f"e2e create -> ACTIVE, {label} VMs", secs, "s", "", f"env {name}, sim phases 0.2 s"))
+        runs = 100 if quick else 300
+        rows += latency_rows("gateway GET /envs", timed_ms(lambda: client.call("GET", "/envs"), runs))
+        rows += callback_round_trips(stack, client, "1", 50 if quick else 200)
+        rows.append(Row("RSS RQ worker (worker.py, idle parent)", rss_mb(stack.workers[0].pid), "MiB"))
+        rows.append(Row("RSS simulator (22 VMs, synthetic)", rss_mb(stack.procs["onesim"].pid), "MiB"))
+        stack.kill_workers()   # the creates below only queue: nothing competes with the gateway
+        creates = timed_ms(lambda: client.call("POST", "/configs/solo", 202), 30 if quick else 100, warmup=2)
+        rows += latency_rows("gateway POST /configs/{name} (create)", creates)
+        gateway = [rss_mb(pid) or 0.0 for pid in children(stack.procs["gateway"].pid)]
+        rows.append(Row("RSS gateway worker (gunicorn, max)", max(gateway, default=None), "MiB", "",
+                        f"{len(gateway)} workers"))
+    return early, rows
