@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 SERVICE = "oneenv1"
 DEADLINE = 200  # CARINA_CREATE_DEADLINE of the shared stack (longer than a crash recovery)
 SHORT_DEADLINE = 12
-RECOVERY = 120   # generous: a killed worker's env lock (TTL 10 s, renewed while held) must expire before its env moves on
+RECOVERY = 120   # generous: a killed worker's env lock (10 s TTL) must expire before its env moves on
 EXTRA_ENVS = """
   'failing' => {
     :type => "compute", :endpoint => "onesim", :description => "master fails its init",
