@@ -120,7 +120,7 @@ def test_caps_on_depth_and_size() -> None:
 
 def _guide_blocks() -> list[str]:
     """The hash snippets of the guide, split at blank lines (each one a hash entry or hash body)."""
-    guide = (ROOT.parent / "shared" / "seed" / "carina-guide.txt").read_text()
+    guide = (ROOT / "tests" / "fixtures" / "carina-guide.txt").read_text()   # the seed user guide, verbatim
     blocks = []
     for start, stop in [("'flm01' => {", "The following explains"), ("  :elasticity_policy   => {\n", "Load-Based"),
                         ("       :elasticity_policy   => {", "Application Storage"),
