@@ -256,5 +256,10 @@ class OneClient:
         return [_view(vm, cpu.get(int(vm.ID))) for vm in getattr(vms, "VM", None) or []]
 
     def tagged(self, envid: str) -> list[VmView]:
-        """Every non-DONE VM whose USER_TEMPLATE has CARINA_ENVID == envid. Read-only."""
-        return [v for v in self.pool() if v.user_template.get("CARINA_ENVID") == str(envid)]
+        """Every non-DONE VM whose USER_TEMPLATE has CARINA_ENVID == envid (no CPU: one call, not two).
+
+        Read-only. The extended pool is needed: short pool bodies drop custom USER_TEMPLATE attributes.
+        """
+        vms = self._call("vmpool.infoextended", ALL_USERS, -1, -1, NOT_DONE)
+        views = [_view(vm, None) for vm in getattr(vms, "VM", None) or []]
+        return [v for v in views if v.user_template.get("CARINA_ENVID") == str(envid)]
