@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from rq import Queue, get_current_job
+from rq import Queue
 
+from config.settings import Settings
 from functions import envstore, keys, tokens
 from functions.clock import Clock, system_clock
 from functions.envstore import VmRecord
 from functions.lifecycle import kick
-from functions.runtime import JsonQueue
+from functions.runtime import connect
 
 log = logging.getLogger("carina.callbacks")
 
@@ -189,28 +190,11 @@ def apply(r: redis.Redis, queue: Queue, envid: str, vmid: int, kind: str, fields
     return "applied"
 
 
-_TEXT_CLIENTS: dict[int, redis.Redis] = {}
-
-
-def _text_client(raw: redis.Redis) -> redis.Redis:
-    """A decode_responses client on the same server as RQ's bytes client (one per pool, reused)."""
-    pool = raw.connection_pool
-    client = _TEXT_CLIENTS.get(id(pool))
-    if client is None:
-        kwargs = {**pool.connection_kwargs, "decode_responses": True}
-        client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
-        _TEXT_CLIENTS[id(pool)] = client
-    return client
-
-
 def apply_callback(envid: str, vmid: int, kind: str, fields: dict[str, str], slot: str = "",
                    attempt: int = 0) -> str:
-    """RQ entry for `apply` (queued by the callback route); uses the running job's Redis and queue."""
-    job = get_current_job()
-    if job is None:
-        raise RuntimeError("apply_callback runs as an RQ job (call functions.callbacks.apply directly otherwise)")
-    queue = JsonQueue(job.origin, connection=job.connection)
-    return apply(_text_client(job.connection), queue, str(envid), int(vmid), kind, dict(fields), system_clock,
+    """RQ entry for `apply` (queued by the callback route): connects from the environment's settings."""
+    rt = connect(Settings.from_env())
+    return apply(rt.text, rt.queue, str(envid), int(vmid), kind, dict(fields), system_clock,
                  slot or None, int(attempt))
 
 

@@ -1,14 +1,18 @@
 """Connections shared by the gateway, the worker and the scheduler: Redis and the RQ queue.
 
 Two Redis clients: `text` (decode_responses=True) for Carina's own keys, `raw` (bytes) for RQ,
-which must never get a decoding client.
+which must never get a decoding client. REDIS_URL may name a Sentinel-managed master for high availability:
+`redis+sentinel://[:password@]host:port[,host:port...]/<master name>[/<db>]`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.sentinel import Sentinel
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -43,9 +47,45 @@ class Runtime:
     queue: Queue
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    hosts: list[tuple[str, int]]
+    master: str
+    db: int
+    password: str | None
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """Split a `redis+sentinel://` URL; ValueError naming REDIS_URL when it is malformed."""
+    parts = urlsplit(url)
+    path = [p for p in parts.path.split("/") if p]
+    try:
+        hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1]) if ":" in h else 26379)
+                 for h in parts.netloc.rsplit("@", 1)[-1].split(",") if h]
+        db = int(path[1]) if len(path) > 1 else 0
+    except ValueError as exc:
+        raise ValueError(f"REDIS_URL: bad sentinel address or db in {url!r}") from exc
+    if not hosts or not path:
+        raise ValueError("REDIS_URL: a sentinel URL needs host:port[,host:port]/<master name>[/<db>]")
+    return SentinelUrl(hosts, path[0], db, unquote(parts.password) if parts.password else None)
+
+
+def redis_client(url: str, *, decode: bool, timeout: float) -> redis.Redis:
+    """A client for `url`: a plain redis:// (or rediss://, unix://) server, or a Sentinel-managed master."""
+    if urlsplit(url).scheme != SENTINEL_SCHEME:
+        return redis.Redis.from_url(url, decode_responses=decode, socket_timeout=timeout)
+    s = parse_sentinel_url(url)
+    kwargs: dict[str, Any] = {"db": s.db, "password": s.password, "decode_responses": decode,
+                              "socket_timeout": timeout}
+    return Sentinel(s.hosts, socket_timeout=2).master_for(s.master, **kwargs)
+
+
 def connect(settings: Settings) -> Runtime:
     """Open the Redis clients and the queue described by `settings`. No I/O happens until first use."""
-    text = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=10)
-    raw = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+    text = redis_client(settings.redis_url, decode=True, timeout=10)
+    raw = redis_client(settings.redis_url, decode=False, timeout=30)
     queue = JsonQueue(settings.queue_name, connection=raw)
     return Runtime(settings=settings, text=text, raw=raw, queue=queue)

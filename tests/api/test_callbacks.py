@@ -19,8 +19,11 @@ from gateway import create_app
 
 
 @pytest.fixture
-def world(api):
-    """Service svc1 with env E: master (vmid 7) and slave s0 (vmid 8); service svc2 exists too."""
+def world(api, redis_server, monkeypatch):
+    """Service svc1 with env E: master (vmid 7) and slave s0 (vmid 8); service svc2 exists too.
+
+    Queued functions connect from the environment, as a worker started with REDIS_URL does."""
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
     api.service("svc1")
     api.service("svc2")
     envid, _ = envstore.create_env(api.r, "svc1", "tomcat", {"endpoint": "onesim", "num_slaves": 1}, "CREATE",
