@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
+from redis import Redis
 from rq import Queue
 
 from config.settings import Settings
@@ -14,7 +14,7 @@ from functions.clock import Clock
 @dataclass
 class Deps:
     settings: Settings
-    redis: redis.Redis       # decode_responses=True client for Carina's keys
-    raw: redis.Redis         # bytes client (RQ)
+    redis: Redis             # decode_responses=True client for Carina's keys
+    raw: Redis               # bytes client (RQ)
     queue: Queue
     clock: Clock
