@@ -142,6 +142,10 @@ def _end(ctx: Ctx, env: Env, job_status: str, info: str, **fields: Any) -> None:
     envstore.update_env(ctx.r, env.envid, info=info, retries=0, **fields)
     envstore.release_op(ctx.r, env.envid, env.jobid)
     ctx.r.eval(_CLEAR_INFLIGHT, 2, keys.env(env.envid), keys.inflight(), env.envid, env.jobid)
+    if env.op == "CREATE" and env.data.get("group"):     # a group member: start the next one or abort the rest
+        from functions import groups
+
+        groups.advance(ctx.r, ctx.queue, str(env.data["group"]), ctx.clock)
 
 
 def finish(ctx: Ctx, env: Env, info: str, **fields: Any) -> Step:

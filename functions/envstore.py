@@ -84,10 +84,7 @@ def create_env(r: redis.Redis, service: str, name: str, spec: dict[str, Any], jo
     envid = str(r.incr(keys.env_seq()))
     jobid = str(r.incr(keys.job_seq()))
     now = clock()
-    env = {"envid": envid, "service": service, "name": name, "status": "INIT", "policy_status": "INIT",
-           "app_url": "", "groupid": groupid, "endpoint": spec.get("endpoint", ""), "spec": json.dumps(spec),
-           "phase": "new", "phase_since": now, "created": now, "job": jobid, "info": "", "metrics": "",
-           "desired_slaves": int(spec.get("num_slaves", 0))}
+    env = env_fields(envid, service, name, spec, jobid, now, groupid)
     with r.pipeline() as p:
         p.hset(keys.env(envid), mapping=env)
         p.zadd(keys.service_envs(service), {envid: int(envid)})
@@ -96,6 +93,15 @@ def create_env(r: redis.Redis, service: str, name: str, spec: dict[str, Any], jo
         p.sadd(keys.inflight(), envid)
         p.execute()
     return envid, jobid
+
+
+def env_fields(envid: str, service: str, name: str, spec: dict[str, Any], jobid: str, now: float,
+               groupid: str = "-1") -> dict[str, Any]:
+    """The hash of a new environment (status INIT, its create job `jobid` current). Pure."""
+    return {"envid": envid, "service": service, "name": name, "status": "INIT", "policy_status": "INIT",
+            "app_url": "", "groupid": groupid, "endpoint": spec.get("endpoint", ""), "spec": json.dumps(spec),
+            "phase": "new", "phase_since": now, "created": now, "job": jobid, "info": "", "metrics": "",
+            "desired_slaves": int(spec.get("num_slaves", 0))}
 
 
 def get_env(r: redis.Redis, envid: str, service: str | None = None) -> dict[str, Any] | None:

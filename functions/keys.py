@@ -150,3 +150,14 @@ def callback_retries() -> str:
     """Sorted set JSON payload -> due time (epoch) of callbacks to apply again (env lock was busy),
     pumped onto the queue by every worker (callbacks.pump_retries)."""
     return f"{PREFIX}callback_retries"
+
+
+def group(gid: str) -> str:
+    """Hash of one environment group (gid = its first member's envid): service, name, members, dependencies,
+    jobs (JSON lists), spec:<i> (each member's spec snapshot), env:<i> (envid given to member i)."""
+    return f"{PREFIX}group:{gid}"
+
+
+def groups_active() -> str:
+    """Set of group ids whose chain of member creates has not ended (re-checked by recovery and the tick)."""
+    return f"{PREFIX}groups:active"

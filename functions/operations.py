@@ -124,11 +124,18 @@ def request_create(r: redis.Redis, queue: Queue, service: str, name: str, clock:
                    settings: Settings) -> tuple[str, str]:
     """Record a new environment from configuration `name` and start its CREATE. Returns (envid, jobid).
 
+    For a group, its first member (functions.groups.request_group; the others wait as PENDING jobs).
+
     Raises Conflict (no configuration uploaded), NotFound, Invalid. Not idempotent: each call creates one.
     """
     cfg = tenants.get_config(r, service)
     if cfg is None:
         raise Conflict("name: upload a configuration first (this service has none)", "name")
+    entry = (cfg.get("ENVIRONMENT") or {}).get(name)
+    if isinstance(entry, dict) and entry.get("type") == "group":
+        from functions import groups  # groups builds on this module
+
+        return groups.request_group(r, queue, service, name, cfg, clock, settings)
     spec = build_spec(cfg, name, service, lambda f: tenants.get_vm_file(r, service, f), settings.drain_time_default)
     envid, jobid = envstore.create_env(r, service, name, spec, "CREATE", clock)
     _start(r, queue, service, envid, "CREATE", jobid, clock, f"create of {name!r} requested (job {jobid})")
@@ -191,6 +198,10 @@ def _remove_one(r: redis.Redis, queue: Queue, service: str, env: dict[str, Any],
                                                               info=f"pre-empted by remove {jobid}"):
         envstore.add_event(r, envid, service, "preempted", f"job {previous} pre-empted by remove {jobid}", clock,
                            jobid=previous)
+        if env.get("group"):                             # a member's create ended: the rest of its group aborts
+            from functions import groups
+
+            groups.advance(r, queue, str(env["group"]), clock)
     if envstore.get_env(r, envid) is None:               # finished removing meanwhile
         envstore.release_op(r, envid, jobid)
         envstore.finish_job(r, jobid, "DONE", clock, info="environment already removed")
@@ -208,9 +219,14 @@ def request_remove(r: redis.Redis, queue: Queue, service: str, target: str, cloc
     """
     if target.startswith("-"):
         gid = target[1:]
+        from functions import groups
+
+        group = groups.load(r, gid)
+        if group is not None and group.get("service") == service:   # nothing of the group starts any more
+            groups.abort_pending(r, gid, clock, f"group {gid} removed")
         envs = [e for e in envstore.list_envs(r, service) if e.get("groupid") == gid or e.get("envid") == gid]
         envs.sort(key=lambda e: (e["envid"] != gid, int(e["envid"])))
-        if not envs:
+        if not envs and (group is None or group.get("service") != service):
             raise NotFound(f"envid: no environment group {gid}", "envid")
     else:
         env = envstore.get_env(r, target, service)

@@ -12,13 +12,16 @@ import logging
 import redis
 from rq import Queue
 
-from functions import envstore, lifecycle
+from functions import envstore, groups, lifecycle
+from functions.clock import Clock, system_clock
 
 log = logging.getLogger("carina.reconcile")
 
 
-def recover_all(r: redis.Redis, queue: Queue) -> list[str]:
-    """Kick drive(envid) for every in-flight environment; returns their ids. Safe to run twice."""
+def recover_all(r: redis.Redis, queue: Queue, clock: Clock = system_clock) -> list[str]:
+    """Kick drive(envid) for every in-flight environment and move on every group whose chain has not ended
+    (groups.recheck_all); returns the kicked envids. Safe to run twice."""
+    groups.recheck_all(r, queue, clock)
     envids = envstore.inflight(r)
     for envid in envids:
         lifecycle.kick(queue, envid, force=True)

@@ -50,6 +50,12 @@ CONFIG["ENVIRONMENT"].update(_variant("nonet", master_template="elsewhere"))
 CONFIG["ENVIRONMENT"].update(_variant("novm", slave_template="nofile"))
 CONFIG["ENVIRONMENT"].update(_variant("noep", endpoint="ghost"))
 CONFIG["ENVIRONMENT"].update(_variant("defdrain", drain_time=None))
+CONFIG["ENVIRONMENT"].update({
+    "ghostgroup": {"type": "group", "description": "g", "members": ["tomcat", "ghost"], "dependencies": {}},
+    "nested": {"type": "group", "description": "g", "members": ["tomcat", "analytics"], "dependencies": {}},
+    "badmember": {"type": "group", "description": "g", "members": ["tomcat", "novm"], "dependencies": {}},
+    "pair": {"type": "group", "description": "g", "members": ["tomcat", "defdrain"],
+             "dependencies": {"defdrain": ["tomcat"]}}})
 
 
 def _setup(api, name: str = "svc1") -> str:
@@ -105,7 +111,9 @@ def test_create_default_drain_time_comes_from_settings(api):
 
 @pytest.mark.parametrize("name, status, words", [
     ("nosuch", 404, "no configuration named 'nosuch'"),
-    ("analytics", 422, "group creation is not supported yet"),
+    ("ghostgroup", 422, "ENVIRONMENT.ghostgroup.members: member 'ghost' is not defined"),
+    ("nested", 422, "ENVIRONMENT.nested.members: member 'analytics' is a group"),
+    ("badmember", 422, "TEMPLATE.nofile.file: VM template 'missing.vm' was not uploaded"),
     ("nonet", 422, "TEMPLATE.elsewhere.network_id: no value for endpoint 'onesim'"),
     ("novm", 422, "TEMPLATE.nofile.file: VM template 'missing.vm' was not uploaded"),
     ("noep", 422, "ENVIRONMENT.noep.endpoint"),
@@ -306,3 +314,19 @@ def test_request_scale_direction_is_checked(api):
     with pytest.raises(operations.Invalid) as err:
         operations.request_scale(api.r, _queue(api.r), "svc1", envid, "sideways", api.clock)
     assert err.value.field == "direction"
+
+
+def test_create_group_starts_the_first_member_and_lists_the_rest_pending(api):
+    token = _setup(api)
+    envid, jobid = _create(api, token, "pair")
+    assert envstore.get_env(api.r, envid)["name"] == "tomcat"
+    res = api.client.simulate_get("/jobs", headers=bearer(token))
+    assert res.status_code == 200
+    rows = [(j["name"], j["envid"], j["status"], j["groupid"]) for j in res.json]
+    assert rows == [("tomcat", envid, "RUNNING", jobid), ("defdrain", "-1", "PENDING", jobid)]
+    assert [e["envid"] for e in api.client.simulate_get("/envs", headers=bearer(token)).json] == [envid]
+    res = api.client.simulate_delete(f"/envs/-{envid}", headers=bearer(token))
+    assert res.status_code == 202
+    statuses = {j["name"]: j["status"] for j in api.client.simulate_get("/jobs", headers=bearer(token)).json
+                if j["type"] == "CREATE"}
+    assert statuses == {"tomcat": "FAIL", "defdrain": "ABORT"}

@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PURE = ["functions/rbparse.py", "functions/expr.py", "functions/windows.py", "functions/confschema.py",
         "functions/conffields.py", "functions/confcheck.py", "functions/render.py", "functions/tables.py",
-        "functions/tokens.py", "functions/views.py", "functions/specview.py", "onesim/placement.py",
+        "functions/tokens.py", "functions/views.py", "functions/specview.py", "functions/groupplan.py",
+        "onesim/placement.py",
         "onesim/template.py"]
 FORBIDDEN = {"redis", "rq", "rq_scheduler", "falcon", "pyone", "paramiko"}
 
