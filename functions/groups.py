@@ -82,12 +82,14 @@ def load(r: redis.Redis, gid: str) -> dict[str, Any] | None:
     return rec
 
 
-def _statuses(r: redis.Redis, jobs: list[str]) -> list[str]:
-    """Each job's status; a job no longer stored (trimmed by retention, which keeps unfinished jobs) ended."""
+def _statuses(r: redis.Redis, rec: dict[str, Any]) -> list[str]:
+    """Each member's CREATE job status. A job no longer stored counts DONE if the member was started (retention
+    trims only ended jobs), else ABORT (deleted with its service: the chain cannot go on)."""
     with r.pipeline() as p:
-        for jobid in jobs:
+        for jobid in rec["jobs"]:
             p.hget(keys.job(jobid), "status")
-        return [s or "DONE" for s in p.execute()]
+        found = p.execute()
+    return [s or ("DONE" if rec.get(f"env:{i}") else "ABORT") for i, s in enumerate(found)]
 
 
 def advance(r: redis.Redis, queue: Queue, gid: str, clock: Clock) -> str:
@@ -99,7 +101,7 @@ def advance(r: redis.Redis, queue: Queue, gid: str, clock: Clock) -> str:
     if rec is None:
         r.srem(keys.groups_active(), gid)
         return "none"
-    action, i = groupplan.decide(_statuses(r, rec["jobs"]))
+    action, i = groupplan.decide(_statuses(r, rec))
     if action == "start":
         return f"start {i}" if _start_member(r, queue, gid, rec, i, clock) else "wait"
     if action == "abort":
@@ -153,7 +155,7 @@ def _start_member(r: redis.Redis, queue: Queue, gid: str, rec: dict[str, Any], i
     spec = {**json.loads(rec[f"spec:{i}"]), "deps": urls}
     now = clock()
     fields = envstore.env_fields(envid, service, member, spec, jobid, now, groupid=gid)
-    fields["group"] = gid
+    fields.update(group=gid, op="CREATE")
     with r.pipeline() as p:
         try:
             p.watch(keys.job(jobid))

@@ -28,6 +28,8 @@ State model (hashes are the source of truth, streams are the event log):
 - callback_secret:     string HMAC key for per-VM callback tokens
 - tick(name, minute):  string, SET NX per minute so several schedulers fire once
 - inflight:            set of envids with unfinished work (re-driven on start and every minute)
+- group(g):            hash of one environment group (members, dependencies, jobs, per-member spec and envid)
+- groups_active:       set of group ids whose member creates have not all ended (re-checked every minute)
 """
 
 from __future__ import annotations

@@ -191,3 +191,14 @@ def test_recovery_starts_a_member_whose_predecessor_ended(rig: Rig) -> None:
     reconcile.recover_all(rig.r, rig.queue, rig.clock)
     tomcat = member_envs(rig)["tomcat"]
     assert tomcat in envstore.inflight(rig.r) and rig.env(tomcat)["groupid"] == gid
+
+
+def test_a_group_whose_pending_job_vanished_aborts_without_starting(rig: Rig) -> None:
+    gid, first_job = create_group(rig)
+    rec = groups.load(rig.r, gid)
+    assert rec is not None
+    envstore.finish_job(rig.r, first_job, "DONE", rig.clock, "created")
+    rig.r.delete(keys.job(rec["jobs"][1]))                     # e.g. its service's jobs were deleted
+    assert groups.advance(rig.r, rig.queue, gid, rig.clock) == "abort 1"
+    assert list(member_envs(rig)) == ["hbase"] and gid not in rig.r.smembers(keys.groups_active())
+    assert rig.job(rec["jobs"][2])["status"] == "ABORT"
