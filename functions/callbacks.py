@@ -17,7 +17,7 @@ import redis
 from rq import Queue
 
 from config.settings import Settings
-from functions import envstore, keys, tokens
+from functions import envstore, keys, scripts, tokens
 from functions.clock import Clock, system_clock
 from functions.envstore import VmRecord
 from functions.lifecycle import kick
@@ -109,13 +109,6 @@ def _enqueue_now(queue: Queue, envid: str, vmid: int, kind: str, fields: dict[st
                   description=f"callback {kind} env {envid} vm {vmid}")
 
 
-# Take the due retries: push their due time RETRY_LEASE seconds on (a pumper killed before enqueueing them
-# leaves them due again later, so a retry is never lost) and return them.
-_TAKE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), m) end
-return due
-"""
 RETRY_LEASE = 30.0
 
 
@@ -127,7 +120,7 @@ def pump_retries(queue: Queue, now: float | None = None, batch: int = 200) -> in
     """
     conn = queue.connection
     now = time.time() if now is None else now
-    taken = conn.eval(_TAKE_DUE, 1, keys.callback_retries(), repr(now), str(batch), repr(RETRY_LEASE))
+    taken = scripts.run(conn, "lease_due", [keys.callback_retries()], [repr(now), str(batch), repr(RETRY_LEASE)])
     for member in taken:
         text = member.decode() if isinstance(member, bytes) else str(member)
         try:

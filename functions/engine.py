@@ -20,7 +20,7 @@ import redis
 from rq import Queue
 
 from config.settings import Settings
-from functions import envstore, keys, lifecycle, specview, sshexec, tenants
+from functions import envstore, keys, lifecycle, scripts, specview, sshexec, tenants
 from functions.clock import Clock, system_clock
 from functions.envstore import VmRecord
 from functions.one import OneClient, OneError, OneUnavailable
@@ -35,12 +35,6 @@ MAX_BACKOFF = 30.0
 FINAL = ("DONE", "FAIL", "ABORT")
 LOCK_TTL = envstore.LOCK_TTL  # the env lock's TTL, renewed while a step runs (functions.envstore.env_lock)
 
-# Leave the in-flight set only if the environment's current job is still the one that finished.
-_CLEAR_INFLIGHT = """
-local job = redis.call('HGET', KEYS[1], 'job')
-if (not job) or job == ARGV[2] then redis.call('SREM', KEYS[2], ARGV[1]) return 1 end
-return 0
-"""
 
 Step = float | None   # None: nothing more to do; 0: next step now; > 0: come back in that many seconds
 
@@ -141,7 +135,7 @@ def _end(ctx: Ctx, env: Env, job_status: str, info: str, **fields: Any) -> None:
     envstore.finish_job(ctx.r, env.jobid, job_status, ctx.clock, info)
     envstore.update_env(ctx.r, env.envid, info=info, retries=0, **fields)
     envstore.release_op(ctx.r, env.envid, env.jobid)
-    ctx.r.eval(_CLEAR_INFLIGHT, 2, keys.env(env.envid), keys.inflight(), env.envid, env.jobid)
+    scripts.run(ctx.r, "clear_inflight", [keys.env(env.envid), keys.inflight()], [env.envid, env.jobid])
     if env.op == "CREATE" and env.data.get("group"):     # a group member: start the next one or abort the rest
         from functions import groups
 
@@ -174,7 +168,7 @@ def dispatch(ctx: Ctx, env: Env) -> Step:
     from functions import steps_create, steps_scale
 
     if not work_pending(ctx.r, env):
-        ctx.r.eval(_CLEAR_INFLIGHT, 2, keys.env(env.envid), keys.inflight(), env.envid, env.jobid)
+        scripts.run(ctx.r, "clear_inflight", [keys.env(env.envid), keys.inflight()], [env.envid, env.jobid])
         return None
     if env.data.get("op_job") != env.jobid:
         return steps_scale.begin(ctx, env)

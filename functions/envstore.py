@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from functions import keys
+from functions import keys, scripts
 from functions.clock import Clock
 
 log = logging.getLogger("carina.envstore")
@@ -30,14 +30,6 @@ EVENT_MAXLEN = 10000
 DELETED_EVENTS_TTL = 86400     # a deleted environment's events stay readable for a day
 LOCK_TTL = 10               # seconds; the env lock is renewed every LOCK_TTL/4 while held
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
 
 
 @dataclass
@@ -118,8 +110,7 @@ def update_env(r: redis.Redis, envid: str, **fields: Any) -> None:
     if not fields:
         return
     values = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}
-    r.eval("if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end return 1",
-           1, keys.env(envid), *[x for kv in values.items() for x in (kv[0], str(kv[1]))])
+    scripts.run(r, "hset_if_exists", [keys.env(envid)], [x for kv in values.items() for x in (kv[0], str(kv[1]))])
 
 
 def list_envs(r: redis.Redis, service: str) -> list[dict[str, Any]]:
@@ -152,12 +143,7 @@ def delete_env(r: redis.Redis, envid: str, clock: Clock | None = None) -> str | 
 def finish_vanished(r: redis.Redis, envid: str, clock: Clock) -> str | None:
     """For an environment that no longer exists: finish the job still holding its operation guard (DONE
     for a REMOVE, FAIL otherwise), drop the guard and the in-flight mark. Returns that job. Safe to run twice."""
-    script = """
-    if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-    redis.call('SREM', KEYS[3], ARGV[1])
-    return redis.call('GETDEL', KEYS[2])
-    """
-    holder = r.eval(script, 3, keys.env(envid), keys.env_op(envid), keys.inflight(), envid)
+    holder = scripts.run(r, "finish_vanished", [keys.env(envid), keys.env_op(envid), keys.inflight()], [envid])
     if holder:
         _finish_orphan(r, holder, clock)
     return holder or None
@@ -204,13 +190,7 @@ def _job_writes(p: Any, service: str, jobid: str, envid: str, name: str, job_typ
 
 def finish_job(r: redis.Redis, jobid: str, status: str, clock: Clock, info: str = "") -> bool:
     """Move a job to a final state unless it already has one. Returns True if this call changed it."""
-    script = """
-    local s = redis.call('HGET', KEYS[1], 'status')
-    if (not s) or s == 'DONE' or s == 'FAIL' or s == 'ABORT' then return 0 end
-    redis.call('HSET', KEYS[1], 'status', ARGV[1], 'end', ARGV[2], 'info', ARGV[3])
-    return 1
-    """
-    return bool(r.eval(script, 1, keys.job(jobid), status, str(clock()), info))
+    return bool(scripts.run(r, "finish_job", [keys.job(jobid)], [status, str(clock()), info]))
 
 
 def get_job(r: redis.Redis, jobid: str) -> dict[str, str] | None:
@@ -268,7 +248,7 @@ def current_op(r: redis.Redis, envid: str) -> str | None:
 
 def release_op(r: redis.Redis, envid: str, jobid: str) -> bool:
     """Free the operation slot if `jobid` still holds it. Safe to run twice."""
-    return bool(r.eval(_RELEASE, 1, keys.env_op(envid), jobid))
+    return bool(scripts.run(r, "release_if_owner", [keys.env_op(envid)], [jobid]))
 
 
 def take_over_op(r: redis.Redis, envid: str, jobid: str) -> str | None:
@@ -299,14 +279,14 @@ def env_lock(r: redis.Redis, envid: str, ttl: float = LOCK_TTL) -> Iterator[bool
     finally:
         stop.set()
         keeper.join(5)
-        r.eval(_RELEASE, 1, key, token)
+        scripts.run(r, "release_if_owner", [key], [token])
 
 
 def _keep_lock(r: redis.Redis, key: str, token: str, ms: int, stop: threading.Event) -> None:
     """Renew the lock every ms/4 while `token` owns it; ends when stopped or the lock was lost."""
     while not stop.wait(ms / 4000):
         try:
-            if not r.eval(_RENEW, 1, key, token, str(ms)):
+            if not scripts.run(r, "renew_if_owner", [key], [token, str(ms)]):
                 log.warning("lock %s lost before its holder released it", key)
                 return
         except redis.RedisError as exc:     # Redis restarting: keep trying while the TTL lasts

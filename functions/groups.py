@@ -19,22 +19,13 @@ import redis
 from rq import Queue
 
 from config.settings import Settings
-from functions import envstore, groupplan, keys, lifecycle, operations, tenants
+from functions import envstore, groupplan, keys, lifecycle, operations, scripts, tenants
 from functions.clock import Clock
 
 log = logging.getLogger("carina.groups")
 
 ENDED_TTL = 7 * 86400      # a group record stays this long after its chain ended (for remove -N)
 
-# The envid of member ARGV[1]: the one recorded, else a fresh one from the env counter, recorded.
-_MEMBER_ENVID = """
-local e = redis.call('HGET', KEYS[1], 'env:' .. ARGV[1])
-if e then return e end
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-e = tostring(redis.call('INCR', KEYS[2]))
-redis.call('HSET', KEYS[1], 'env:' .. ARGV[1], e)
-return e
-"""
 
 
 def request_group(r: redis.Redis, queue: Queue, service: str, name: str, cfg: dict[str, Any], clock: Clock,
@@ -148,7 +139,7 @@ def _app_urls(r: redis.Redis, rec: dict[str, Any], upto: int) -> dict[str, str |
 def _start_member(r: redis.Redis, queue: Queue, gid: str, rec: dict[str, Any], i: int, clock: Clock) -> bool:
     """Write member i's environment and make its PENDING job RUNNING, once. False if someone else did."""
     member, jobid, service = rec["members"][i], rec["jobs"][i], rec["service"]
-    envid = r.eval(_MEMBER_ENVID, 2, keys.group(gid), keys.env_seq(), str(i))
+    envid = scripts.run(r, "member_envid", [keys.group(gid), keys.env_seq()], [str(i)])
     if not envid:
         return False
     urls, missing, empty = groupplan.dep_urls(member, rec["dependencies"], _app_urls(r, rec, i))

@@ -20,7 +20,7 @@ import redis
 from rq import Queue
 from rq.exceptions import DuplicateJobError
 
-from functions import keys
+from functions import keys, scripts
 
 log = logging.getLogger("carina.lifecycle")
 
@@ -30,23 +30,6 @@ RESULT_TTL = 60            # keep finished drive jobs briefly (debugging), not f
 PENDING_SLACK = 0.5        # seconds: a pending kick due this much later still counts as "already queued"
 PENDING_GRACE = 60         # seconds past its due time a pending mark lives (a lost job can't block kicks)
 
-# Set the pending mark unless one is already due no later than ours (+ slack). Returns 1 if set.
-_MARK = """
-local cur = redis.call('GET', KEYS[1])
-if cur and tonumber(cur) <= tonumber(ARGV[1]) + tonumber(ARGV[2]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-return 1
-"""
-# Clear the pending mark if it stands for the running job (same due time) or is due by now.
-_CLEAR = """
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-local due = tonumber(cur)
-if due <= tonumber(ARGV[1]) or math.abs(due - tonumber(ARGV[2])) < 0.002 then
-  redis.call('DEL', KEYS[1]) return 1
-end
-return 0
-"""
 EARLY_SLACK = 1.5          # seconds: a mark due this soon counts as the running job's
 
 
@@ -65,7 +48,7 @@ def kick(queue: Queue, envid: str, delay: float = 0.0, force: bool = False) -> b
         conn.zadd(keys.kick_schedule(), {envid: now + delay}, lt=True)   # keeps the earliest due time
         return True
     slack = -1e12 if force else PENDING_SLACK
-    marked = conn.eval(_MARK, 1, keys.env_kick(envid), repr(now), repr(slack), str(PENDING_GRACE))
+    marked = scripts.run(conn, "kick_mark", [keys.env_kick(envid)], [repr(now), repr(slack), str(PENDING_GRACE)])
     if not marked:
         return False
     opts = {"job_id": f"drive-{envid}-{int(now * 1000)}", "unique": True, "job_timeout": JOB_TIMEOUT,
@@ -77,11 +60,6 @@ def kick(queue: Queue, envid: str, delay: float = 0.0, force: bool = False) -> b
     return True
 
 
-_POP_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, m in ipairs(due) do redis.call('ZREM', KEYS[1], m) end
-return due
-"""
 
 
 def pump(queue: Queue, now: float | None = None, batch: int = 200) -> list[str]:
@@ -89,8 +67,8 @@ def pump(queue: Queue, now: float | None = None, batch: int = 200) -> list[str]:
 
     Each due entry is taken atomically, so several workers pumping at once never double it.
     """
-    taken = queue.connection.eval(_POP_DUE, 1, keys.kick_schedule(), repr(time.time() if now is None else now),
-                                  str(batch))
+    taken = scripts.run(queue.connection, "pop_due", [keys.kick_schedule()],
+                        [repr(time.time() if now is None else now), str(batch)])
     envids = [e.decode() if isinstance(e, bytes) else str(e) for e in taken]
     for envid in envids:
         kick(queue, envid)
@@ -106,8 +84,8 @@ def _job_due(job_id: str | None) -> float:
 def clear_kick(conn: redis.Redis, envid: str, job_id: str | None = None) -> bool:
     """Forget the pending mark of `envid` as drive job `job_id` starts: the mark stands for this job, or is
     due by now (jobs may run a little early). Safe to run twice."""
-    return bool(conn.eval(_CLEAR, 1, keys.env_kick(str(envid)), repr(time.time() + EARLY_SLACK),
-                          repr(_job_due(job_id))))
+    return bool(scripts.run(conn, "kick_clear", [keys.env_kick(str(envid))],
+                                [repr(time.time() + EARLY_SLACK), repr(_job_due(job_id))]))
 
 
 def drive(envid: str) -> str:

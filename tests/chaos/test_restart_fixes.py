@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from config.settings import Settings
-from functions import callbacks, engine, envstore, keys, operations, tenants, ticks
+from functions import callbacks, engine, envstore, keys, operations, scripts, tenants, ticks
 from functions.clock import FakeClock
 from functions.envstore import VmRecord
 from functions.runtime import JsonQueue
@@ -127,7 +127,8 @@ def test_a_pumper_killed_after_taking_a_retry_does_not_lose_it(rdb: redis.Redis)
     callbacks.enqueue_apply(q, "5", 7, "status", {"status": "MASTER_INIT_DONE"}, "m", attempt=3)
     due = rdb.zrange(keys.callback_retries(), 0, 0, withscores=True)[0][1]
     # a pumper takes it (its lease moves the due time on) and dies before enqueueing it
-    taken = rdb.eval(callbacks._TAKE_DUE, 1, keys.callback_retries(), repr(due), "10", repr(callbacks.RETRY_LEASE))
+    taken = scripts.run(rdb, "lease_due", [keys.callback_retries()],
+                        [repr(due), "10", repr(callbacks.RETRY_LEASE)])
     assert len(taken) == 1 and q.job_ids == []
     assert callbacks.pump_retries(q, now=due + 1) == 0                  # leased to the dead pumper
     assert callbacks.pump_retries(q, now=due + callbacks.RETRY_LEASE + 1) == 1
