@@ -9,8 +9,8 @@ from __future__ import annotations
 import falcon
 
 from config.settings import Settings
-from functions.clock import Clock, system_clock
-from functions.runtime import connect
+from functions.model.clock import Clock, system_clock
+from functions.store.runtime import connect
 from handlers import callbacks, configs, envs, health, openapi, repo, services
 from handlers.auth import AuthMiddleware
 from handlers.deps import Deps

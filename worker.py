@@ -20,10 +20,10 @@ from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
 from config.settings import Settings
-from functions.callbacks import pump_retries
-from functions.lifecycle import pump
-from functions.reconcile import recover_all
-from functions.runtime import JsonJob, Runtime, connect
+from functions.engine.kick import pump
+from functions.ops.callbacks import pump_retries
+from functions.store.runtime import JsonJob, Runtime, connect
+from functions.upkeep.reconcile import recover_all
 
 log = logging.getLogger("carina.worker")
 

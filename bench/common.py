@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from functions.tables import render_table
+from functions.views.tables import render_table
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 import redis
 
 from bench.common import Row, latency_rows, wait_until
-from functions.runtime import JsonQueue
+from functions.store.runtime import JsonQueue
 from tests.harness import project_env
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,8 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from bench.common import Row, children, latency_rows, rss_mb, timed_ms, wait_until
-from functions import envstore, tokens
+from functions.model import tokens
+from functions.store import envstore
 from tests.stack import Stack
 
 SERVICE = "bench"

@@ -1,6 +1,6 @@
 """The scheduler process: `python -m functions.schedule [--burst] [--interval S] [--tick-every S]`.
 
-Registers the periodic tick (functions.ticks.minute_tick, every TICK_EVERY seconds; the tick itself acts
+Registers the periodic tick (functions.tasks.minute_tick, every TICK_EVERY seconds; the tick itself acts
 once per minute) with rq-scheduler, using JSON jobs on Carina's queue, then runs the scheduler loop. Several
 scheduler processes are safe: the registration is idempotent (fixed job id), rq-scheduler's lock lets one
 enqueue at a time, and the tick deduplicates per minute.
@@ -19,11 +19,11 @@ from rq import Queue
 from rq_scheduler import Scheduler
 
 from config.settings import Settings
-from functions.runtime import JsonJob, JsonQueue, connect
+from functions.store.runtime import JsonJob, JsonQueue, connect
 
 log = logging.getLogger("carina.schedule")
 
-TICK_FUNC = "functions.ticks.minute_tick"
+TICK_FUNC = "functions.tasks.minute_tick"
 TICK_ID = "carina-minute-tick"
 TICK_EVERY = 10          # seconds between tick jobs; the tick acts once per minute
 TICK_TIMEOUT = 50        # seconds a tick may run

@@ -11,7 +11,7 @@ from typing import Any
 
 import falcon
 
-from functions import tenants
+from functions.store import tenants
 from handlers.deps import Deps
 
 MAX_TOKEN_LEN = 256

@@ -4,7 +4,7 @@ Accepted forms (any parameter order; parameters may sit in the path after `&` an
   /cgi-bin/updatevmstatus.sh?service=S&vmid=V&envid=E&newip=IP&name=H[&token=T]
   /cgi-bin/updateappstatus.sh?service=S&vmid=V&envid=E&status=ST[&token=T]
   /cgi-bin/S&vmid=V&envid=E&status=ST   and   /cgi-bin/S&vmid=V&envid=E&newip=IP&name=H   (the guide's form)
-The route validates, authorizes (functions.callbacks.find_caller), queues apply_callback and answers "OK".
+The route validates, authorizes (functions.ops.callbacks.find_caller), queues apply_callback and answers "OK".
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from urllib.parse import unquote
 
 import falcon
 
-from functions import callbacks, envstore
+from functions.ops import callbacks
+from functions.store import envstore
 from handlers.deps import Deps
 
 SCRIPTS = {"updatevmstatus.sh": "net", "updateappstatus.sh": "status"}

@@ -2,7 +2,7 @@
 
 `POST /configs` takes a multipart form (`upload` = the file, `name` = its file name; `type` is accepted and
 ignored, as the original CLI sent it) or a raw body with `?name=`. By name: `*.rb`, `*.yaml`, `*.yml` are the
-service configuration (validated by `functions.confschema.load_config`, replaced atomically or refused with
+service configuration (validated by `functions.conf.schema.load_config`, replaced atomically or refused with
 422 and nothing changed); `*.vm` are VM templates; anything else is a context file served by handlers/repo.py.
 `GET /configs` lists the configured environments (never secrets). `GET /files` lists uploaded file names and
 `GET /files/{filename}` returns one (a service's own files only). `/files` is not under `/configs/` because
@@ -18,7 +18,10 @@ from dataclasses import dataclass
 import falcon
 from falcon.media import MultipartFormHandler
 
-from functions import confschema, tables, tenants
+from functions import errors
+from functions.conf import schema as confschema
+from functions.store import tenants
+from functions.views import tables
 from handlers.auth import require_service
 from handlers.deps import Deps
 
@@ -80,7 +83,7 @@ def _check_name(name: str) -> None:
         raise bad_request("name", "missing: send the file name as form field `name` or query `?name=`")
     try:
         tenants.check_filename(name, "name")
-    except tenants.InvalidInput as exc:
+    except errors.BadInput as exc:
         raise bad_request("name", str(exc).partition(": ")[2]) from None
 
 
@@ -163,7 +166,7 @@ class Configs:
             else:
                 tenants.save_context_file(r, service, upload.name, upload.data)
                 kind = "context"
-        except tenants.InvalidInput as exc:
+        except errors.BadInput as exc:
             raise bad_request(exc.field or "name", str(exc).partition(": ")[2] or str(exc)) from None
         log.info("service %s uploaded %s file %s (%d bytes)", service, kind, upload.name, len(upload.data))
         body = {"status": "OK", "file": upload.name, "type": kind}

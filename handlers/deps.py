@@ -8,7 +8,7 @@ from redis import Redis
 from rq import Queue
 
 from config.settings import Settings
-from functions.clock import Clock
+from functions.model.clock import Clock
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Environment routes: create from a configuration, list envs / VMs / jobs / events, scale, remove.
 
 Every route needs a service token and sees only that service's objects (another service's env is a 404).
-Handlers validate, authorize, call functions.operations and answer; lists are JSON, or the original CLI
+Handlers validate, authorize, call functions.ops.operations and answer; lists are JSON, or the original CLI
 table when the request prefers `text/plain`.
 """
 
@@ -14,8 +14,10 @@ from typing import Any
 
 import falcon
 
-from functions import envstore, operations, views
-from functions.tables import render_table, wants_text
+from functions.ops import operations
+from functions.store import envstore
+from functions.views import shapes as views
+from functions.views.tables import render_table, wants_text
 from handlers.auth import require_service
 from handlers.deps import Deps
 
@@ -30,15 +32,6 @@ def check_id(value: str, field: str = "envid", group: bool = False) -> str:
         hint = "digits, or -digits for a group" if group else "digits"
         raise falcon.HTTPBadRequest(title="Invalid parameter", description=f"{field}: must be {hint}")
     return value
-
-
-def http_error(exc: operations.RequestError) -> falcon.HTTPError:
-    """The HTTP error for a refused request."""
-    if isinstance(exc, operations.NotFound):
-        return falcon.HTTPNotFound(title="Not found", description=exc.message)
-    if isinstance(exc, operations.Conflict):
-        return falcon.HTTPConflict(title="Conflict", description=exc.message)
-    return falcon.HTTPUnprocessableEntity(title="Unprocessable request", description=exc.message)
 
 
 def answer_list(req: falcon.Request, resp: falcon.Response, docs: list[dict[str, Any]], headers: Sequence[str],
@@ -73,10 +66,7 @@ class Create:
         if not name or len(name) > NAME_MAX:
             raise falcon.HTTPBadRequest(title="Invalid parameter", description=f"name: 1-{NAME_MAX} characters")
         d = self.deps
-        try:
-            envid, jobid = operations.request_create(d.redis, d.queue, service, name, d.clock, d.settings)
-        except operations.RequestError as exc:
-            raise http_error(exc) from None
+        envid, jobid = operations.request_create(d.redis, d.queue, service, name, d.clock, d.settings)
         resp.status = falcon.HTTP_202
         resp.media = {"envid": envid, "jobid": jobid}
 
@@ -103,10 +93,7 @@ class Env:
     def on_delete(self, req: falcon.Request, resp: falcon.Response, envid: str) -> None:
         service = require_service(req)
         d = self.deps
-        try:
-            jobids = operations.request_remove(d.redis, d.queue, service, check_id(envid, group=True), d.clock)
-        except operations.RequestError as exc:
-            raise http_error(exc) from None
+        jobids = operations.request_remove(d.redis, d.queue, service, check_id(envid, group=True), d.clock)
         resp.status = falcon.HTTP_202
         resp.media = {"jobid": ",".join(jobids)}
 
@@ -144,10 +131,7 @@ class Scale:
     def on_put(self, req: falcon.Request, resp: falcon.Response, envid: str) -> None:
         service = require_service(req)
         d = self.deps
-        try:
-            jobid = operations.request_scale(d.redis, d.queue, service, check_id(envid), self.direction, d.clock)
-        except operations.RequestError as exc:
-            raise http_error(exc) from None
+        jobid = operations.request_scale(d.redis, d.queue, service, check_id(envid), self.direction, d.clock)
         resp.status = falcon.HTTP_202
         resp.media = {"jobid": jobid}
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import falcon
 
-from functions import tenants
+from functions import errors
+from functions.store import tenants
 from handlers.deps import Deps
 
 
@@ -29,7 +30,7 @@ class ContextFile:
         if filename == "authorized_keys":
             try:
                 _, public = tenants.service_keypair(r, service)
-            except tenants.NotFound:
+            except errors.NotFound:
                 raise _missing(filename) from None
             resp.content_type = falcon.MEDIA_TEXT
             resp.text = public + "\n"

@@ -10,7 +10,8 @@ import logging
 
 import falcon
 
-from functions import tables, tenants
+from functions.store import tenants
+from functions.views import tables
 from handlers.auth import require_admin
 from handlers.deps import Deps
 
@@ -18,15 +19,6 @@ log = logging.getLogger("carina.gateway")
 
 SERVICE_FIELDS = ("name", "class", "max_memory", "max_vcpus")
 SERVICES_HEADERS = ["NAME", "PRIORITY_CLASS", "MEM(ALLOC/MAX)", "VCPUS(ALLOC/MAX)", "CLIENT"]
-
-
-def _http(exc: tenants.TenantError) -> falcon.HTTPError:
-    """The HTTP error for a tenants error (400 / 404 / 409)."""
-    if isinstance(exc, tenants.NotFound):
-        return falcon.HTTPNotFound(title="Not found", description=str(exc))
-    if isinstance(exc, tenants.Conflict):
-        return falcon.HTTPConflict(title="Conflict", description=str(exc))
-    return falcon.HTTPBadRequest(title="Invalid request", description=str(exc))
 
 
 def service_row(record: dict[str, str]) -> dict:
@@ -65,11 +57,8 @@ class Services:
         require_admin(req)
         body = _service_body(req)
         name, cls = body.get("name"), body.get("class", "silver")
-        try:
-            token = tenants.add_service(self.deps.redis, name, cls, clock=self.deps.clock,  # type: ignore[arg-type]
-                                        max_memory=body.get("max_memory", 0), max_vcpus=body.get("max_vcpus", 0))
-        except tenants.TenantError as exc:
-            raise _http(exc) from None
+        token = tenants.add_service(self.deps.redis, name, cls, clock=self.deps.clock,  # type: ignore[arg-type]
+                                    max_memory=body.get("max_memory", 0), max_vcpus=body.get("max_vcpus", 0))
         log.info("service %s created (class %s)", name, cls)
         resp.status = falcon.HTTP_201
         resp.media = {"name": name, "class": cls, "token": token}
@@ -104,10 +93,7 @@ class Service:
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         """Remove a service and its keys; 409 while it has environments, 404 the second time."""
         require_admin(req)
-        try:
-            tenants.remove_service(self.deps.redis, name)
-        except tenants.TenantError as exc:
-            raise _http(exc) from None
+        tenants.remove_service(self.deps.redis, name)
         log.info("service %s removed", name)
         resp.media = {"name": name, "status": "removed"}
 
@@ -119,10 +105,7 @@ class ServiceToken:
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         """Rotate the service's token: the old one stops working at once. Each call rotates again."""
         require_admin(req)
-        try:
-            token = tenants.rotate_token(self.deps.redis, name)
-        except tenants.TenantError as exc:
-            raise _http(exc) from None
+        token = tenants.rotate_token(self.deps.redis, name)
         log.info("service %s: token rotated", name)
         resp.media = {"name": name, "token": token}
 

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from functions import envstore, tenants
-from functions.one import OneClient, VmView
+from functions.cloud.one import OneClient, VmView
+from functions.store import envstore, tenants
 from tests.harness import RedisServer, free_port, project_env, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -282,7 +282,7 @@ class Stack:
 
     def ssh_show(self, token_service: str, envid: str) -> list[str]:
         """The master's backends, asked over SSH exactly as Carina does (`~/<script> show`)."""
-        from functions import sshexec
+        from functions.cloud import sshexec
 
         env = self.env_state(envid) or {}
         master = envstore.get_vms(self.r, envid)["m"]

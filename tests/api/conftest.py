@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from config.settings import Settings
-from functions import tenants
-from functions.clock import FakeClock
+from functions.model.clock import FakeClock
+from functions.store import tenants
 from gateway import create_app
 from tests.harness import RedisServer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from functions import keys, tenants
+from functions.store import keys, tenants
 from tests.api.conftest import bearer
 
 

@@ -12,9 +12,11 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from config.settings import Settings
-from functions import callbacks, envstore, keys, tenants, tokens
-from functions.envstore import VmRecord
-from functions.runtime import JsonQueue
+from functions.model import tokens
+from functions.ops import callbacks
+from functions.store import envstore, keys, tenants
+from functions.store.envstore import VmRecord
+from functions.store.runtime import JsonQueue
 from gateway import create_app
 
 
@@ -62,7 +64,7 @@ def test_updatevmstatus_query_form_is_applied_by_a_worker(world):
     url = f"/cgi-bin/updatevmstatus.sh?service=svc1&vmid=8&envid={e}&newip=10.0.0.8&name=tomcat-s&token={t}"
     res = world.client.simulate_get(url)
     assert res.status_code == 200 and res.text == "OK" and res.headers["content-type"].startswith("text/plain")
-    assert _queued(world.r) == [("functions.callbacks.apply_callback",
+    assert _queued(world.r) == [("functions.tasks.apply_callback",
                                  [e, 8, "net", {"newip": "10.0.0.8", "name": "tomcat-s"}, "s0", 0])]
     _run_queue(world.r)
     rec = envstore.get_vms(world.r, e)["s0"]
@@ -92,7 +94,7 @@ def test_updateappstatus_any_order_sets_env_and_vm_status(world):
 def test_guide_form_with_params_in_the_path(world, path):
     res = world.client.simulate_get(path.format(e=world.envid, t=world.tok[7]))
     assert res.status_code == 200, res.text
-    assert _queued(world.r) == [("functions.callbacks.apply_callback",
+    assert _queued(world.r) == [("functions.tasks.apply_callback",
                                  [world.envid, 7, "status", {"status": "MASTER_INIT_DONE"}, "m", 0])]
 
 
@@ -117,7 +119,7 @@ def test_master_init_done_kicks_the_lifecycle(world):
     assert callbacks.apply(world.r, q, e, 7, "status", {"status": "MASTER_INIT_DONE"}, world.clock, "m") == "applied"
     assert envstore.get_vms(world.r, e)["m"].status == "MASTER_INIT_DONE"
     assert envstore.get_env(world.r, e)["status"] == "MASTER_INIT_DONE"
-    assert _queued(world.r) == [("functions.lifecycle.drive", [e])]
+    assert _queued(world.r) == [("functions.tasks.drive", [e])]
 
 
 def test_master_init_fail_keeps_the_reason(world):
@@ -125,7 +127,7 @@ def test_master_init_fail_keeps_the_reason(world):
     status = "MASTER_INIT_FAIL:MOUNTLIST_MISSING"
     callbacks.apply(world.r, _queue(world.r), e, 7, "status", {"status": status}, world.clock, "m")
     assert envstore.get_env(world.r, e)["status"] == status
-    assert _queued(world.r) == [("functions.lifecycle.drive", [e])]
+    assert _queued(world.r) == [("functions.tasks.drive", [e])]
 
 
 def test_busy_env_lock_requeues_the_callback(world):
@@ -139,7 +141,7 @@ def test_busy_env_lock_requeues_the_callback(world):
     assert callbacks.pump_retries(q) == 0                                # not due yet
     assert callbacks.pump_retries(q, now=time.time() + 60) == 1
     job = q.fetch_job(q.job_ids[0])
-    assert job.func_name == "functions.callbacks.apply_callback" and job.args == [e, 8, "status", {"status": "X"},
+    assert job.func_name == "functions.tasks.apply_callback" and job.args == [e, 8, "status", {"status": "X"},
                                                                                 "s0", 1]
     assert callbacks.apply(world.r, q, *job.args[:4], world.clock, "s0", 1) == "applied"
     assert envstore.get_env(world.r, e)["status"] == "X"

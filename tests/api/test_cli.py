@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from functions import tenants
+from functions.store import tenants
 from tests.api.test_configs import EXAMPLES, SECRET, SMALL
 from tests.harness import RedisServer, free_port, project_env, wait_port
 

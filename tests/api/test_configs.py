@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from functions import keys
+from functions.store import keys
 from tests.api.conftest import bearer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"

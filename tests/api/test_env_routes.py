@@ -10,9 +10,11 @@ import pytest
 import redis
 
 from config.settings import Settings
-from functions import envstore, keys, operations, tenants
-from functions.envstore import VmRecord
-from functions.runtime import JsonQueue
+from functions import errors
+from functions.ops import operations
+from functions.store import envstore, keys, tenants
+from functions.store.envstore import VmRecord
+from functions.store.runtime import JsonQueue
 from gateway import create_app
 from tests.api.conftest import bearer
 
@@ -100,7 +102,7 @@ def test_create_records_env_job_event_and_kicks_the_lifecycle(api):
     assert [e["type"] for e in envstore.list_events(api.r, envid)] == ["request"]
     q = _queue(api.r)
     jobs = [q.fetch_job(j) for j in q.job_ids]
-    assert [(j.func_name, j.args) for j in jobs] == [("functions.lifecycle.drive", [envid])]
+    assert [(j.func_name, j.args) for j in jobs] == [("functions.tasks.drive", [envid])]
 
 
 def test_create_default_drain_time_comes_from_settings(api):
@@ -311,7 +313,7 @@ def test_request_scale_direction_is_checked(api):
     token = _setup(api)
     envid, _ = _create(api, token)
     assert token
-    with pytest.raises(operations.Invalid) as err:
+    with pytest.raises(errors.Invalid) as err:
         operations.request_scale(api.r, _queue(api.r), "svc1", envid, "sideways", api.clock)
     assert err.value.field == "direction"
 

@@ -10,7 +10,7 @@ import redis
 from rq import Queue, Worker
 
 from config.settings import Settings
-from functions import tenants
+from functions.store import tenants
 from gateway import create_app
 from tests.api.conftest import bearer
 from tests.harness import free_port

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from functions.tables import render_table, wants_text
+from functions.views.tables import render_table, wants_text
 
 
 def test_table_layout_matches_the_original():

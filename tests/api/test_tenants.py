@@ -1,4 +1,4 @@
-"""functions.tenants on the real redis-server: services, tokens, keypair, stored config and files."""
+"""functions.store.tenants on the real redis-server: services, tokens, keypair, stored config and files."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import stat
 import paramiko
 import pytest
 
-from functions import keys, tenants
-from functions.clock import FakeClock
+from functions import errors
+from functions.model.clock import FakeClock
+from functions.store import keys, tenants
 
 
 def test_add_list_get_service(rdb):
@@ -32,7 +33,7 @@ def test_add_list_get_service(rdb):
     (None, "silver", "name"), ("ok", "tin", "class"), ("ok", None, "class"),
 ])
 def test_add_service_refuses_bad_input_naming_the_field(rdb, name, cls, field):
-    with pytest.raises(tenants.InvalidInput) as err:
+    with pytest.raises(errors.BadInput) as err:
         tenants.add_service(rdb, name, cls)
     assert err.value.field == field
     assert str(err.value).startswith(f"{field}:")
@@ -40,10 +41,10 @@ def test_add_service_refuses_bad_input_naming_the_field(rdb, name, cls, field):
 
 
 def test_bad_limits_and_duplicates(rdb):
-    with pytest.raises(tenants.InvalidInput, match="max_vcpus"):
+    with pytest.raises(errors.BadInput, match="max_vcpus"):
         tenants.add_service(rdb, "a", max_vcpus=-1)
     first = tenants.add_service(rdb, "a")
-    with pytest.raises(tenants.Conflict, match="already exists"):
+    with pytest.raises(errors.Conflict, match="already exists"):
         tenants.add_service(rdb, "a")
     assert tenants.service_for_token(rdb, first) == "a"  # the duplicate attempt changed nothing
 
@@ -55,7 +56,7 @@ def test_rotate_token_invalidates_the_old_one(rdb):
     assert tenants.service_for_token(rdb, old) is None
     assert tenants.service_for_token(rdb, new) == "a"
     assert tenants.service_for_token(rdb, "") is None
-    with pytest.raises(tenants.NotFound):
+    with pytest.raises(errors.NotFound):
         tenants.rotate_token(rdb, "nobody")
 
 
@@ -66,7 +67,7 @@ def test_remove_service_deletes_every_key_and_refuses_with_envs(rdb):
     tenants.save_context_file(rdb, "a", "init.sh", b"#!/bin/sh\n")
     tenants.save_config(rdb, "a", {"ENVIRONMENT": {}}, "ENVIRONMENT = {}", "rb")
     rdb.zadd(keys.service_envs("a"), {"7": 7})
-    with pytest.raises(tenants.Conflict, match="environments"):
+    with pytest.raises(errors.Conflict, match="environments"):
         tenants.remove_service(rdb, "a")
     assert tenants.service_for_token(rdb, token) == "a"
     rdb.zrem(keys.service_envs("a"), "7")
@@ -76,7 +77,7 @@ def test_remove_service_deletes_every_key_and_refuses_with_envs(rdb):
     assert tenants.service_for_token(rdb, token) is None
     assert [k for k in rdb.keys("carina:*") if ":svc:a" in k or k == keys.job("3")] == []
     assert tenants.get_service(rdb, "b") is not None
-    with pytest.raises(tenants.NotFound):
+    with pytest.raises(errors.NotFound):
         tenants.remove_service(rdb, "a")
 
 
@@ -90,7 +91,7 @@ def test_keypair_is_a_usable_ed25519_pair(rdb):
     assert tenants.service_keypair(rdb, "b")[1] != public
     signature = key.sign_ssh_data(b"hello")
     assert paramiko.Ed25519Key(data=key.asbytes()).verify_ssh_sig(b"hello", paramiko.Message(signature.asbytes()))
-    with pytest.raises(tenants.NotFound):
+    with pytest.raises(errors.NotFound):
         tenants.service_keypair(rdb, "nobody")
 
 
@@ -117,9 +118,9 @@ def test_config_round_trip_and_atomic_replace(rdb):
     tenants.save_config(rdb, "a", {"ENVIRONMENT": {"u": {"type": "data"}}}, "src2", "yaml")
     assert tenants.get_config(rdb, "a") == {"ENVIRONMENT": {"u": {"type": "data"}}}
     assert rdb.hget(keys.config("a"), "source") == "src2"
-    with pytest.raises(tenants.InvalidInput, match="kind"):
+    with pytest.raises(errors.BadInput, match="kind"):
         tenants.save_config(rdb, "a", {}, "", "json")
-    with pytest.raises(tenants.NotFound):
+    with pytest.raises(errors.NotFound):
         tenants.save_config(rdb, "nobody", {}, "", "rb")
 
 
@@ -135,13 +136,13 @@ def test_files_binary_safe_and_names_checked(rdb):
     assert tenants.get_context_file(rdb, "a", "../etc/passwd") is None
     assert tenants.get_vm_file(rdb, "a", "missing.vm") is None
     for bad in ("../x", ".hidden", "a/b", "", "x" * 65, "sp ace", "é.sh"):
-        with pytest.raises(tenants.InvalidInput, match="^upload:"):
+        with pytest.raises(errors.BadInput, match="^upload:"):
             tenants.save_context_file(rdb, "a", bad, b"x", field="upload")
-    with pytest.raises(tenants.InvalidInput, match="authorized_keys"):
+    with pytest.raises(errors.BadInput, match="authorized_keys"):
         tenants.save_context_file(rdb, "a", "authorized_keys", b"ssh-rsa evil")
-    with pytest.raises(tenants.InvalidInput, match=r"\.vm"):
+    with pytest.raises(errors.BadInput, match=r"\.vm"):
         tenants.save_vm_file(rdb, "a", "example.txt", "x")
-    with pytest.raises(tenants.NotFound):
+    with pytest.raises(errors.NotFound):
         tenants.save_context_file(rdb, "nobody", "x.sh", b"x")
 
 
@@ -151,5 +152,5 @@ def test_file_count_cap(rdb, monkeypatch):
     tenants.save_context_file(rdb, "a", "1.sh", b"1")
     tenants.save_context_file(rdb, "a", "2.sh", b"2")
     tenants.save_context_file(rdb, "a", "2.sh", b"two")  # replacing is fine
-    with pytest.raises(tenants.InvalidInput, match="at most 2"):
+    with pytest.raises(errors.BadInput, match="at most 2"):
         tenants.save_context_file(rdb, "a", "3.sh", b"3")

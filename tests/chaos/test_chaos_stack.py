@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from functions import envstore, schedule
-from functions.runtime import JsonJob
+from functions import schedule
+from functions.store import envstore
+from functions.store.runtime import JsonJob
 from tests.stack import Stack, wait_for
 
 pytestmark = pytest.mark.slow

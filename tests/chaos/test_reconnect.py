@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from functions import envstore, lifecycle
-from functions.clock import FakeClock
-from functions.runtime import JsonQueue
+from functions.engine import kick as lifecycle
+from functions.model.clock import FakeClock
+from functions.store import envstore
+from functions.store.runtime import JsonQueue
 from tests.harness import RedisServer, project_env
 from tests.stack import ROOT, wait_for
 

@@ -17,10 +17,13 @@ import pytest
 import redis
 
 from config.settings import Settings
-from functions import callbacks, engine, envstore, keys, operations, scripts, tenants, ticks
-from functions.clock import FakeClock
-from functions.envstore import VmRecord
-from functions.runtime import JsonQueue
+from functions.engine import loop as engine
+from functions.model.clock import FakeClock
+from functions.ops import callbacks, operations
+from functions.store import envstore, keys, scripts, tenants
+from functions.store.envstore import VmRecord
+from functions.store.runtime import JsonQueue
+from functions.upkeep import ticks
 from tests.harness import project_env
 from tests.stack import wait_for
 
@@ -225,8 +228,8 @@ def test_the_minute_tick_trims_jobs_and_events_to_the_retention(rdb: redis.Redis
 
 def test_ticks_from_several_processes_in_one_minute_do_the_work_once(rdb: redis.Redis) -> None:
     kw = rdb.connection_pool.connection_kwargs
-    code = ("import sys, redis\nfrom functions import ticks\nfrom functions.clock import FakeClock\n"
-            "from functions.runtime import JsonQueue\n"
+    code = ("import sys, redis\nfrom functions import ticks\nfrom functions.model.clock import FakeClock\n"
+            "from functions.store.runtime import JsonQueue\n"
             f"r = redis.Redis(host={kw['host']!r}, port={kw['port']}, decode_responses=True)\n"
             f"q = JsonQueue('carina', connection=redis.Redis(host={kw['host']!r}, port={kw['port']}))\n"
             "sys.stdin.readline()\n"

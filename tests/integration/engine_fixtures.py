@@ -20,14 +20,18 @@ import redis
 import yaml
 
 from config.settings import Settings
-from functions import engine, envstore, operations, tenants
-from functions.callbacks import apply
-from functions.clock import FakeClock
-from functions.confschema import load_config
-from functions.envstore import VmRecord
-from functions.one import OneClient
-from functions.runtime import JsonQueue
-from functions.sshexec import SshResult
+from functions import tasks
+from functions.cloud.one import OneClient
+from functions.cloud.sshexec import SshResult
+from functions.conf.schema import load_config
+from functions.engine import loop as engine
+from functions.engine.context import Ctx
+from functions.model.clock import FakeClock
+from functions.ops import operations
+from functions.ops.callbacks import apply
+from functions.store import envstore, tenants
+from functions.store.envstore import VmRecord
+from functions.store.runtime import JsonQueue
 from onesim import lifecycle as simlife
 from onesim import states as S
 from onesim.model import Vm
@@ -119,11 +123,11 @@ class Rig:
         tenants.save_config(self.r, SERVICE, load_config(text, "yaml", {"small.vm", "bad.vm"}), text, "yaml",
                             self.clock)
 
-    def ctx(self) -> engine.Ctx:
+    def ctx(self) -> Ctx:
         """A fresh Ctx (as a new worker would build) with the fake clock, the spy client and the SSH function."""
         extra = {} if self.ssh is None else {"ssh": self.ssh}
-        return engine.Ctx(r=self.r, queue=self.queue, settings=self.settings, clock=self.clock,
-                          one_factory=lambda url, auth: SpyOne(url, auth, self), **extra)
+        return Ctx(r=self.r, queue=self.queue, settings=self.settings, clock=self.clock,
+                   one_factory=lambda url, auth: SpyOne(url, auth, self), on_end=tasks.END_HOOKS, **extra)
 
     def create(self, **over: Any) -> tuple[str, str]:
         self.configure(**over)

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from functions import engine, envstore, tokens
+from functions.engine import loop as engine
+from functions.model import tokens
+from functions.store import envstore
 from onesim import states as S
 from tests.integration.engine_fixtures import FAKE_HOST_KEY, Rig, create_ready, open_rig
 

@@ -12,8 +12,10 @@ import pytest
 import redis
 import yaml
 
-from functions import envstore, groups, keys, operations, reconcile, tenants
-from functions.confschema import load_config
+from functions.conf.schema import load_config
+from functions.ops import groups, operations
+from functions.store import envstore, keys, tenants
+from functions.upkeep import reconcile
 from tests.integration.engine_fixtures import SERVICE, Rig, env_entry, open_rig
 
 MEMBERS = ["hbase", "tomcat", "apache"]

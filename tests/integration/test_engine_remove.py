@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from functions import envstore, operations
+from functions.ops import operations
+from functions.store import envstore
 from tests.integration.engine_fixtures import SERVICE, Rig, create_ready, open_rig
 
 

@@ -9,7 +9,7 @@ import paramiko
 import pytest
 import redis
 
-from functions import envstore, tenants
+from functions.store import envstore, tenants
 from onesim import states as S
 from onesim.sshd import Endpoint, ExecResult, SshServer, generate_host_key, load_host_key, public_line
 from tests.harness import free_port, wait_port

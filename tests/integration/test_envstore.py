@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from functions import envstore as es
-from functions.clock import FakeClock
-from functions.tokens import token_matches, vm_token
+from functions.model.clock import FakeClock
+from functions.model.tokens import token_matches, vm_token
+from functions.store import envstore as es
 
 
 def test_create_env_records_env_job_and_guard(rdb):

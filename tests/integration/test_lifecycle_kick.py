@@ -6,8 +6,9 @@ import time
 
 import redis
 
-from functions import keys, lifecycle
-from functions.runtime import JsonQueue
+from functions.engine import kick as lifecycle
+from functions.store import keys
+from functions.store.runtime import JsonQueue
 
 
 def _queue(rdb: redis.Redis) -> JsonQueue:
@@ -24,7 +25,7 @@ def test_repeated_kicks_enqueue_one_job(rdb: redis.Redis) -> None:
     assert lifecycle.kick(q, "7", delay=3) is True       # delayed: recorded for the pump, no job yet
     assert len(q.job_ids) == 1
     job = q.fetch_job(q.job_ids[0])
-    assert job.func_name == "functions.lifecycle.drive" and job.args == ["7"]
+    assert job.func_name == "functions.tasks.drive" and job.args == ["7"]
 
 
 def test_kick_after_job_started_enqueues_again(rdb: redis.Redis) -> None:

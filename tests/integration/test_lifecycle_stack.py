@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from functions import envstore
+from functions.store import envstore
 from tests.stack import Stack, wait_for
 
 pytestmark = pytest.mark.slow

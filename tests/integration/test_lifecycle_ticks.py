@@ -8,9 +8,12 @@ import zlib
 import redis
 from rq.serializers import JSONSerializer
 
-from functions import envstore, keys, lifecycle, reconcile, schedule, ticks
-from functions.clock import FakeClock
-from functions.runtime import JsonJob, JsonQueue
+from functions import schedule
+from functions.engine import kick as lifecycle
+from functions.model.clock import FakeClock
+from functions.store import envstore, keys
+from functions.store.runtime import JsonJob, JsonQueue
+from functions.upkeep import reconcile, ticks
 
 
 def _raw(rdb: redis.Redis) -> redis.Redis:

@@ -1,4 +1,4 @@
-"""functions.one.OneClient against the real simulator (XML-RPC over HTTP) and against broken endpoints."""
+"""functions.cloud.one.OneClient against the real simulator (XML-RPC over HTTP) and against broken endpoints."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from functions.one import AUTHENTICATION, OneClient, OneError, OneUnavailable, VmView
+from functions.cloud.one import AUTHENTICATION, OneClient, OneError, OneUnavailable, VmView
 from onesim.server import start_simulator
 from tests.harness import free_port
 

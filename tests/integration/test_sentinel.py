@@ -14,7 +14,7 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from config.settings import Settings
-from functions.runtime import JsonJob, connect, parse_sentinel_url
+from functions.store.runtime import JsonJob, connect, parse_sentinel_url
 from tests.harness import RedisServer, free_port, wait_port
 
 
@@ -41,7 +41,7 @@ def test_clients_and_rq_work_through_sentinel(sentinel: tuple[RedisServer, int])
     rt = connect(Settings(redis_url=f"redis+sentinel://127.0.0.1:{port}/carina/0"))
     rt.text.set("carina:probe", "through-sentinel")
     assert redis.Redis(port=master.port, decode_responses=True).get("carina:probe") == "through-sentinel"
-    job = rt.queue.enqueue("functions.tables.render_table", ["A"], [["1"]])
+    job = rt.queue.enqueue("functions.views.tables.render_table", ["A"], [["1"]])
     SimpleWorker([rt.queue], connection=rt.raw, serializer=JSONSerializer, job_class=JsonJob).work(burst=True)
     assert JsonJob.fetch(job.id, connection=rt.raw).return_value() == "A\n-\n1\n"
 

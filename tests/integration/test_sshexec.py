@@ -1,4 +1,4 @@
-"""functions.sshexec against Debian's real sshd on loopback (needs root, like sshd itself)."""
+"""functions.cloud.sshexec against Debian's real sshd on loopback (needs root, like sshd itself)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from functions.sshexec import HostKeyMismatch, SshFailed, run_remote, script_command
+from functions.cloud.sshexec import HostKeyMismatch, SshFailed, run_remote, script_command
 from tests.harness import free_port, wait_port
 
 SSHD = "/usr/sbin/sshd"

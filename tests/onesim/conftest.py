@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pyone
 import pytest
 
-from functions.clock import FakeClock
+from functions.model.clock import FakeClock
 from onesim import lifecycle
 from onesim.server import SimHandle, start_simulator
 

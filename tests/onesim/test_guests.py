@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import paramiko
 import pytest
 
-from functions.sshexec import HostKeyMismatch, run_remote, script_command
+from functions.cloud.sshexec import HostKeyMismatch, run_remote, script_command
 from onesim.guestlib import GuestError, callback_urls, file_name, is_master
 from onesim.guests import GuestManager
 from onesim.sshd import generate_host_key, key_in_authorized_keys, load_host_key, public_line

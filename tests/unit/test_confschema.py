@@ -12,8 +12,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from functions.confschema import ConfigError, load_config, load_global
-from functions.rbparse import MAX_INPUT
+from functions.conf.rbparse import MAX_INPUT
+from functions.conf.schema import ConfigError, load_config, load_global
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "config" / "examples"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from functions.expr import MAX_LENGTH, MAX_NODES, VARIABLES, EvalResult, ExprError, compile_expr, evaluate
+from functions.conf.expr import MAX_LENGTH, MAX_NODES, VARIABLES, EvalResult, ExprError, compile_expr, evaluate
 
 ZERO = dict.fromkeys(VARIABLES, 0)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from functions.groupplan import GroupError, check_members, decide, dep_urls, dependstr
+from functions.model.groupplan import GroupError, check_members, decide, dep_urls, dependstr
 
 
 def test_check_members_names_the_bad_member() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from functions.rbparse import MAX_DEPTH, MAX_INPUT, RbSyntaxError, parse_rb
+from functions.conf.rbparse import MAX_DEPTH, MAX_INPUT, RbSyntaxError, parse_rb
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""functions.render: context vars, placeholders, escaping, tags and placement (pure, no servers)."""
+"""functions.model.render: context vars, placeholders, escaping, tags and placement (pure, no servers)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from functions.render import (
+from functions.model.render import (
     RenderError,
     app_url,
     context_pairs,
@@ -298,7 +298,7 @@ def test_app_url() -> None:
 
 
 def test_render_is_pure() -> None:
-    tree = ast.parse(Path(__file__).resolve().parents[2].joinpath("functions/render.py").read_text())
+    tree = ast.parse(Path(__file__).resolve().parents[2].joinpath("functions/model/render.py").read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not imported & {"redis", "rq", "falcon", "pyone", "paramiko"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from functions import views
-from functions.tables import render_table
+from functions.views import shapes as views
+from functions.views.tables import render_table
 
 ENV = {"envid": "12", "service": "svc", "name": "tomcat", "status": "MASTER_INIT_FAIL:MOUNTLIST_MISSING_X",
        "policy_status": "INIT", "app_url": "", "groupid": "-1", "metrics": "", "info": "", "spec": {}}

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from functions.windows import DAYS, Period, Window, WindowSyntaxError, format_window, parse_window
+from functions.conf.windows import DAYS, Period, Window, WindowSyntaxError, format_window, parse_window
 
 
 def at(day: str, hhmm: str) -> datetime:

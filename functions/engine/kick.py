@@ -1,7 +1,7 @@
-"""The lifecycle engine's queue entry points: `kick(queue, envid, delay)` and `drive(envid)`.
+"""The lifecycle engine's queue entry points: `kick(queue, envid, delay)`, `pump`, `clear_kick`.
 
-`drive` is an idempotent, level-triggered step function run by RQ; `kick` enqueues it, deduplicated:
-at most one drive job per environment waits in the queue at a time. The pending mark is cleared when a
+`drive` (functions.tasks.drive) is an idempotent, level-triggered step function run by RQ; `kick` enqueues
+it, deduplicated: at most one drive job per environment waits in the queue at a time. The pending mark is cleared when a
 drive job starts, before it reads any state, so a kick that arrives while a drive runs always leads to
 one more run and no wake-up is ever lost.
 
@@ -20,11 +20,11 @@ import redis
 from rq import Queue
 from rq.exceptions import DuplicateJobError
 
-from functions import keys, scripts
+from functions.store import keys, scripts
 
 log = logging.getLogger("carina.lifecycle")
 
-DRIVE = "functions.lifecycle.drive"
+DRIVE = "functions.tasks.drive"
 JOB_TIMEOUT = 600          # seconds; a drive step is short (SSH calls have their own timeout)
 RESULT_TTL = 60            # keep finished drive jobs briefly (debugging), not forever
 PENDING_SLACK = 0.5        # seconds: a pending kick due this much later still counts as "already queued"
@@ -86,10 +86,3 @@ def clear_kick(conn: redis.Redis, envid: str, job_id: str | None = None) -> bool
     due by now (jobs may run a little early). Safe to run twice."""
     return bool(scripts.run(conn, "kick_clear", [keys.env_kick(str(envid))],
                                 [repr(time.time() + EARLY_SLACK), repr(_job_due(job_id))]))
-
-
-def drive(envid: str) -> str:
-    """RQ entry: run one step of the environment's lifecycle (see functions.engine). Safe to run twice."""
-    from functions.engine import run_drive  # late import: keeps kick() importable with few dependencies
-
-    return run_drive(str(envid))

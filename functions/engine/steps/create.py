@@ -1,15 +1,18 @@
 """CREATE: master → RUNNING → master_setup_time and MASTER_INIT_DONE → slaves → announce each → READY/ACTIVE.
 
-Each function is one level-triggered step under the env lock (see functions.engine); it returns when to
+Each function is one level-triggered step under the env lock (see functions.engine.loop); it returns when to
 come back (0 = at once, > 0 = seconds, None = the job ended).
 """
 
 from __future__ import annotations
 
-from functions import envstore, render, specview, sshexec, vmops
-from functions.engine import POLL, Ctx, Env, Step, deadline_passed, fail, finish
-from functions.envstore import VmRecord
-from functions.one import OneClient, OneError
+from functions.cloud import sshexec
+from functions.cloud.one import OneClient, OneError
+from functions.engine import vmops
+from functions.engine.context import POLL, Ctx, Env, Step, deadline_passed, fail, finish
+from functions.model import render, specview
+from functions.store import envstore
+from functions.store.envstore import VmRecord
 
 SSH_RETRY = 2.0
 

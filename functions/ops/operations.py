@@ -1,111 +1,28 @@
 """What the gateway asks for: create, scale and remove requests, recorded and handed to the lifecycle.
 
 Each request_* function records the request (job, env fields op/job/phase, in-flight mark, an event)
-and kicks `functions.lifecycle.drive` for the environment; the lifecycle owns `phase` and every step
+and kicks `functions.tasks.drive` for the environment; the lifecycle owns `phase` and every step
 after that. The operation guard (envstore.claim_op / take_over_op) makes a second scale a 409 across
 gateways, workers and restarts; a remove pre-empts whatever runs.
-
-The spec snapshot written at create (env field `spec`) is the environment's config entry (flat: endpoint,
-num_slaves, master_context_script, ...) plus:
-  name       the configuration name          service   the owning service
-  proxy      the endpoint's XML-RPC URL (never its oneauth secret: read that from tenants.get_config)
-  drain_time seconds (the entry's value, else settings.drain_time_default)
-  templates  {"master": {...TEMPLATE entry, "name": <template name>, "text": <.vm text>},
-              "slave": same, or None when the environment has no slave template}
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
 from typing import Any
 
 import redis
 from rq import Queue
 
 from config.settings import Settings
-from functions import envstore, tenants
-from functions.clock import Clock
-from functions.lifecycle import kick
+from functions.engine.kick import kick
+from functions.errors import Busy, Conflict, Invalid, NotFound
+from functions.model.clock import Clock
+from functions.model.spec import build_spec
+from functions.ops import groups
+from functions.store import envstore, tenants
 
 SCALE_TYPES = {"up": "SCALEUP", "down": "SCALEDOWN"}
 FINAL = ("DONE", "FAIL", "ABORT")
-
-
-class RequestError(Exception):
-    """A refused request; `field` names the input at fault (HTTP status by subclass)."""
-
-    def __init__(self, message: str, field: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-
-
-class NotFound(RequestError):
-    """No such configuration or environment (for this service): HTTP 404."""
-
-
-class Invalid(RequestError):
-    """The request cannot be carried out as configured (missing template, group...): HTTP 422."""
-
-
-class Conflict(RequestError):
-    """The state forbids it now (no configuration uploaded, environment not ready): HTTP 409."""
-
-
-class Busy(Conflict):
-    """Another operation holds the environment: HTTP 409 "operation in progress (job N)"."""
-
-
-# ---------------------------------------------------------------- the spec snapshot (pure)
-
-
-def _template(cfg: dict[str, Any], env_name: str, role: str, tname: str, endpoint: str,
-              vm_text: Callable[[str], str | None]) -> dict[str, Any]:
-    where = f"ENVIRONMENT.{env_name}.{role}_template"
-    entry = (cfg.get("TEMPLATE") or {}).get(tname)
-    if not isinstance(entry, dict):
-        raise Invalid(f"{where}: template {tname!r} is not defined in TEMPLATE", where)
-    for key in ("network_id", "image_id"):
-        if endpoint not in (entry.get(key) or {}):
-            raise Invalid(f"TEMPLATE.{tname}.{key}: no value for endpoint {endpoint!r}", f"TEMPLATE.{tname}.{key}")
-    filename = str(entry.get("file") or "")
-    text = vm_text(filename) if filename else None
-    if text is None:
-        raise Invalid(f"TEMPLATE.{tname}.file: VM template {filename!r} was not uploaded", f"TEMPLATE.{tname}.file")
-    return {**copy.deepcopy(entry), "name": tname, "text": text}
-
-
-def build_spec(cfg: dict[str, Any], name: str, service: str, vm_text: Callable[[str], str | None],
-               drain_default: int) -> dict[str, Any]:
-    """The spec snapshot for creating configuration `name` (see the module docstring). Pure.
-
-    Raises NotFound (no such configuration) or Invalid (a group, or a missing piece, named by its config path).
-    """
-    entry = (cfg.get("ENVIRONMENT") or {}).get(name)
-    if not isinstance(entry, dict):
-        raise NotFound(f"name: no configuration named {name!r} in this service's config", "name")
-    if entry.get("type") == "group":
-        raise Invalid(f"name: {name!r} is a group; group creation is not supported yet", "name")
-    endpoint = str(entry.get("endpoint") or "")
-    ep = (cfg.get("ENDPOINT") or {}).get(endpoint)
-    if not isinstance(ep, dict) or not ep.get("proxy"):
-        raise Invalid(f"ENVIRONMENT.{name}.endpoint: endpoint {endpoint!r} is not defined in ENDPOINT",
-                      f"ENVIRONMENT.{name}.endpoint")
-    master_t = str(entry.get("master_template") or "")
-    if not master_t:
-        raise Invalid(f"ENVIRONMENT.{name}.master_template: missing", f"ENVIRONMENT.{name}.master_template")
-    templates: dict[str, Any] = {"master": _template(cfg, name, "master", master_t, endpoint, vm_text)}
-    slave_t = str(entry.get("slave_template") or "")
-    if not slave_t and int(entry.get("num_slaves") or 0) > 0:
-        raise Invalid(f"ENVIRONMENT.{name}.slave_template: missing (num_slaves > 0)",
-                      f"ENVIRONMENT.{name}.slave_template")
-    templates["slave"] = _template(cfg, name, "slave", slave_t, endpoint, vm_text) if slave_t else None
-    drain = entry.get("drain_time")
-    spec = copy.deepcopy(entry)
-    spec.update(name=name, service=service, proxy=str(ep["proxy"]), templates=templates,
-                drain_time=int(drain) if drain is not None else int(drain_default))
-    return spec
 
 
 # ---------------------------------------------------------------- requests
@@ -124,7 +41,7 @@ def request_create(r: redis.Redis, queue: Queue, service: str, name: str, clock:
                    settings: Settings) -> tuple[str, str]:
     """Record a new environment from configuration `name` and start its CREATE. Returns (envid, jobid).
 
-    For a group, its first member (functions.groups.request_group; the others wait as PENDING jobs).
+    For a group, its first member (functions.ops.groups.request_group; the others wait as PENDING jobs).
 
     Raises Conflict (no configuration uploaded), NotFound, Invalid. Not idempotent: each call creates one.
     """
@@ -133,8 +50,6 @@ def request_create(r: redis.Redis, queue: Queue, service: str, name: str, clock:
         raise Conflict("name: upload a configuration first (this service has none)", "name")
     entry = (cfg.get("ENVIRONMENT") or {}).get(name)
     if isinstance(entry, dict) and entry.get("type") == "group":
-        from functions import groups  # groups builds on this module
-
         return groups.request_group(r, queue, service, name, cfg, clock, settings)
     spec = build_spec(cfg, name, service, lambda f: tenants.get_vm_file(r, service, f), settings.drain_time_default)
     envid, jobid = envstore.create_env(r, service, name, spec, "CREATE", clock)
@@ -199,8 +114,6 @@ def _remove_one(r: redis.Redis, queue: Queue, service: str, env: dict[str, Any],
         envstore.add_event(r, envid, service, "preempted", f"job {previous} pre-empted by remove {jobid}", clock,
                            jobid=previous)
         if env.get("group"):                             # a member's create ended: the rest of its group aborts
-            from functions import groups
-
             groups.advance(r, queue, str(env["group"]), clock)
     if envstore.get_env(r, envid) is None:               # finished removing meanwhile
         envstore.release_op(r, envid, jobid)
@@ -219,8 +132,6 @@ def request_remove(r: redis.Redis, queue: Queue, service: str, target: str, cloc
     """
     if target.startswith("-"):
         gid = target[1:]
-        from functions import groups
-
         group = groups.load(r, gid)
         if group is not None and group.get("service") == service:   # nothing of the group starts any more
             groups.abort_pending(r, gid, clock, f"group {gid} removed")

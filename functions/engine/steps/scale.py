@@ -1,53 +1,25 @@
-"""Starting an operation (`begin`), SCALEUP, SCALEDOWN and REMOVE steps (see functions.engine for the contract).
+"""SCALEUP and SCALEDOWN steps (see functions.engine.loop for the contract).
 
 Rules: scale-up adds the lowest free slave slot; a scale-up whose VM fails to boot is rolled back (its VM
 terminated, its record dropped) and the job FAILs; an SSH failure to announce it ends the job DONE with status
 SLAVE_SCALEUP_FAIL (the slave is kept, as the original did), but a changed master host key FAILs the job
 (never accepted). Scale-down removes the highest slave slot (never
 the master), announces `<scaledown_verb> <ip> <slavedata>` to the master first, waits drain_time (a delayed
-drive, not a sleep), then terminates. Remove terminates every recorded VM and every VM tagged with the
-environment, waits until OpenNebula shows none, then deletes the environment.
+drive, not a sleep), then terminates.
 """
 
 from __future__ import annotations
 
-from functions import envstore, render, specview, sshexec, vmops
-from functions.engine import POLL, Ctx, Env, Step, deadline_passed, fail, finish
-from functions.envstore import VmRecord
-from functions.one import OneClient, OneError
+from functions.cloud import sshexec
+from functions.cloud.one import OneClient, OneError
+from functions.engine import vmops
+from functions.engine.context import POLL, Ctx, Env, Step, deadline_passed, fail, finish
+from functions.model import render, specview
+from functions.store import envstore
+from functions.store.envstore import VmRecord
 
 SSH_ATTEMPTS = 3
 SSH_RETRY = 2.0
-
-
-def _preempt_older(ctx: Ctx, env: Env) -> None:
-    """A remove ends the environment's other unfinished jobs FAIL. Safe to run twice."""
-    for job in envstore.list_jobs(ctx.r, env.service, limit=200):
-        if job.get("envid") == env.envid and job.get("jobid") != env.jobid:
-            if envstore.finish_job(ctx.r, job["jobid"], "FAIL", ctx.clock, f"pre-empted by remove {env.jobid}"):
-                ctx.event(env, "step", f"job {job['jobid']} pre-empted by remove {env.jobid}", job=job["jobid"])
-
-
-def begin(ctx: Ctx, env: Env) -> Step:
-    """Record the operation-local state of the new job (deadline, chosen slot), once per job."""
-    now, op = ctx.clock(), env.op
-    fields: dict[str, object] = {"op_job": env.jobid, "op_slot": "", "drain_until": 0, "ssh_tries": 0,
-                                 "deadline": 0, "phase": op.lower(), "phase_since": now, "error": ""}
-    slaves = env.slaves()
-    if op in ("CREATE", "SCALEUP"):
-        fields["deadline"] = now + ctx.settings.create_deadline
-    if op == "SCALEUP":
-        used = {v.index for v in slaves}
-        index = next(i for i in range(len(used) + 1) if i not in used)
-        fields.update(op_slot=f"s{index}", desired_slaves=len(slaves) + 1)
-    elif op == "SCALEDOWN" and slaves:
-        fields.update(op_slot=slaves[-1].slot, desired_slaves=len(slaves) - 1)
-    elif op == "REMOVE":
-        _preempt_older(ctx, env)
-    envstore.update_env(ctx.r, env.envid, **fields)
-    ctx.event(env, "step", f"{op} job {env.jobid} started" + (f" (slot {fields['op_slot']})" if fields["op_slot"]
-                                                             else ""), job=env.jobid)
-    return 0.0
 
 
 def _rollback(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord | None, why: str) -> Step:
@@ -133,22 +105,3 @@ def scaledown_step(ctx: Ctx, env: Env) -> Step:
     if not vmops.terminate(ctx, env, one, rec):
         return POLL
     return finish(ctx, env, f"removed slave {slot} (VM {rec.vmid})")
-
-
-def remove_step(ctx: Ctx, env: Env) -> Step:
-    """One step of REMOVE: terminate everything of the env, wait until OpenNebula shows none, delete it."""
-    try:
-        one = ctx.one(env)
-        pending = [rec.slot for rec in list(env.vms.values()) if not vmops.terminate(ctx, env, one, rec)]
-        for view in one.tagged(env.envid):
-            one.terminate(view.vmid, hard=view.failed or view.unknown)
-            pending.append(f"VM {view.vmid}")
-    except (OneError, specview.SpecError) as exc:
-        return fail(ctx, env, f"REMOVE_FAIL: {exc}"[:200], f"remove: {exc}")
-    if pending:
-        envstore.update_env(ctx.r, env.envid, phase="removing", info=f"waiting for {len(pending)} VM(s) to go")
-        return POLL
-    envstore.finish_job(ctx.r, env.jobid, "DONE", ctx.clock, "environment removed")
-    ctx.event(env, "step", f"REMOVE job {env.jobid} DONE: environment removed", job=env.jobid)
-    envstore.delete_env(ctx.r, env.envid, ctx.clock)   # also ends a remove that took the guard meanwhile
-    return None

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from functions import envstore, keys, render, specview, sshexec, tenants, tokens
-from functions.envstore import VmRecord
-from functions.one import OneClient, VmView
+from functions.cloud import sshexec
+from functions.cloud.one import OneClient, VmView
+from functions.model import render, specview, tokens
+from functions.store import envstore, keys, tenants
+from functions.store.envstore import VmRecord
 
 if TYPE_CHECKING:
-    from functions.engine import Ctx, Env
+    from functions.engine.context import Ctx, Env
 
 
 class StepFailed(Exception):

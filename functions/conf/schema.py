@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from functions import confcheck
-from functions.conffields import Int, Num, Text, Windows, check_expr, check_tz, file_name, name_list
-from functions.rbparse import DEFAULT_CONSTANTS, GLOBAL_CONSTANTS, MAX_INPUT, RbSyntaxError, parse_rb
+from functions.conf import checks as confcheck
+from functions.conf.fields import Int, Num, Text, Windows, check_expr, check_tz, file_name, name_list
+from functions.conf.rbparse import DEFAULT_CONSTANTS, GLOBAL_CONSTANTS, MAX_INPUT, RbSyntaxError, parse_rb
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 CLASSES = ("bronze", "silver", "gold", "platinum")

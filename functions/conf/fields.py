@@ -8,8 +8,8 @@ from typing import Any
 
 from marshmallow import ValidationError, fields
 
-from functions.expr import ExprError, compile_expr
-from functions.windows import WindowSyntaxError, parse_window, zone
+from functions.conf.expr import ExprError, compile_expr
+from functions.conf.windows import WindowSyntaxError, parse_window, zone
 
 MAX_TEXT = 4096
 _INT_TEXT = re.compile(r"-?[0-9]{1,18}")

@@ -1,8 +1,8 @@
 """The per-minute tick: re-drive in-flight environments, refresh what OpenNebula says about every VM, and
 trim jobs and events to the retention setting.
 
-`minute_tick()` is the RQ entry the scheduler enqueues every few seconds; it acts once per minute however
-many schedulers fire (SET NX on keys.tick). The VM refresh asks OpenNebula once per (service, endpoint)
+`functions.tasks.minute_tick` (the RQ entry the scheduler enqueues every few seconds) acts once per minute
+however many schedulers fire (SET NX on keys.tick). The VM refresh asks OpenNebula once per (service, endpoint)
 for its whole pool and updates each record's `one_state` (runn, unkn, fail, ..., or "missing") and `cpu`
 under the environment's lock (an environment busy with a step is skipped until the next minute).
 """
@@ -16,10 +16,13 @@ from typing import Any
 import redis
 from rq import Queue
 
-from config.settings import Settings
-from functions import callbacks, envstore, keys, lifecycle, reconcile, specview, tenants
-from functions.clock import Clock, system_clock
-from functions.one import OneClient, OneError, OneUnavailable, VmView
+from functions.cloud.one import OneClient, OneError, OneUnavailable, VmView
+from functions.engine import kick as lifecycle
+from functions.model import specview
+from functions.model.clock import Clock, system_clock
+from functions.ops import callbacks
+from functions.store import envstore, keys, tenants
+from functions.upkeep import reconcile
 
 log = logging.getLogger("carina.ticks")
 
@@ -119,13 +122,3 @@ def tick(r: redis.Redis, queue: Queue, clock: Clock = system_clock,
     stats.update(retain(r, retention), kicked=len(kicked), minute=minute)
     log.info("minute tick: %s", stats)
     return stats
-
-
-def minute_tick() -> str:
-    """RQ entry (enqueued by functions.schedule): run tick() against the environment's settings."""
-    from functions.runtime import connect
-
-    settings = Settings.from_env()
-    rt = connect(settings)
-    stats = tick(rt.text, rt.queue, retention=settings.job_retention)
-    return "skipped (this minute already ran)" if stats is None else f"done: {stats}"

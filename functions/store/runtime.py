@@ -16,15 +16,30 @@ from redis.sentinel import Sentinel
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.utils import import_attribute
 
 from config.settings import Settings
 
+# Jobs queued before functions/ had subpackages name their function by its old path; they still run.
+RENAMED_TASKS = {
+    "functions.lifecycle.drive": "functions.tasks.drive",
+    "functions.callbacks.apply_callback": "functions.tasks.apply_callback",
+    "functions.ticks.minute_tick": "functions.tasks.minute_tick",
+}
+
 
 class JsonJob(Job):
-    """An RQ job that always uses the JSON serializer (no pickle in Redis). Used by rqscheduler -j."""
+    """An RQ job that always uses the JSON serializer (no pickle in Redis). Used by rqscheduler -j.
+
+    A job naming a function by a path listed in RENAMED_TASKS runs the function at its new path."""
 
     def __init__(self, id: str | None = None, connection: redis.Redis | None = None, serializer: object = None):
         super().__init__(id=id, connection=connection, serializer=JSONSerializer)
+
+    @property
+    def func(self) -> Any:
+        renamed = RENAMED_TASKS.get(self.func_name or "")
+        return import_attribute(renamed) if renamed else super().func
 
 
 class JsonQueue(Queue):

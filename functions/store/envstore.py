@@ -1,6 +1,6 @@
 """Environments, their VM records, jobs, events, the operation guard and the per-environment lock.
 
-All state lives in Redis (key names from functions/keys.py); `r` is always a decode_responses client.
+All state lives in Redis (key names from functions/store/keys.py); `r` is always a decode_responses client.
 Writes that must land together use MULTI pipelines; compare-and-delete uses Lua so a stale owner can
 never release someone else's lock or operation.
 """
@@ -19,8 +19,8 @@ from typing import Any
 
 import redis
 
-from functions import keys, scripts
-from functions.clock import Clock
+from functions.model.clock import Clock
+from functions.store import keys, scripts
 
 log = logging.getLogger("carina.envstore")
 

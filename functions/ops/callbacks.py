@@ -1,6 +1,6 @@
 """VM callbacks: who may report (per-VM token, or legacy mode) and applying a report to Redis.
 
-`find_caller` runs in the gateway (read-only); `apply_callback` is the queued function that records an
+`find_caller` runs in the gateway (read-only); `apply` (queued as functions.tasks.apply_callback) records an
 accepted callback under the environment lock and wakes the lifecycle on MASTER_INIT_*.
 """
 
@@ -16,16 +16,15 @@ from typing import Any
 import redis
 from rq import Queue
 
-from config.settings import Settings
-from functions import envstore, keys, scripts, tokens
-from functions.clock import Clock, system_clock
-from functions.envstore import VmRecord
-from functions.lifecycle import kick
-from functions.runtime import connect
+from functions.engine.kick import kick
+from functions.model import tokens
+from functions.model.clock import Clock
+from functions.store import envstore, keys, scripts
+from functions.store.envstore import VmRecord
 
 log = logging.getLogger("carina.callbacks")
 
-APPLY = "functions.callbacks.apply_callback"
+APPLY = "functions.tasks.apply_callback"
 KINDS = ("net", "status")
 MAX_RETRY_DELAY = 5.0
 REFUSALS_PER_MINUTE = 30
@@ -181,14 +180,6 @@ def apply(r: redis.Redis, queue: Queue, envid: str, vmid: int, kind: str, fields
     if kind == "status" and fields["status"].startswith("MASTER_INIT_"):
         kick(queue, envid)
     return "applied"
-
-
-def apply_callback(envid: str, vmid: int, kind: str, fields: dict[str, str], slot: str = "",
-                   attempt: int = 0) -> str:
-    """RQ entry for `apply` (queued by the callback route): connects from the environment's settings."""
-    rt = connect(Settings.from_env())
-    return apply(rt.text, rt.queue, str(envid), int(vmid), kind, dict(fields), system_clock,
-                 slot or None, int(attempt))
 
 
 def record_refused(r: redis.Redis, env: dict[str, Any], params: dict[str, str], reason: str, clock: Clock) -> bool:

@@ -1,6 +1,6 @@
 """Services (tenants): tokens, the controller SSH keypair, the stored configuration, .vm and context files.
 
-Every key comes from `functions.keys`; `r` is a decode_responses Redis client. Tokens are stored only
+Every key comes from `functions.store.keys`; `r` is a decode_responses Redis client. Tokens are stored only
 as sha256 hex digests. Context files are stored base64-encoded so binary content survives.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import io
 import json
 import os
 import re
@@ -17,13 +16,13 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from functions import keys
-from functions.clock import Clock, system_clock
+from functions.errors import BadInput, Conflict, NotFound
+from functions.model.clock import Clock, system_clock
+from functions.store import keys
 
 CLASSES = ("bronze", "silver", "gold", "platinum")
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -33,49 +32,29 @@ MAX_FILES = 256          # per service and per kind (.vm, context)
 ADMIN_FILE = "admin.token"
 
 
-class TenantError(Exception):
-    """Base of this module's errors; `field` names the offending input."""
-
-    def __init__(self, message: str, field: str = "") -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class InvalidInput(TenantError):
-    """Bad input (HTTP 400)."""
-
-
-class NotFound(TenantError):
-    """No such service or object (HTTP 404)."""
-
-
-class Conflict(TenantError):
-    """Duplicate service, or removal refused while environments exist (HTTP 409)."""
-
-
 def hash_token(token: str) -> str:
     """sha256 hex digest of a token: the only form a token is stored in."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 def check_name(name: object, field: str = "name") -> str:
-    """`name` if it is a valid service name, else InvalidInput naming `field`."""
+    """`name` if it is a valid service name, else BadInput naming `field`."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidInput(f"{field}: a service name is 1-32 characters of A-Z a-z 0-9 _ -", field)
+        raise BadInput(f"{field}: a service name is 1-32 characters of A-Z a-z 0-9 _ -", field)
     return name
 
 
 def check_class(cls: object, field: str = "class") -> str:
-    """`cls` if it is a known priority class, else InvalidInput naming `field`."""
+    """`cls` if it is a known priority class, else BadInput naming `field`."""
     if cls not in CLASSES:
-        raise InvalidInput(f"{field}: must be one of {', '.join(CLASSES)}", field)
+        raise BadInput(f"{field}: must be one of {', '.join(CLASSES)}", field)
     return str(cls)
 
 
 def check_filename(filename: object, field: str = "name") -> str:
     """`filename` if it is a plain file name (`[A-Za-z0-9._-]{1,64}`, no leading dot, no path)."""
     if not isinstance(filename, str) or not FILE_RE.fullmatch(filename):
-        raise InvalidInput(
+        raise BadInput(
             f"{field}: a file name is 1-64 characters of A-Z a-z 0-9 . _ -, not starting with a dot, no path", field)
     return filename
 
@@ -85,8 +64,9 @@ def generate_keypair(comment: str) -> tuple[str, str]:
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption()).decode()
-    key = paramiko.Ed25519Key.from_private_key(io.StringIO(pem))
-    return pem, f"{key.get_name()} {key.get_base64()} {comment}"
+    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH).decode()
+    return pem, f"{public} {comment}"
 
 
 def add_service(r: redis.Redis, name: str, cls: str = "silver", clock: Clock = system_clock,
@@ -99,7 +79,7 @@ def add_service(r: redis.Redis, name: str, cls: str = "silver", clock: Clock = s
     check_class(cls)
     for field, value in (("max_memory", max_memory), ("max_vcpus", max_vcpus)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise InvalidInput(f"{field}: must be a non-negative integer", field)
+            raise BadInput(f"{field}: must be a non-negative integer", field)
     token = secrets.token_urlsafe(32)
     token_hash = hash_token(token)
     private, public = generate_keypair(f"carina-{name}")
@@ -234,7 +214,7 @@ def save_config(r: redis.Redis, name: str, normalized: dict, source: str, kind: 
                 clock: Clock = system_clock) -> None:
     """Replace the service's configuration atomically (one MULTI). Safe to run twice."""
     if kind not in ("rb", "yaml"):
-        raise InvalidInput("kind: must be rb or yaml", "kind")
+        raise BadInput("kind: must be rb or yaml", "kind")
     _require(r, name)
     record = {"current": json.dumps(normalized), "source": source, "kind": kind, "uploaded_at": str(clock())}
     with r.pipeline(transaction=True) as pipe:
@@ -251,7 +231,7 @@ def get_config(r: redis.Redis, name: str) -> dict | None:
 
 def _save_file(r: redis.Redis, key: str, filename: str, value: str, field: str) -> None:
     if r.hlen(key) >= MAX_FILES and not r.hexists(key, filename):
-        raise InvalidInput(f"{field}: at most {MAX_FILES} files of this kind per service", field)
+        raise BadInput(f"{field}: at most {MAX_FILES} files of this kind per service", field)
     r.hset(key, filename, value)
 
 
@@ -259,7 +239,7 @@ def save_vm_file(r: redis.Redis, name: str, filename: str, text: str, field: str
     """Store (or replace) VM template `filename` of service `name`. Safe to run twice."""
     check_filename(filename, field)
     if not filename.endswith(".vm"):
-        raise InvalidInput(f"{field}: a VM template name ends in .vm", field)
+        raise BadInput(f"{field}: a VM template name ends in .vm", field)
     _require(r, name)
     _save_file(r, keys.vm_files(name), filename, text, field)
 
@@ -280,7 +260,7 @@ def save_context_file(r: redis.Redis, name: str, filename: str, data: bytes, fie
     """Store (or replace) context file `filename` (any bytes) of service `name`. Safe to run twice."""
     check_filename(filename, field)
     if filename in RESERVED_FILES:
-        raise InvalidInput(f"{field}: {filename} is generated by Carina (the controller key) and cannot be uploaded",
+        raise BadInput(f"{field}: {filename} is generated by Carina (the controller key) and cannot be uploaded",
                            field)
     _require(r, name)
     _save_file(r, keys.context_files(name), filename, base64.b64encode(data).decode("ascii"), field)

@@ -1,7 +1,7 @@
 """JSON shapes and CLI table rows of environments, VMs, jobs and events (pure: no Redis, no Falcon).
 
 The JSON keys are the original Carina ones (`oneenv --json` users keep their scripts); the table rows
-follow the original `oneenv` columns. Inputs are plain mappings as stored by functions.envstore (an env
+follow the original `oneenv` columns. Inputs are plain mappings as stored by functions.store.envstore (an env
 hash with decoded spec, a VM record as a dict, a job hash, an event entry).
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from functions.conffields import CONTEXT_NAME
+from functions.conf.fields import CONTEXT_NAME
 
 
 def _names(raw: dict[str, Any], section: str) -> list[str]:

@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from rq import Queue
 
 from config.settings import Settings
-from functions import envstore, groupplan, keys, lifecycle, operations, scripts, tenants
-from functions.clock import Clock
+from functions.engine import kick as lifecycle
+from functions.errors import Invalid
+from functions.model import groupplan
+from functions.model.clock import Clock
+from functions.model.spec import build_spec
+from functions.store import envstore, keys, scripts, tenants
+
+if TYPE_CHECKING:
+    from functions.engine.context import Ctx, Env
 
 log = logging.getLogger("carina.groups")
 
@@ -39,8 +46,8 @@ def request_group(r: redis.Redis, queue: Queue, service: str, name: str, cfg: di
     try:
         members = groupplan.check_members(envs, name)
     except groupplan.GroupError as exc:
-        raise operations.Invalid(exc.message, exc.field) from None
-    specs = [operations.build_spec(cfg, m, service, lambda f: tenants.get_vm_file(r, service, f),
+        raise Invalid(exc.message, exc.field) from None
+    specs = [build_spec(cfg, m, service, lambda f: tenants.get_vm_file(r, service, f),
                                    settings.drain_time_default) for m in members]
     deps = envs[name].get("dependencies") or {}
     gid, first_job = envstore.create_env(r, service, members[0], specs[0], "CREATE", clock)
@@ -193,3 +200,10 @@ def recheck_all(r: redis.Redis, queue: Queue, clock: Clock) -> dict[str, str]:
         except Exception:  # noqa: BLE001 - one broken group must not stop the others
             log.exception("group %s: re-check failed", gid)
     return done
+
+
+def after_job(ctx: Ctx, env: Env, job_status: str) -> None:
+    """Engine end hook (wired in functions.tasks): when a group member's CREATE ended, start the next member
+    or abort the rest. Safe to run twice (advance is level-triggered)."""
+    if env.op == "CREATE" and env.data.get("group"):
+        advance(ctx.r, ctx.queue, str(env.data["group"]), ctx.clock)

@@ -12,8 +12,10 @@ import logging
 import redis
 from rq import Queue
 
-from functions import envstore, groups, lifecycle
-from functions.clock import Clock, system_clock
+from functions.engine import kick as lifecycle
+from functions.model.clock import Clock, system_clock
+from functions.ops import groups
+from functions.store import envstore
 
 log = logging.getLogger("carina.reconcile")
 

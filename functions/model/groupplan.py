@@ -62,7 +62,7 @@ def dep_urls(member: str, dependencies: dict[str, Any], app_urls: dict[str, str 
     """The dependency URLs to hand to `member`: ({DEP_UPPER: url}, deps not created, deps with an empty URL).
 
     `app_urls` maps each member already created (its CREATE DONE) to its app_url; others are skipped.
-    The keys are rendered as <DEP_UPPER>_URL context variables (functions.render.context_pairs).
+    The keys are rendered as <DEP_UPPER>_URL context variables (functions.model.render.context_pairs).
     """
     urls: dict[str, str] = {}
     missing: list[str] = []

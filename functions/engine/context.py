@@ -1,0 +1,157 @@
+"""What every step of the lifecycle engine shares: the environment as loaded (`Env`), the step context
+(`Ctx`: Redis, queue, settings, clock, OpenNebula and SSH access, hooks) and how an operation ends
+(`finish`, `fail`). The steps (functions.engine.steps) and vmops import only this module of the engine; the
+loop (functions.engine.loop) dispatches to them.
+
+Hooks: `Ctx.on_end` callables run after a job ended (DONE/FAIL/ABORT) with (ctx, env, job_status); the
+task wrapper (functions.tasks) wires what reacts (e.g. groups starting their next member), so the engine
+never imports who reacts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from rq import Queue
+
+from config.settings import Settings
+from functions.cloud import sshexec
+from functions.cloud.one import OneClient, OneError
+from functions.model import specview
+from functions.model.clock import Clock, system_clock
+from functions.store import envstore, keys, scripts, tenants
+from functions.store.envstore import VmRecord
+
+log = logging.getLogger("carina.engine")
+
+POLL = 1.0                  # seconds between OpenNebula polls while a VM boots or shuts down
+FINAL = ("DONE", "FAIL", "ABORT")
+LOCK_TTL = envstore.LOCK_TTL  # the env lock's TTL, renewed while a step runs (functions.store.envstore.env_lock)
+
+
+Step = float | None   # None: nothing more to do; 0: next step now; > 0: come back in that many seconds
+EndHook = Callable[["Ctx", "Env", str], None]   # (ctx, env, job status) after a job ended
+
+
+@dataclass
+class Env:
+    """An environment as loaded for one step."""
+
+    envid: str
+    data: dict[str, Any]
+    vms: dict[str, VmRecord]
+
+    @property
+    def service(self) -> str:
+        return str(self.data.get("service", ""))
+
+    @property
+    def name(self) -> str:
+        return str(self.data.get("name", ""))
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self.data.get("spec") or {}
+
+    @property
+    def cfg(self) -> dict[str, Any]:
+        return specview.env_entry(self.spec)
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.data.get("endpoint") or specview.endpoint(self.spec))
+
+    @property
+    def op(self) -> str:
+        return str(self.data.get("op") or "CREATE")
+
+    @property
+    def jobid(self) -> str:
+        return str(self.data.get("job") or "")
+
+    def num(self, name: str, default: float = 0.0) -> float:
+        try:
+            return float(self.data.get(name) or default)
+        except (TypeError, ValueError):
+            return default
+
+    def slaves(self) -> list[VmRecord]:
+        return sorted((v for v in self.vms.values() if v.role == "slave"), key=lambda v: v.index)
+
+
+@dataclass
+class Ctx:
+    """What a step needs: Redis, the queue, settings, the clock and the two outside worlds (OpenNebula, SSH)."""
+
+    r: redis.Redis
+    queue: Queue
+    settings: Settings
+    clock: Clock = system_clock
+    one_factory: Callable[[str, str], OneClient] = OneClient
+    ssh: Callable[..., tuple[sshexec.SshResult, str]] = sshexec.run_remote
+    clients: dict[str, OneClient] = field(default_factory=dict)
+    on_end: Sequence[EndHook] = ()
+
+    def event(self, env: Env, kind: str, msg: str, **extra: str) -> None:
+        envstore.add_event(self.r, env.envid, env.service, kind, msg, self.clock, **extra)
+        (log.warning if kind == "error" else log.info)("env %s: %s", env.envid, msg)
+
+    def one(self, env: Env) -> OneClient:
+        """The OneClient for the env's endpoint: spec proxy + oneauth from the service's stored config."""
+        url = specview.proxy(env.spec)
+        if url not in self.clients:
+            conf = tenants.get_config(self.r, env.service) or {}
+            auth = ((conf.get("ENDPOINT") or {}).get(env.endpoint) or {}).get("oneauth")
+            if not auth:
+                raise OneError(-1, f"endpoint {env.endpoint!r}: no oneauth in the service's current config")
+            self.clients[url] = self.one_factory(url, auth)
+        return self.clients[url]
+
+
+def load(r: redis.Redis, envid: str) -> Env | None:
+    data = envstore.get_env(r, envid)
+    return None if data is None else Env(envid=envid, data=data, vms=envstore.get_vms(r, envid))
+
+
+def work_pending(r: redis.Redis, env: Env) -> bool:
+    """True while the environment's current job is not final (a job not yet written counts if it holds the op)."""
+    if not env.jobid:
+        return False
+    job = envstore.get_job(r, env.jobid)
+    if job is None:
+        return envstore.current_op(r, env.envid) == env.jobid
+    return job.get("status") not in FINAL
+
+
+# ---------------------------------------------------------------- ending an operation
+
+
+def _end(ctx: Ctx, env: Env, job_status: str, info: str, **fields: Any) -> None:
+    envstore.finish_job(ctx.r, env.jobid, job_status, ctx.clock, info)
+    envstore.update_env(ctx.r, env.envid, info=info, retries=0, **fields)
+    envstore.release_op(ctx.r, env.envid, env.jobid)
+    scripts.run(ctx.r, "clear_inflight", [keys.env(env.envid), keys.inflight()], [env.envid, env.jobid])
+    for hook in ctx.on_end:
+        hook(ctx, env, job_status)
+
+
+def finish(ctx: Ctx, env: Env, info: str, **fields: Any) -> Step:
+    """End the current job DONE. Safe to run twice."""
+    _end(ctx, env, "DONE", info, phase="done", **fields)
+    ctx.event(env, "step", f"{env.op} job {env.jobid} DONE: {info}", job=env.jobid)
+    return None
+
+
+def fail(ctx: Ctx, env: Env, status: str, why: str, job_status: str = "FAIL") -> Step:
+    """End the current job FAIL (VMs are kept: the user removes the environment). Safe to run twice."""
+    _end(ctx, env, job_status, why, phase="failed", status=status, error=why)
+    ctx.event(env, "error", f"{env.op} job {env.jobid} {job_status}: {why}", job=env.jobid)
+    return None
+
+
+def deadline_passed(ctx: Ctx, env: Env) -> bool:
+    return bool(env.num("deadline")) and ctx.clock() >= env.num("deadline")

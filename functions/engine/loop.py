@@ -1,0 +1,111 @@
+"""The lifecycle engine's loop: `step(ctx, envid)` runs an environment's current operation forward, one small
+step at a time, under the environment lock, then says when to come back (a kick).
+
+Level-triggered: each step reads the environment, its VM records and OpenNebula, and does the next thing that
+is missing, so a lost, repeated or interrupted drive costs a little time, never a duplicate or an orphan VM.
+An operation is "in progress" while the environment's current job is not final. Operation-local state
+(deadline, chosen slot) is stored on the environment keyed by the job id (`op_job`), so a restart resumes it.
+The steps of each operation live in functions.engine.steps (a table by job type); the RQ entry is
+functions.tasks.drive.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import AbstractContextManager
+
+import redis
+
+from functions.cloud.one import OneUnavailable
+from functions.engine import kick as lifecycle
+from functions.engine import steps
+from functions.engine.context import Ctx, Env, Step, fail, load, work_pending
+from functions.store import envstore, keys, scripts
+
+log = logging.getLogger("carina.engine")
+
+MAX_STEPS = 40              # steps per drive job before handing over to a fresh job
+MAX_SECONDS = 30.0          # wall time per drive job
+BUSY_RETRY = 0.5            # seconds before retrying when another worker holds the env lock
+MAX_BACKOFF = 30.0
+
+
+# ---------------------------------------------------------------- the step loop
+
+
+def dispatch(ctx: Ctx, env: Env) -> Step:
+    """Run one step of the environment's current operation."""
+    if not work_pending(ctx.r, env):
+        scripts.run(ctx.r, "clear_inflight", [keys.env(env.envid), keys.inflight()], [env.envid, env.jobid])
+        return None
+    if env.data.get("op_job") != env.jobid:
+        return steps.begin(ctx, env)
+    handler = steps.STEPS.get(env.op)
+    if handler is None:
+        return fail(ctx, env, f"{env.op}_FAIL", f"op: unknown operation {env.op!r}")
+    return handler(ctx, env)
+
+
+def _backoff(ctx: Ctx, env: Env, exc: Exception) -> Step:
+    tries = int(env.num("retries"))
+    delay = min(MAX_BACKOFF, 2.0 ** tries)
+    envstore.update_env(ctx.r, env.envid, retries=tries + 1, info=f"OpenNebula unreachable, retrying in {delay:.0f}s")
+    ctx.event(env, "error", f"OpenNebula unreachable ({exc}), retrying in {delay:.0f}s")
+    return delay
+
+
+def run_steps(ctx: Ctx, envid: str) -> tuple[Step, str]:
+    """Steps until the operation waits or ends (bounded). Caller holds the env lock."""
+    started = time.monotonic()
+    for _ in range(MAX_STEPS):
+        env = load(ctx.r, envid)
+        if env is None:                  # removed: end the job still holding its guard (a racing remove)
+            envstore.finish_vanished(ctx.r, envid, ctx.clock)
+            return None, "gone"
+        try:
+            nxt = dispatch(ctx, env)
+        except OneUnavailable as exc:
+            return _backoff(ctx, env, exc), "retry"
+        if env.num("retries"):
+            envstore.update_env(ctx.r, envid, retries=0)
+        if nxt is None:
+            return None, "idle"
+        if nxt > 0 or time.monotonic() - started > MAX_SECONDS:
+            return nxt, "wait"
+    return 0.0, "more"
+
+
+def held_lock(r: redis.Redis, envid: str) -> AbstractContextManager[bool]:
+    """The environment lock: envstore.env_lock (owner token, short TTL renewed while held)."""
+    return envstore.env_lock(r, envid)
+
+
+def step(ctx: Ctx, envid: str) -> str:
+    """Drive the environment as far as it can go now, then schedule the next drive if needed.
+
+    Takes the env lock (busy: retry shortly). Unexpected errors are recorded as events and retried with
+    backoff, never lost. Safe to run any number of times, concurrently.
+    """
+    with held_lock(ctx.r, envid) as got:
+        if not got:
+            lifecycle.kick(ctx.queue, envid, BUSY_RETRY)
+            return "busy"
+        try:
+            nxt, result = run_steps(ctx, envid)
+        except Exception as exc:  # noqa: BLE001 - a bug must not lose the environment
+            log.exception("env %s: step crashed", envid)
+            env = load(ctx.r, envid)
+            if env is None:
+                return "gone"
+            ctx.event(env, "error", f"internal error: {type(exc).__name__}: {exc}")
+            nxt, result = _backoff_internal(ctx, env), "error"
+    if nxt is not None:
+        lifecycle.kick(ctx.queue, envid, nxt)
+    return result
+
+
+def _backoff_internal(ctx: Ctx, env: Env) -> float:
+    tries = int(env.num("retries"))
+    envstore.update_env(ctx.r, env.envid, retries=tries + 1)
+    return min(60.0, 2.0 ** tries)

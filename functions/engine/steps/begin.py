@@ -1,0 +1,37 @@
+"""`begin`: what every new job records once before its first step (deadline, chosen slot); a REMOVE
+pre-empts the environment's other unfinished jobs."""
+
+from __future__ import annotations
+
+from functions.engine.context import Ctx, Env, Step
+from functions.store import envstore
+
+
+def _preempt_older(ctx: Ctx, env: Env) -> None:
+    """A remove ends the environment's other unfinished jobs FAIL. Safe to run twice."""
+    for job in envstore.list_jobs(ctx.r, env.service, limit=200):
+        if job.get("envid") == env.envid and job.get("jobid") != env.jobid:
+            if envstore.finish_job(ctx.r, job["jobid"], "FAIL", ctx.clock, f"pre-empted by remove {env.jobid}"):
+                ctx.event(env, "step", f"job {job['jobid']} pre-empted by remove {env.jobid}", job=job["jobid"])
+
+
+def begin(ctx: Ctx, env: Env) -> Step:
+    """Record the operation-local state of the new job (deadline, chosen slot), once per job."""
+    now, op = ctx.clock(), env.op
+    fields: dict[str, object] = {"op_job": env.jobid, "op_slot": "", "drain_until": 0, "ssh_tries": 0,
+                                 "deadline": 0, "phase": op.lower(), "phase_since": now, "error": ""}
+    slaves = env.slaves()
+    if op in ("CREATE", "SCALEUP"):
+        fields["deadline"] = now + ctx.settings.create_deadline
+    if op == "SCALEUP":
+        used = {v.index for v in slaves}
+        index = next(i for i in range(len(used) + 1) if i not in used)
+        fields.update(op_slot=f"s{index}", desired_slaves=len(slaves) + 1)
+    elif op == "SCALEDOWN" and slaves:
+        fields.update(op_slot=slaves[-1].slot, desired_slaves=len(slaves) - 1)
+    elif op == "REMOVE":
+        _preempt_older(ctx, env)
+    envstore.update_env(ctx.r, env.envid, **fields)
+    ctx.event(env, "step", f"{op} job {env.jobid} started" + (f" (slot {fields['op_slot']})" if fields["op_slot"]
+                                                             else ""), job=env.jobid)
+    return 0.0

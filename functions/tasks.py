@@ -1,0 +1,51 @@
+"""Every RQ entry point, under a stable dotted name (`functions.tasks.<name>`), so that a queued job's
+function path never depends on where the code behind it lives. Each connects from the environment's
+settings, builds what the function needs and calls it; nothing else happens here.
+
+This is also where the engine's hooks are wired (`engine_ctx`): the engine calls hooks, it never imports who
+reacts. Jobs queued under the names used before functions/ had subpackages still run: store.runtime.JsonJob
+maps them (RENAMED_TASKS).
+"""
+
+from __future__ import annotations
+
+from rq import get_current_job
+
+from config.settings import Settings
+from functions.engine import kick, loop
+from functions.engine.context import Ctx, EndHook
+from functions.model.clock import system_clock
+from functions.ops import callbacks, groups
+from functions.store.runtime import Runtime, connect
+from functions.upkeep import ticks
+
+END_HOOKS: tuple[EndHook, ...] = (groups.after_job,)
+
+
+def engine_ctx(rt: Runtime, **overrides: object) -> Ctx:
+    """The engine context for `rt`, with every end hook wired (tests override the clock, OpenNebula, SSH)."""
+    return Ctx(r=rt.text, queue=rt.queue, settings=rt.settings, on_end=END_HOOKS, **overrides)  # type: ignore[arg-type]
+
+
+def drive(envid: str) -> str:
+    """Run the environment's lifecycle as far as it goes now (functions.engine.loop.step). Safe to run twice."""
+    rt = connect(Settings.from_env())
+    job = get_current_job()
+    kick.clear_kick(rt.raw, str(envid), job.id if job is not None else None)
+    return loop.step(engine_ctx(rt), str(envid))
+
+
+def apply_callback(envid: str, vmid: int, kind: str, fields: dict[str, str], slot: str = "",
+                   attempt: int = 0) -> str:
+    """Record one accepted VM callback (functions.ops.callbacks.apply). Safe to run twice."""
+    rt = connect(Settings.from_env())
+    return callbacks.apply(rt.text, rt.queue, str(envid), int(vmid), kind, dict(fields), system_clock,
+                           slot or None, int(attempt))
+
+
+def minute_tick() -> str:
+    """The per-minute upkeep (functions.upkeep.ticks.tick); acts once per minute however often it runs."""
+    settings = Settings.from_env()
+    rt = connect(settings)
+    stats = ticks.tick(rt.text, rt.queue, retention=settings.job_retention)
+    return "skipped (this minute already ran)" if stats is None else f"done: {stats}"
