@@ -116,7 +116,7 @@ def _cpu(value: float | None) -> float | None:
 def avgcpu(vms: Iterable[VmObs]) -> float | None:
     """Mean CPU % of the running VMs that report one (master included); None when none does. Pure."""
     values = [c for c in (_cpu(vm.cpu) for vm in vms if vm.cls == RUNNING) if c is not None]
-    return sum(values) / len(values) if values else None
+    return sum(c / len(values) for c in values) if values else None
 
 
 def variables(vms: Iterable[VmObs]) -> dict[str, float]:
