@@ -1,0 +1,95 @@
+"""Policy expressions and time windows as the decision code needs them: never raising, compiled once. Pure."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from functions.conf.expr import ALIASES, CompiledExpr, ExprError, compile_expr, evaluate
+from functions.conf.windows import Window, WindowSyntaxError, parse_window
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """An expression's value; `error` says why it was forced to false (bad text, division by zero, no data)."""
+
+    value: bool
+    error: str | None = None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+@lru_cache(maxsize=1024)
+def _compiled(text: str) -> CompiledExpr | ExprError:
+    try:
+        return compile_expr(text)
+    except ExprError as exc:
+        return exc
+
+
+def check(text: Any, values: Mapping[str, float]) -> Outcome:
+    """Evaluate expression `text` with `values`. Never raises: any problem is false with an error. Pure."""
+    if not isinstance(text, str):
+        return Outcome(False, "the expression is not a string")
+    compiled = _compiled(text)
+    if isinstance(compiled, ExprError):
+        return Outcome(False, f"bad expression `{text}`: {compiled}")
+    clean = {ALIASES.get(k, k): n for k, n in ((k, _number(v)) for k, v in values.items()) if n is not None}
+    bad = sorted(n for n in compiled.names if n in clean and not math.isfinite(clean[n]))
+    if bad:
+        return Outcome(False, f"`{text}` is false: no usable value for {', '.join(bad)}")
+    try:
+        result = evaluate(compiled, clean)
+    except Exception as exc:  # an expression must never break a tick, whatever it does
+        return Outcome(False, f"`{text}` could not be evaluated: {type(exc).__name__}")
+    if result.error:
+        return Outcome(False, f"`{text}` is false: {result.error}")
+    return Outcome(result.value, None)
+
+
+@lru_cache(maxsize=1024)
+def _window(spec: str, tz: str) -> Window | WindowSyntaxError:
+    try:
+        return parse_window(spec, tz)
+    except WindowSyntaxError as exc:
+        return exc
+
+
+def first_window(windows: Any, now: float, tz: Any) -> tuple[tuple[str, int] | None, list[str]]:
+    """The (name, min) of the first window, in the policy's order, whose spec contains `now` in zone `tz`.
+
+    Returns (None, problems) when none matches; windows that cannot be read are skipped and named in the
+    problems. Pure, never raises.
+    """
+    problems: list[str] = []
+    if not isinstance(windows, Mapping):
+        return None, ["no windows"]
+    zone = tz if isinstance(tz, str) and tz else "UTC"
+    try:
+        moment = datetime.fromtimestamp(now, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None, [f"bad clock value {now!r}"]
+    for name, window in windows.items():
+        spec = window.get("spec") if isinstance(window, Mapping) else None
+        low = window.get("min") if isinstance(window, Mapping) else None
+        if not isinstance(spec, str) or isinstance(low, bool) or not isinstance(low, int):
+            problems.append(f"window {name}: needs a spec and an integer min")
+            continue
+        parsed = _window(spec, zone)
+        if isinstance(parsed, WindowSyntaxError):
+            problems.append(f"window {name}: {parsed}")
+            continue
+        if parsed.contains(moment):
+            return (str(name), max(1, low)), problems
+    return None, problems
