@@ -95,6 +95,13 @@ class Ctx:
     ssh: Callable[..., tuple[sshexec.SshResult, str]] = sshexec.run_remote
     clients: dict[str, OneClient] = field(default_factory=dict)
     on_end: Sequence[EndHook] = ()
+    _install: str = ""
+
+    def install(self) -> str:
+        """This installation's id (tags every VM), read once per context."""
+        if not self._install:
+            self._install = envstore.installation_id(self.r, self.settings.home)
+        return self._install
 
     def event(self, env: Env, kind: str, msg: str, **extra: str) -> None:
         envstore.add_event(self.r, env.envid, env.service, kind, msg, self.clock, **extra)

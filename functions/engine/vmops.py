@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from functions.cloud import sshexec
 from functions.cloud.one import OneClient, VmView
-from functions.model import render, specview, tokens
+from functions.model import ownership, render, specview, tokens
 from functions.store import envstore, keys, tenants
 from functions.store.envstore import VmRecord
 
@@ -60,18 +60,32 @@ def render_vm(ctx: Ctx, env: Env, rec: VmRecord, master_ip: str = "", num_slaves
                                  index=rec.index, num_slaves=num_slaves, deps=specview.deps(env.spec))
     token = tokens.vm_token(envstore.callback_secret(ctx.r), env.envid, rec.slot, rec.nonce)
     extra = {"CARINA_TOKEN": token, "CARINA_ROLE": role, "CARINA_SLOT": rec.slot}
-    tags = {"CARINA_SERVICE": env.service, "CARINA_ENVID": env.envid, "CARINA_ROLE": role,
-            "CARINA_SLOT": rec.slot}
-    return render.render_vm(specview.vm_text(env.spec, role), values, pairs, context_extra=extra, tags=tags,
-                            placement=cfg.get("placement_policy"))
+    return render.render_vm(specview.vm_text(env.spec, role), values, pairs, context_extra=extra,
+                            tags=expected_tags(ctx, env, rec), placement=cfg.get("placement_policy"))
 
 
-def tagged_by_slot(one: OneClient, envid: str) -> dict[str, list[VmView]]:
-    """Live VMs of the environment in OpenNebula, grouped by their CARINA_SLOT tag. Read-only."""
-    out: dict[str, list[VmView]] = {}
-    for view in one.tagged(envid):
-        out.setdefault(view.user_template.get("CARINA_SLOT", ""), []).append(view)
-    return out
+def expected_tags(ctx: Ctx, env: Env, rec: VmRecord) -> dict[str, str]:
+    """The tags the VM of this slot incarnation carries (model.ownership)."""
+    return ownership.vm_tags(env.service, ctx.install(), env.envid, rec.slot, rec.nonce, rec.role)
+
+
+def foreign(ctx: Ctx, env: Env, rec: VmRecord, view: VmView) -> str | None:
+    """Why OpenNebula's VM `view` (found by the record's vmid) is not this record's VM, or None if it is."""
+    return ownership.mismatch(view.user_template, expected_tags(ctx, env, rec))
+
+
+def env_vms(ctx: Ctx, env: Env, one: OneClient) -> list[VmView]:
+    """Live VMs tagged with this environment of this service and installation (one pool call). Read-only."""
+    want = {"CARINA_SERVICE": env.service, "CARINA_INSTALL": ctx.install(), "CARINA_ENVID": env.envid}
+    return [v for v in one.tagged(env.envid) if ownership.mismatch(v.user_template, want) is None]
+
+
+def _mark_missing(ctx: Ctx, env: Env, rec: VmRecord, why: str) -> None:
+    if rec.one_state != "missing":
+        rec.one_state = "missing"
+        envstore.put_vm(ctx.r, env.envid, rec)
+        ctx.event(env, "error", f"{rec.role} {rec.slot}: VM {rec.vmid} is missing: {why}", vmid=str(rec.vmid),
+                  slot=rec.slot)
 
 
 def _adopt(ctx: Ctx, env: Env, rec: VmRecord, vmid: int, how: str) -> VmRecord:
@@ -96,7 +110,7 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
         text = render_vm(ctx, env, rec, master_ip, num_slaves)       # render errors before any intent
         envstore.put_vm(ctx.r, env.envid, rec)
     else:
-        found = sorted(tagged_by_slot(one, env.envid).get(slot, []), key=lambda v: v.vmid)
+        found = sorted((v for v in one.tagged(env.envid) if foreign(ctx, env, rec, v) is None), key=lambda v: v.vmid)
         if found:
             for extra in found[1:]:
                 one.terminate(extra.vmid)
@@ -111,9 +125,9 @@ def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
     """Refresh the record from OpenNebula (state, IP, CPU); marks it running once RUNNING. Returns the view."""
     assert rec.vmid is not None
     view = one.info(rec.vmid)
-    if view is None or view.gone:
-        rec.one_state = "missing"
-        envstore.put_vm(ctx.r, env.envid, rec)
+    why = "gone from OpenNebula" if view is None or view.gone else foreign(ctx, env, rec, view)
+    if why:
+        _mark_missing(ctx, env, rec, why)
         return None
     changed = rec.one_state != view.short_status()
     rec.one_state = view.short_status()
@@ -169,15 +183,21 @@ def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = Fa
     """
     if rec.vmid is not None:
         view = one.info(rec.vmid)
-        if view is not None and not view.gone:
+        why = foreign(ctx, env, rec, view) if view is not None and not view.gone else None
+        if why:
+            ctx.event(env, "error", f"{rec.role} {rec.slot}: not terminating VM {rec.vmid}: {why}",
+                      vmid=str(rec.vmid), slot=rec.slot)
+        elif view is not None and not view.gone:
             one.terminate(rec.vmid, hard=hard or view.failed or view.unknown)
             if rec.state != "removing":
                 rec.state = "removing"
                 envstore.put_vm(ctx.r, env.envid, rec)
                 ctx.event(env, "step", f"{rec.role} {rec.slot}: terminating VM {rec.vmid}", vmid=str(rec.vmid))
             return False
-        ctx.r.delete(keys.vm_index(env.endpoint, rec.vmid))
-        envstore.forget_hostkey(ctx.r, env.endpoint, rec.vmid)
+        if ctx.r.get(keys.vm_index(env.endpoint, rec.vmid)) == f"{env.envid} {rec.slot}":
+            ctx.r.delete(keys.vm_index(env.endpoint, rec.vmid))
+        if not why:                       # a reused id's pin is its new owner's
+            envstore.forget_hostkey(ctx.r, env.endpoint, rec.vmid)
     envstore.del_vm(ctx.r, env.envid, rec.slot)
     env.vms.pop(rec.slot, None)
     return True

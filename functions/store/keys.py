@@ -125,6 +125,11 @@ def callback_secret() -> str:
     return f"{PREFIX}callback_secret"
 
 
+def install_id() -> str:
+    """This installation's id (tags every VM: CARINA_INSTALL); also kept in CARINA_HOME/install.id."""
+    return f"{PREFIX}install_id"
+
+
 def tick(name: str, minute: int) -> str:
     return f"{PREFIX}tick:{name}:{minute}"
 

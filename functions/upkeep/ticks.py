@@ -18,7 +18,7 @@ from rq import Queue
 
 from functions.cloud.one import OneClient, OneError, OneUnavailable, VmView
 from functions.engine import kick as lifecycle
-from functions.model import specview
+from functions.model import ownership, specview
 from functions.model.clock import Clock, system_clock
 from functions.ops import callbacks
 from functions.store import envstore, keys, tenants
@@ -34,9 +34,12 @@ def claim_minute(r: redis.Redis, name: str, now: float) -> bool:
     return bool(r.set(keys.tick(name, int(now // 60)), "1", nx=True, ex=TICK_TTL))
 
 
-def _apply_snapshot(r: redis.Redis, envid: str, views: dict[int, VmView], taken: float) -> int:
-    """Write one_state/cpu of the environment's records from a pool snapshot; returns records changed."""
+def _apply_snapshot(r: redis.Redis, envid: str, service: str, views: dict[int, VmView], taken: float) -> int:
+    """Write one_state/cpu of the environment's records from a pool snapshot; returns records changed.
+
+    A VM id whose tags name another owner (a reused id) counts as the record's VM missing."""
     newest = max(views, default=-1)
+    install = envstore.known_installation_id(r)
     changed = 0
     with envstore.env_lock(r, envid) as got:
         if not got:
@@ -47,6 +50,9 @@ def _apply_snapshot(r: redis.Redis, envid: str, views: dict[int, VmView], taken:
             view = views.get(rec.vmid)
             if view is None and (rec.vmid > newest or rec.created > taken):
                 continue                      # allocated after the snapshot: cannot judge
+            tags = ownership.vm_tags(service, install, envid, rec.slot, rec.nonce, rec.role)
+            if view is not None and ownership.mismatch(view.user_template, tags):
+                view = None
             state = view.short_status() if view is not None else "missing"
             cpu = view.cpu if view is not None and view.cpu is not None else rec.cpu
             if (state, cpu) != (rec.one_state, rec.cpu):
@@ -89,7 +95,7 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
             continue
         stats["endpoints"] += 1
         for envid in envids:
-            stats["changed"] += _apply_snapshot(r, envid, views, taken)
+            stats["changed"] += _apply_snapshot(r, envid, service, views, taken)
     return stats
 
 

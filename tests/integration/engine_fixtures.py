@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 import socket
+import tempfile
 import time
 import xmlrpc.client
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -208,7 +210,8 @@ def open_rig(rdb: redis.Redis, **settings: Any) -> Iterator[Rig]:
     kw = rdb.connection_pool.connection_kwargs
     raw = redis.Redis(host=kw["host"], port=kw["port"], db=kw.get("db", 0))
     opts: dict[str, Any] = {"create_deadline": 600, "drain_time_default": 30, "ssh_timeout": 5.0,
-                            "callback_addr": "127.0.0.1:4567", **settings}
+                            "callback_addr": "127.0.0.1:4567", "home": Path(tempfile.mkdtemp(prefix="carina-home-")),
+                            **settings}
     rig = Rig(r=rdb, queue=JsonQueue("carina", connection=raw), sim=sim, clock=clock, settings=Settings(**opts))
     rig.ssh = SshRecorder(clock)
     tenants.add_service(rdb, SERVICE, clock=clock)

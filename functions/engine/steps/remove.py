@@ -15,7 +15,7 @@ def remove_step(ctx: Ctx, env: Env) -> Step:
     try:
         one = ctx.one(env)
         pending = [rec.slot for rec in list(env.vms.values()) if not vmops.terminate(ctx, env, one, rec)]
-        for view in one.tagged(env.envid):
+        for view in vmops.env_vms(ctx, env, one):
             one.terminate(view.vmid, hard=view.failed or view.unknown)
             pending.append(f"VM {view.vmid}")
     except (OneError, specview.SpecError) as exc:
