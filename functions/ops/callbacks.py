@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -132,6 +133,18 @@ def pump_retries(queue: Queue, now: float | None = None, batch: int = 200) -> in
     return len(taken)
 
 
+INIT_RE = {"master": re.compile(r"MASTER_INIT_(DONE|FAIL)"), "slave": re.compile(r"SLAVE_[0-9]+_INIT_(DONE|FAIL)")}
+
+
+def init_verdict(status: str, rec: VmRecord) -> str:
+    """"done" / "fail:<status>" when `status` is this VM's own init report (MASTER_INIT_* from the master,
+    SLAVE_<n>_INIT_* from a slave; a `:reason` may follow), else "". Pure."""
+    match = INIT_RE[rec.role].fullmatch(status.split(":", 1)[0])
+    if match is None:
+        return ""
+    return "done" if match.group(1) == "DONE" else f"fail:{status}"
+
+
 def _record(r: redis.Redis, envid: str, vmid: int, kind: str, fields: dict[str, str],
             slot: str | None) -> VmRecord | None:
     """Write the reported values to the VM record (and the env status). Caller holds the env lock."""
@@ -147,6 +160,7 @@ def _record(r: redis.Redis, envid: str, vmid: int, kind: str, fields: dict[str, 
         rec.status = "NET_CONFIG_DONE"
     else:
         rec.status = fields["status"]
+        rec.init = rec.init or init_verdict(fields["status"], rec)
         envstore.update_env(r, envid, status=fields["status"])
     envstore.put_vm(r, envid, rec)
     return rec

@@ -39,7 +39,8 @@ class VmRecord:
 
     `state` is Carina's view: allocating (intent recorded, OpenNebula not yet answered) → allocated →
     running → announced (slave added on the master) → removing → gone. `status` is the last status string
-    reported by the VM or set by Carina (VM_CREATE, NET_CONFIG_DONE, MASTER_INIT_DONE, ...).
+    reported by the VM or set by Carina (VM_CREATE, NET_CONFIG_DONE, MASTER_INIT_DONE, ...), last writer wins;
+    `init` keeps the incarnation's first *_INIT_DONE / *_INIT_FAIL verdict, which later statuses never undo.
     """
 
     slot: str
@@ -55,6 +56,7 @@ class VmRecord:
     cpu: float = -1
     one_state: str = ""
     created: float = 0.0
+    init: str = ""          # the VM's first init verdict: "done" or "fail:<status>"; never undone by later statuses
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

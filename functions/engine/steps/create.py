@@ -18,7 +18,10 @@ SSH_RETRY = 2.0
 
 
 def _status_of(env: Env, master: VmRecord) -> str:
-    """The master's init verdict: its own reported status first, then the environment's."""
+    """The master's init verdict: the recorded fact first (later statuses cannot undo it), then its last
+    reported status, then the environment's (records written before verdicts were kept)."""
+    if master.init:
+        return "MASTER_INIT_DONE" if master.init == "done" else master.init.removeprefix("fail:")
     for status in (master.status, str(env.data.get("status") or "")):
         if status.startswith(("MASTER_INIT_DONE", "MASTER_INIT_FAIL")):
             return status
