@@ -13,9 +13,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+GRACE_SECONDS = 0.3
 
 
 def _marker(workdir: Path) -> bytes:
@@ -79,6 +81,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while sys.stdin.buffer.read(4096):
         pass
+    time.sleep(GRACE_SECONDS)  # after a clean stop the simulator's own kills are still landing
     count = sweep(Path(argv[0]))
     if count:
         print(f"onesim reaper: killed {count} guest process(es) left by a stopped simulator", file=sys.stderr)
