@@ -218,8 +218,7 @@ def _persisted(model: Model, workdir: Path, fresh: bool) -> tuple[Persister, lis
     if fresh:
         wipe(workdir)
     persister = Persister(workdir)
-    with model.lock:
-        return persister, persister.load(model)
+    return persister, persister.load(model)
 
 
 def start_simulator(port: int = 0, *, auth: str = "oneadmin:onesim", inventory: Path | None = None,

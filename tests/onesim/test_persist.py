@@ -11,7 +11,8 @@ import pytest
 from functions.clock import FakeClock
 from onesim import lifecycle
 from onesim import xmlout as X
-from onesim.persist import ID_BLOCK, IDS_FILE, POOL_FILE, STATE_DIR, StateError, vm_from_record, vm_record
+from onesim.persist import ID_BLOCK, IDS_FILE, POOL_FILE, STATE_DIR, StateError
+from onesim.records import vm_from_record, vm_record
 from onesim.server import SimHandle, start_simulator
 from tests.onesim.conftest import GuestRecorder
 
@@ -116,12 +117,63 @@ def test_unsaved_changes_after_a_crash_never_reuse_an_id(cloud: Cloud) -> None:
     assert cloud.handle is not None and cloud.handle.persister is not None
     assert cloud.handle.persister.flush(cloud.handle.model)
     assert cloud.one.vm.allocate(VM) == 1  # never saved: the "crash" below loses it
-    persister, cloud.handle.persister = cloud.handle.persister, None
-    persister._stop.set()  # a crash: no final save
-    cloud.stop()
+    _crash(cloud)
     cloud.start()
     assert sorted(cloud.handle.model.vms) == [0]  # type: ignore[union-attr]
     assert cloud.one.vm.allocate(VM) > 1
+
+
+def _crash(cloud: Cloud) -> None:
+    """Stop the in-process simulator without its final save (what SIGKILL leaves on disk)."""
+    assert cloud.handle is not None and cloud.handle.persister is not None
+    persister, cloud.handle.persister = cloud.handle.persister, None
+    persister._stop.set()
+    cloud.stop()
+
+
+def test_changes_are_journaled_and_a_torn_last_line_is_ignored(cloud: Cloud) -> None:
+    state = cloud.workdir / STATE_DIR
+    snapshot = (state / POOL_FILE).read_bytes()
+    gen = json.loads(snapshot)["generation"]
+    vmid = cloud.one.vm.allocate(VM)
+    cloud.tick()
+    assert cloud.handle is not None and cloud.handle.persister is not None
+    assert cloud.handle.persister.flush(cloud.handle.model)
+    assert not cloud.handle.persister.flush(cloud.handle.model)  # nothing changed: nothing written
+    journal = state / f"journal-{gen}.jsonl"
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert (state / POOL_FILE).read_bytes() == snapshot and entries[0]["vm"]["id"] == vmid
+    with open(journal, "a") as fh:
+        fh.write('{"vm":{"id":7,"na')  # the simulator died in the middle of an append
+    _crash(cloud)
+    cloud.start()
+    assert cloud.handle is not None and list(cloud.handle.model.vms) == [vmid]
+    assert cloud.one.vm.info(vmid).LCM_STATE == 3
+    assert json.loads((state / POOL_FILE).read_text())["generation"] == gen + 1 and not journal.exists()
+
+
+def test_a_journal_larger_than_its_snapshot_is_compacted(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onesim import persist
+
+    monkeypatch.setattr(persist, "COMPACT_MIN_BYTES", 0)
+    assert cloud.handle is not None and cloud.handle.persister is not None
+    state = cloud.workdir / STATE_DIR
+    gen = json.loads((state / POOL_FILE).read_text())["generation"]
+    for _ in range(3):
+        cloud.one.vm.allocate(VM)
+        cloud.handle.persister.flush(cloud.handle.model)
+    pool = json.loads((state / POOL_FILE).read_text())
+    assert pool["generation"] > gen and [v["id"] for v in pool["vms"]][:1] == [0]
+    assert sorted(p.name for p in state.glob("journal-*")) == [f"journal-{pool['generation']}.jsonl"]
+
+
+def test_a_bad_line_inside_the_journal_is_refused(cloud: Cloud) -> None:
+    state = cloud.workdir / STATE_DIR
+    cloud.stop()
+    gen = json.loads((state / POOL_FILE).read_text())["generation"]
+    (state / f"journal-{gen}.jsonl").write_text('{"gone": 1}\n{oops\n{"gone": 2}\n')
+    with pytest.raises(StateError, match="line 2 is not JSON"):
+        cloud.start()
 
 
 def test_fresh_starts_an_empty_cloud_and_drops_the_sandboxes(cloud: Cloud) -> None:
@@ -137,7 +189,7 @@ def test_fresh_starts_an_empty_cloud_and_drops_the_sandboxes(cloud: Cloud) -> No
 def test_an_unreadable_state_file_is_refused_and_kept(tmp_path: Path) -> None:
     pool = tmp_path / STATE_DIR / POOL_FILE
     pool.parent.mkdir(parents=True)
-    pool.write_text('{"format": 1, "vms": [{"id": 0}]}')
+    pool.write_text('{"format": 1, "generation": 1, "vms": [{"id": 0}]}')
     with pytest.raises(StateError, match=r"pool\.json: bad record .*--fresh"):
         start_simulator(workdir=tmp_path, persist=True)
     pool.write_text("{not json")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 import pyone
 import pytest
 
+from onesim.persist import load_records
 from tests.harness import free_port, project_env, wait_port
 
 INIT = b"""#!/bin/sh
@@ -140,9 +140,12 @@ def test_the_cloud_and_its_guests_survive_sigterm_and_sigkill(sim: SimProcess, f
     second = one.vm.allocate(template)
     assert second == vmid + 1
     wait_until(lambda: _running(one, second) and _boots(sim, second) == 1, what="second guest")
-    pool = sim.workdir / "state" / "pool.json"
-    wait_until(lambda: any((v["id"], v["state"], v["lcm"]) == (second, 3, 3)
-                           for v in json.loads(pool.read_text())["vms"]), 10, "the second VM to be saved RUNNING")
+
+    def saved_running() -> bool:
+        saved = load_records(sim.workdir / "state")
+        return saved is not None and (saved[2].get(second) or {}).get("lcm") == 3
+
+    wait_until(saved_running, 10, "the second VM to be saved RUNNING")
 
     assert sim.signal(signal.SIGKILL) == -signal.SIGKILL
     wait_until(lambda: not procs_with(guest_procs), 10, "the watchdog to kill the guests of a killed simulator")
