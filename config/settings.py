@@ -17,13 +17,20 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def home_from_env(env: dict[str, str] | None = None) -> Path:
+    """CARINA_HOME (default `var`) as an absolute path; a relative value is taken from the working directory
+    at the moment of the call (the Procfile's processes all start in the same one), so call it once at start."""
+    env = os.environ if env is None else env
+    return Path(env.get("CARINA_HOME") or "var").resolve()
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a Carina process needs to know about its surroundings."""
 
     port: int = 4567
     redis_url: str = "redis://127.0.0.1:6379/0"
-    home: Path = ROOT / "var"
+    home: Path = ROOT / "var"          # from_env: $CARINA_HOME made absolute once, default ./var
     onesim_port: int = 2633
     onesim_auth: str = "oneadmin:onesim"
     onesim_ssh_port: int = 2222
@@ -43,7 +50,7 @@ class Settings:
         env = dict(os.environ if env is None else env)
         port = _int(env, "CARINA_PORT", 4567)
         redis_port = _int(env, "REDIS_PORT", 6379)
-        home = Path(env.get("CARINA_HOME") or ROOT / "var").resolve()
+        home = home_from_env(env)
         return cls(
             port=port,
             redis_url=env.get("REDIS_URL") or f"redis://127.0.0.1:{redis_port}/0",

@@ -1,7 +1,9 @@
 """`python -m onesim [options]` runs the simulator; `python -m onesim fault ...` injects faults.
 
 Defaults come from ONESIM_PORT (2633), ONESIM_AUTH (oneadmin:onesim), ONESIM_SSH_PORT (2222) and
-CARINA_HOME (workdir $CARINA_HOME/onesim). SIGTERM or SIGINT stops it cleanly.
+CARINA_HOME (workdir $CARINA_HOME/onesim, made absolute at start; CARINA_HOME defaults to ./var).
+The cloud is kept in <workdir>/state across restarts (`--fresh` starts an empty one); RUNNING VMs get their
+guests booted again. SIGTERM or SIGINT stops it cleanly (guests killed, state saved).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inventory", type=Path, default=None, help="inventory YAML (default config/onesim.yaml)")
     p.add_argument("--guests", choices=["process", "synthetic", "none"], default="process")
     p.add_argument("--ssh-port", type=int, default=int(env.get("ONESIM_SSH_PORT", "2222")))
-    home = Path(env.get("CARINA_HOME", "var"))
-    p.add_argument("--workdir", type=Path, default=home / "onesim")
+    p.add_argument("--workdir", type=Path, default=None, help="default $CARINA_HOME/onesim")
+    p.add_argument("--fresh", action="store_true", help="discard the saved cloud and start an empty one")
     for name in DELAY_NAMES:
         p.add_argument(f"--delay-{name}", type=float, default=DEFAULT_DELAYS[name], metavar="S",
                        help=f"seconds for {name} (default {DEFAULT_DELAYS[name]:g})")
@@ -42,20 +44,22 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s onesim %(levelname)s %(message)s")
     from onesim.inventory import InventoryError
-    from onesim.server import start_simulator
+    from onesim.server import default_workdir, start_simulator
 
     delays = {name: getattr(args, f"delay_{name}") for name in DELAY_NAMES}
+    stop = threading.Event()  # set before loading: a stop during a long load still saves and exits
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    workdir = (args.workdir or default_workdir()).resolve()  # guests never depend on the working directory
     try:
-        args.workdir.mkdir(parents=True, exist_ok=True)
+        workdir.mkdir(parents=True, exist_ok=True)
         handle = start_simulator(args.port, auth=args.auth, inventory=args.inventory, guests=args.guests,
-                                 ssh_port=args.ssh_port, delays=delays, workdir=args.workdir, host=args.host)
+                                 ssh_port=args.ssh_port, delays=delays, workdir=workdir, host=args.host,
+                                 persist=True, fresh=args.fresh)
     except (InventoryError, ValueError, OSError) as exc:
         print(f"onesim: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    logging.getLogger("onesim").info("serving %s (guests=%s)", handle.url, args.guests)
+    logging.getLogger("onesim").info("serving %s (guests=%s, state in %s)", handle.url, args.guests, workdir)
     stop.wait()
     handle.stop()
     logging.getLogger("onesim").info("stopped")

@@ -5,7 +5,9 @@ Plain functions (no processes, no sockets besides HTTP GETs), used by onesim.gue
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import urllib.request
 from pathlib import Path
 from urllib.parse import quote, unquote, urlencode, urlsplit
@@ -100,3 +102,20 @@ def authorized_key_url(context: dict[str, str]) -> str | None:
 def exit_status(code: int) -> int:
     """A Popen return code as a shell reports it (killed by signal N -> 128 + N)."""
     return 128 - code if code < 0 else code
+
+
+def host_key_seed(path: Path) -> bytes:
+    """A 32-byte secret kept in `path` (created once, mode 0600): synthetic host keys derive from it, so they
+    survive a simulator restart. Safe to run twice."""
+    try:
+        seed = path.read_bytes()
+        if len(seed) == 32:
+            return seed
+    except FileNotFoundError:
+        pass
+    seed = secrets.token_bytes(32)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+        fh.write(seed)
+    tmp.replace(path)
+    return seed

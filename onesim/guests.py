@@ -7,6 +7,8 @@ Modes (one per simulator run):
 - `synthetic`: no processes; the manager makes the standard callbacks itself and answers SSH with exit 0.
 - `none`: nothing.
 Guest processes run as the simulator's own user: the sandbox is a directory, not a security boundary.
+Each guest process runs in its own process group and is killed when its VM leaves RUNNING or the simulator
+stops; a watchdog process (onesim.reaper) kills what is left if the simulator dies without stopping them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import hmac
 import json
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import threading
@@ -39,8 +40,10 @@ from onesim.guestlib import (
     file_name,
     guest_env,
     guest_user,
+    host_key_seed,
     http_get,
 )
+from onesim.reaper import start_watchdog, sweep
 from onesim.sshd import (
     Endpoint,
     ExecResult,
@@ -52,6 +55,8 @@ from onesim.sshd import (
 )
 
 log = logging.getLogger(__name__)
+HOST_KEY_SEED_FILE = "synthetic-hostkey.seed"
+
 
 class _ProcessGuest:
     """One VM running for real: sandbox, context files, init scripts, SSH. All methods are thread-safe."""
@@ -209,7 +214,8 @@ class _ProcessGuest:
 class _SyntheticGuests:
     """Callbacks and SSH for many VMs without processes: a small thread pool and the shared accept loop.
 
-    Host keys derive from a per-run secret and the vmid: a VM powered off and resumed keeps its key.
+    Host keys derive from a secret kept in the workdir and the vmid: a VM keeps its key across power cycles and
+    simulator restarts.
     """
 
     def __init__(self, workdir: Path, ssh_port: int, server: SshServer) -> None:
@@ -219,7 +225,7 @@ class _SyntheticGuests:
         self._live: dict[int, dict[str, str]] = {}
         self._keys: dict[str, str] = {}
         self._host_keys: dict[int, paramiko.PKey] = {}
-        self._host_key_secret = secrets.token_bytes(32)  # host keys derive from it: same key after a restart
+        self._host_key_secret = host_key_seed(workdir / HOST_KEY_SEED_FILE)  # kept: same keys after a restart
         self._log_lock = threading.Lock()
 
     def start(self, vmid: int, ip: str, context: dict[str, str]) -> None:
@@ -320,14 +326,20 @@ class GuestManager:
             raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
         if not 0 <= ssh_port <= 65535:
             raise ValueError(f"ssh_port: must be 0..65535, got {ssh_port}")
-        self.mode, self.ssh_port, self.workdir = mode, ssh_port, Path(workdir)
+        self.mode, self.ssh_port, self.workdir = mode, ssh_port, Path(workdir).resolve()
         self._lock = threading.Lock()
         self._guests: dict[int, _ProcessGuest] = {}
         self._server: SshServer | None = None
         self._synthetic: _SyntheticGuests | None = None
+        self._reaper: subprocess.Popen[bytes] | None = None
         if mode != "none":
             self.workdir.mkdir(parents=True, exist_ok=True)
             self._server = SshServer()
+        if mode == "process":
+            left = sweep(self.workdir)  # guests of an earlier run whose watchdog did not get to them
+            if left:
+                log.warning("killed %d guest process(es) left by an earlier run in %s", left, self.workdir)
+            self._reaper = start_watchdog(self.workdir)
         if mode == "synthetic":
             assert self._server is not None
             self._synthetic = _SyntheticGuests(self.workdir, ssh_port, self._server)
@@ -376,3 +388,10 @@ class GuestManager:
             self.stop(vmid)
         if self._server is not None:
             self._server.close()
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            reaper.stdin.close()  # type: ignore[union-attr]  # EOF: the watchdog sweeps stragglers and exits
+            try:
+                reaper.wait(10)
+            except subprocess.TimeoutExpired:
+                reaper.kill()

@@ -25,6 +25,8 @@ ZERO_DELAYS = {name: 0.0 for name in DELAY_NAMES} | {"monitor": 5.0}
 DEFAULT_DELAYS = {"schedule": 1.0, "prolog": 1.0, "boot": 2.0, "shutdown": 1.0, "epilog": 1.0, "save": 1.0,
                   "monitor": 5.0}
 MONITORING_KEEP = 200  # records kept per VM
+# Vm fields whose assignment does not bump Vm.rev (monitoring and scheduler bookkeeping, not worth a save)
+QUIET_FIELDS = frozenset({"rev", "last_poll", "last_monitor", "monitoring", "sched_epoch", "sched_tried_at"})
 SCHED_RETRY_SECONDS = 15.0  # an unplaceable VM is retried at least this often (oned's scheduler cycle)
 
 
@@ -72,6 +74,12 @@ class Vm:
     leases: list[tuple[int, str]] = field(default_factory=list)
     sched_epoch: int = -1  # capacity epoch of the last failed placement attempt (-1: try at the next tick)
     sched_tried_at: float = 0.0  # when that attempt was made
+    rev = 0  # not a field: bumped by every assignment of a field outside QUIET_FIELDS (onesim.persist)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name not in QUIET_FIELDS:
+            object.__setattr__(self, "rev", self.rev + 1)
 
     def ip(self) -> str:
         """The first NIC's IP ("" when the VM has no NIC)."""

@@ -4,7 +4,6 @@ the model, and a thread that delivers guest start/stop events (outside the model
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import socketserver
 import threading
@@ -20,6 +19,7 @@ from onesim import states as S
 from onesim.api import I8, Api
 from onesim.inventory import load_inventory
 from onesim.model import Clock, Model
+from onesim.persist import Persister, wipe
 
 log = logging.getLogger("onesim")
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
@@ -161,6 +161,7 @@ class SimHandle:
     api: Api
     endpoint: _Endpoint
     guests: Any
+    persister: Persister | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
 
@@ -173,6 +174,8 @@ class SimHandle:
         self.model.guest_events.put(("quit",))
         for thread in self.threads:
             thread.join(5)
+        if self.persister is not None:
+            self.persister.close(self.model)
         try:
             self.guests.close()
         except Exception:
@@ -203,25 +206,54 @@ def _deliver(handle: SimHandle) -> None:
             log.exception("guest %s of VM %s failed", event[0], event[1])
 
 
+def default_workdir() -> Path:
+    """$CARINA_HOME/onesim as an absolute path (CARINA_HOME defaults to ./var)."""
+    from config.settings import home_from_env
+
+    return home_from_env() / "onesim"
+
+
+def _persisted(model: Model, workdir: Path, fresh: bool) -> tuple[Persister, list[int]]:
+    """Load the saved cloud of `workdir` (after wiping it when `fresh`): (persister, RUNNING vmids)."""
+    if fresh:
+        wipe(workdir)
+    persister = Persister(workdir)
+    return persister, persister.load(model)
+
+
 def start_simulator(port: int = 0, *, auth: str = "oneadmin:onesim", inventory: Path | None = None,
                     guests: str = "none", ssh_port: int = 2222, delays: dict[str, float] | None = None,
                     workdir: Path | None = None, host: str = "127.0.0.1", clock: Clock = time.time,
-                    tick: bool = True, guest_manager: Any = None) -> SimHandle:
+                    tick: bool = True, guest_manager: Any = None, persist: bool = False,
+                    fresh: bool = False) -> SimHandle:
     """Start a simulator in this process (background threads); port 0 picks a free port.
 
     `delays` override the lifecycle delays (all 0 by default in-process, so tests run fast);
     `tick=False` leaves time to the caller (`lifecycle.tick(handle.model)` under `model.lock`);
-    `guest_manager` (an object with start/stop/close) replaces the one `guests` would build.
+    `guest_manager` (an object with start/stop/close) replaces the one `guests` would build;
+    `persist` keeps the cloud in `<workdir>/state` (loaded now, saved while running and at stop; RUNNING VMs get
+    their guests started again), `fresh` discards what was saved first. Raises persist.StateError for an
+    unreadable saved cloud.
     """
     model = Model(load_inventory(inventory, auth), clock=clock, delays=delays)
+    workdir = (workdir or default_workdir()).resolve()
+    persister, running = _persisted(model, workdir, fresh) if persist else (None, [])
     if guest_manager is None:
-        guest_manager = make_guests(guests, ssh_port, workdir or Path(os.environ.get("CARINA_HOME", "var")) / "onesim")
+        guest_manager = make_guests(guests, ssh_port, workdir)
     api = Api(model)
     faults.register(api)
+    if persister is not None:
+        persister.guard(api)
     endpoint = _Endpoint(host, port, api)
     api.hooks["down"] = endpoint.down
     handle = SimHandle(url=f"http://{host}:{endpoint.port}/RPC2", auth=auth, port=endpoint.port, model=model,
-                       api=api, endpoint=endpoint, guests=guest_manager)
+                       api=api, endpoint=endpoint, guests=guest_manager, persister=persister)
+    with model.lock:
+        for vmid in running:  # as a host coming back: the guest boots again and re-runs its context
+            vm = model.vms[vmid]
+            model.guest_events.put(("start", vmid, vm.ip(), dict(vm.context)))
+    if persister is not None:
+        persister.start(model)
     workers = [threading.Thread(target=_deliver, args=(handle,), name="onesim-guests", daemon=True)]
     if tick:
         workers.append(threading.Thread(target=_ticker, args=(handle,), name="onesim-tick", daemon=True))
