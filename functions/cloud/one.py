@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import decimal
 import logging
+import math
 import xml.parsers.expat
 import xmlrpc.client
 from dataclasses import dataclass, field
@@ -117,6 +118,15 @@ def _first_ip(template: Any) -> str | None:
             if isinstance(nic, dict) and nic.get("IP"):
                 return str(nic["IP"])
     return None
+
+
+def _cpu(value: Any) -> float | None:
+    """A monitored CPU figure, or None when absent or not a finite number (OpenNebula may send NaN)."""
+    try:
+        num = float(value) if value is not None else None
+    except (TypeError, ValueError, decimal.InvalidOperation):
+        return None
+    return num if num is not None and math.isfinite(num) else None
 
 
 def _last_host(vm: Any) -> str | None:
@@ -231,8 +241,7 @@ class OneClient:
             if exc.code == NO_EXISTS:
                 return None
             raise
-        cpu = getattr(vm.MONITORING, "CPU", None) if vm.MONITORING is not None else None
-        return _view(vm, float(cpu) if cpu is not None else None)
+        return _view(vm, _cpu(getattr(vm.MONITORING, "CPU", None) if vm.MONITORING is not None else None))
 
     def terminate(self, vmid: int, hard: bool = False) -> None:
         """Ask OpenNebula to terminate the VM. Safe to run twice: absent, DONE or a state where terminate
@@ -251,8 +260,8 @@ class OneClient:
         mon = self._call("vmpool.monitoring", ALL_USERS, 0)
         cpu: dict[int, float] = {}
         for rec in getattr(mon, "MONITORING", None) or []:
-            if rec.ID is not None and rec.CPU is not None:
-                cpu[int(rec.ID)] = float(rec.CPU)
+            if rec.ID is not None and (value := _cpu(rec.CPU)) is not None:
+                cpu[int(rec.ID)] = value
         return [_view(vm, cpu.get(int(vm.ID))) for vm in getattr(vms, "VM", None) or []]
 
     def tagged(self, envid: str) -> list[VmView]:

@@ -7,6 +7,7 @@ hash with decoded spec, a VM record as a dict, a job hash, an event entry).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -50,9 +51,10 @@ def _float(value: object) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value)  # type: ignore[arg-type]
+        num = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
+    return num if math.isfinite(num) else None
 
 
 def _number(value: object) -> int | float:

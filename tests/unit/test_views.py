@@ -56,6 +56,12 @@ def test_vm_row_blanks_and_cpu_formats() -> None:
     assert views.vm_json("3", {"cpu": "junk"})["cpu"] == -1
 
 
+def test_a_cpu_of_nan_or_inf_from_opennebula_lists_as_unknown_not_a_crash() -> None:
+    for value in (float("nan"), float("inf"), float("-inf"), "NaN", "inf"):
+        doc = views.vm_json("3", {"cpu": value})
+        assert doc["cpu"] == -1 and views.vm_row(doc)[-1] == -1
+
+
 def test_ruby_time_matches_the_original_format() -> None:
     # 2012-09-17 14:41:29 UTC was a Monday
     assert views.ruby_time(1347892889) == "Mon Sep 17 14:41:29 +0000 2012"
