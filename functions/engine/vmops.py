@@ -152,6 +152,12 @@ def boot_failure(rec: VmRecord, view: VmView | None) -> str | None:
     return None
 
 
+def pin_id(env: Env, rec: VmRecord) -> str:
+    """Whose host key a pin is: the service, the endpoint's URL, the VM id and the slot incarnation's nonce (a
+    reused VM id or another service's endpoint of the same name never shares a pin)."""
+    return f"{env.service} {specview.proxy(env.spec)} {rec.vmid} {rec.nonce}"
+
+
 def master_command(ctx: Ctx, env: Env, master: VmRecord, verb: str, slave: VmRecord) -> None:
     """SSH to the master as adminuser and run `~/<master script> <verb> <slave ip> <slavedata>`.
 
@@ -165,11 +171,11 @@ def master_command(ctx: Ctx, env: Env, master: VmRecord, verb: str, slave: VmRec
     command = sshexec.script_command(script, [verb, slave.ip, str(env.cfg.get("slavedata") or "")])
     private_pem, _ = tenants.service_keypair(ctx.r, env.service)
     assert master.vmid is not None
-    known = envstore.pinned_hostkey(ctx.r, env.endpoint, master.vmid)
+    known = envstore.pinned_hostkey(ctx.r, pin_id(env, master))
     result, seen = ctx.ssh(master.ip, ctx.settings.ssh_port, str(env.cfg.get("adminuser") or "root"),
                            private_pem, command, known_key=known, timeout=ctx.settings.ssh_timeout)
     if known is None:
-        envstore.pin_hostkey(ctx.r, env.endpoint, master.vmid, seen)
+        envstore.pin_hostkey(ctx.r, pin_id(env, master), seen)
     if result.rc != 0:
         raise sshexec.SshFailed(f"`{verb}` on the master exited {result.rc}: {(result.err or result.out)[-200:]}")
     ctx.event(env, "step", f"master: {verb} {slave.ip} {env.cfg.get('slavedata') or ''}".rstrip(),
@@ -196,8 +202,7 @@ def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = Fa
             return False
         if ctx.r.get(keys.vm_index(env.endpoint, rec.vmid)) == f"{env.envid} {rec.slot}":
             ctx.r.delete(keys.vm_index(env.endpoint, rec.vmid))
-        if not why:                       # a reused id's pin is its new owner's
-            envstore.forget_hostkey(ctx.r, env.endpoint, rec.vmid)
+        envstore.forget_hostkey(ctx.r, pin_id(env, rec))
     envstore.del_vm(ctx.r, env.envid, rec.slot)
     env.vms.pop(rec.slot, None)
     return True

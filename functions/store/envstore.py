@@ -361,18 +361,19 @@ def inflight(r: redis.Redis) -> list[str]:
     return sorted(r.smembers(keys.inflight()), key=int)
 
 
-def pinned_hostkey(r: redis.Redis, endpoint: str, vmid: int) -> str | None:
-    return r.hget(keys.hostkeys(), f"{endpoint}:{vmid}")
+def pinned_hostkey(r: redis.Redis, pin: str) -> str | None:
+    """The host key pinned for VM incarnation `pin` (vmops.pin_id), or None. Read-only."""
+    return r.hget(keys.hostkeys(), pin)
 
 
-def pin_hostkey(r: redis.Redis, endpoint: str, vmid: int, key: str) -> str:
-    """Pin `key` for the VM unless one is pinned already; returns the key now pinned."""
-    r.hsetnx(keys.hostkeys(), f"{endpoint}:{vmid}", key)
-    return r.hget(keys.hostkeys(), f"{endpoint}:{vmid}") or key
+def pin_hostkey(r: redis.Redis, pin: str, key: str) -> str:
+    """Pin `key` for the VM incarnation unless one is pinned already; returns the key now pinned."""
+    r.hsetnx(keys.hostkeys(), pin, key)
+    return r.hget(keys.hostkeys(), pin) or key
 
 
-def forget_hostkey(r: redis.Redis, endpoint: str, vmid: int) -> None:
-    r.hdel(keys.hostkeys(), f"{endpoint}:{vmid}")
+def forget_hostkey(r: redis.Redis, pin: str) -> None:
+    r.hdel(keys.hostkeys(), pin)
 
 
 def callback_secret(r: redis.Redis) -> bytes:

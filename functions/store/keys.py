@@ -24,7 +24,7 @@ State model (hashes are the source of truth, streams are the event log):
 - service_jobs(s):     sorted set jobid (score = jobid)
 - job(j):              hash of one job
 - service_events(s):   stream of the service's events
-- hostkeys:            hash "endpoint:vmid" -> pinned SSH host key (type base64)
+- hostkeys:            hash "<service> <proxy URL> <vmid> <nonce>" -> pinned SSH host key (type base64)
 - callback_secret:     string HMAC key for per-VM callback tokens
 - tick(name, minute):  string, SET NX per minute so several schedulers fire once
 - inflight:            set of envids with unfinished work (re-driven on start and every minute)

@@ -9,7 +9,10 @@ import paramiko
 import pytest
 import redis
 
+from functions.engine import vmops
+from functions.engine.context import load
 from functions.store import envstore, tenants
+from functions.store.envstore import VmRecord
 from onesim import states as S
 from onesim.sshd import Endpoint, ExecResult, SshServer, generate_host_key, load_host_key, public_line
 from tests.harness import free_port, wait_port
@@ -111,6 +114,13 @@ def master_sshd(rig: Rig) -> Iterator[_Master]:
     master.server.close()
 
 
+def pin(rig: Rig, envid: str, rec: VmRecord) -> str:
+    """The pin id of the record's VM incarnation (service, endpoint URL, vmid, nonce)."""
+    env = load(rig.r, envid)
+    assert env is not None
+    return vmops.pin_id(env, rec)
+
+
 def test_announce_refuses_a_changed_master_host_key(rig: Rig, master_sshd: _Master) -> None:
     envid, _ = rig.create(num_slaves=1, master_setup_time=0)
     rig.drive(envid)
@@ -123,7 +133,7 @@ def test_announce_refuses_a_changed_master_host_key(rig: Rig, master_sshd: _Mast
     rig.tick()
     rig.drive(envid)                                         # announce over real SSH: key pinned on first use
     assert master_sshd.seen == [f"~/master.sh add {rig.vms(envid)['s0'].ip} 8080"]
-    assert envstore.pinned_hostkey(rig.r, "sim", master.vmid) == first_key
+    assert envstore.pinned_hostkey(rig.r, pin(rig, envid, master)) == first_key
 
     master_sshd.serve(master.ip)                             # the master now presents another host key
     up = rig.scale(envid, "up")
@@ -139,7 +149,7 @@ def test_announce_refuses_a_changed_master_host_key(rig: Rig, master_sshd: _Mast
     assert job["status"] == "FAIL" and "host key changed" in job["info"]
     assert env["status"] == "SLAVE_SCALEDOWN_FAIL: master host key changed"
     assert len(master_sshd.seen) == 1                        # nothing ran under the changed key
-    assert envstore.pinned_hostkey(rig.r, "sim", master.vmid) == first_key       # never accepted
+    assert envstore.pinned_hostkey(rig.r, pin(rig, envid, master)) == first_key       # never accepted
     assert rig.vms(envid)["s1"].state == "running" and len(rig.live(envid)) == 3  # nothing terminated
 
 
@@ -151,7 +161,7 @@ def test_create_fails_when_the_master_key_differs_from_the_pinned_one(rig: Rig, 
     master = rig.vms(envid)["m"]
     master_sshd.serve(master.ip)
     other = public_line(load_host_key(generate_host_key()))
-    envstore.pin_hostkey(rig.r, "sim", master.vmid, other)   # contacted before with another key
+    envstore.pin_hostkey(rig.r, pin(rig, envid, master), other)   # contacted before with another key
     rig.callback(envid, "m", "MASTER_INIT_DONE")
     rig.drive(envid)
     rig.tick()
@@ -159,7 +169,7 @@ def test_create_fails_when_the_master_key_differs_from_the_pinned_one(rig: Rig, 
     job = rig.job(jobid)
     assert job["status"] == "FAIL" and job["info"].startswith("announce s0: ") and "host key changed" in job["info"]
     assert rig.env(envid)["status"] == "SLAVE_CREATE_FAIL: master host key changed"
-    assert master_sshd.seen == [] and envstore.pinned_hostkey(rig.r, "sim", master.vmid) == other
+    assert master_sshd.seen == [] and envstore.pinned_hostkey(rig.r, pin(rig, envid, master)) == other
 
 
 def test_opennebula_down_is_retried_with_growing_delay_without_duplicates(rig: Rig) -> None:

@@ -82,8 +82,8 @@ def test_vm_records_events_and_delete(rdb):
 
 
 def test_hostkey_pinning_and_tokens(rdb):
-    assert es.pin_hostkey(rdb, "e", 3, "ssh-ed25519 AAA") == "ssh-ed25519 AAA"
-    assert es.pin_hostkey(rdb, "e", 3, "ssh-ed25519 BBB") == "ssh-ed25519 AAA"
+    assert es.pin_hostkey(rdb, "svc http://e/RPC2 3 n1", "ssh-ed25519 AAA") == "ssh-ed25519 AAA"
+    assert es.pin_hostkey(rdb, "svc http://e/RPC2 3 n1", "ssh-ed25519 BBB") == "ssh-ed25519 AAA"
     secret = es.callback_secret(rdb)
     assert secret == es.callback_secret(rdb) and len(secret) == 32
     tok = vm_token(secret, "4", "m", "n1")

@@ -1,6 +1,7 @@
 """README's "Using it" flow under `honcho start` with the DEFAULT, relative CARINA_HOME (./var), then a restart of
 the whole stack: Redis (AOF) keeps Carina's environments, the simulator keeps its VMs (same ids, still RUNNING),
-and the next environment gets new VM ids, never 0, 1, 2 again.
+and the next environment gets new VM ids, never 0, 1, 2 again. Then the cloud is reset (ids reused): a new
+environment gets ids 0, 1, 2 and removing the first one (whose records name those ids) leaves them alone.
 
 The stack runs in a temporary directory holding the Procfile and symlinks to the code, so ./var is that
 directory's own; only the ports come from the environment (free ones).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,3 +183,20 @@ def test_honcho_start_with_the_default_home_survives_a_restart(stack: Honcho) ->
     assert envid2 != envid and len(second) == 3 and min(second) > max(first)
     assert h.stop() in (0, 130)
     assert not guest_processes(h.app)
+
+    # The cloud is reset behind Carina's back (what `python -m onesim --fresh` does): VM ids start at 0 again.
+    sim = h.app / "var" / "onesim"
+    for path in [sim / "state", *sim.glob("vm-*")]:
+        shutil.rmtree(path)
+    h.start()
+    envid3, third = _create(h, token)               # a new master under a reused id: no stale host-key pin
+    assert third == first, "the reset cloud numbers its VMs from the start again"
+    out = h.run("bin/oneenv", "--remove", envid, token=token)      # environment 1's ids are environment 3's now
+    assert out
+    wait_until(lambda: envid not in {str(e["envid"]) for e in json.loads(h.run("bin/oneenv", "--envs", "--json",
+                                                                              token=token))},
+               120, f"the removal of environment {envid}", h.log)
+    assert set(third) <= _running(h), "removing environment 1 terminated environment 3's VMs"
+    events = h.run("bin/oneenv", "--events", envid3, token=token)
+    assert "terminating" not in events
+    assert h.stop() in (0, 130)
