@@ -20,6 +20,7 @@ from falcon.media import MultipartFormHandler
 
 from functions import errors
 from functions.conf import schema as confschema
+from functions.ops import configs
 from functions.store import tenants
 from functions.views import tables
 from handlers.auth import require_service
@@ -182,6 +183,11 @@ class Configs:
         except confschema.ConfigError as exc:
             log.info("service %s: %s refused with %d error(s)", service, upload.name, len(exc.errors))
             invalid_config(resp, upload.name, list(exc.errors))
+            return
+        stranded = configs.stranded_endpoints(r, service, normalized)
+        if stranded:
+            log.info("service %s: %s refused: it drops endpoints in use", service, upload.name)
+            invalid_config(resp, upload.name, stranded)
             return
         tenants.save_config(r, service, normalized, text, kind, clock=self.deps.clock)
         count = len(normalized.get("ENVIRONMENT") or {})

@@ -218,3 +218,20 @@ def test_body_over_one_mib_is_413(api):
     res = api.client.simulate_post("/configs", params={"name": "max.bin"}, body=ok, headers=bearer(token))
     assert res.status_code == 200
     assert api.client.simulate_get("/repo/a/context/max.bin").content == ok
+
+
+def test_an_upload_that_drops_an_endpoint_in_use_is_refused_naming_the_environments(api):
+    token = api.service("a")
+    upload(api, token, "example.vm", b"CPU = %CPU%\n")
+    assert upload(api, token, "config.rb", SMALL.encode()).status_code == 200
+    created = api.client.simulate_post("/configs/tomcat_flm01", headers=bearer(token))
+    assert created.status_code == 202, created.text
+    envid = created.json["envid"]
+    before = api.r.hgetall(keys.config("a"))
+    renamed = SMALL.replace("'flm01'", "'flm02'").replace('"flm01"', '"flm02"')
+    res = upload(api, token, "config.rb", renamed.encode())
+    assert res.status_code == 422, res.text
+    assert res.json["errors"] == [f"ENDPOINT.flm01: still used by environment(s) {envid}; remove them first or "
+                                  "keep the endpoint"]
+    assert api.r.hgetall(keys.config("a")) == before
+    assert upload(api, token, "config.rb", SMALL.replace("Tomcat cluster", "Tomcat").encode()).status_code == 200
