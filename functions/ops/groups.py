@@ -47,24 +47,30 @@ def request_group(r: redis.Redis, queue: Queue, service: str, name: str, cfg: di
         members = groupplan.check_members(envs, name)
     except groupplan.GroupError as exc:
         raise Invalid(exc.message, exc.field) from None
-    specs = [build_spec(cfg, m, service, lambda f: tenants.get_vm_file(r, service, f),
-                                   settings.drain_time_default) for m in members]
+    specs = [build_spec(cfg, m, service, lambda f: tenants.get_vm_file(r, service, f), settings.drain_time_default)
+             for m in members]
     deps = envs[name].get("dependencies") or {}
-    gid, first_job = envstore.create_env(r, service, members[0], specs[0], "CREATE", clock)
-    jobs = [first_job] + [envstore.new_job(r, service, "-1", m, "CREATE", clock, status="PENDING")
-                          for m in members[1:]]
-    record = {"service": service, "name": name, "members": json.dumps(members), "dependencies": json.dumps(deps),
-              "jobs": json.dumps(jobs), "env:0": gid, **{f"spec:{i}": json.dumps(s) for i, s in enumerate(specs)}}
-    with r.pipeline() as p:
-        p.hset(keys.group(gid), mapping=record)
+    first = envstore.next_jobid(r)                      # members' jobs in members order
+    pending = [envstore.next_jobid(r) for _ in members[1:]]
+
+    def group_writes(p: Any, gid: str, first_job: str) -> None:
+        """The group record and its PENDING jobs, in the first member's create transaction."""
+        jobs = [first_job, *pending]
+        now = clock()
+        for i, jobid in enumerate(pending, start=1):
+            envstore.job_writes(p, service, jobid, "-1", members[i], "CREATE", now, "PENDING")
         for i, jobid in enumerate(jobs):
             p.hset(keys.job(jobid), mapping={"groupid": first_job, "predjob": jobs[i - 1] if i else ""})
+        p.hset(keys.group(gid), mapping={
+            "service": service, "name": name, "members": json.dumps(members), "dependencies": json.dumps(deps),
+            "jobs": json.dumps(jobs), "env:0": gid, **{f"spec:{i}": json.dumps(s) for i, s in enumerate(specs)}})
         p.sadd(keys.groups_active(), gid)
-        p.execute()
-    envstore.update_env(r, gid, group=gid, op="CREATE", phase="new", phase_since=clock())
-    envstore.add_event(r, gid, service, "request",
-                       f"create of group {name!r} requested: {', '.join(members)} (jobs {', '.join(jobs)})",
-                       clock, jobid=first_job, op="CREATE")
+        p.hset(keys.env(gid), "group", gid)
+
+    msg = f"create of group {name!r} requested: {', '.join(members)}" + (
+        f" (then PENDING jobs {', '.join(pending)})" if pending else "")
+    gid, first_job = envstore.create_env(r, service, members[0], specs[0], "CREATE", clock, msg=msg,
+                                         extra=group_writes, jobid=first)
     lifecycle.kick(queue, gid)
     return gid, first_job
 

@@ -19,22 +19,13 @@ from functions.errors import Busy, Conflict, Invalid, NotFound
 from functions.model.clock import Clock
 from functions.model.spec import build_spec
 from functions.ops import groups
-from functions.store import envstore, tenants
+from functions.store import envstore, opstart, tenants
 
 SCALE_TYPES = {"up": "SCALEUP", "down": "SCALEDOWN"}
 FINAL = ("DONE", "FAIL", "ABORT")
 
 
 # ---------------------------------------------------------------- requests
-
-
-def _start(r: redis.Redis, queue: Queue, service: str, envid: str, op: str, jobid: str, clock: Clock,
-           msg: str) -> None:
-    """Hand a recorded operation to the lifecycle: env fields, in-flight mark, event, kick. Safe to run twice."""
-    envstore.update_env(r, envid, op=op, job=jobid, phase="new", phase_since=clock())
-    envstore.mark_inflight(r, envid)
-    envstore.add_event(r, envid, service, "request", msg, clock, jobid=jobid, op=op)
-    kick(queue, envid)
 
 
 def request_create(r: redis.Redis, queue: Queue, service: str, name: str, clock: Clock,
@@ -52,28 +43,17 @@ def request_create(r: redis.Redis, queue: Queue, service: str, name: str, clock:
     if isinstance(entry, dict) and entry.get("type") == "group":
         return groups.request_group(r, queue, service, name, cfg, clock, settings)
     spec = build_spec(cfg, name, service, lambda f: tenants.get_vm_file(r, service, f), settings.drain_time_default)
-    envid, jobid = envstore.create_env(r, service, name, spec, "CREATE", clock)
-    _start(r, queue, service, envid, "CREATE", jobid, clock, f"create of {name!r} requested (job {jobid})")
+    envid, jobid = envstore.create_env(r, service, name, spec, "CREATE", clock, msg=f"create of {name!r} requested")
+    kick(queue, envid)
     return envid, jobid
-
-
-def _claim_stale(r: redis.Redis, envid: str, jobid: str) -> bool:
-    """Claim the guard if its holder's job already ended (a lifecycle that died before releasing it).
-
-    A holder whose job is not written yet (a request between claim and record) is not stale.
-    """
-    holder = envstore.current_op(r, envid)
-    job = envstore.get_job(r, holder) if holder else None
-    if holder and job and job.get("status") in FINAL:
-        envstore.release_op(r, envid, holder)             # compare-and-delete: only that stale holder
-    return envstore.claim_op(r, envid, jobid)
 
 
 def request_scale(r: redis.Redis, queue: Queue, service: str, envid: str, direction: str, clock: Clock) -> str:
     """Start a SCALEUP (direction "up") or SCALEDOWN ("down") of one slave. Returns the jobid.
 
-    The guard is claimed before the job is written, so a refused request leaves no job. Does not change
-    desired_slaves: the lifecycle picks the slot when it starts the op. Raises NotFound, Invalid, Busy, Conflict.
+    One atomic step (store.opstart): a refused request leaves no job, an accepted one is recorded, guarded and
+    in flight together. Does not change desired_slaves: the lifecycle picks the slot when it starts the op.
+    Raises NotFound, Invalid, Busy, Conflict.
     """
     op = SCALE_TYPES.get(direction)
     if op is None:
@@ -81,23 +61,17 @@ def request_scale(r: redis.Redis, queue: Queue, service: str, envid: str, direct
     env = envstore.get_env(r, envid, service)
     if env is None:
         raise NotFound(f"envid: no environment {envid}", "envid")
-    holder = envstore.current_op(r, envid)
-    if holder is None and env.get("policy_status") == "INIT":
+    if envstore.current_op(r, envid) is None and env.get("policy_status") == "INIT":
         raise Conflict(f"envid: environment {envid} is not ready (its create did not complete: "
                        f"{env.get('status', '')})", "envid")
-    jobid = envstore.next_jobid(r)
-    if not envstore.claim_op(r, envid, jobid) and not _claim_stale(r, envid, jobid):
-        raise Busy(f"operation in progress (job {envstore.current_op(r, envid) or holder})", "envid")
-    if envstore.get_env(r, envid, service) is None:      # removed between our read and the claim
-        envstore.release_op(r, envid, jobid)
-        raise NotFound(f"envid: no environment {envid}", "envid")
-    envstore.record_job(r, service, jobid, envid, env["name"], op, clock)
-    if envstore.current_op(r, envid) != jobid:           # a remove took over before our job existed
-        envstore.finish_job(r, jobid, "FAIL", clock, info="pre-empted by remove")
-        return jobid
     word = "up" if op == "SCALEUP" else "down"
-    _start(r, queue, service, envid, op, jobid, clock, f"scale {word} requested (job {jobid})")
-    return jobid
+    started = opstart.start_op(r, service, envid, op, clock, f"scale {word} requested")
+    if started.result == "busy":
+        raise Busy(f"operation in progress (job {started.previous})", "envid")
+    if started.result == "gone":
+        raise NotFound(f"envid: no environment {envid}", "envid")
+    kick(queue, envid)
+    return started.jobid
 
 
 def _remove_one(r: redis.Redis, queue: Queue, service: str, env: dict[str, Any], clock: Clock) -> str:
@@ -106,20 +80,16 @@ def _remove_one(r: redis.Redis, queue: Queue, service: str, env: dict[str, Any],
     running = envstore.get_job(r, holder) if holder else None
     if running and running.get("type") == "REMOVE" and running.get("status") not in FINAL:
         return str(holder)                               # already being removed: same job
-    jobid = envstore.next_jobid(r)
-    envstore.record_job(r, service, jobid, envid, env["name"], "REMOVE", clock)
-    previous = envstore.take_over_op(r, envid, jobid)
-    if previous and previous != jobid and envstore.finish_job(r, previous, "FAIL", clock,
-                                                              info=f"pre-empted by remove {jobid}"):
+    started = opstart.start_op(r, service, envid, "REMOVE", clock, "remove requested", take_over=True)
+    if started.result == "gone":                         # finished removing meanwhile
+        return envstore.new_job(r, service, envid, env["name"], "REMOVE", clock, status="DONE")
+    previous, jobid = started.previous, started.jobid
+    if previous and envstore.finish_job(r, previous, "FAIL", clock, info=f"pre-empted by remove {jobid}"):
         envstore.add_event(r, envid, service, "preempted", f"job {previous} pre-empted by remove {jobid}", clock,
                            jobid=previous)
         if env.get("group"):                             # a member's create ended: the rest of its group aborts
             groups.advance(r, queue, str(env["group"]), clock)
-    if envstore.get_env(r, envid) is None:               # finished removing meanwhile
-        envstore.release_op(r, envid, jobid)
-        envstore.finish_job(r, jobid, "DONE", clock, info="environment already removed")
-        return jobid
-    _start(r, queue, service, envid, "REMOVE", jobid, clock, f"remove requested (job {jobid})")
+    kick(queue, envid)
     return jobid
 
 

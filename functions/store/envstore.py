@@ -12,7 +12,7 @@ import logging
 import secrets
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,21 +71,31 @@ class VmRecord:
 
 
 def create_env(r: redis.Redis, service: str, name: str, spec: dict[str, Any], job_type: str, clock: Clock,
-               groupid: str = "-1") -> tuple[str, str]:
-    """Record a new environment, its first job (RUNNING) and the operation guard, atomically.
+               groupid: str = "-1", msg: str = "", extra: Callable[[Any, str, str], None] | None = None,
+               jobid: str | None = None) -> tuple[str, str]:
+    """Record a new environment, its first job (RUNNING), the operation guard, the in-flight mark and the
+    request event `msg` in one MULTI; `extra(pipe, envid, jobid)` adds writes to the same transaction.
+    `jobid`: one taken with next_jobid (default: a fresh one).
 
-    Returns (envid, jobid). Not idempotent: every call makes a new environment.
+    Returns (envid, jobid). Not idempotent: every call makes a new environment (ids may be skipped on errors).
     """
     envid = str(r.incr(keys.env_seq()))
-    jobid = str(r.incr(keys.job_seq()))
+    jobid = jobid or next_jobid(r)
     now = clock()
-    env = env_fields(envid, service, name, spec, jobid, now, groupid)
+    env = env_fields(envid, service, name, spec, jobid, now, groupid) | {"op": job_type}
     with r.pipeline() as p:
         p.hset(keys.env(envid), mapping=env)
         p.zadd(keys.service_envs(service), {envid: int(envid)})
-        _job_writes(p, service, jobid, envid, name, job_type, now, "RUNNING")
+        job_writes(p, service, jobid, envid, name, job_type, now, "RUNNING")
         p.set(keys.env_op(envid), jobid)
         p.sadd(keys.inflight(), envid)
+        if msg:
+            event = {"ts": str(now), "envid": envid, "type": "request", "msg": f"{msg} (job {jobid})",
+                     "jobid": jobid, "op": job_type}
+            p.xadd(keys.env_events(envid), event, maxlen=EVENT_MAXLEN, approximate=True)
+            p.xadd(keys.service_events(service), event, maxlen=EVENT_MAXLEN, approximate=True)
+        if extra is not None:
+            extra(p, envid, jobid)
         p.execute()
     return envid, jobid
 
@@ -165,7 +175,7 @@ def new_job(r: redis.Redis, service: str, envid: str, name: str, job_type: str, 
     """Record a new job and return its id."""
     jobid = str(r.incr(keys.job_seq()))
     with r.pipeline() as p:
-        _job_writes(p, service, jobid, envid, name, job_type, clock(), status)
+        job_writes(p, service, jobid, envid, name, job_type, clock(), status)
         p.execute()
     return jobid
 
@@ -179,12 +189,13 @@ def record_job(r: redis.Redis, service: str, jobid: str, envid: str, name: str, 
                status: str = "RUNNING") -> None:
     """Write job `jobid` (an id from next_jobid). Safe to run twice (same values)."""
     with r.pipeline() as p:
-        _job_writes(p, service, jobid, envid, name, job_type, clock(), status)
+        job_writes(p, service, jobid, envid, name, job_type, clock(), status)
         p.execute()
 
 
-def _job_writes(p: Any, service: str, jobid: str, envid: str, name: str, job_type: str, now: float,
-                status: str) -> None:
+def job_writes(p: Any, service: str, jobid: str, envid: str, name: str, job_type: str, now: float,
+               status: str) -> None:
+    """Queue the writes of a new job on pipeline `p` (part of the caller's transaction)."""
     p.hset(keys.job(jobid), mapping={"jobid": jobid, "service": service, "envid": envid, "name": name,
                                      "type": job_type, "status": status, "submit": now, "start": now,
                                      "end": "", "info": ""})

@@ -287,7 +287,7 @@ def test_remove_preempts_a_running_scale(api):
     again = api.client.simulate_delete(f"/envs/{envid}", headers=bearer(token))
     assert again.status_code == 202 and again.json["jobid"] == remove          # same remove, no new job
     types = [e["type"] for e in envstore.list_events(api.r, envid)]
-    assert types == ["request", "request", "preempted", "request"]
+    assert types == ["request", "request", "request", "preempted"]   # the remove is recorded, then pre-empts
     assert api.client.simulate_put(f"/envs/{envid}/scaleup", headers=bearer(token)).status_code == 409
 
 

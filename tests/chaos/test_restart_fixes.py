@@ -41,7 +41,7 @@ def _holder(rdb: redis.Redis, envid: str, ttl: float | None) -> subprocess.Popen
     """A separate process that takes envid's lock (ttl None: the default) and holds it until killed."""
     kw = rdb.connection_pool.connection_kwargs
     arg = "" if ttl is None else f", ttl={ttl}"
-    code = ("import sys, time, redis\nfrom functions import envstore\n"
+    code = ("import sys, time, redis\nfrom functions.store import envstore\n"
             f"r = redis.Redis(host={kw['host']!r}, port={kw['port']}, decode_responses=True)\n"
             f"with envstore.env_lock(r, {envid!r}{arg}) as got:\n"
             "    print('held' if got else 'busy', flush=True)\n    time.sleep(600)\n")
@@ -143,23 +143,16 @@ def test_a_pumper_killed_after_taking_a_retry_does_not_lose_it(rdb: redis.Redis)
 
 
 class _Interleaving(redis.Redis):
-    """A real client that runs `hook` right after the first env read that follows an op-guard take-over:
-    the moment between a remove request's existence check and its hand-over to the lifecycle."""
+    """A real client that runs `hook` when the request takes its job id: the moment between a remove request's
+    existence check and its (atomic) hand-over to the lifecycle."""
 
     hook: Callable[[], Any] | None = None
-    armed = False
 
-    def set(self, name: Any, value: Any, *args: Any, **kw: Any) -> Any:
-        out = super().set(name, value, *args, **kw)
-        self.armed = self.armed or bool(kw.get("get"))
-        return out
-
-    def hgetall(self, name: Any) -> Any:
-        out = super().hgetall(name)
-        if self.armed and self.hook is not None:
+    def incr(self, name: Any, amount: int = 1) -> Any:
+        if self.hook is not None:
             hook, self.hook = self.hook, None
             hook()
-        return out
+        return super().incr(name, amount)
 
 
 def test_a_remove_racing_the_deletion_of_its_env_ends_done(rdb: redis.Redis) -> None:
@@ -173,6 +166,20 @@ def test_a_remove_racing_the_deletion_of_its_env_ends_done(rdb: redis.Redis) -> 
     assert second != first and envstore.get_env(rdb, envid) is None
     ctx = engine.Ctx(r=rdb, queue=q, settings=Settings(), clock=clock)
     assert engine.step(ctx, envid) == "gone"                                 # the kicked drive
+    assert envstore.get_job(rdb, second)["status"] == "DONE"
+    assert envstore.current_op(rdb, envid) is None and envid not in envstore.inflight(rdb)
+
+
+def test_a_deletion_right_after_a_remove_was_recorded_ends_that_remove_done(rdb: redis.Redis) -> None:
+    clock = FakeClock(T0)
+    q = _queue(rdb)
+    envid, first = envstore.create_env(rdb, "svc", "tomcat", {"endpoint": "onesim"}, "REMOVE", clock)
+    envstore.finish_job(rdb, first, "DONE", clock, "environment removed")
+    second = operations.request_remove(rdb, q, "svc", envid, clock)[0]     # recorded, guarded, in flight
+    assert envstore.current_op(rdb, envid) == second
+    envstore.delete_env(rdb, envid, clock)                                    # the earlier remove deletes
+    ctx = engine.Ctx(r=rdb, queue=q, settings=Settings(), clock=clock)
+    assert engine.step(ctx, envid) == "gone"
     assert envstore.get_job(rdb, second)["status"] == "DONE"
     assert envstore.current_op(rdb, envid) is None and envid not in envstore.inflight(rdb)
 
@@ -228,7 +235,7 @@ def test_the_minute_tick_trims_jobs_and_events_to_the_retention(rdb: redis.Redis
 
 def test_ticks_from_several_processes_in_one_minute_do_the_work_once(rdb: redis.Redis) -> None:
     kw = rdb.connection_pool.connection_kwargs
-    code = ("import sys, redis\nfrom functions import ticks\nfrom functions.model.clock import FakeClock\n"
+    code = ("import sys, redis\nfrom functions.upkeep import ticks\nfrom functions.model.clock import FakeClock\n"
             "from functions.store.runtime import JsonQueue\n"
             f"r = redis.Redis(host={kw['host']!r}, port={kw['port']}, decode_responses=True)\n"
             f"q = JsonQueue('carina', connection=redis.Redis(host={kw['host']!r}, port={kw['port']}))\n"
