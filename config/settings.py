@@ -38,6 +38,7 @@ class Settings:
     callback_addr: str = "127.0.0.1:4567"
     legacy_callbacks: bool = False
     create_deadline: int = 900          # seconds a create may wait for RUNNING / MASTER_INIT_*
+    op_deadline: int = 900              # seconds a scale-down or remove may take (terminate refused, cloud down)
     drain_time_default: int = 30        # seconds between the master's `remove` and terminating the VM
     job_retention: int = 10000          # jobs and events kept per service / environment
     ssh_timeout: float = 20.0
@@ -62,6 +63,7 @@ class Settings:
             callback_addr=env.get("CARINA_CALLBACK_ADDR") or f"127.0.0.1:{port}",
             legacy_callbacks=env.get("CARINA_LEGACY_CALLBACKS", "").lower() in ("1", "yes", "true"),
             create_deadline=_int(env, "CARINA_CREATE_DEADLINE", 900),
+            op_deadline=_int(env, "CARINA_OP_DEADLINE", 900),
             drain_time_default=_int(env, "CARINA_DRAIN_TIME", 30),
             job_retention=_int(env, "CARINA_JOB_RETENTION", 10000),
             queue_name=env.get("CARINA_QUEUE") or "carina",

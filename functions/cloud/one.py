@@ -243,16 +243,20 @@ class OneClient:
             raise
         return _view(vm, _cpu(getattr(vm.MONITORING, "CPU", None) if vm.MONITORING is not None else None))
 
-    def terminate(self, vmid: int, hard: bool = False) -> None:
-        """Ask OpenNebula to terminate the VM. Safe to run twice: absent, DONE or a state where terminate
-        is not allowed (e.g. already shutting down) is no error; the caller re-checks with info()."""
+    def terminate(self, vmid: int, hard: bool = False) -> str | None:
+        """Ask OpenNebula to terminate the VM. Safe to run twice: an absent VM is no error (None). A refusal in
+        the VM's state (e.g. already shutting down) is returned as OpenNebula's message, not raised: the caller
+        re-checks with info() and surfaces it."""
         try:
             self._call("vm.action", "terminate-hard" if hard else "terminate", int(vmid))
         except OneError as exc:
-            if exc.code in (NO_EXISTS, ACTION):
-                log.info("terminate vm %s: %s", vmid, exc.message)
-                return
+            if exc.code == NO_EXISTS:
+                return None
+            if exc.code == ACTION:
+                log.info("terminate vm %s refused: %s", vmid, exc.message)
+                return exc.message
             raise
+        return None
 
     def pool(self) -> list[VmView]:
         """Every VM that is not DONE, all users, with the last monitored CPU. Read-only."""

@@ -20,7 +20,7 @@ import redis
 from functions.cloud.one import OneUnavailable
 from functions.engine import kick as lifecycle
 from functions.engine import steps
-from functions.engine.context import Ctx, Env, Step, fail, load, work_pending
+from functions.engine.context import Ctx, Env, Step, deadline_passed, fail, load, work_pending
 from functions.store import envstore, keys, scripts
 
 log = logging.getLogger("carina.engine")
@@ -29,6 +29,7 @@ MAX_STEPS = 40              # steps per drive job before handing over to a fresh
 MAX_SECONDS = 30.0          # wall time per drive job
 BUSY_RETRY = 0.5            # seconds before retrying when another worker holds the env lock
 MAX_BACKOFF = 30.0
+OWN_DEADLINE_CHECK = ("CREATE", "SCALEUP")   # these steps end their jobs with a precise reason themselves
 
 
 # ---------------------------------------------------------------- the step loop
@@ -41,7 +42,11 @@ def dispatch(ctx: Ctx, env: Env) -> Step:
         return None
     if env.data.get("op_job") != env.jobid:
         return steps.begin(ctx, env)
-    handler = steps.STEPS.get(env.op)
+    if env.op in OWN_DEADLINE_CHECK or not deadline_passed(ctx, env):
+        handler = steps.STEPS.get(env.op)
+    else:
+        return fail(ctx, env, f"{env.op}_FAIL: deadline", f"{env.op.lower()} did not complete within "
+                    f"{ctx.settings.op_deadline}s (deadline): {env.data.get('info') or 'no progress'}")
     if handler is None:
         return fail(ctx, env, f"{env.op}_FAIL", f"op: unknown operation {env.op!r}")
     return handler(ctx, env)

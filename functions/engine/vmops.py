@@ -152,6 +152,17 @@ def boot_failure(rec: VmRecord, view: VmView | None) -> str | None:
     return None
 
 
+def surface_refusal(ctx: Ctx, env: Env, vmid: int, refused: str | None) -> None:
+    """Say (env info, and an event when it is news) that OpenNebula refused to terminate a VM; the operation
+    keeps trying until its deadline. Nothing when `refused` is None."""
+    info = f"OpenNebula refused to terminate VM {vmid}: {refused}"
+    if refused is None or env.data.get("refused") == info:
+        return
+    envstore.update_env(ctx.r, env.envid, info=info, refused=info)
+    env.data.update(info=info, refused=info)
+    ctx.event(env, "error", info + " (retrying until the operation's deadline)", vmid=str(vmid))
+
+
 def pin_id(env: Env, rec: VmRecord) -> str:
     """Whose host key a pin is: the service, the endpoint's URL, the VM id and the slot incarnation's nonce (a
     reused VM id or another service's endpoint of the same name never shares a pin)."""
@@ -194,7 +205,7 @@ def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = Fa
             ctx.event(env, "error", f"{rec.role} {rec.slot}: not terminating VM {rec.vmid}: {why}",
                       vmid=str(rec.vmid), slot=rec.slot)
         elif view is not None and not view.gone:
-            one.terminate(rec.vmid, hard=hard or view.failed or view.unknown)
+            surface_refusal(ctx, env, rec.vmid, one.terminate(rec.vmid, hard=hard or view.failed or view.unknown))
             if rec.state != "removing":
                 rec.state = "removing"
                 envstore.put_vm(ctx.r, env.envid, rec)

@@ -19,10 +19,12 @@ def begin(ctx: Ctx, env: Env) -> Step:
     """Record the operation-local state of the new job (deadline, chosen slot), once per job."""
     now, op = ctx.clock(), env.op
     fields: dict[str, object] = {"op_job": env.jobid, "op_slot": "", "drain_until": 0, "ssh_tries": 0,
-                                 "deadline": 0, "phase": op.lower(), "phase_since": now, "error": ""}
+                                 "deadline": 0, "phase": op.lower(), "phase_since": now, "error": "", "refused": ""}
     slaves = env.slaves()
     if op in ("CREATE", "SCALEUP"):
         fields["deadline"] = now + ctx.settings.create_deadline
+    else:
+        fields["deadline"] = now + ctx.settings.op_deadline
     if op == "SCALEUP":
         used = {v.index for v in slaves}
         index = next(i for i in range(len(used) + 1) if i not in used)

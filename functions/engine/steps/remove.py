@@ -14,14 +14,17 @@ def remove_step(ctx: Ctx, env: Env) -> Step:
     """One step of REMOVE: terminate everything of the env, wait until OpenNebula shows none, delete it."""
     try:
         one = ctx.one(env)
+        recorded = {rec.vmid for rec in env.vms.values()}
         pending = [rec.slot for rec in list(env.vms.values()) if not vmops.terminate(ctx, env, one, rec)]
-        for view in vmops.env_vms(ctx, env, one):
-            one.terminate(view.vmid, hard=view.failed or view.unknown)
+        for view in (v for v in vmops.env_vms(ctx, env, one) if v.vmid not in recorded):
+            vmops.surface_refusal(ctx, env, view.vmid, one.terminate(view.vmid, hard=view.failed or view.unknown))
             pending.append(f"VM {view.vmid}")
     except (OneError, specview.SpecError) as exc:
         return fail(ctx, env, f"REMOVE_FAIL: {exc}"[:200], f"remove: {exc}")
     if pending:
-        envstore.update_env(ctx.r, env.envid, phase="removing", info=f"waiting for {len(pending)} VM(s) to go")
+        refused = env.data.get("refused")
+        envstore.update_env(ctx.r, env.envid, phase="removing",
+                            info=f"waiting for {len(pending)} VM(s) to go" + (f"; {refused}" if refused else ""))
         return POLL
     envstore.finish_job(ctx.r, env.jobid, "DONE", ctx.clock, "environment removed")
     ctx.event(env, "step", f"REMOVE job {env.jobid} DONE: environment removed", job=env.jobid)
