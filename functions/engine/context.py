@@ -96,6 +96,15 @@ class Ctx:
     clients: dict[str, OneClient] = field(default_factory=dict)
     on_end: Sequence[EndHook] = ()
     _install: str = ""
+    fence: str = ""             # the env lock's owner token while a step runs (fenced writes)
+
+    def put_vm(self, env: Env, rec: VmRecord) -> None:
+        """Write a VM record, fenced by the env lock this step holds (LockLost if it was lost)."""
+        envstore.put_vm(self.r, env.envid, rec, fence=self.fence or None)
+
+    def del_vm(self, env: Env, slot: str) -> None:
+        """Forget a VM record, fenced like put_vm."""
+        envstore.del_vm(self.r, env.envid, slot, fence=self.fence or None)
 
     def install(self) -> str:
         """This installation's id (tags every VM), read once per context."""
@@ -138,7 +147,8 @@ def work_pending(r: redis.Redis, env: Env) -> bool:
 
 
 def _end(ctx: Ctx, env: Env, job_status: str, info: str, **fields: Any) -> None:
-    envstore.finish_job(ctx.r, env.jobid, job_status, ctx.clock, info)
+    envstore.finish_job(ctx.r, env.jobid, job_status, ctx.clock, info,
+                        fence=(env.envid, ctx.fence) if ctx.fence else None)
     envstore.update_env(ctx.r, env.envid, info=info, retries=0, **fields)
     envstore.release_op(ctx.r, env.envid, env.jobid)
     scripts.run(ctx.r, "clear_inflight", [keys.env(env.envid), keys.inflight()], [env.envid, env.jobid])

@@ -81,7 +81,7 @@ def run_steps(ctx: Ctx, envid: str) -> tuple[Step, str]:
     return 0.0, "more"
 
 
-def held_lock(r: redis.Redis, envid: str) -> AbstractContextManager[bool]:
+def held_lock(r: redis.Redis, envid: str) -> AbstractContextManager[str]:
     """The environment lock: envstore.env_lock (owner token, short TTL renewed while held)."""
     return envstore.env_lock(r, envid)
 
@@ -89,15 +89,21 @@ def held_lock(r: redis.Redis, envid: str) -> AbstractContextManager[bool]:
 def step(ctx: Ctx, envid: str) -> str:
     """Drive the environment as far as it can go now, then schedule the next drive if needed.
 
-    Takes the env lock (busy: retry shortly). Unexpected errors are recorded as events and retried with
-    backoff, never lost. Safe to run any number of times, concurrently.
+    Takes the env lock (busy: retry shortly); every VM record and job end it writes is fenced by that lock,
+    so a drive paused past the lock's TTL stops ("lost") instead of writing over the new holder. Unexpected
+    errors are recorded as events and retried with backoff, never lost. Safe to run any number of times,
+    concurrently.
     """
-    with held_lock(ctx.r, envid) as got:
-        if not got:
+    with held_lock(ctx.r, envid) as fence:
+        if not fence:
             lifecycle.kick(ctx.queue, envid, BUSY_RETRY)
             return "busy"
+        ctx.fence = fence
         try:
             nxt, result = run_steps(ctx, envid)
+        except envstore.LockLost as exc:          # paused past the lock's TTL: the new holder carries on
+            log.warning("env %s: %s; stopping this drive", envid, exc)
+            return "lost"
         except Exception as exc:  # noqa: BLE001 - a bug must not lose the environment
             log.exception("env %s: step crashed", envid)
             env = load(ctx.r, envid)

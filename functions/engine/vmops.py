@@ -83,14 +83,14 @@ def env_vms(ctx: Ctx, env: Env, one: OneClient) -> list[VmView]:
 def _mark_missing(ctx: Ctx, env: Env, rec: VmRecord, why: str) -> None:
     if rec.one_state != "missing":
         rec.one_state = "missing"
-        envstore.put_vm(ctx.r, env.envid, rec)
+        ctx.put_vm(env, rec)
         ctx.event(env, "error", f"{rec.role} {rec.slot}: VM {rec.vmid} is missing: {why}", vmid=str(rec.vmid),
                   slot=rec.slot)
 
 
 def _adopt(ctx: Ctx, env: Env, rec: VmRecord, vmid: int, how: str) -> VmRecord:
     rec.vmid, rec.state = vmid, "allocated"
-    envstore.put_vm(ctx.r, env.envid, rec)
+    ctx.put_vm(env, rec)
     ctx.r.set(keys.vm_index(env.endpoint, vmid), f"{env.envid} {rec.slot}")
     ctx.event(env, "step", f"{rec.role} {rec.slot}: VM {vmid} {how}", vmid=str(vmid), slot=rec.slot)
     return rec
@@ -108,7 +108,7 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
     if rec is None:
         rec = VmRecord(slot=slot, role=role, index=index, endpoint=env.endpoint, created=ctx.clock())
         text = render_vm(ctx, env, rec, master_ip, num_slaves)       # render errors before any intent
-        envstore.put_vm(ctx.r, env.envid, rec)
+        ctx.put_vm(env, rec)
     else:
         found = sorted((v for v in one.tagged(env.envid) if foreign(ctx, env, rec, v) is None), key=lambda v: v.vmid)
         if found:
@@ -139,7 +139,7 @@ def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
         ctx.event(env, "step", f"{rec.role} {rec.slot}: VM {rec.vmid} RUNNING at {rec.ip or '?'}",
                   vmid=str(rec.vmid), slot=rec.slot)
     if changed:
-        envstore.put_vm(ctx.r, env.envid, rec)
+        ctx.put_vm(env, rec)
     return view
 
 
@@ -208,12 +208,12 @@ def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = Fa
             surface_refusal(ctx, env, rec.vmid, one.terminate(rec.vmid, hard=hard or view.failed or view.unknown))
             if rec.state != "removing":
                 rec.state = "removing"
-                envstore.put_vm(ctx.r, env.envid, rec)
+                ctx.put_vm(env, rec)
                 ctx.event(env, "step", f"{rec.role} {rec.slot}: terminating VM {rec.vmid}", vmid=str(rec.vmid))
             return False
         if ctx.r.get(keys.vm_index(env.endpoint, rec.vmid)) == f"{env.envid} {rec.slot}":
             ctx.r.delete(keys.vm_index(env.endpoint, rec.vmid))
         envstore.forget_hostkey(ctx.r, pin_id(env, rec))
-    envstore.del_vm(ctx.r, env.envid, rec.slot)
+    ctx.del_vm(env, rec.slot)
     env.vms.pop(rec.slot, None)
     return True

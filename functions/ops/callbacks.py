@@ -146,7 +146,7 @@ def init_verdict(status: str, rec: VmRecord) -> str:
 
 
 def _record(r: redis.Redis, envid: str, vmid: int, kind: str, fields: dict[str, str],
-            slot: str | None) -> VmRecord | None:
+            slot: str | None, fence: str | None = None) -> VmRecord | None:
     """Write the reported values to the VM record (and the env status). Caller holds the env lock."""
     vms = envstore.get_vms(r, envid)
     rec = vms.get(slot) if slot else None
@@ -162,7 +162,7 @@ def _record(r: redis.Redis, envid: str, vmid: int, kind: str, fields: dict[str, 
         rec.status = fields["status"]
         rec.init = rec.init or init_verdict(fields["status"], rec)
         envstore.update_env(r, envid, status=fields["status"])
-    envstore.put_vm(r, envid, rec)
+    envstore.put_vm(r, envid, rec, fence=fence)
     return rec
 
 
@@ -175,14 +175,14 @@ def apply(r: redis.Redis, queue: Queue, envid: str, vmid: int, kind: str, fields
     """
     if kind not in KINDS:
         raise ValueError(f"kind: must be one of {', '.join(KINDS)}")
-    with envstore.env_lock(r, envid) as got:
-        if not got:
+    with envstore.env_lock(r, envid) as fence:
+        if not fence:
             enqueue_apply(queue, envid, vmid, kind, fields, slot or "", attempt + 1)
             return "retry"
         env = envstore.get_env(r, envid)
         if env is None:
             return "gone"
-        rec = _record(r, envid, vmid, kind, fields, slot)
+        rec = _record(r, envid, vmid, kind, fields, slot, fence)
         extra = {"callback": kind, "vmid": str(vmid), **fields}
         if rec is None:
             envstore.add_event(r, envid, env["service"], "callback_stale",

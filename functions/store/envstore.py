@@ -202,9 +202,18 @@ def job_writes(p: Any, service: str, jobid: str, envid: str, name: str, job_type
     p.zadd(keys.service_jobs(service), {jobid: int(jobid)})
 
 
-def finish_job(r: redis.Redis, jobid: str, status: str, clock: Clock, info: str = "") -> bool:
-    """Move a job to a final state unless it already has one. Returns True if this call changed it."""
-    return bool(scripts.run(r, "finish_job", [keys.job(jobid)], [status, str(clock()), info]))
+def finish_job(r: redis.Redis, jobid: str, status: str, clock: Clock, info: str = "",
+               fence: tuple[str, str] | None = None) -> bool:
+    """Move a job to a final state unless it already has one. Returns True if this call changed it.
+
+    With `fence` = (envid, the env lock's owner token): only while that token holds the lock (else LockLost)."""
+    if fence is None:
+        return bool(scripts.run(r, "finish_job", [keys.job(jobid)], [status, str(clock()), info]))
+    done = int(scripts.run(r, "finish_job_if_owner", [keys.job(jobid), keys.env_lock(fence[0])],
+                           [status, str(clock()), info, fence[1]]))
+    if done < 0:
+        raise LockLost(f"env {fence[0]}: lock lost, job {jobid} not ended")
+    return bool(done)
 
 
 def get_job(r: redis.Redis, jobid: str) -> dict[str, str] | None:
@@ -274,8 +283,9 @@ def take_over_op(r: redis.Redis, envid: str, jobid: str) -> str | None:
 
 
 @contextmanager
-def env_lock(r: redis.Redis, envid: str, ttl: float = LOCK_TTL) -> Iterator[bool]:
-    """Try to become the single writer of an environment; yields False (without waiting) if taken.
+def env_lock(r: redis.Redis, envid: str, ttl: float = LOCK_TTL) -> Iterator[str]:
+    """Try to become the single writer of an environment; yields the owner token (the fence for fenced writes),
+    or "" (without waiting) if taken.
 
     The one lock primitive of Carina: a random owner token under keys.env_lock with a short TTL, renewed
     every ttl/4 by a background thread while held (a slow step keeps it, a killed holder frees it within
@@ -283,13 +293,13 @@ def env_lock(r: redis.Redis, envid: str, ttl: float = LOCK_TTL) -> Iterator[bool
     """
     key, token, ms = keys.env_lock(envid), uuid.uuid4().hex, max(1, int(ttl * 1000))
     if not r.set(key, token, nx=True, px=ms):
-        yield False
+        yield ""
         return
     stop = threading.Event()
     keeper = threading.Thread(target=_keep_lock, args=(r, key, token, ms, stop), name=f"lock-{envid}", daemon=True)
     keeper.start()
     try:
-        yield True
+        yield token
     finally:
         stop.set()
         keeper.join(5)
@@ -310,9 +320,18 @@ def _keep_lock(r: redis.Redis, key: str, token: str, ms: int, stop: threading.Ev
 # ---------------------------------------------------------------- VM records
 
 
-def put_vm(r: redis.Redis, envid: str, rec: VmRecord) -> None:
-    """Write (create or replace) a VM record. Safe to run twice."""
-    r.hset(keys.env_vms(envid), rec.slot, rec.to_json())
+class LockLost(RuntimeError):
+    """A fenced write was refused: the writer no longer holds the environment lock (another holder may)."""
+
+
+def put_vm(r: redis.Redis, envid: str, rec: VmRecord, fence: str | None = None) -> None:
+    """Write (create or replace) a VM record. Safe to run twice. With `fence` (the env lock's owner token),
+    only while that token still holds the lock: LockLost otherwise, nothing written."""
+    if fence is None:
+        r.hset(keys.env_vms(envid), rec.slot, rec.to_json())
+    elif not scripts.run(r, "hset_if_owner", [keys.env_lock(envid), keys.env_vms(envid)],
+                         [fence, rec.slot, rec.to_json()]):
+        raise LockLost(f"env {envid}: lock lost, VM record {rec.slot} not written")
 
 
 def get_vms(r: redis.Redis, envid: str) -> dict[str, VmRecord]:
@@ -323,8 +342,12 @@ def get_vms(r: redis.Redis, envid: str) -> dict[str, VmRecord]:
     return {v.slot: v for v in recs}
 
 
-def del_vm(r: redis.Redis, envid: str, slot: str) -> None:
-    r.hdel(keys.env_vms(envid), slot)
+def del_vm(r: redis.Redis, envid: str, slot: str, fence: str | None = None) -> None:
+    """Forget a VM record. Safe to run twice. With `fence`: only while it holds the env lock (else LockLost)."""
+    if fence is None:
+        r.hdel(keys.env_vms(envid), slot)
+    elif not scripts.run(r, "hdel_if_owner", [keys.env_lock(envid), keys.env_vms(envid)], [fence, slot]):
+        raise LockLost(f"env {envid}: lock lost, VM record {slot} not deleted")
 
 
 def vm_by_id(r: redis.Redis, envid: str, vmid: int) -> VmRecord | None:

@@ -103,6 +103,33 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'end', ARGV[2], 'info', ARGV[3])
 return 1
 """
 
+# Fenced writes: change a hash only while ARGV[1] still owns the environment lock KEYS[1] (a holder that lost
+# its lock during a long pause never writes after the new holder started).
+LUA["hset_if_owner"] = """
+-- KEYS[1] env lock, KEYS[2] hash; ARGV[1] owner token, ARGV[2] field, ARGV[3] value. Returns 1 if written.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+
+LUA["hdel_if_owner"] = """
+-- KEYS[1] env lock, KEYS[2] hash; ARGV[1] owner token, ARGV[2] field. Returns 1 if the owner still holds it.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[2])
+return 1
+"""
+
+# Move a job to a final state unless it already has one, only while ARGV[4] still owns the env lock KEYS[2].
+LUA["finish_job_if_owner"] = """
+-- KEYS[1] job hash, KEYS[2] env lock; ARGV[1] final status, ARGV[2] end time, ARGV[3] info, ARGV[4] owner token.
+-- Returns 1 if it ended now, 0 if already final, -1 if the lock is lost.
+if redis.call('GET', KEYS[2]) ~= ARGV[4] then return -1 end
+local s = redis.call('HGET', KEYS[1], 'status')
+if (not s) or s == 'DONE' or s == 'FAIL' or s == 'ABORT' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'end', ARGV[2], 'info', ARGV[3])
+return 1
+"""
+
 # Set hash fields only if the hash exists (never resurrect a deleted environment).
 LUA["hset_if_exists"] = """
 -- KEYS[1] hash; ARGV field, value, field, value... Returns 1.

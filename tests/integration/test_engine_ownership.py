@@ -11,8 +11,9 @@ import pytest
 import redis
 
 from functions.cloud.one import OneClient
+from functions.engine import loop
 from functions.ops import operations
-from functions.store import envstore
+from functions.store import envstore, keys
 from functions.upkeep import ticks
 from onesim import states as S
 from tests.integration.engine_fixtures import SERVICE, Rig, create_ready, open_rig
@@ -84,3 +85,19 @@ def test_a_replayed_intent_never_adopts_a_vm_of_another_incarnation(rig: Rig) ->
     rig.drive(envid)
     again = rig.vms(envid)["m"]
     assert again.vmid is not None and again.vmid != first.vmid                # a new VM, not the foreign one
+
+
+def test_a_drive_that_lost_its_lock_allocates_nothing(rig: Rig) -> None:
+    """Fencing: a holder paused past the lock's TTL (another worker holds the env now) cannot write an intent,
+    so it never allocates a second VM for the slot."""
+    envid, _ = rig.create(master_setup_time=0)
+    with envstore.env_lock(rig.r, envid) as stale:
+        rig.r.delete(keys.env_lock(envid))                                   # expired during a long pause
+        with envstore.env_lock(rig.r, envid) as current:
+            assert current and current != stale
+            ctx = rig.ctx()
+            ctx.fence = stale
+            with pytest.raises(envstore.LockLost):
+                loop.run_steps(ctx, envid)
+            assert rig.live(envid) == [] and "m" not in rig.vms(envid)       # no intent, no VM
+    assert rig.drive(envid) in ("wait", "idle") and len(rig.live(envid)) == 1

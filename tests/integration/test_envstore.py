@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from functions.model.clock import FakeClock
 from functions.model.tokens import token_matches, vm_token
 from functions.store import envstore as es
@@ -101,3 +103,23 @@ def test_a_late_event_for_a_deleted_env_expires_with_its_stream(rdb):
     rdb.delete(f"carina:env:{envid}:events")                     # gone entirely, then a late writer
     es.add_event(rdb, envid, "s", "step", "late", clock)
     assert 0 < rdb.ttl(f"carina:env:{envid}:events") <= es.DELETED_EVENTS_TTL
+
+
+def test_fenced_writes_refuse_a_holder_that_lost_its_lock(rdb):
+    clock = lambda: 1000.0  # noqa: E731
+    envid, jobid = es.create_env(rdb, "svc", "web", {"endpoint": "e"}, "CREATE", clock)
+    rec = es.VmRecord(slot="s0", role="slave", index=0, endpoint="e")
+    with es.env_lock(rdb, envid, ttl=5) as stale:
+        rdb.delete(f"carina:env:{envid}:lock")                 # its TTL ran out during a long pause ...
+        with es.env_lock(rdb, envid, ttl=5) as current:        # ... and another worker took the env
+            assert stale and current and stale != current
+            with pytest.raises(es.LockLost):
+                es.put_vm(rdb, envid, rec, fence=stale)
+            with pytest.raises(es.LockLost):
+                es.finish_job(rdb, jobid, "DONE", clock, "stale", fence=(envid, stale))
+            assert es.get_vms(rdb, envid) == {} and es.get_job(rdb, jobid)["status"] == "RUNNING"
+            es.put_vm(rdb, envid, rec, fence=current)
+            with pytest.raises(es.LockLost):
+                es.del_vm(rdb, envid, "s0", fence=stale)
+            assert es.finish_job(rdb, jobid, "DONE", clock, "ok", fence=(envid, current))
+    assert list(es.get_vms(rdb, envid)) == ["s0"] and es.get_job(rdb, jobid)["info"] == "ok"

@@ -93,7 +93,7 @@ def _slave(ctx: Ctx, env: Env, one: OneClient, master: VmRecord, rec: VmRecord) 
             ctx.event(env, "error", f"announce {rec.slot} to the master failed, retrying: {exc}", slot=rec.slot)
             return SSH_RETRY
         rec.state = "announced"
-        envstore.put_vm(ctx.r, env.envid, rec)
+        ctx.put_vm(env, rec)
     return None
 
 

@@ -26,7 +26,8 @@ def remove_step(ctx: Ctx, env: Env) -> Step:
         envstore.update_env(ctx.r, env.envid, phase="removing",
                             info=f"waiting for {len(pending)} VM(s) to go" + (f"; {refused}" if refused else ""))
         return POLL
-    envstore.finish_job(ctx.r, env.jobid, "DONE", ctx.clock, "environment removed")
+    envstore.finish_job(ctx.r, env.jobid, "DONE", ctx.clock, "environment removed",
+                        fence=(env.envid, ctx.fence) if ctx.fence else None)
     ctx.event(env, "step", f"REMOVE job {env.jobid} DONE: environment removed", job=env.jobid)
     envstore.delete_env(ctx.r, env.envid, ctx.clock)   # also ends a remove that took the guard meanwhile
     return None

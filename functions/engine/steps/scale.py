@@ -26,7 +26,7 @@ def _rollback(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord | None, why: str
     if rec is not None and rec.vmid is not None:
         one.terminate(rec.vmid, hard=True)
     if rec is not None:
-        envstore.del_vm(ctx.r, env.envid, rec.slot)
+        ctx.del_vm(env, rec.slot)
     left = [v for v in env.slaves() if rec is None or v.slot != rec.slot]
     envstore.update_env(ctx.r, env.envid, desired_slaves=len(left))
     return fail(ctx, env, f"SLAVE_SCALEUP_FAIL: {why}"[:200], why)
@@ -68,7 +68,7 @@ def scaleup_step(ctx: Ctx, env: Env) -> Step:
             return finish(ctx, env, f"slave {slot} added but not announced: {exc}",
                           status=f"SLAVE_SCALEUP_FAIL: ssh to master failed: {exc}"[:200])
         rec.state = "announced"
-        envstore.put_vm(ctx.r, env.envid, rec)
+        ctx.put_vm(env, rec)
     return finish(ctx, env, f"added slave {slot} (VM {rec.vmid}, {rec.ip})", status="SLAVE_SCALEUP_SUCCESS")
 
 
