@@ -200,6 +200,10 @@ def test_reclaim_takes_one_per_environment_and_enough_to_fit() -> None:
     # three needed: C (bronze), then A's newest (2) and B's (3); A's older one is left alone
     assert victims(state) == [4, 2, 3]
     assert victims([*borrowed()[:4], req(10, "db", "g", 4, env="G")]) == []   # one per env cannot free 4
+    # two waiters, one borrowing environment: it gives back one VM now, not one per waiter
+    state = [held(1, "web", "g", 1, env="A", created=1), held(2, "web", "g", 1, env="A", created=5),
+             held(3, "db", "g", 2, env="D"), req(10, "db", "g", 1, env="G"), req(11, "db", "g", 1, env="H")]
+    assert victims(state) == [2]
 
 
 def test_reclaim_waits_a_minute_per_environment_and_counts_reclaims_under_way() -> None:
