@@ -96,14 +96,19 @@ class _State:
     services: Mapping[str, ServiceQuota]
     free: dict[str, Size]
     used: ServiceUse
-    placed: list[tuple[str, int, Size]]        # (pool, class rank, size) of every allocation, old and new
+    kept: dict[str, list[Size]]                 # per pool, capacity held per class rank (old and new)
     held: dict[str, int] = field(default_factory=dict)
     blocked: list[Request] = field(default_factory=list)
+    zone_pools: dict[tuple[str, int], list[Pool]] = field(default_factory=dict)
 
     def take(self, req: Request, pool: Pool) -> None:
         self.free[pool.name] = self.free[pool.name] - req.size
         self.used[req.service] = self.used.get(req.service, Size()) + req.size
-        self.placed.append((pool.name, class_rank(req, self.services), req.size))
+        self.keep(pool.name, class_rank(req, self.services), req.size)
+
+    def keep(self, pool: str, level: int, size: Size) -> None:
+        if pool in self.kept and level >= 0:
+            self.kept[pool][level] = self.kept[pool][level] + size
 
 
 def _check_inputs(pools: Mapping[str, Pool], services: Mapping[str, ServiceQuota],
@@ -132,8 +137,11 @@ def _check_inputs(pools: Mapping[str, Pool], services: Mapping[str, ServiceQuota
 def _start(pools: Mapping[str, Pool], services: Mapping[str, ServiceQuota], reqs: list[Request]) -> _State:
     pool_use, service_use = usage(reqs)
     free = {name: pool.total - pool_use.get(name, Size()) for name, pool in pools.items()}
-    placed = [(r.pool, class_rank(r, services), r.size) for r in reqs if r.status == ALLOCATED and r.pool]
-    return _State(pools, services, free, dict(service_use), placed)
+    st = _State(pools, services, free, dict(service_use), {name: [Size()] * len(CLASSES) for name in pools})
+    for req in reqs:
+        if req.status == ALLOCATED and req.pool:
+            st.keep(req.pool, class_rank(req, services), req.size)
+    return st
 
 
 def _refusal(req: Request, st: _State) -> str:
@@ -154,8 +162,10 @@ def _refusal(req: Request, st: _State) -> str:
 
 def _by_class(req: Request, st: _State) -> list[Pool]:
     """Pools of the wanted pool's zone whose class is at least the service's, by name."""
-    zone, level = st.pools[req.pool_wanted].zone, class_rank(req, st.services)
-    return [p for _, p in sorted(st.pools.items()) if p.zone == zone and rank(p.cls) >= level]
+    key = (st.pools[req.pool_wanted].zone, class_rank(req, st.services))
+    if key not in st.zone_pools:
+        st.zone_pools[key] = [p for _, p in sorted(st.pools.items()) if p.zone == key[0] and rank(p.cls) >= key[1]]
+    return st.zone_pools[key]
 
 
 def _candidates(req: Request, st: _State) -> list[Pool]:
@@ -171,11 +181,7 @@ def _ordered(req: Request, pools: list[Pool], room: Mapping[str, Size]) -> list[
 
 def _could_fit(req: Request, pool: Pool, st: _State) -> bool:
     """True when the request would fit in the pool if every allocation of a lower class were given back."""
-    level = class_rank(req, st.services)
-    kept = Size()
-    for name, cls_rank, size in st.placed:
-        if name == pool.name and cls_rank >= level:
-            kept = kept + size
+    kept = sum(st.kept[pool.name][class_rank(req, st.services):], Size())
     return req.size.fits_in(pool.total - kept)
 
 
@@ -249,14 +255,13 @@ def _last_reclaims(requests: list[Request], last: Mapping[str, float] | None) ->
     return out
 
 
-def _victims(pool: str, level: int, reqs: list[Request], st: _State, skip_envs: set[str],
+def _victims(in_pool: list[Request], level: int, st: _State, skip_envs: set[str],
              skip_ids: set[int]) -> list[Request]:
-    """Reclaimable requests in `pool` of classes below `level`: each environment's newest, in taking order
-    (lowest class, lowest priority, newest first)."""
+    """Reclaimable requests among the pool's ALLOCATED ones, of classes below `level`: each environment's
+    newest, in taking order (lowest class, lowest priority, newest first)."""
     newest: dict[str, Request] = {}
-    for req in reqs:
-        if (req.status == ALLOCATED and req.pool == pool and req.id not in skip_ids and req.envid not in skip_envs
-                and class_rank(req, st.services) < level):
+    for req in in_pool:
+        if req.id not in skip_ids and req.envid not in skip_envs and class_rank(req, st.services) < level:
             best = newest.get(req.envid)
             if best is None or (req.created, req.id) > (best.created, best.id):
                 newest[req.envid] = req
@@ -276,7 +281,7 @@ def _reason(victim: Request, waiting: Request, pool: Pool, st: _State) -> str:
             f"{waiting.id} of env {waiting.envid} (service {waiting.service}, {wcls})")
 
 
-def _cover(waiting: Request, reqs: list[Request], st: _State, future: dict[str, Size], cool: set[str],
+def _cover(waiting: Request, by_pool: Mapping[str, list[Request]], st: _State, future: dict[str, Size], cool: set[str],
            taken: set[int]) -> list[Reclaim]:
     """The reclaims that let `waiting` fit in its first pool where that is possible; updates `future`
     (room once reclaims land), `cool` (envs reclaimed) and `taken` (request ids reclaimed)."""
@@ -285,7 +290,7 @@ def _cover(waiting: Request, reqs: list[Request], st: _State, future: dict[str, 
         room = future[pool.name]
         picks: list[Request] = []
         if not waiting.size.fits_in(room):
-            for victim in _victims(pool.name, level, reqs, st, cool, taken):
+            for victim in _victims(by_pool.get(pool.name, []), level, st, cool, taken):
                 picks.append(victim)
                 room = room + victim.size
                 if waiting.size.fits_in(room):
@@ -310,13 +315,16 @@ def reclaim(pools: Mapping[str, Pool], services: Mapping[str, ServiceQuota], req
     _, st = _serve(pools, services, reqs)
     future = dict(st.free)
     taken: set[int] = set()
+    by_pool: dict[str, list[Request]] = {}
     for req in reqs:
-        if (req.status == ALLOCATED and req.pool in future and req.reclaimed_at is not None
-                and now - req.reclaimed_at < interval):
+        if req.status != ALLOCATED or req.pool not in future:
+            continue
+        by_pool.setdefault(req.pool, []).append(req)
+        if req.reclaimed_at is not None and now - req.reclaimed_at < interval:
             future[req.pool] = future[req.pool] + req.size
             taken.add(req.id)
     cool = {env for env, when in _last_reclaims(reqs, last_reclaim).items() if now - when < interval}
     out: list[Reclaim] = []
     for waiting in st.blocked:
-        out += _cover(waiting, reqs, st, future, cool, taken)
+        out += _cover(waiting, by_pool, st, future, cool, taken)
     return out
