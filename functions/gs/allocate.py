@@ -20,12 +20,19 @@ the service's, and it has room; the wanted pool is taken when it has room, other
 - allocating again allocates nothing more: run on its own output, no request changes status.
 
 Reclaim (`reclaim`): for every request still waiting for room, in serving order, take back capacity a
-lower class borrowed in a pool the waiting request may use (wanted pool first, then tightest): one
-request per environment (that environment's newest in the pool, i.e. the VM to scale down), lowest
-class, lowest priority and newest first, skipping environments reclaimed less than `interval` seconds
-ago, until the waiting request would fit. Nothing is reclaimed when it would not make the request fit.
-Reclaims already under way (ALLOCATED requests with `reclaimed_at` less than `interval` ago) count as
-capacity on its way back, so the next minute does not take more for the same request.
+lower class borrowed in a pool the waiting request may use: one request per environment (that
+environment's newest in the pool, i.e. the VM to scale down), lowest class, lowest priority and newest
+first, skipping environments reclaimed less than `interval` seconds ago. Which pool: if reclaims already
+under way (ALLOCATED requests with `reclaimed_at` less than `interval` ago) will make room, nothing more is
+taken; else the first pool (wanted, then tightest) where this decision's reclaims make it fit; else the
+first pool where it would fit once every lower-class allocation there came back, taking what the
+one-per-environment limit allows now (the rest follows in later minutes; without this, an environment
+holding several small borrowed VMs would block a larger request forever). Nothing is reclaimed for a
+request that would not fit even then. Room a reclaim frees is counted for its request only, so a second
+waiting request does not count on it. What this guarantees, stated as tested: run minute after minute
+(reclaims land, allocation runs) until reclaim orders nothing, the first request waiting for room is then
+placed, or no pool it may use would have room for it even if every lower class gave back all it holds
+there: it never waits for a lower class it could displace.
 """
 
 from __future__ import annotations
@@ -274,32 +281,64 @@ def _class_name(req: Request, st: _State) -> str:
     return CLASSES[level] if level >= 0 else "unknown class"
 
 
-def _reason(victim: Request, waiting: Request, pool: Pool, st: _State) -> str:
-    vcls, wcls = _class_name(victim, st), _class_name(waiting, st)
-    return (f"reclaim request {victim.id} ({victim.vcpus} vCPUs, {victim.memory} MB) of env {victim.envid} "
-            f"(service {victim.service}, {vcls}) borrowed from pool {pool.name} ({pool.cls}) for request "
-            f"{waiting.id} of env {waiting.envid} (service {waiting.service}, {wcls})")
+@dataclass
+class _Taking:
+    """One reclaim decision: the pass's end state, allocations by pool, room once reclaims land
+    (`future`, minus what earlier waiters count on), environments and requests already reclaimed."""
+
+    st: _State
+    by_pool: dict[str, list[Request]]
+    future: dict[str, Size]
+    cool: set[str]
+    taken: set[int]
+
+    def reason(self, victim: Request, waiting: Request, pool: Pool, partial: bool) -> str:
+        text = (f"reclaim request {victim.id} ({victim.vcpus} vCPUs, {victim.memory} MB) of env {victim.envid} "
+                f"(service {victim.service}, {_class_name(victim, self.st)}) borrowed from pool {pool.name} "
+                f"({pool.cls}) for request {waiting.id} of env {waiting.envid} "
+                f"(service {waiting.service}, {_class_name(waiting, self.st)})")
+        return text + ("; more to follow, one VM per environment per interval" if partial else "")
+
+    def pick(self, waiting: Request, pool: Pool) -> tuple[list[Request], Size]:
+        """Victims allowed now in `pool`, taken until `waiting` fits (or none are left), and the room then."""
+        room, picks = self.future[pool.name], []
+        for victim in _victims(self.by_pool.get(pool.name, []), class_rank(waiting, self.st.services),
+                               self.st, self.cool, self.taken):
+            if waiting.size.fits_in(room):
+                break
+            picks.append(victim)
+            room = room + victim.size
+        return picks, room
+
+    def later(self, waiting: Request, pool: Pool, picks: list[Request]) -> Size:
+        """What lower classes still hold in `pool` beyond `picks` and reclaims under way (later minutes)."""
+        level, skip = class_rank(waiting, self.st.services), self.taken | {v.id for v in picks}
+        return sum((r.size for r in self.by_pool.get(pool.name, [])
+                    if r.id not in skip and class_rank(r, self.st.services) < level), Size())
+
+    def commit(self, waiting: Request, pool: Pool, picks: list[Request], room: Size,
+               partial: bool) -> list[Reclaim]:
+        self.future[pool.name] = room - waiting.size
+        self.cool.update(v.envid for v in picks)
+        self.taken.update(v.id for v in picks)
+        return [Reclaim(v, waiting.id, pool.name, self.reason(v, waiting, pool, partial)) for v in picks]
 
 
-def _cover(waiting: Request, by_pool: Mapping[str, list[Request]], st: _State, future: dict[str, Size], cool: set[str],
-           taken: set[int]) -> list[Reclaim]:
-    """The reclaims that let `waiting` fit in its first pool where that is possible; updates `future`
-    (room once reclaims land), `cool` (envs reclaimed) and `taken` (request ids reclaimed)."""
-    level = class_rank(waiting, st.services)
-    for pool in _ordered(waiting, _candidates(waiting, st), future):
-        room = future[pool.name]
-        picks: list[Request] = []
-        if not waiting.size.fits_in(room):
-            for victim in _victims(by_pool.get(pool.name, []), level, st, cool, taken):
-                picks.append(victim)
-                room = room + victim.size
-                if waiting.size.fits_in(room):
-                    break
+def _cover(waiting: Request, take: _Taking) -> list[Reclaim]:
+    """The reclaims for one waiting request: none if room already on its way covers it; else those that
+    make it fit in its first pool where that is possible now; else, in its first pool where it would fit
+    once every lower-class allocation there came back, those the per-environment limit allows now."""
+    pools = _ordered(waiting, _candidates(waiting, take.st), take.future)
+    for pool in pools:
+        if waiting.size.fits_in(take.future[pool.name]):
+            return take.commit(waiting, pool, [], take.future[pool.name], False)
+    plans = [(pool, *take.pick(waiting, pool)) for pool in pools]
+    for pool, picks, room in plans:
         if waiting.size.fits_in(room):
-            future[pool.name] = room - waiting.size
-            cool.update(v.envid for v in picks)
-            taken.update(v.id for v in picks)
-            return [Reclaim(v, waiting.id, pool.name, _reason(v, waiting, pool, st)) for v in picks]
+            return take.commit(waiting, pool, picks, room, False)
+    for pool, picks, room in plans:
+        if picks and waiting.size.fits_in(room + take.later(waiting, pool, picks)):
+            return take.commit(waiting, pool, picks, room, True)
     return []
 
 
@@ -313,18 +352,16 @@ def reclaim(pools: Mapping[str, Pool], services: Mapping[str, ServiceQuota], req
     """
     reqs = _check_inputs(pools, services, requests)
     _, st = _serve(pools, services, reqs)
-    future = dict(st.free)
-    taken: set[int] = set()
-    by_pool: dict[str, list[Request]] = {}
+    take = _Taking(st, {}, dict(st.free), set(), set())
     for req in reqs:
-        if req.status != ALLOCATED or req.pool not in future:
+        if req.status != ALLOCATED or req.pool not in take.future:
             continue
-        by_pool.setdefault(req.pool, []).append(req)
+        take.by_pool.setdefault(req.pool, []).append(req)
         if req.reclaimed_at is not None and now - req.reclaimed_at < interval:
-            future[req.pool] = future[req.pool] + req.size
-            taken.add(req.id)
-    cool = {env for env, when in _last_reclaims(reqs, last_reclaim).items() if now - when < interval}
+            take.future[req.pool] = take.future[req.pool] + req.size
+            take.taken.add(req.id)
+    take.cool = {env for env, when in _last_reclaims(reqs, last_reclaim).items() if now - when < interval}
     out: list[Reclaim] = []
     for waiting in st.blocked:
-        out += _cover(waiting, by_pool, st, future, cool, taken)
+        out += _cover(waiting, take)
     return out

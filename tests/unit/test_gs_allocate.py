@@ -199,7 +199,25 @@ def test_reclaim_takes_one_per_environment_and_enough_to_fit() -> None:
     state = [*borrowed()[:4], req(10, "db", "g", 3, env="G")]
     # three needed: C (bronze), then A's newest (2) and B's (3); A's older one is left alone
     assert victims(state) == [4, 2, 3]
-    assert victims([*borrowed()[:4], req(10, "db", "g", 4, env="G")]) == []   # one per env cannot free 4
+    assert victims([*borrowed()[:4], req(10, "db", "g", 5, env="G")]) == []   # 5 never fits in g
+
+
+def test_reclaim_makes_progress_one_vm_per_environment_per_interval() -> None:
+    # g is full: env A borrowed all four vCPUs (four VMs); a gold request needs three
+    state = [held(i, "web", "g", 1, env="A", created=i) for i in range(1, 5)] + [req(10, "db", "g", 3, env="G")]
+    now, taken = 1000.0, []
+    while True:
+        out = reclaim(RECLAIM_POOLS, SERVICES, state, now)
+        if not out:
+            break
+        assert len(out) == 1 and out[0].reason.endswith(
+            "; more to follow, one VM per environment per interval") == (len(taken) < 2)
+        taken.append(out[0].victim.id)
+        state = apply(state, [release(out[0].victim)])
+        state = apply(state, allocate(RECLAIM_POOLS, SERVICES, state))
+        now += 60
+    assert taken == [4, 3, 2]                                         # newest first, one a minute
+    assert {r.id: r.status for r in state}[10] == ALLOCATED and {r.id: r.status for r in state}[1] == ALLOCATED
     # two waiters, one borrowing environment: it gives back one VM now, not one per waiter
     state = [held(1, "web", "g", 1, env="A", created=1), held(2, "web", "g", 1, env="A", created=5),
              held(3, "db", "g", 2, env="D"), req(10, "db", "g", 1, env="G"), req(11, "db", "g", 1, env="H")]
