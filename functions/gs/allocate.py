@@ -230,7 +230,7 @@ def _serve(pools: Mapping[str, Pool], services: Mapping[str, ServiceQuota],
                 out.append(replace(req, status=ALLOCATED, pool=pool.name, reason=""))
                 continue
             reason = _no_room(req, st)
-        out.append(replace(req, reason=reason))
+        out.append(replace(req, reason=reason, pool=None))
     return out, st
 
 
@@ -365,3 +365,13 @@ def reclaim(pools: Mapping[str, Pool], services: Mapping[str, ServiceQuota], req
     for waiting in st.blocked:
         out += _cover(waiting, take)
     return out
+
+
+def plan(pools: Mapping[str, Pool], services: Mapping[str, ServiceQuota], requests: Iterable[Request], now: float,
+         last_reclaim: Mapping[str, float] | None = None,
+         interval: float = 60.0) -> tuple[list[Request], list[Reclaim]]:
+    """One scheduler run: the allocation decisions (as `allocate`) and the reclaims to order on the state
+    after them (as `reclaim`). Pure; the caller stores the decisions whose status or reason changed."""
+    reqs = _check_inputs(pools, services, requests)
+    decisions = _serve(pools, services, reqs)[0]
+    return decisions, reclaim(pools, services, apply(reqs, decisions), now, last_reclaim, interval)

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from functions.gs.allocate import allocate, apply, change, reclaim, usage
+from functions.gs.allocate import allocate, apply, change, plan, reclaim, usage
 from functions.gs.model import ALLOCATED, CANCELLED, PEND, RELEASED, Pool, Request, ServiceQuota, Size, cancel, release
 
 ZONE = "lab"
@@ -251,6 +251,14 @@ def test_reclaim_then_release_lets_the_waiter_in() -> None:
     assert [r.victim.id for r in out] == [4, 2]
     state = apply(state, [release(r.victim) for r in out])
     assert decided(state, RECLAIM_POOLS)[10][:2] == (ALLOCATED, "g")
+
+
+def test_plan_is_allocate_then_reclaim() -> None:
+    state = [*borrowed()[:4], req(10, "db", "g", 2, env="G"), req(11, "batch", "s", 0, 0, env="C")]
+    decisions, reclaims = plan(RECLAIM_POOLS, SERVICES, state, 1000.0)
+    assert decisions == allocate(RECLAIM_POOLS, SERVICES, state)
+    assert reclaims == reclaim(RECLAIM_POOLS, SERVICES, apply(state, decisions), 1000.0)
+    assert [d.id for d in decisions if d.status == ALLOCATED] == [11] and [r.victim.id for r in reclaims] == [4, 2]
 
 
 def test_nothing_to_reclaim_when_nobody_waits_for_room() -> None:
