@@ -109,7 +109,7 @@ def free_of(pools: dict[str, Pool], state: list[Request]) -> dict[str, Size]:
     return {name: pool.total - per_pool.get(name, Size()) for name, pool in pools.items()}
 
 
-SETTINGS = settings(max_examples=300, deadline=None)
+SETTINGS = settings(max_examples=200, deadline=None)
 
 
 @SETTINGS
