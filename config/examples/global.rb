@@ -1,23 +1,33 @@
-# Carina global configuration (read by the global scheduler): shared resource pools and the services
-# that draw on them. Parsed, never executed: only Ruby literals. Numbers may be written as strings,
-# as the original global.rb did. Memory is in MB. Classes: bronze < silver < gold < platinum.
+# Carina global configuration, read by the global scheduler: the shared resource pools and the services
+# that draw on them. Parsed, never executed: only Ruby literals. Numbers may be written as strings, as
+# the original global.rb did. Memory is in MB.
+#
+# Classes, lowest first: bronze < silver < gold < platinum. A service may use the pools of its own class
+# and of higher classes, in the zone of the pool its environment asks for (an environment's endpoint name
+# must be one of these pool names). Capacity a lower class borrows from a higher-class pool is taken back
+# (its newest VM scaled down) when a request of the pool's class needs it.
+#
+# Same content in YAML: global.yaml.
 
 SHAREDPOOLS = {
-  'flm01' => {
-    :zone              => 'flame',
-    :allocateable_cpus => '10',
-    :allocateable_mem  => '10248',
-    :service_class     => 'gold',
-  },
-  'hlx02' => {
-    :zone              => 'helix',
-    :allocateable_cpus => '5',
-    :allocateable_mem  => '4096',
+  # The endpoint the example environments (config.rb) use.
+  'onesim' => {
+    :zone              => 'lab',
+    :allocateable_cpus => '8',
+    :allocateable_mem  => '8192',
     :service_class     => 'silver',
+  },
+  # Reserved for gold services; silver and bronze borrow it while it is idle.
+  'onesim-gold' => {
+    :zone              => 'lab',
+    :allocateable_cpus => '16',
+    :allocateable_mem  => '32768',
+    :service_class     => 'gold',
   },
 }
 
 SERVICES = {
-  'oneenv1' => { :priority => 'silver', :maxcpus => '12', :maxmemory => '128000' },
-  'oneenv2' => { :priority => 'gold',   :maxcpus => '12', :maxmemory => '64000' },
+  'oneenv1' => { :priority => 'silver', :maxcpus => '12', :maxmemory => '16384' },
+  'oneenv2' => { :priority => 'gold',   :maxcpus => '16', :maxmemory => '32768' },
+  'batch'   => { :priority => 'bronze', :maxcpus => '4',  :maxmemory => '4096' },
 }

@@ -2,7 +2,8 @@
 
 `load_config(text, kind, vm_files)` returns the normalized dict of docs/internals.md or raises ConfigError
 with every problem found, each naming its place (`ENVIRONMENT.tomcat.num_slave: unknown key`).
-`load_global(text, kind)` does the same for global.rb (SHAREDPOOLS, SERVICES).
+The global configuration (global.rb: SHAREDPOOLS, SERVICES) is loaded by functions.gs.config with the
+same `parse_text` and `load_section`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from functions.conf import checks as confcheck
 from functions.conf.fields import Int, Num, Text, Windows, check_expr, check_tz, file_name, name_list
-from functions.conf.rbparse import DEFAULT_CONSTANTS, GLOBAL_CONSTANTS, MAX_INPUT, RbSyntaxError, parse_rb
+from functions.conf.rbparse import DEFAULT_CONSTANTS, MAX_INPUT, RbSyntaxError, parse_rb
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-CLASSES = ("bronze", "silver", "gold", "platinum")
 MAX_YAML_NODES = 100_000
 MAX_YAML_DEPTH = 32
 _MESSAGES = {"Unknown field.": "unknown key", "Missing data for required field.": "missing (required)",
@@ -136,19 +136,6 @@ class GroupSchema(Schema):
     dependencies = fields.Dict(keys=Text(), values=fields.List(Text()), load_default=dict)
 
 
-class PoolSchema(Schema):
-    zone = Text(required=True, validate=validate.Length(min=1, max=64))
-    allocateable_cpus = Int(required=True, validate=_NON_NEG)
-    allocateable_mem = Int(required=True, validate=_NON_NEG)
-    service_class = Text(required=True, validate=validate.OneOf(CLASSES))
-
-
-class ServiceSchema(Schema):
-    priority = Text(required=True, validate=validate.OneOf(CLASSES))
-    maxcpus = Int(required=True, validate=_NON_NEG)
-    maxmemory = Int(required=True, validate=_NON_NEG)
-
-
 def flatten(messages: Any, path: str) -> list[str]:
     """marshmallow's nested error messages as `path.to.key: message` lines (Dict key/value levels merged)."""
     if isinstance(messages, dict):
@@ -172,8 +159,8 @@ def _dict_level(messages: dict[Any, Any]) -> bool:
         or isinstance(v, dict) for v in messages.values())
 
 
-def _load_section(raw: dict[str, Any], section: str, pick: Callable[[Any], Schema],
-                  errors: list[str]) -> dict[str, Any]:
+def load_section(raw: dict[str, Any], section: str, pick: Callable[[Any], Schema],
+                 errors: list[str]) -> dict[str, Any]:
     """Validate every entry of one section; good entries are returned, problems appended to errors."""
     value = raw.get(section)
     if value is None:
@@ -263,22 +250,11 @@ def load_config(text: str, kind: str, vm_files: set[str]) -> dict[str, Any]:
     """Parse, validate and cross-check a service config. Pure, safe to run twice. Raises ConfigError."""
     raw = parse_text(text, kind, DEFAULT_CONSTANTS, "config")
     errors: list[str] = []
-    endpoints = _load_section(raw, "ENDPOINT", lambda _: EndpointSchema(), errors)
-    templates = _load_section(raw, "TEMPLATE", lambda _: TemplateSchema(), errors)
-    envs = _load_section(raw, "ENVIRONMENT", _pick_env, errors)
+    endpoints = load_section(raw, "ENDPOINT", lambda _: EndpointSchema(), errors)
+    templates = load_section(raw, "TEMPLATE", lambda _: TemplateSchema(), errors)
+    envs = load_section(raw, "ENVIRONMENT", _pick_env, errors)
     config = _normalize(endpoints, templates, envs)
     errors += confcheck.cross_check(config, raw, set(vm_files))
     if errors:
         raise ConfigError(errors)
     return config
-
-
-def load_global(text: str, kind: str) -> dict[str, Any]:
-    """Parse and validate global.rb (SHAREDPOOLS, SERVICES). Pure, safe to run twice. Raises ConfigError."""
-    raw = parse_text(text, kind, GLOBAL_CONSTANTS, "global")
-    errors: list[str] = []
-    pools = _load_section(raw, "SHAREDPOOLS", lambda _: PoolSchema(), errors)
-    services = _load_section(raw, "SERVICES", lambda _: ServiceSchema(), errors)
-    if errors:
-        raise ConfigError(errors)
-    return {"SHAREDPOOLS": pools, "SERVICES": services}

@@ -1,4 +1,4 @@
-"""Service and global configuration: the examples load, and every kind of bad config is named."""
+"""Service configuration: the examples load, and every kind of bad config is named (global: test_gs_config)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from functions.conf.rbparse import MAX_INPUT
-from functions.conf.schema import ConfigError, load_config, load_global
+from functions.conf.schema import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "config" / "examples"
@@ -289,33 +289,6 @@ def test_yaml_keys_with_and_without_colons_agree() -> None:
     colon["ENVIRONMENT"]["tomcat"] = {f":{k}": v for k, v in colon["ENVIRONMENT"]["tomcat"].items()}
     plain = load_config(yaml.safe_dump(data, sort_keys=False), "yaml", VM_FILES)
     assert load_config(yaml.safe_dump(colon, sort_keys=False), "yaml", VM_FILES) == plain
-
-
-def test_global_example_and_errors() -> None:
-    text = (EXAMPLES / "global.rb").read_text()
-    assert load_global(text, "rb") == {
-        "SHAREDPOOLS": {"flm01": {"zone": "flame", "allocateable_cpus": 10, "allocateable_mem": 10248,
-                                  "service_class": "gold"},
-                        "hlx02": {"zone": "helix", "allocateable_cpus": 5, "allocateable_mem": 4096,
-                                  "service_class": "silver"}},
-        "SERVICES": {"oneenv1": {"priority": "silver", "maxcpus": 12, "maxmemory": 128000},
-                     "oneenv2": {"priority": "gold", "maxcpus": 12, "maxmemory": 64000}}}
-    bad = ("SHAREDPOOLS = { 'p' => { :zone => 'z', :allocateable_cpus => 'ten', :allocateable_mem => 1,"
-           " :service_class => 'diamond', :extra => 1 } }\nSERVICES = { 's' => { :priority => 'gold' } }")
-    with pytest.raises(ConfigError) as info:
-        load_global(bad, "rb")
-    assert info.value.errors == [
-        "SHAREDPOOLS.p.allocateable_cpus: must be an integer",
-        "SHAREDPOOLS.p.service_class: Must be one of: bronze, silver, gold, platinum.",
-        "SHAREDPOOLS.p.extra: unknown key",
-        "SERVICES.s.maxcpus: missing (required)",
-        "SERVICES.s.maxmemory: missing (required)",
-    ]
-    with pytest.raises(ConfigError, match="global.rb line 1 col 1: unknown constant `ENDPOINT`"):
-        load_global("ENDPOINT = {}", "rb")
-    yaml_text = yaml.safe_dump({"SHAREDPOOLS": {}, "SERVICES": {"s": {":priority": "bronze", ":maxcpus": 1,
-                                                                      ":maxmemory": "2"}}})
-    assert load_global(yaml_text, "yaml")["SERVICES"] == {"s": {"priority": "bronze", "maxcpus": 1, "maxmemory": 2}}
 
 
 @settings(max_examples=200, deadline=None)
