@@ -33,13 +33,12 @@ def port_busy(port: int) -> bool:
 
 
 def demo_env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the stack's own Redis, with its password
     for name, value in DEFAULTS.items():
         env.setdefault(name, value)
     home = ROOT / "var" / "demo"
     env.update({
         "CARINA_HOME": str(home),
-        "REDIS_URL": f"redis://127.0.0.1:{env['REDIS_PORT']}/0",
         "CARINA_IP": f"127.0.0.1:{env['CARINA_PORT']}",
         "CARINA_CALLBACK_ADDR": f"127.0.0.1:{env['CARINA_PORT']}",
         "CARINA_SSH_PORT": env["ONESIM_SSH_PORT"],
@@ -98,6 +97,7 @@ def start_stack(env: dict[str, str]) -> subprocess.Popen[bytes]:
     home = Path(env["CARINA_HOME"])
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
+    home.chmod(0o700)  # Redis' files and password: the controller's user only (see README, Security)
     log = open(home / "stack.log", "wb")  # noqa: SIM115 - lives as long as the stack
     return subprocess.Popen([str(ROOT / ".venv/bin/honcho"), "start"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
