@@ -20,6 +20,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from onesim.sandbox import forget  # noqa: E402
+
 DEFAULTS = {"CARINA_PORT": "4567", "REDIS_PORT": "6379", "ONESIM_PORT": "2633", "ONESIM_SSH_PORT": "2222"}
 
 
@@ -95,6 +99,7 @@ def wait_active(env: dict[str, str], envid: str, timeout: float) -> dict[str, ob
 
 def start_stack(env: dict[str, str]) -> subprocess.Popen[bytes]:
     home = Path(env["CARINA_HOME"])
+    forget(home / "onesim", env)  # the last demo's guest sandboxes (outside CARINA_HOME)
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     home.chmod(0o700)  # Redis' files and password: the controller's user only (see README, Security)

@@ -24,14 +24,14 @@ READ_PAUSE = 0.05
 PASSWORD = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}\Z")   # no spaces, quotes or backslashes: safe in redis.conf
 
 
-def ensure_home(home: Path) -> Path:
-    """Create CARINA_HOME (and its parents) with mode 0700; an existing one owned by this user loses any
-    group/other access. Returns `home`. Safe to run twice, from several processes at once."""
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = home.stat()
+def ensure_private_dir(path: Path) -> Path:
+    """Create a directory (CARINA_HOME, the simulator's workdir) and its parents with mode 0700; an existing one
+    owned by this user loses any group/other access. Returns `path`. Safe to run twice, from several processes."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
     if st.st_uid == os.geteuid() and st.st_mode & 0o077:
-        home.chmod(0o700)
-    return home
+        path.chmod(0o700)
+    return path
 
 
 def create_once(path: Path, data: bytes) -> bool:
@@ -71,7 +71,7 @@ def redis_password(home: Path) -> str:
         try:
             text = path.read_text(encoding="ascii", errors="replace").strip()
         except FileNotFoundError:
-            ensure_home(home)
+            ensure_private_dir(home)
             create_once(path, (secrets.token_hex(32) + "\n").encode("ascii"))
             continue
         if text:

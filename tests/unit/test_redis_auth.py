@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from config.redisauth import AUTH_CONF, PASSWORD_FILE, auth_conf, create_once, ensure_home, redis_password
+from config.redisauth import AUTH_CONF, PASSWORD_FILE, auth_conf, create_once, ensure_private_dir, redis_password
 from config.settings import Settings
 from tests.harness import project_env
 
@@ -37,14 +37,14 @@ def test_an_existing_home_and_a_loose_password_file_are_tightened(tmp_path: Path
     home.chmod(0o755)
     (home / PASSWORD_FILE).write_text("a-password-of-my-own-choosing\n")
     (home / PASSWORD_FILE).chmod(0o644)
-    assert ensure_home(home) == home and mode(home) == 0o700
+    assert ensure_private_dir(home) == home and mode(home) == 0o700
     assert redis_password(home) == "a-password-of-my-own-choosing"
     assert mode(home / PASSWORD_FILE) == 0o600
 
 
 @pytest.mark.parametrize("text", ["short", "has space in the middle of it", 'quote"dinthemiddleofit', "x" * 513])
 def test_an_unusable_password_is_refused_naming_the_file(tmp_path: Path, text: str) -> None:
-    ensure_home(tmp_path)
+    ensure_private_dir(tmp_path)
     (tmp_path / PASSWORD_FILE).write_text(text)
     with pytest.raises(ValueError, match=PASSWORD_FILE):
         redis_password(tmp_path)
