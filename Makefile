@@ -5,10 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 APT_PKGS := redis-server openssh-server wget curl
 STAMP := $(VENV)/.installed
+GUEST_USER := carina-guest
 
-.PHONY: setup system demo test lint bench clean
+.PHONY: setup system guest-user demo test lint bench clean
 
-setup: system $(STAMP)
+setup: system guest-user $(STAMP)
 
 # Debian packages the stack and the tests run (idempotent: installs only what is missing).
 system:
@@ -19,6 +20,14 @@ system:
 	  echo "apt-get install$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The unprivileged user the simulator runs tenants' context scripts as (root only; README, "Security").
+guest-user:
+	@if [ "$$(id -u)" = 0 ] && ! getent passwd $(GUEST_USER) >/dev/null; then \
+	  echo "useradd $(GUEST_USER)"; \
+	  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+	    $(GUEST_USER); \
 	fi
 
 $(STAMP): requirements.txt requirements-dev.txt | system
@@ -40,4 +49,7 @@ bench: setup
 	$(BIN)/python bench/run.py --quick
 
 clean:
+	@for w in var/onesim var/demo/onesim; do \
+	  if [ -f $$w/guests.id ]; then rm -rf "/var/tmp/onesim-guests-$$(id -u)/$$(cat $$w/guests.id)"; fi; \
+	done
 	rm -rf var .pytest_cache .hypothesis

@@ -20,6 +20,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from onesim.sandbox import forget  # noqa: E402
+
 DEFAULTS = {"CARINA_PORT": "4567", "REDIS_PORT": "6379", "ONESIM_PORT": "2633", "ONESIM_SSH_PORT": "2222"}
 
 
@@ -33,13 +37,12 @@ def port_busy(port: int) -> bool:
 
 
 def demo_env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the stack's own Redis, with its password
     for name, value in DEFAULTS.items():
         env.setdefault(name, value)
     home = ROOT / "var" / "demo"
     env.update({
         "CARINA_HOME": str(home),
-        "REDIS_URL": f"redis://127.0.0.1:{env['REDIS_PORT']}/0",
         "CARINA_IP": f"127.0.0.1:{env['CARINA_PORT']}",
         "CARINA_CALLBACK_ADDR": f"127.0.0.1:{env['CARINA_PORT']}",
         "CARINA_SSH_PORT": env["ONESIM_SSH_PORT"],
@@ -96,8 +99,10 @@ def wait_active(env: dict[str, str], envid: str, timeout: float) -> dict[str, ob
 
 def start_stack(env: dict[str, str]) -> subprocess.Popen[bytes]:
     home = Path(env["CARINA_HOME"])
+    forget(home / "onesim", env)  # the last demo's guest sandboxes (outside CARINA_HOME)
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
+    home.chmod(0o700)  # Redis' files and password: the controller's user only (see README, Security)
     log = open(home / "stack.log", "wb")  # noqa: SIM115 - lives as long as the stack
     return subprocess.Popen([str(ROOT / ".venv/bin/honcho"), "start"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
+
+from config.redisauth import redis_password
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,12 +27,18 @@ def home_from_env(env: dict[str, str] | None = None) -> Path:
     return Path(env.get("CARINA_HOME") or "var").resolve()
 
 
+def local_redis_url(home: Path, port: int) -> str:
+    """The URL of the Procfile's Redis on 127.0.0.1:`port`, with the password of `home` (created, with `home`
+    at mode 0700, if missing). Safe to run twice and from several processes at once."""
+    return f"redis://:{quote(redis_password(home), safe='')}@127.0.0.1:{port}/0"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a Carina process needs to know about its surroundings."""
 
     port: int = 4567
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)   # may carry the password
     home: Path = ROOT / "var"          # from_env: $CARINA_HOME made absolute once, default ./var
     onesim_port: int = 2633
     onesim_auth: str = "oneadmin:onesim"
@@ -47,14 +56,16 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        """Build settings from `env` (default: os.environ). Raises ValueError naming a bad variable."""
+        """Build settings from `env` (default: os.environ). Raises ValueError naming a bad variable.
+
+        Without REDIS_URL the password comes from $CARINA_HOME/redis.pass, which is created then if missing."""
         env = dict(os.environ if env is None else env)
         port = _int(env, "CARINA_PORT", 4567)
         redis_port = _int(env, "REDIS_PORT", 6379)
         home = home_from_env(env)
         return cls(
             port=port,
-            redis_url=env.get("REDIS_URL") or f"redis://127.0.0.1:{redis_port}/0",
+            redis_url=env.get("REDIS_URL") or local_redis_url(home, redis_port),
             home=home,
             onesim_port=_int(env, "ONESIM_PORT", 2633),
             onesim_auth=env.get("ONESIM_AUTH") or "oneadmin:onesim",

@@ -1,7 +1,8 @@
 """`python -m onesim [options]` runs the simulator; `python -m onesim fault ...` injects faults.
 
 Defaults come from ONESIM_PORT (2633), ONESIM_AUTH (oneadmin:onesim), ONESIM_SSH_PORT (2222) and
-CARINA_HOME (workdir $CARINA_HOME/onesim, made absolute at start; CARINA_HOME defaults to ./var).
+CARINA_HOME (workdir $CARINA_HOME/onesim, made absolute at start, mode 0700; CARINA_HOME defaults to ./var).
+Process guests run as ONESIM_GUEST_USER (carina-guest) in sandboxes under ONESIM_GUEST_ROOT (onesim.sandbox).
 The cloud is kept in <workdir>/state across restarts (`--fresh` starts an empty one); RUNNING VMs get their
 guests booted again. SIGTERM or SIGINT stops it cleanly (guests killed, state saved).
 """
@@ -43,6 +44,7 @@ def main(argv: list[str]) -> int:
         return cli(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s onesim %(levelname)s %(message)s")
+    from config.redisauth import ensure_private_dir
     from onesim.inventory import InventoryError
     from onesim.server import default_workdir, start_simulator
 
@@ -52,7 +54,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     workdir = (args.workdir or default_workdir()).resolve()  # guests never depend on the working directory
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(workdir)  # private (0700): the cloud's state names every VM's context, tokens included
         handle = start_simulator(args.port, auth=args.auth, inventory=args.inventory, guests=args.guests,
                                  ssh_port=args.ssh_port, delays=delays, workdir=workdir, host=args.host,
                                  persist=True, fresh=args.fresh)

@@ -2,11 +2,12 @@
 
 Modes (one per simulator run):
 - `process`: the VM really runs as a sandboxed local process tree: CONTEXT `FILES` are fetched over HTTP into
-  `<workdir>/vm-<id>/mnt`, CONTEXT attributes become environment variables, `INIT_SCRIPTS` run with /bin/sh,
+  `<sandbox root>/vm-<id>/mnt`, CONTEXT attributes become environment variables, `INIT_SCRIPTS` run with /bin/sh,
   and the guest answers SSH on (its IP, ssh_port) by running commands in its sandbox.
 - `synthetic`: no processes; the manager makes the standard callbacks itself and answers SSH with exit 0.
 - `none`: nothing.
-Guest processes run as the simulator's own user: the sandbox is a directory, not a security boundary.
+Guest processes (init scripts and SSH commands alike) run as the unprivileged guest user with a clean environment,
+in sandboxes outside CARINA_HOME (onesim.sandbox); a simulator that cannot switch users says so at start.
 Each guest process runs in its own process group and is killed when its VM leaves RUNNING or the simulator
 stops; a watchdog process (onesim.reaper) kills what is left if the simulator dies without stopping them.
 """
@@ -43,7 +44,8 @@ from onesim.guestlib import (
     host_key_seed,
     http_get,
 )
-from onesim.reaper import start_watchdog, sweep
+from onesim.reaper import start_watchdog
+from onesim.sandbox import GuestUser, hand_over, open_sandboxes
 from onesim.sshd import (
     Endpoint,
     ExecResult,
@@ -61,10 +63,11 @@ HOST_KEY_SEED_FILE = "synthetic-hostkey.seed"
 class _ProcessGuest:
     """One VM running for real: sandbox, context files, init scripts, SSH. All methods are thread-safe."""
 
-    def __init__(self, vmid: int, ip: str, context: dict[str, str], workdir: Path, ssh_port: int,
-                 server: SshServer) -> None:
+    def __init__(self, vmid: int, ip: str, context: dict[str, str], root: Path, ssh_port: int,
+                 server: SshServer, runas: GuestUser) -> None:
         self.vmid, self.ip, self.context, self.ssh_port, self.server = vmid, ip, dict(context), ssh_port, server
-        self.sandbox = workdir / f"vm-{vmid}"
+        self.runas = runas
+        self.sandbox = root / f"vm-{vmid}"
         self.mnt = self.sandbox / "mnt"
         self.user = "root"
         self.home = self.sandbox / "home" / self.user
@@ -97,13 +100,15 @@ class _ProcessGuest:
             self.note(f"guest failed: {exc!r}")
 
     def _prepare(self) -> None:
-        """Create mnt/ and home/<user>/ and load (or create once) the guest's host key. Safe to run twice."""
+        """Create mnt/ and home/<user>/ (the home owned by the guest user) and load (or create once) the guest's
+        host key. Safe to run twice."""
         self.sandbox.mkdir(parents=True, exist_ok=True)
         self.user = guest_user(self.context)
         self.home = self.sandbox / "home" / self.user
         self.mnt.mkdir(exist_ok=True)
         self.home.mkdir(parents=True, exist_ok=True)
-        self.env = guest_env(self.context, self.home, self.mnt, self.user)
+        hand_over(self.home, self.runas)
+        self.env = {**guest_env(self.context, self.home, self.mnt, self.user), "LANG": "C.UTF-8"}
         key_file = self.sandbox / "ssh_host_ed25519_key"
         if not key_file.exists():
             key_file.write_text(generate_host_key(), encoding="ascii")
@@ -158,7 +163,7 @@ class _ProcessGuest:
                 return None
             self._prune_groups()
             proc = subprocess.Popen(argv, env=self.env, cwd=self.home, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, close_fds=True, **kwargs)
+                                    start_new_session=True, close_fds=True, **self.runas.popen_kwargs(), **kwargs)
             self._pgids.add(proc.pid)
             return proc
 
@@ -319,9 +324,12 @@ class _SyntheticGuests:
 
 
 class GuestManager:
-    """Starts and stops the guests of RUNNING VMs. start() returns at once and never raises for guest content."""
+    """Starts and stops the guests of RUNNING VMs. start() returns at once and never raises for guest content.
 
-    def __init__(self, mode: str, ssh_port: int, workdir: Path) -> None:
+    Process guests live in `guest_root` (default: onesim.sandbox.sandbox_root(workdir)); raises ValueError when
+    that directory is unsafe."""
+
+    def __init__(self, mode: str, ssh_port: int, workdir: Path, guest_root: Path | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
         if not 0 <= ssh_port <= 65535:
@@ -332,14 +340,15 @@ class GuestManager:
         self._server: SshServer | None = None
         self._synthetic: _SyntheticGuests | None = None
         self._reaper: subprocess.Popen[bytes] | None = None
+        self.runas = GuestUser("")
+        self.root: Path | None = None
         if mode != "none":
             self.workdir.mkdir(parents=True, exist_ok=True)
-            self._server = SshServer()
         if mode == "process":
-            left = sweep(self.workdir)  # guests of an earlier run whose watchdog did not get to them
-            if left:
-                log.warning("killed %d guest process(es) left by an earlier run in %s", left, self.workdir)
-            self._reaper = start_watchdog(self.workdir)
+            self.runas, self.root = open_sandboxes(self.workdir, guest_root)
+            self._reaper = start_watchdog(self.root)
+        if mode != "none":
+            self._server = SshServer()
         if mode == "synthetic":
             assert self._server is not None
             self._synthetic = _SyntheticGuests(self.workdir, ssh_port, self._server)
@@ -354,7 +363,8 @@ class GuestManager:
         with self._lock:
             if vmid in self._guests:
                 return
-            guest = _ProcessGuest(vmid, ip, context, self.workdir, self.ssh_port, self._server)
+            assert self.root is not None
+            guest = _ProcessGuest(vmid, ip, context, self.root, self.ssh_port, self._server, self.runas)
             self._guests[vmid] = guest
         threading.Thread(target=guest.boot, name=f"onesim-guest-{vmid}", daemon=True).start()
 

@@ -36,6 +36,7 @@ from onesim import states as S
 from onesim.api import Api
 from onesim.model import Model
 from onesim.records import FORMAT, header, restore, vm_record
+from onesim.sandbox import ID_FILE, forget
 
 log = logging.getLogger("onesim")
 STATE_DIR = "state"
@@ -132,13 +133,14 @@ def load_records(state: Path) -> tuple[int, dict[str, Any], dict[int, dict[str, 
 
 
 def wipe(workdir: Path) -> None:
-    """Forget the saved cloud of `workdir`: the state files, the VM sandboxes, synthetic guests' host-key seed and
-    log. Other files are left alone. Safe to run twice."""
+    """Forget the saved cloud of `workdir`: the state files, the VM sandboxes (onesim.sandbox.forget), synthetic
+    guests' host-key seed and log. Other files are left alone. Safe to run twice."""
     shutil.rmtree(workdir / STATE_DIR, ignore_errors=True)
+    forget(workdir)
     for path in workdir.glob("vm-*"):
         if path.is_dir() and path.name[3:].isdigit():
             shutil.rmtree(path, ignore_errors=True)
-    for name in ("synthetic-ssh.log", "synthetic-hostkey.seed"):
+    for name in ("synthetic-ssh.log", "synthetic-hostkey.seed", ID_FILE):
         (workdir / name).unlink(missing_ok=True)
 
 

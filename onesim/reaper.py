@@ -1,10 +1,11 @@
 """No guest outlives its simulator: a watchdog process and a sweep of stray guest processes.
 
-Every process guest runs with `MNT=<workdir>/vm-<id>/mnt` in its environment (onesim.guestlib.guest_env).
-`sweep(workdir)` kills (SIGKILL, whole process group) every process of this user whose environment says so.
-`python -S -m onesim.reaper WORKDIR` waits for EOF on its stdin, then sweeps: the simulator keeps the write end
-of that pipe open, so however it ends (a clean stop, a crash, SIGKILL), its guests go with it. Standard library
-only (the watchdog runs without site-packages).
+Every process guest runs with `MNT=<root>/vm-<id>/mnt` in its environment (onesim.guestlib.guest_env), where
+<root> is the simulator's sandbox root (onesim.sandbox; the WORKDIR argument below). `sweep(root)` kills (SIGKILL,
+whole process group) every process whose environment says so and that this user may see (all of them for root,
+so guests running as the guest user too). `python -S -m onesim.reaper WORKDIR` waits for EOF on its stdin, then
+sweeps: the simulator keeps the write end of that pipe open, so however it ends (a clean stop, a crash, SIGKILL),
+its guests go with it. Standard library only (the watchdog runs without site-packages).
 """
 
 from __future__ import annotations

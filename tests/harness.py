@@ -1,6 +1,8 @@
 """Real servers for tests: redis-server on a free loopback port, and helpers to wait for ports.
 
-No mocks: every test that touches state talks to a real redis-server started here.
+No mocks: every test that touches state talks to a real redis-server started here. It requires a password, as
+the Procfile's does (generated into its data directory by config.redisauth): clients get it through `url`, or
+through `url_of` / `twin` from a client they already have.
 """
 
 from __future__ import annotations
@@ -9,10 +11,14 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
+
+from config.redisauth import auth_conf, redis_password
 
 
 def free_port() -> int:
@@ -34,8 +40,21 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> None
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def url_of(client: redis.Redis) -> str:
+    """The redis:// URL (password included) of the server and database `client` talks to."""
+    kw = client.connection_pool.connection_kwargs
+    auth = f":{quote(kw['password'], safe='')}@" if kw.get("password") else ""
+    return f"redis://{auth}{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+def twin(client: redis.Redis, decode: bool = False) -> redis.Redis:
+    """A new client of the same server and database (bytes unless `decode`), e.g. the raw one RQ needs."""
+    return redis.Redis.from_url(url_of(client), decode_responses=decode)
+
+
 class RedisServer:
-    """A redis-server process on loopback with AOF on, data in `workdir`."""
+    """A redis-server process on loopback with AOF on, data in `workdir` (made 0700), requiring the password of
+    `workdir`/redis.pass (created if missing, kept across restarts), as the Procfile's Redis does."""
 
     def __init__(self, workdir: Path, port: int | None = None, appendfsync: str = "always") -> None:
         self.workdir = workdir
@@ -44,20 +63,29 @@ class RedisServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def password(self) -> str:
+        return redis_password(self.workdir)
+
+    @property
     def url(self) -> str:
+        return f"redis://:{quote(self.password, safe='')}@127.0.0.1:{self.port}/0"
+
+    @property
+    def anonymous_url(self) -> str:
+        """The URL without the password (its clients get NOAUTH)."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = auth_conf(self.workdir)
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-             "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
+            [exe, "--include", str(conf), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.workdir), "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
              "--protected-mode", "yes", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_port(self.port)
-        client = redis.Redis(port=self.port)
+        client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -82,6 +110,14 @@ class RedisServer:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def guest_root() -> Path:
+    """A fresh directory for a simulator's guest sandboxes (ONESIM_GUEST_ROOT) under /var/tmp, mode 0711: the
+    guest user can reach it there, unlike pytest's 0700 temporary directories. The caller removes it."""
+    root = Path(tempfile.mkdtemp(prefix="onesim-test-guests-", dir="/var/tmp")).resolve()
+    root.chmod(0o711)
+    return root
 
 
 def project_env(**extra: str) -> dict[str, str]:

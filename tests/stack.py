@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import redis
 
 from functions.cloud.one import OneClient, VmView
 from functions.store import envstore, tenants
-from tests.harness import RedisServer, free_port, project_env, wait_port
+from tests.harness import RedisServer, free_port, guest_root, project_env, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "config" / "examples"
@@ -62,6 +63,7 @@ class Stack:
         self.ssh_port = free_port()
         self.sim_delay = sim_delay
         self.extra_env = dict(env or {})
+        self.guest_root = guest_root()   # outside every 0700 directory: the guest user reaches its sandboxes
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.workers: list[subprocess.Popen[bytes]] = []
         self._worker_seq = 0
@@ -83,7 +85,7 @@ class Stack:
             REDIS_URL=self.redis.url, CARINA_PORT=str(self.port), CARINA_HOME=str(self.workdir / "home"),
             CARINA_CALLBACK_ADDR=f"127.0.0.1:{self.port}", CARINA_IP=f"127.0.0.1:{self.port}",
             ONESIM_PORT=str(self.sim_port), ONESIM_AUTH=SIM_AUTH, ONESIM_SSH_PORT=str(self.ssh_port),
-            CARINA_SSH_PORT=str(self.ssh_port), CARINA_DRAIN_TIME="0",
+            CARINA_SSH_PORT=str(self.ssh_port), CARINA_DRAIN_TIME="0", ONESIM_GUEST_ROOT=str(self.guest_root),
             PYTHONUNBUFFERED="1", **self.extra_env)
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -158,7 +160,7 @@ class Stack:
         self.redis.start()
 
     def stop(self) -> None:
-        """Stop every process (SIGTERM, then SIGKILL). Safe to run twice."""
+        """Stop every process (SIGTERM, then SIGKILL) and remove the guests' sandboxes. Safe to run twice."""
         for proc in [*self.workers, *self.procs.values()]:
             if proc.poll() is None:
                 try:
@@ -177,6 +179,7 @@ class Stack:
             self._r.close()
             self._r = None
         self.redis.stop()
+        shutil.rmtree(self.guest_root, ignore_errors=True)
 
     def __enter__(self) -> Stack:
         return self.start()

@@ -18,6 +18,7 @@ from functions.store import envstore, keys, tenants
 from functions.store.envstore import VmRecord
 from functions.store.runtime import JsonQueue
 from gateway import create_app
+from tests.harness import twin
 
 
 @pytest.fixture
@@ -41,8 +42,7 @@ def world(api, redis_server, monkeypatch):
 
 
 def _queue(r: redis.Redis) -> JsonQueue:
-    kw = r.connection_pool.connection_kwargs
-    return JsonQueue("carina", connection=redis.Redis(host=kw["host"], port=kw["port"], db=kw.get("db", 0)))
+    return JsonQueue("carina", connection=twin(r))
 
 
 def _queued(r: redis.Redis) -> list[tuple[str, list]]:

@@ -17,6 +17,7 @@ from functions.store.envstore import VmRecord
 from functions.store.runtime import JsonQueue
 from gateway import create_app
 from tests.api.conftest import bearer
+from tests.harness import twin
 
 TEXT = {"Accept": "text/plain"}
 CONFIG = {
@@ -68,8 +69,7 @@ def _setup(api, name: str = "svc1") -> str:
 
 
 def _queue(r: redis.Redis) -> JsonQueue:
-    kw = r.connection_pool.connection_kwargs
-    return JsonQueue("carina", connection=redis.Redis(host=kw["host"], port=kw["port"], db=kw.get("db", 0)))
+    return JsonQueue("carina", connection=twin(r))
 
 
 def _create(api, token: str, name: str = "tomcat") -> tuple[str, str]:

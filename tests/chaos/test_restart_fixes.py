@@ -24,7 +24,7 @@ from functions.store import envstore, keys, scripts, tenants
 from functions.store.envstore import VmRecord
 from functions.store.runtime import JsonQueue
 from functions.upkeep import ticks
-from tests.harness import project_env
+from tests.harness import project_env, twin, url_of
 from tests.stack import wait_for
 
 pytestmark = pytest.mark.slow
@@ -33,19 +33,18 @@ T0 = 1_790_000_040.0   # a minute boundary (divisible by 60)
 
 
 def _queue(rdb: redis.Redis) -> JsonQueue:
-    kw = rdb.connection_pool.connection_kwargs
-    return JsonQueue("carina", connection=redis.Redis(host=kw["host"], port=kw["port"], db=kw.get("db", 0)))
+    return JsonQueue("carina", connection=twin(rdb))
 
 
 def _holder(rdb: redis.Redis, envid: str, ttl: float | None) -> subprocess.Popen[str]:
     """A separate process that takes envid's lock (ttl None: the default) and holds it until killed."""
-    kw = rdb.connection_pool.connection_kwargs
     arg = "" if ttl is None else f", ttl={ttl}"
-    code = ("import sys, time, redis\nfrom functions.store import envstore\n"
-            f"r = redis.Redis(host={kw['host']!r}, port={kw['port']}, decode_responses=True)\n"
+    code = ("import os, sys, time, redis\nfrom functions.store import envstore\n"
+            "r = redis.Redis.from_url(os.environ['REDIS_URL'], decode_responses=True)\n"
             f"with envstore.env_lock(r, {envid!r}{arg}) as got:\n"
             "    print('held' if got else 'busy', flush=True)\n    time.sleep(600)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=project_env(), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=project_env(REDIS_URL=url_of(rdb)),
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     return proc
 
@@ -234,17 +233,16 @@ def test_the_minute_tick_trims_jobs_and_events_to_the_retention(rdb: redis.Redis
 
 
 def test_ticks_from_several_processes_in_one_minute_do_the_work_once(rdb: redis.Redis) -> None:
-    kw = rdb.connection_pool.connection_kwargs
-    code = ("import sys, redis\nfrom functions.upkeep import ticks\nfrom functions.model.clock import FakeClock\n"
+    code = ("import os, sys, redis\nfrom functions.upkeep import ticks\nfrom functions.model.clock import FakeClock\n"
             "from functions.store.runtime import JsonQueue\n"
-            f"r = redis.Redis(host={kw['host']!r}, port={kw['port']}, decode_responses=True)\n"
-            f"q = JsonQueue('carina', connection=redis.Redis(host={kw['host']!r}, port={kw['port']}))\n"
+            "r = redis.Redis.from_url(os.environ['REDIS_URL'], decode_responses=True)\n"
+            "q = JsonQueue('carina', connection=redis.Redis.from_url(os.environ['REDIS_URL']))\n"
             "sys.stdin.readline()\n"
             f"print('done' if ticks.tick(r, q, FakeClock({T0} + float(sys.argv[1]))) else 'skipped')\n")
     envid, _ = envstore.create_env(rdb, "svc", "tomcat", {"endpoint": "onesim"}, "CREATE", FakeClock(T0))
     offsets = [0, 5, 30, 59, 59.9]                                   # all in the same minute
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(o)], env=project_env(), stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True) for o in offsets]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(o)], env=project_env(REDIS_URL=url_of(rdb)),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for o in offsets]
     outs = [p.communicate("go\n", timeout=60)[0].strip() for p in procs]   # released together
     assert sorted(outs) == ["done"] + ["skipped"] * (len(offsets) - 1)
     q = _queue(rdb)

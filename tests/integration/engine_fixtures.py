@@ -38,6 +38,7 @@ from onesim import lifecycle as simlife
 from onesim import states as S
 from onesim.model import Vm
 from onesim.server import SimHandle, start_simulator
+from tests.harness import twin
 
 SERVICE = "acme"
 VM_TEXT = """NAME = "%NAME%"
@@ -207,8 +208,7 @@ def open_rig(rdb: redis.Redis, **settings: Any) -> Iterator[Rig]:
     """A Rig on the flushed test Redis with service `acme` (its .vm files uploaded); stops the simulator after."""
     clock = FakeClock()
     sim = start_simulator(clock=clock, tick=False, guests="none")
-    kw = rdb.connection_pool.connection_kwargs
-    raw = redis.Redis(host=kw["host"], port=kw["port"], db=kw.get("db", 0))
+    raw = twin(rdb)
     opts: dict[str, Any] = {"create_deadline": 600, "drain_time_default": 30, "ssh_timeout": 5.0,
                             "callback_addr": "127.0.0.1:4567", "home": Path(tempfile.mkdtemp(prefix="carina-home-")),
                             **settings}

@@ -4,16 +4,20 @@ and the next environment gets new VM ids, never 0, 1, 2 again. Then the cloud is
 environment gets ids 0, 1, 2 and removing the first one (whose records name those ids) leaves them alone.
 
 The stack runs in a temporary directory holding the Procfile and symlinks to the code, so ./var is that
-directory's own; only the ports come from the environment (free ones).
+directory's own; only the ports come from the environment (free ones). Redis requires the password the stack
+generated in ./var (0700); the guests' sandboxes are outside ./var, in the default /var/tmp/onesim-guests-<uid>/...,
+and when the tests run as root (with `make setup`'s carina-guest user) the guests run as that user.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -24,7 +28,10 @@ from typing import Any
 
 import pyone
 import pytest
+import redis
 
+from onesim.persist import wipe
+from onesim.sandbox import GUEST_USER, sandbox_root
 from tests.harness import free_port
 
 pytestmark = pytest.mark.slow
@@ -46,8 +53,9 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, log: Path | N
         time.sleep(0.5)
 
 
-def guest_processes(app: Path) -> list[int]:
-    marker = f"{app.resolve()}/var/onesim/vm-".encode()
+def guest_processes(root: Path) -> list[int]:
+    """Pids of processes whose command line or environment names a sandbox under `root`."""
+    marker = f"{root}/vm-".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -72,6 +80,13 @@ class Honcho:
                     "HOME": str(app), "CARINA_IP": f"127.0.0.1:{self.ports['CARINA_PORT']}"}
         self.log = app / "honcho.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.roots: set[Path] = set()
+
+    def sandboxes(self) -> Path:
+        """The simulator's guest sandbox root (the default one, named by var/onesim/guests.id)."""
+        root = sandbox_root(self.app / "var" / "onesim", env={})
+        self.roots.add(root)
+        return root
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
@@ -125,8 +140,12 @@ def stack(tmp_path: Path) -> Iterator[Honcho]:
     honcho = Honcho(app)
     yield honcho
     honcho.kill()
-    for pid in guest_processes(app):
-        os.kill(pid, signal.SIGKILL)
+    if (app / "var" / "onesim" / "guests.id").is_file():
+        honcho.sandboxes()                        # the current cloud's, even if the test never asked
+    for root in honcho.roots:
+        for pid in guest_processes(root):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _create(h: Honcho, token: str) -> tuple[str, list[int]]:
@@ -155,6 +174,28 @@ def _running(h: Honcho) -> set[int]:
     return {vm.ID for vm in h.one().vmpool.info(-2, -1, -1, -1).VM if (vm.STATE, vm.LCM_STATE) == (3, 3)}
 
 
+def _kept_apart(h: Honcho) -> None:
+    """Redis answers only with the password of ./var (0700); guests live outside ./var, as the guest user when
+    the simulator could switch to it."""
+    home = h.app / "var"
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700 and stat.S_IMODE((home / "redis.pass").stat().st_mode) == 0o600
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=int(h.ports["REDIS_PORT"])).ping()
+    root = h.sandboxes()
+    assert not root.is_relative_to(home)
+    keys = list(root.glob("vm-*/home/*/.ssh/authorized_keys"))      # installed by each guest's init.sh
+    assert len(keys) == 3
+    try:
+        guest_uid = pwd.getpwnam(GUEST_USER).pw_uid if os.geteuid() == 0 else None
+    except KeyError:
+        guest_uid = None
+    if guest_uid is not None:
+        assert f"guests run as {GUEST_USER}" in h.log.read_text()
+        assert {k.stat().st_uid for k in keys} == {guest_uid}
+    else:
+        assert "guests are NOT isolated" in h.log.read_text()
+
+
 def test_honcho_start_with_the_default_home_survives_a_restart(stack: Honcho) -> None:
     h = stack
     h.start()
@@ -172,9 +213,10 @@ def test_honcho_start_with_the_default_home_survives_a_restart(stack: Honcho) ->
     assert len(first) == 3 and first == sorted(_running(h))
     assert (h.app / "var" / "onesim" / "state" / "pool.json").is_file()
     assert "cannot open" not in h.log.read_text()  # the guests' init scripts were found
+    _kept_apart(h)
 
     assert h.stop() in (0, 130)
-    assert not guest_processes(h.app), "a guest process outlived the simulator"
+    assert not guest_processes(h.sandboxes()), "a guest process outlived the simulator"
     h.start()
 
     assert set(first) <= _running(h), "the simulator lost its VMs"
@@ -182,12 +224,12 @@ def test_honcho_start_with_the_default_home_survives_a_restart(stack: Honcho) ->
     envid2, second = _create(h, token)
     assert envid2 != envid and len(second) == 3 and min(second) > max(first)
     assert h.stop() in (0, 130)
-    assert not guest_processes(h.app)
+    assert not guest_processes(h.sandboxes())
 
     # The cloud is reset behind Carina's back (what `python -m onesim --fresh` does): VM ids start at 0 again.
-    sim = h.app / "var" / "onesim"
-    for path in [sim / "state", *sim.glob("vm-*")]:
-        shutil.rmtree(path)
+    old = h.sandboxes()
+    wipe(h.app / "var" / "onesim")
+    assert not old.exists()
     h.start()
     envid3, third = _create(h, token)               # a new master under a reused id: no stale host-key pin
     assert third == first, "the reset cloud numbers its VMs from the start again"

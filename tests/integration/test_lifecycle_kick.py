@@ -9,11 +9,11 @@ import redis
 from functions.engine import kick as lifecycle
 from functions.store import keys
 from functions.store.runtime import JsonQueue
+from tests.harness import twin
 
 
 def _queue(rdb: redis.Redis) -> JsonQueue:
-    kw = rdb.connection_pool.connection_kwargs
-    raw = redis.Redis(host=kw["host"], port=kw["port"], db=kw.get("db", 0))
+    raw = twin(rdb)
     return JsonQueue("carina", connection=raw)
 
 

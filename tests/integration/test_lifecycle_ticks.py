@@ -14,11 +14,11 @@ from functions.model.clock import FakeClock
 from functions.store import envstore, keys
 from functions.store.runtime import JsonJob, JsonQueue
 from functions.upkeep import reconcile, ticks
+from tests.harness import twin
 
 
 def _raw(rdb: redis.Redis) -> redis.Redis:
-    kw = rdb.connection_pool.connection_kwargs
-    return redis.Redis(host=kw["host"], port=kw["port"], db=kw.get("db", 0))
+    return twin(rdb)
 
 
 def test_minute_claim_once_per_minute(rdb: redis.Redis) -> None:

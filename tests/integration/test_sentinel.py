@@ -1,5 +1,6 @@
 """REDIS_URL may name a Sentinel-managed master (ARCHITECTURE §3): a real redis-server in sentinel mode
-monitors the test master; Carina's clients and an RQ worker go through it."""
+monitors the test master (which requires a password, given in the URL); Carina's clients and an RQ worker go
+through it."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def sentinel(tmp_path: Path) -> Iterator[tuple[RedisServer, int]]:
     port = free_port()
     conf = tmp_path / "sentinel.conf"
     conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-                    f"sentinel monitor carina 127.0.0.1 {master.port} 1\n")
+                    f"sentinel monitor carina 127.0.0.1 {master.port} 1\nsentinel auth-pass carina {master.password}\n")
     proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -38,9 +39,9 @@ def sentinel(tmp_path: Path) -> Iterator[tuple[RedisServer, int]]:
 
 def test_clients_and_rq_work_through_sentinel(sentinel: tuple[RedisServer, int]) -> None:
     master, port = sentinel
-    rt = connect(Settings(redis_url=f"redis+sentinel://127.0.0.1:{port}/carina/0"))
+    rt = connect(Settings(redis_url=f"redis+sentinel://:{master.password}@127.0.0.1:{port}/carina/0"))
     rt.text.set("carina:probe", "through-sentinel")
-    assert redis.Redis(port=master.port, decode_responses=True).get("carina:probe") == "through-sentinel"
+    assert redis.Redis.from_url(master.url, decode_responses=True).get("carina:probe") == "through-sentinel"
     job = rt.queue.enqueue("functions.views.tables.render_table", ["A"], [["1"]])
     SimpleWorker([rt.queue], connection=rt.raw, serializer=JSONSerializer, job_class=JsonJob).work(burst=True)
     assert JsonJob.fetch(job.id, connection=rt.raw).return_value() == "A\n-\n1\n"

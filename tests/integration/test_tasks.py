@@ -12,11 +12,11 @@ from rq.serializers import JSONSerializer
 from functions import tasks
 from functions.store import envstore
 from functions.store.runtime import RENAMED_TASKS, JsonJob, JsonQueue
+from tests.harness import twin, url_of
 
 
 def _queue(rdb: redis.Redis) -> JsonQueue:
-    kw = rdb.connection_pool.connection_kwargs
-    return JsonQueue("carina", connection=redis.Redis(host=kw["host"], port=kw["port"], db=kw.get("db", 0)))
+    return JsonQueue("carina", connection=twin(rdb))
 
 
 def test_every_renamed_task_points_at_a_task() -> None:
@@ -25,8 +25,7 @@ def test_every_renamed_task_points_at_a_task() -> None:
 
 
 def test_jobs_queued_under_the_old_names_still_run(rdb: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    kw = rdb.connection_pool.connection_kwargs
-    monkeypatch.setenv("REDIS_URL", f"redis://{kw['host']}:{kw['port']}/0")
+    monkeypatch.setenv("REDIS_URL", url_of(rdb))
     q = _queue(rdb)
     envid, _ = envstore.create_env(rdb, "svc", "web", {"name": "web"}, "CREATE", lambda: 1000.0)
     envstore.delete_env(rdb, envid, lambda: 1001.0)            # a drive of a removed env answers "gone"

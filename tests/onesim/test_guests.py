@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -20,7 +21,7 @@ from functions.cloud.sshexec import HostKeyMismatch, run_remote, script_command
 from onesim.guestlib import GuestError, callback_urls, file_name, is_master
 from onesim.guests import GuestManager
 from onesim.sshd import generate_host_key, key_in_authorized_keys, load_host_key, public_line
-from tests.harness import free_port
+from tests.harness import free_port, guest_root
 
 CONTEXT_DIR = Path(__file__).resolve().parents[2] / "context"
 TOKEN = "tok+en/with=odd&chars"
@@ -72,6 +73,14 @@ def wait_for(pred: Callable[[], object], timeout: float = 20.0, what: str = "con
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+@pytest.fixture
+def sandboxes() -> Iterator[Path]:
+    """The guests' sandbox root (outside pytest's 0700 temporary directories, which the guest user cannot reach)."""
+    root = guest_root()
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -129,10 +138,10 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def test_process_guest_calls_back_and_runs_ssh_commands(tmp_path: Path, repo: Repo,
+def test_process_guest_calls_back_and_runs_ssh_commands(tmp_path: Path, sandboxes: Path, repo: Repo,
                                                         controller_key: paramiko.PKey) -> None:
     port, ip = free_port(), "127.0.1.11"
-    mgr = GuestManager("process", port, tmp_path)
+    mgr = GuestManager("process", port, tmp_path, sandboxes)
     try:
         mgr.start(7, ip, vm_context(repo, 7, ip, "tomcat-master.sh", CARINA_ROLE="master", BALANCE_PORT="8080"))
         wait_for(lambda: len(repo.calls) >= 2, what="two callbacks")
@@ -143,10 +152,10 @@ def test_process_guest_calls_back_and_runs_ssh_commands(tmp_path: Path, repo: Re
         assert p2 == "/cgi-bin/updateappstatus.sh"
         assert params(q2) == {"service": "svc", "vmid": "7", "envid": "3", "status": "MASTER_INIT_DONE",
                               "token": TOKEN}
-        home = tmp_path / "vm-7" / "home" / "local"
+        home = sandboxes / "vm-7" / "home" / "local"
         keys = home / ".ssh" / "authorized_keys"
         assert stat.S_IMODE(keys.stat().st_mode) == 0o600
-        assert (tmp_path / "vm-7" / "mnt" / "init.sh").is_file()
+        assert (sandboxes / "vm-7" / "mnt" / "init.sh").is_file()
 
         client = ssh(ip, port, controller_key)
         try:
@@ -165,20 +174,20 @@ def test_process_guest_calls_back_and_runs_ssh_commands(tmp_path: Path, repo: Re
             assert rc == 2 and "bad backend address" in err
             rc, out, err = run(client, 'echo "$HOME|$(pwd)|$VMID|$BALANCE_PORT|$MNT"; echo oops >&2; exit 3')
             assert (rc, err) == (3, "oops\n")
-            assert out == f"{home}|{home}|7|8080|{tmp_path / 'vm-7' / 'mnt'}\n"
+            assert out == f"{home}|{home}|7|8080|{sandboxes / 'vm-7' / 'mnt'}\n"
         finally:
             client.close()
-        log = (tmp_path / "vm-7" / "guest.log").read_text()
+        log = (sandboxes / "vm-7" / "guest.log").read_text()
         assert "init.sh: installed authorized_keys" in log and "init.sh exited with status 0" in log
         assert "ssh exec '~/tomcat-master.sh frobnicate': exit status 2" in log
     finally:
         mgr.close()
 
 
-def test_process_guest_refuses_wrong_key_and_wrong_user(tmp_path: Path, repo: Repo,
+def test_process_guest_refuses_wrong_key_and_wrong_user(tmp_path: Path, sandboxes: Path, repo: Repo,
                                                         controller_key: paramiko.PKey) -> None:
     port, ip = free_port(), "127.0.1.12"
-    mgr = GuestManager("process", port, tmp_path)
+    mgr = GuestManager("process", port, tmp_path, sandboxes)
     try:
         mgr.start(8, ip, vm_context(repo, 8, ip, "tomcat-master.sh"))
         wait_for(lambda: len(repo.calls) >= 2, what="callbacks")
@@ -191,15 +200,15 @@ def test_process_guest_refuses_wrong_key_and_wrong_user(tmp_path: Path, repo: Re
         mgr.close()
 
 
-def test_stop_kills_processes_closes_port_keeps_sandbox(tmp_path: Path, repo: Repo,
+def test_stop_kills_processes_closes_port_keeps_sandbox(tmp_path: Path, sandboxes: Path, repo: Repo,
                                                         controller_key: paramiko.PKey) -> None:
     port, ip = free_port(), "127.0.1.13"
-    mgr = GuestManager("process", port, tmp_path)
+    mgr = GuestManager("process", port, tmp_path, sandboxes)
     try:
         ctx = vm_context(repo, 9, ip, "tomcat-master.sh", INIT_SCRIPTS="init.sh sleeper.sh")
         ctx["FILES"] += " " + repo.url("sleeper.sh")
         mgr.start(9, ip, ctx)
-        home = tmp_path / "vm-9" / "home" / "local"
+        home = sandboxes / "vm-9" / "home" / "local"
         wait_for(lambda: (home / "child.pid").is_file() and (home / "child.pid").read_text().strip(),
                  what="sleeper pids")
         pids = [int((home / n).read_text()) for n in ("init.pid", "child.pid")]
@@ -212,7 +221,7 @@ def test_stop_kills_processes_closes_port_keeps_sandbox(tmp_path: Path, repo: Re
         wait_for(lambda: not any(pid_alive(p) for p in pids), timeout=5, what="processes to die")
         with pytest.raises(OSError), socket.create_connection((ip, port), timeout=2):
             pass
-        assert (tmp_path / "vm-9" / "guest.log").is_file()
+        assert (sandboxes / "vm-9" / "guest.log").is_file()
         assert mgr.host_key(9) is None
 
         repo.calls.clear()
@@ -223,9 +232,9 @@ def test_stop_kills_processes_closes_port_keeps_sandbox(tmp_path: Path, repo: Re
         mgr.close()
 
 
-def test_bad_files_urls_do_not_crash_the_guest(tmp_path: Path, repo: Repo) -> None:
+def test_bad_files_urls_do_not_crash_the_guest(tmp_path: Path, sandboxes: Path, repo: Repo) -> None:
     port, ip = free_port(), "127.0.1.14"
-    mgr = GuestManager("process", port, tmp_path)
+    mgr = GuestManager("process", port, tmp_path, sandboxes)
     try:
         ctx = vm_context(repo, 10, ip, "tomcat-slave.sh", CARINA_ROLE="slave", SLAVE_ID="4")
         bad = ["file:///etc/passwd", f"http://127.0.0.1:{free_port()}/nothing.sh", repo.url("missing.sh"),
@@ -234,22 +243,22 @@ def test_bad_files_urls_do_not_crash_the_guest(tmp_path: Path, repo: Repo) -> No
         mgr.start(10, ip, ctx)
         wait_for(lambda: len(repo.calls) >= 2, what="callbacks")
         assert repo.statuses() == ["SLAVE_4_INIT_DONE"]
-        mnt = tmp_path / "vm-10" / "mnt"
+        mnt = sandboxes / "vm-10" / "mnt"
         assert sorted(p.name for p in mnt.iterdir()) == ["authorized_keys", "carina-lib.sh", "init.sh",
                                                           "network.sh", "tomcat-slave.sh"]
-        log = (tmp_path / "vm-10" / "guest.log").read_text()
+        log = (sandboxes / "vm-10" / "guest.log").read_text()
         assert "file:///etc/passwd" in log and "missing.sh" in log and "404" in log
     finally:
         mgr.close()
 
 
-def test_bad_defuser_is_logged_not_raised(tmp_path: Path, repo: Repo) -> None:
-    mgr = GuestManager("process", free_port(), tmp_path)
+def test_bad_defuser_is_logged_not_raised(tmp_path: Path, sandboxes: Path, repo: Repo) -> None:
+    mgr = GuestManager("process", free_port(), tmp_path, sandboxes)
     try:
         mgr.start(11, "127.0.1.15", vm_context(repo, 11, "127.0.1.15", "tomcat-slave.sh", DEFUSER="../evil"))
-        log = tmp_path / "vm-11" / "guest.log"
+        log = sandboxes / "vm-11" / "guest.log"
         wait_for(lambda: log.is_file() and "DEFUSER" in log.read_text(), what="log line")
-        assert not (tmp_path / "vm-11" / "home").exists()
+        assert not (sandboxes / "vm-11" / "home").exists()
         assert repo.calls == []
     finally:
         mgr.close()
@@ -395,11 +404,11 @@ def test_init_reports_missing_app_script(tmp_path: Path, repo: Repo) -> None:
     assert repo.statuses() == ["MASTER_INIT_FAIL:CONTEXT_SCRIPT_MISSING"]
 
 
-def test_carina_ssh_client_works_against_a_process_guest(tmp_path: Path, repo: Repo) -> None:
+def test_carina_ssh_client_works_against_a_process_guest(tmp_path: Path, sandboxes: Path, repo: Repo) -> None:
     pem = generate_host_key()
     repo.files["authorized_keys"] = f"{public_line(load_host_key(pem))} carina@svc\n".encode()
     port, ip = free_port(), "127.0.1.16"
-    mgr = GuestManager("process", port, tmp_path)
+    mgr = GuestManager("process", port, tmp_path, sandboxes)
     try:
         mgr.start(12, ip, vm_context(repo, 12, ip, "tomcat-master.sh"))
         wait_for(lambda: repo.statuses() == ["MASTER_INIT_DONE"], what="master init")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pyone
 import pytest
 
 from onesim.persist import load_records
+from onesim.sandbox import sandbox_root
 from tests.harness import free_port, project_env, wait_port
 
 INIT = b"""#!/bin/sh
@@ -73,13 +75,21 @@ class SimProcess:
         self.workdir = workdir
         self.port, self.ssh_port = free_port(), free_port()
         self.proc: subprocess.Popen[str] | None = None
+        self.roots: set[Path] = set()
+
+    def root(self) -> Path:
+        """The sandbox root the simulator uses (the default one: /var/tmp/onesim-guests-<uid>/<guests.id>)."""
+        root = sandbox_root(self.workdir, env={})
+        self.roots.add(root)
+        return root
 
     def start(self, *extra: str) -> pyone.OneServer:
         args = [sys.executable, "-m", "onesim", "--port", str(self.port), "--ssh-port", str(self.ssh_port),
                 "--auth", AUTH, "--guests", "process", "--workdir", str(self.workdir),
                 *(f"--delay-{phase}=0" for phase in ("schedule", "prolog", "boot", "shutdown", "epilog")), *extra]
         log = open(self.workdir.parent / "onesim.log", "a")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, env=project_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
+        env = {k: v for k, v in project_env().items() if k != "ONESIM_GUEST_ROOT"}
+        self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         log.close()
         wait_port(self.port, timeout=30)
         return pyone.OneServer(f"http://127.0.0.1:{self.port}/RPC2", session=AUTH)
@@ -101,8 +111,12 @@ def sim(tmp_path: Path) -> Iterator[SimProcess]:
     s = SimProcess(tmp_path / "onesim")
     yield s
     s.close()
-    for pid in procs_with(f"{s.workdir}/vm-"):  # never leave strays behind, even when the test failed
-        os.kill(pid, signal.SIGKILL)
+    if (s.workdir / "guests.id").is_file():
+        s.root()                                  # the current cloud's, even if the test never asked
+    for root in s.roots:
+        for pid in procs_with(f"{root}/vm-"):  # never leave strays behind, even when the test failed
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _running(one: pyone.OneServer, vmid: int) -> bool:
@@ -111,7 +125,7 @@ def _running(one: pyone.OneServer, vmid: int) -> bool:
 
 
 def _boots(sim: SimProcess, vmid: int) -> int:
-    path = sim.workdir / f"vm-{vmid}" / "home" / "root" / "boots"
+    path = sim.root() / f"vm-{vmid}" / "home" / "root" / "boots"
     return len(path.read_text().split()) if path.exists() else 0
 
 
@@ -124,17 +138,20 @@ def _view(one: pyone.OneServer, vmid: int) -> tuple:
 
 def test_the_cloud_and_its_guests_survive_sigterm_and_sigkill(sim: SimProcess, files_url: str) -> None:
     template = f'CPU = 1\nMEMORY = 64\nNIC = [ NETWORK_ID = 0 ]\nCONTEXT = [ FILES = "{files_url}" ]'
-    guest_procs = f"{sim.workdir}/vm-"
     one = sim.start()
+    root = sim.root()
+    assert not root.is_relative_to(sim.workdir)              # guests live outside the simulator's (0700) state
+    guest_procs = f"{root}/vm-"
     vmid = one.vm.allocate(template)
     wait_until(lambda: _running(one, vmid) and _boots(sim, vmid) == 1 and procs_with(guest_procs), what="guest")
     before = _view(one, vmid)
 
     assert sim.signal(signal.SIGTERM) == 0
     assert not procs_with(guest_procs), "a guest process outlived SIGTERM"
-    wait_until(lambda: not procs_with(f"onesim.reaper {sim.workdir}"), 10, "the watchdog to exit")
+    wait_until(lambda: not procs_with(f"onesim.reaper {root}"), 10, "the watchdog to exit")
 
     one = sim.start()
+    assert sim.root() == root                                # the same sandboxes after a restart
     assert _view(one, vmid) == before
     wait_until(lambda: _boots(sim, vmid) == 2 and procs_with(guest_procs), what="the guest to boot again")
     second = one.vm.allocate(template)
@@ -159,7 +176,7 @@ def test_the_cloud_and_its_guests_survive_sigterm_and_sigkill(sim: SimProcess, f
     assert sim.signal(signal.SIGINT) == 0
     assert not procs_with(guest_procs)
     one = sim.start("--fresh")
-    assert one.vmpool.info(-2, -1, -1, -2).VM == [] and not (sim.workdir / f"vm-{vmid}").exists()
+    assert one.vmpool.info(-2, -1, -1, -2).VM == [] and not root.exists() and sim.root() != root
     assert one.vm.allocate("CPU = 1\nMEMORY = 64") == 0
 
 
@@ -175,11 +192,13 @@ def test_a_relative_carina_home_still_boots_guests(tmp_path: Path, files_url: st
         wait_port(port, timeout=30)
         one = pyone.OneServer(f"http://127.0.0.1:{port}/RPC2", session=AUTH)
         vmid = one.vm.allocate(f'CPU = 1\nMEMORY = 64\nCONTEXT = [ FILES = "{files_url}" ]')
-        boots = tmp_path / "rel" / "home" / "onesim" / f"vm-{vmid}" / "home" / "root" / "boots"
+        root = sandbox_root(tmp_path / "rel" / "home" / "onesim", env={})
+        boots = root / f"vm-{vmid}" / "home" / "root" / "boots"
         wait_until(boots.exists, what="init.sh to run from the context CD")
         log = (boots.parent.parent.parent / "guest.log").read_text()
         assert "init.sh exited with status 0" in log and "cannot open" not in log
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
-    assert not procs_with(f"{tmp_path}/rel/home/onesim/vm-")
+    assert not procs_with(f"{root}/vm-")
+    shutil.rmtree(root, ignore_errors=True)
