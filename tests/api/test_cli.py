@@ -74,8 +74,9 @@ def gateway(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory)
     home = tmp_path_factory.mktemp("carina-home")
     env = project_env(REDIS_URL=redis_server.url, CARINA_HOME=str(home))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--no-control-socket",
-         "gateway:get_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+         "--workers", "1", "--no-control-socket", "gateway:get_app()"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, timeout=30)
         yield f"127.0.0.1:{port}"
