@@ -63,19 +63,27 @@ def last_id(r: redis.Redis, key: str) -> str:
     return top[0][0] if top else "0"
 
 
-def _scan_newest(r: redis.Redis, key: str, field: str, value: str) -> str | None:
-    """The id of the newest entry whose `field` is `value`, looking back at most SCAN_LIMIT entries."""
+def _scan_newest(r: redis.Redis, key: str, field: str, value: str, since: float | None = None) -> str | None:
+    """The id of the newest entry whose `field` is `value` (and, with `since`, whose `ts` is not older),
+    looking back at most SCAN_LIMIT entries."""
     upper, seen = "+", 0
     while seen < SCAN_LIMIT:
         batch = r.xrevrange(key, max=upper, count=SCAN_BATCH)
         for eid, fields in batch:
-            if fields.get(field) == value:
+            if fields.get(field) == value and (since is None or _ts(fields) >= since):
                 return eid
         if len(batch) < SCAN_BATCH:
             return None
         seen += len(batch)
         upper = "(" + batch[-1][0]
     return None
+
+
+def _ts(fields: dict[str, str]) -> float:
+    try:
+        return float(fields.get("ts") or 0)
+    except ValueError:
+        return 0.0
 
 
 def job_cursor(r: redis.Redis, job: dict[str, str]) -> str:
@@ -94,12 +102,14 @@ def job_cursor(r: redis.Redis, job: dict[str, str]) -> str:
 
 
 def job_closed(r: redis.Redis, job: dict[str, str]) -> bool:
-    """True once the stream of the job's environment holds the job's closing event (`job` field = its id:
-    DONE, FAIL, pre-empted). Read-only."""
+    """True once the stream of the job's environment holds the job's closing event: one about the job (`job`
+    field = its id, as the engine writes for DONE, FAIL and pre-emption) written at or after its end time.
+    Read-only."""
     envid = job.get("envid") or "-1"
-    if envid.startswith("-"):
+    ended = _ts({"ts": job.get("end", "")})
+    if envid.startswith("-") or not ended:
         return False
-    return _scan_newest(r, keys.env_events(envid), "job", job.get("jobid", "")) is not None
+    return _scan_newest(r, keys.env_events(envid), "job", job.get("jobid", ""), since=ended) is not None
 
 
 def census(r: redis.Redis) -> dict[str, Counter[Any]]:

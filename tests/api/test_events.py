@@ -89,7 +89,7 @@ def test_service_events_are_the_services_own(api):
 def test_one_job_and_its_events_until_it_ends(api):
     token = _setup(api)
     envid, jobid = _create(api, token)
-    _add(api, envid, "older op's event")   # the job's events start at its request, whatever came before
+    _add(api, envid, f"CREATE job {jobid} started", job=jobid)      # about the job, but not its closing event
     job = api.client.simulate_get(f"/jobs/{jobid}", headers=bearer(token))
     assert job.json["jobid"] == jobid and job.json["status"] == "RUNNING" and job.json["type"] == "CREATE"
     table = api.client.simulate_get(f"/jobs/{jobid}", headers=bearer(token, **TEXT)).text.splitlines()
@@ -98,6 +98,7 @@ def test_one_job_and_its_events_until_it_ends(api):
     assert [e["type"] for e in res.json] == ["request", "step"]
     assert res.headers["carina-job-status"] == "RUNNING" and "carina-job-info" not in res.headers
     cursor = res.headers["carina-cursor"]
+    api.clock.advance(5)
     envstore.finish_job(api.r, jobid, "FAIL", api.clock, "master said MASTER_INIT_FAIL:\nno disk")
     res = api.client.simulate_get(f"/jobs/{jobid}/events", params={"after": cursor}, headers=bearer(token))
     assert res.headers["carina-job-status"] == "RUNNING"      # ended, but its closing event is not there yet
