@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PKGS := redis-server openssh-server wget curl
+APT_PKGS := redis-server openssh-server wget curl chromium
 STAMP := $(VENV)/.installed
 GUEST_USER := carina-guest
 

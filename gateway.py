@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import falcon
 
+from config import logs
+from config import metrics as process_metrics
 from config.settings import Settings
 from functions.model.clock import Clock, system_clock
 from functions.store.runtime import connect
-from handlers import callbacks, configs, envs, health, openapi, repo, services
+from handlers import callbacks, configs, envs, events, health, metrics, openapi, repo, services, ui
 from handlers.auth import AuthMiddleware
 from handlers.deps import Deps
 from handlers.errors import install_error_handlers
 
-ROUTE_MODULES = (health, services, configs, repo, envs, callbacks, openapi)
+ROUTE_MODULES = (health, services, configs, repo, envs, events, callbacks, metrics, openapi, ui)
 
 
 def create_app(settings: Settings, clock: Clock = system_clock) -> falcon.App:
@@ -32,5 +34,9 @@ def create_app(settings: Settings, clock: Clock = system_clock) -> falcon.App:
 
 
 def get_app() -> falcon.App:
-    """The app for the current environment variables."""
-    return create_app(Settings.from_env())
+    """The app for the current environment variables, in a process logging JSON lines and recording
+    metrics for /metrics (multiprocess mode: gunicorn runs several of these processes)."""
+    settings = Settings.from_env()
+    logs.setup("gateway")
+    process_metrics.init_process(settings.home)
+    return create_app(settings)

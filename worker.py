@@ -1,7 +1,8 @@
 """The Carina RQ worker: `python worker.py [--burst] [--name NAME]`.
 
 JSON serializer only (no pickle in Redis), RQ's scheduler on (delayed jobs of other modules), a pump
-thread for Carina's delayed drives (lifecycle.pump), logging to stderr. At start it re-drives every
+thread for Carina's delayed drives (lifecycle.pump), JSON log lines on stderr (config/logs.py), metrics
+for /metrics (config/metrics.py). At start it re-drives every
 in-flight environment (reconcile.recover_all), so work interrupted by a killed worker or a Redis
 restart resumes.
 """
@@ -19,6 +20,7 @@ import redis
 from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
+from config import logs, metrics
 from config.settings import Settings
 from functions.engine.kick import pump
 from functions.ops.callbacks import pump_retries
@@ -61,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument("--name", default=None, help="worker name (default: RQ's)")
     args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup("worker")
     settings = Settings.from_env()
+    metrics.init_process(settings.home, forking=True)    # RQ's work horses are forks, one at a time
     rt = connect(settings)
     recovered = recover_all(rt.text, rt.queue)
     log.info("worker starting on queue %r (%d environment(s) re-driven)", settings.queue_name, len(recovered))

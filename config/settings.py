@@ -52,6 +52,7 @@ class Settings:
     job_retention: int = 10000          # jobs and events kept per service / environment
     ssh_timeout: float = 20.0
     queue_name: str = "carina"
+    metrics_token: str = field(default="", repr=False)   # a scrape token for /metrics (besides the admin's)
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -78,4 +79,5 @@ class Settings:
             drain_time_default=_int(env, "CARINA_DRAIN_TIME", 30),
             job_retention=_int(env, "CARINA_JOB_RETENTION", 10000),
             queue_name=env.get("CARINA_QUEUE") or "carina",
+            metrics_token=env.get("CARINA_METRICS_TOKEN", "").strip(),
         )

@@ -18,6 +18,7 @@ import redis
 from rq import Queue
 from rq_scheduler import Scheduler
 
+from config import logs
 from config.settings import Settings
 from functions.store.runtime import JsonJob, JsonQueue, connect
 
@@ -60,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tick_every < 1:
         parser.error("--tick-every: must be at least 1 second")
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup("scheduler")
     rt = connect(Settings.from_env())
     while True:                      # a Redis restart ends rq-scheduler's loop: start a fresh scheduler
         try:

@@ -9,13 +9,17 @@ maps them (RENAMED_TASKS).
 
 from __future__ import annotations
 
+import time
+
 from rq import get_current_job
 
+from config import logs, metrics
 from config.settings import Settings
 from functions.engine import kick, loop
 from functions.engine.context import Ctx, EndHook
 from functions.model.clock import system_clock
 from functions.ops import callbacks, groups
+from functions.store import envstore
 from functions.store.runtime import Runtime, connect
 from functions.upkeep import ticks
 
@@ -32,20 +36,26 @@ def drive(envid: str) -> str:
     rt = connect(Settings.from_env())
     job = get_current_job()
     kick.clear_kick(rt.raw, str(envid), job.id if job is not None else None)
-    return loop.step(engine_ctx(rt), str(envid))
+    env = envstore.get_env(rt.text, str(envid)) or {}
+    with logs.bound(envid=envid, service=env.get("service"), jobid=env.get("job")):   # on every log line
+        return loop.step(engine_ctx(rt), str(envid))
 
 
 def apply_callback(envid: str, vmid: int, kind: str, fields: dict[str, str], slot: str = "",
                    attempt: int = 0) -> str:
     """Record one accepted VM callback (functions.ops.callbacks.apply). Safe to run twice."""
     rt = connect(Settings.from_env())
-    return callbacks.apply(rt.text, rt.queue, str(envid), int(vmid), kind, dict(fields), system_clock,
-                           slot or None, int(attempt))
+    with logs.bound(envid=envid):
+        return callbacks.apply(rt.text, rt.queue, str(envid), int(vmid), kind, dict(fields), system_clock,
+                               slot or None, int(attempt))
 
 
 def minute_tick() -> str:
     """The per-minute upkeep (functions.upkeep.ticks.tick); acts once per minute however often it runs."""
     settings = Settings.from_env()
     rt = connect(settings)
+    started = time.monotonic()
     stats = ticks.tick(rt.text, rt.queue, retention=settings.job_retention)
+    if stats is not None:
+        metrics.tick(time.monotonic() - started)
     return "skipped (this minute already ran)" if stats is None else f"done: {stats}"

@@ -11,6 +11,7 @@ from typing import Any
 
 import falcon
 
+from config import logs
 from functions.store import tenants
 from handlers.deps import Deps
 
@@ -37,9 +38,13 @@ class AuthMiddleware:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        logs.clear()      # log lines of this request carry its own service/envid/jobid only
+
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict) -> None:
         req.context.service = None
         req.context.admin = False
+        logs.bind(envid=params.get("envid"), jobid=params.get("jobid"))
         if resource is None or getattr(resource, "auth_exempt", False):
             return
         if not req.get_header("Authorization"):
@@ -54,6 +59,7 @@ class AuthMiddleware:
         if service is None:
             raise _unauthorized("the token is not valid (unknown, rotated, or its service was removed)")
         req.context.service = service
+        logs.bind(service=service)
 
 
 def require_service(req: falcon.Request) -> str:

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 import falcon
 
+from config import logs, metrics
 from functions.ops import callbacks
 from functions.store import envstore
 from handlers.deps import Deps
@@ -127,22 +128,30 @@ class Callback:
         self.deps = deps
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, script: str) -> None:
-        cb = parse_callback(script, req.query_string)
+        try:
+            cb = parse_callback(script, req.query_string)
+        except falcon.HTTPError:
+            metrics.callback("invalid")
+            raise
         r = self.deps.redis
         env = envstore.get_env(r, cb.envid)
         if env is None:
+            metrics.callback("invalid")
             raise falcon.HTTPNotFound(title="Not found", description=f"envid: no environment {cb.envid}")
+        logs.bind(envid=cb.envid, service=env["service"])
         try:
             if cb.params.get("service", env["service"]) != env["service"]:
                 raise callbacks.CallbackRefused(404, f"envid: no environment {cb.envid} for that service")
             caller = callbacks.find_caller(r, env, cb.vmid, cb.params.get("token"), cb.params.get("status"),
                                            self.deps.settings.legacy_callbacks)
         except callbacks.CallbackRefused as exc:
-            callbacks.record_refused(r, env, cb.params, exc.message, self.deps.clock)
+            recorded = callbacks.record_refused(r, env, cb.params, exc.message, self.deps.clock)
+            metrics.callback("refused" if recorded else "throttled")
             if exc.http_status == 404:
                 raise falcon.HTTPNotFound(title="Not found", description=exc.message) from None
             raise falcon.HTTPForbidden(title="Callback refused", description=exc.message) from None
         callbacks.enqueue_apply(self.deps.queue, cb.envid, cb.vmid, cb.kind, cb.fields, caller.slot)
+        metrics.callback("accepted")
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = "OK"
 

@@ -1,4 +1,4 @@
-"""Environment routes: create from a configuration, list envs / VMs / jobs / events, scale, remove.
+"""Environment routes: create from a configuration, list envs / VMs / jobs, scale, remove (events: events.py).
 
 Every route needs a service token and sees only that service's objects (another service's env is a 404).
 Handlers validate, authorize, call functions.ops.operations and answer; lists are JSON, or the original CLI
@@ -109,18 +109,6 @@ class EnvVms:
         answer_list(req, resp, _vm_docs(self.deps, env["envid"]), views.VM_HEADERS, views.vm_row)
 
 
-class EnvEvents:
-    """GET /envs/{envid}/events: one environment's event stream, oldest first."""
-
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
-
-    def on_get(self, req: falcon.Request, resp: falcon.Response, envid: str) -> None:
-        env = _owned_env(self.deps, req, envid)
-        docs = [views.event_json(e) for e in envstore.list_events(self.deps.redis, env["envid"])]
-        answer_list(req, resp, docs, views.EVENT_HEADERS, views.event_row)
-
-
 class Scale:
     """PUT /envs/{envid}/scaleup and /scaledown → 202 {"jobid"}, or 409 while another operation runs."""
 
@@ -166,7 +154,6 @@ def add_routes(app: falcon.App, deps: Deps) -> None:
     app.add_route("/envs", Envs(deps))
     app.add_route("/envs/{envid}", Env(deps))
     app.add_route("/envs/{envid}/vms", EnvVms(deps))
-    app.add_route("/envs/{envid}/events", EnvEvents(deps))
     app.add_route("/envs/{envid}/scaleup", Scale(deps, "up"))
     app.add_route("/envs/{envid}/scaledown", Scale(deps, "down"))
     app.add_route("/vms", Vms(deps))

@@ -104,8 +104,8 @@ class Stack:
                 "--guests", "process", "--ssh-port", str(self.ssh_port),
                 "--workdir", str(self.workdir / "onesim")])
             self.procs["gateway"] = self._spawn("gateway", [
-                str(ROOT / ".venv" / "bin" / "gunicorn"), "-b", f"127.0.0.1:{self.port}", "-w", "2",
-                "--threads", "4", "gateway:get_app()"])
+                str(ROOT / ".venv" / "bin" / "gunicorn"), "-c", "config/gunicorn.conf.py", "-b",
+                f"127.0.0.1:{self.port}", "-w", "2", "--threads", "4", "--no-control-socket", "gateway:get_app()"])
             self._wait_up("onesim", self.sim_port)
             self._wait_up("gateway", self.port)
             for phase in ("schedule", "prolog", "boot"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import decimal
 import logging
 import math
+import time
 import xml.parsers.expat
 import xmlrpc.client
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import requests
 from lxml import etree
 from pyone.bindings.supbind import GDSParseError
 from pyone.server_xrpc import OneServerXRPC, RequestsTransport
+
+from config import metrics
 
 log = logging.getLogger("carina.one")
 
@@ -199,6 +202,7 @@ class OneClient:
         if timeout <= 0:
             raise ValueError("timeout: must be positive")
         self.proxy = proxy
+        self._endpoint = metrics.endpoint_label(proxy)
         self._session = session
         self._server = _Server(proxy, session, timeout)
 
@@ -206,17 +210,23 @@ class OneClient:
         return f"OneClient({self.proxy!r})"
 
     def _call(self, method: str, *args: Any) -> Any:
-        """Call `one.<method>`; parsing trouble becomes OneUnavailable; the session is scrubbed from errors."""
+        """Call `one.<method>`; parsing trouble becomes OneUnavailable; the session is scrubbed from errors.
+        Each call's duration and failure kind go to the metrics (config/metrics.py)."""
         func = self._server
         for part in method.split("."):
             func = getattr(func, part)
+        started, failed = time.monotonic(), None
         try:
             return func(*args)
         except (OneError, OneUnavailable) as exc:
+            failed = "refused" if isinstance(exc, OneError) else "unavailable"
             raise self._scrub(exc) from None
         except _PARSE_ERRORS as exc:
+            failed = "unparseable"
             log.warning("unparseable answer to one.%s: %s", method, type(exc).__name__)
             raise OneUnavailable(f"[one.{method}] unparseable answer: {type(exc).__name__}") from None
+        finally:
+            metrics.rpc_call(self._endpoint, method, time.monotonic() - started, failed)
 
     def _scrub(self, exc: OneError | OneUnavailable) -> OneError | OneUnavailable:
         if self._session not in str(exc):

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import paramiko
 
+from config import metrics
+
 OUTPUT_CAP = 64 * 1024
 _KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
 _RSA_KEX_TYPES = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
@@ -128,8 +130,23 @@ def run_remote(host: str, port: int, user: str, private_pem: str, command: str, 
 
     Changes nothing locally. Raises HostKeyMismatch (before authenticating) if `known_key` is given and the
     server's key differs, SshFailed on any connect/auth/channel failure or when `timeout` seconds (covering
-    connect, auth and the command) pass. Running it twice runs the command twice.
+    connect, auth and the command) pass. Running it twice runs the command twice. The duration and outcome
+    go to the metrics (config/metrics.py).
     """
+    started, outcome = time.monotonic(), "failed"
+    try:
+        answer = _run_remote(host, port, user, private_pem, command, known_key=known_key, timeout=timeout)
+        outcome = "ok" if answer[0].rc == 0 else "exit"
+        return answer
+    except HostKeyMismatch:
+        outcome = "hostkey"
+        raise
+    finally:
+        metrics.ssh_command(time.monotonic() - started, outcome)
+
+
+def _run_remote(host: str, port: int, user: str, private_pem: str, command: str, *,
+                known_key: str | None, timeout: float) -> tuple[SshResult, str]:
     if timeout <= 0:
         raise ValueError("timeout: must be positive")
     pkey = load_private_key(private_pem)

@@ -64,12 +64,13 @@ class Seeded:
     admin_token: str
 
     def headers_for(self, case: schemathesis.Case) -> dict[str, str]:
-        """A real token in place of the generated one: the admin's for the service-administration routes, the
-        service's for the rest. Empty when a negative case left the header out on purpose (→ 401 expected)."""
+        """A real token in place of the generated one: the admin's for the service-administration routes and
+        /metrics, the service's for the rest. Empty when a negative case left the header out on purpose
+        (→ 401 expected)."""
         generated = {k.lower() for k in case.headers or {}}
         if "authorization" not in generated and case.meta is not None and not case.meta.generation.mode.is_positive:
             return {}
-        return bearer(self.admin_token if case.path.startswith("/services") else self.service_token)
+        return bearer(self.admin_token if case.path.startswith(("/services", "/metrics")) else self.service_token)
 
 
 def _upload(api: Api, token: str, name: str, data: bytes) -> None:
@@ -98,6 +99,14 @@ MAX_EXAMPLES = int(os.environ.get("CARINA_FUZZ_EXAMPLES", "25"))
 CROSS_FIELD = {("POST", "/configs"), ("GET", "/cgi-bin/{script}")}
 
 
+def _no_long_poll(case: schemathesis.Case) -> None:
+    """A valid `wait` becomes 0: nothing writes events during the fuzz, so each case would wait its full
+    `wait` seconds (the waiting itself is tested in tests/api/test_events.py). Invalid values stay."""
+    wait = (case.query or {}).get("wait")
+    if isinstance(wait, int | str) and str(wait).isdigit() and 0 < int(wait) <= 25:
+        case.query["wait"] = 0
+
+
 @schema.parametrize()
 @hypothesis.settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
@@ -112,6 +121,7 @@ def test_api_conforms(case: schemathesis.Case, seeded: Seeded) -> None:
     if case.media_type == "multipart/form-data":
         # Form fields are text on the wire: a "wrong type" (integer -1 for a string) cannot be told apart.
         excluded.append(schemathesis.specs.openapi.checks.negative_data_rejection)
+    _no_long_poll(case)
     response = case.call_and_validate(headers=seeded.headers_for(case), excluded_checks=excluded)
     if key == ("GET", "/health"):
         assert response.status_code in (200, 503), response.status_code
