@@ -110,12 +110,13 @@ def _text(upload: Upload) -> str:
         raise bad_request("upload", f"{upload.name} is not UTF-8 text") from None
 
 
-def invalid_config(resp: falcon.Response, name: str, errors: list[str]) -> None:
-    """Answer 422 with every validation error (JSON whatever the Accept header says)."""
+def invalid_config(resp: falcon.Response, name: str, errors: list[str], total: int | None = None) -> None:
+    """Answer 422 with the validation errors (the first ones of `total`; JSON whatever the Accept header says)."""
+    total = len(errors) if total is None else total
     resp.status = falcon.HTTP_422
     resp.content_type = falcon.MEDIA_JSON
     resp.media = {"title": "Invalid configuration",
-                  "description": f"{name} was refused ({len(errors)} error(s)); the configuration in force is "
+                  "description": f"{name} was refused ({total} error(s)); the configuration in force is "
                                  "unchanged",
                   "errors": errors}
 
@@ -181,7 +182,7 @@ class Configs:
             normalized = confschema.load_config(text, kind, set(tenants.list_vm_files(r, service)))
         except confschema.ConfigError as exc:
             log.info("service %s: %s refused with %d error(s)", service, upload.name, len(exc.errors))
-            invalid_config(resp, upload.name, list(exc.errors))
+            invalid_config(resp, upload.name, list(exc.errors), exc.total)
             return
         tenants.save_config(r, service, normalized, text, kind, clock=self.deps.clock)
         count = len(normalized.get("ENVIRONMENT") or {})

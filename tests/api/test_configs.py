@@ -218,3 +218,18 @@ def test_body_over_one_mib_is_413(api):
     res = api.client.simulate_post("/configs", params={"name": "max.bin"}, body=ok, headers=bearer(token))
     assert res.status_code == 200
     assert api.client.simulate_get("/repo/a/context/max.bin").content == ok
+
+
+def test_a_hostile_config_gets_a_small_422(api):
+    """Thousands of environments naming missing endpoints and templates: the answer counts every error but
+    lists the first few, and no message lists every defined name."""
+    from tests.unit.test_confschema_limits import hostile_rb
+    token = api.service("a")
+    upload(api, token, "x.vm", b"CPU = %CPU%\n")
+    res = upload(api, token, "config.rb", hostile_rb(2000).encode())
+    assert res.status_code == 422
+    assert len(res.content) < 20_000
+    assert res.json["description"].startswith("config.rb was refused (") and "unchanged" in res.json["description"]
+    total = int(res.json["description"].split("(")[1].split()[0])
+    assert total > 4000 and res.json["errors"][-1] == f"... and {total - len(res.json['errors']) + 1} more errors"
+    assert api.r.hgetall(keys.config("a")) == {}
