@@ -121,6 +121,14 @@ def invalid_config(resp: falcon.Response, name: str, errors: list[str], total: i
                   "errors": errors}
 
 
+def over_quota(resp: falcon.Response, exc: tenants.QuotaExceeded) -> None:
+    """Answer 413 JSON stating the service's usage, its quota and the refused file's size (bytes as stored)."""
+    resp.status = falcon.HTTP_413
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = {"title": "Upload quota exceeded", "description": exc.message, "usage": exc.usage,
+                  "quota": exc.quota, "size": exc.size}
+
+
 def _answer(req: falcon.Request, resp: falcon.Response, body: dict, text: str) -> None:
     if tables.wants_text(req.accept):
         resp.content_type = falcon.MEDIA_TEXT
@@ -157,16 +165,20 @@ class Configs:
         upload = parse_upload(req)
         suffix = "." + upload.name.rpartition(".")[2] if "." in upload.name else ""
         r = self.deps.redis
+        quota = self.deps.settings.upload_quota
         try:
             if suffix in CONFIG_SUFFIXES:
                 self._config(req, resp, service, upload, CONFIG_SUFFIXES[suffix])
                 return
             if suffix == ".vm":
-                tenants.save_vm_file(r, service, upload.name, _text(upload))
+                tenants.save_vm_file(r, service, upload.name, _text(upload), quota=quota)
                 kind = "vm"
             else:
-                tenants.save_context_file(r, service, upload.name, upload.data)
+                tenants.save_context_file(r, service, upload.name, upload.data, quota=quota)
                 kind = "context"
+        except tenants.QuotaExceeded as exc:
+            over_quota(resp, exc)
+            return
         except errors.BadInput as exc:
             raise bad_request(exc.field or "name", str(exc).partition(": ")[2] or str(exc)) from None
         log.info("service %s uploaded %s file %s (%d bytes)", service, kind, upload.name, len(upload.data))

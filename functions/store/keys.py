@@ -13,6 +13,7 @@ State model (hashes are the source of truth, streams are the event log):
 - config(s):           hash current (normalized JSON), source (raw text), kind, uploaded_at
 - vm_files(s):         hash filename -> .vm template text
 - context_files(s):    hash filename -> context file bytes
+- upload_bytes(s):     string, bytes held by vm_files(s) + context_files(s) (the upload quota's counter)
 - env_seq / job_seq:   global counters (ids are unique across services)
 - service_envs(s):     sorted set envid (score = envid)
 - env(e):              hash of one environment (service, name, status, policy_status, ...)
@@ -67,6 +68,12 @@ def vm_files(name: str) -> str:
 
 def context_files(name: str) -> str:
     return f"{PREFIX}svc:{name}:ctxfiles"
+
+
+def upload_bytes(name: str) -> str:
+    """String: bytes (as stored) of the service's uploaded .vm and context files; written with them by the
+    `save_file` script, recounted from both hashes when missing (tenants.recount_uploads)."""
+    return f"{PREFIX}svc:{name}:upload_bytes"
 
 
 def env_seq() -> str:
