@@ -4,12 +4,16 @@ Accepted forms (any parameter order; parameters may sit in the path after `&` an
   /cgi-bin/updatevmstatus.sh?service=S&vmid=V&envid=E&newip=IP&name=H[&token=T]
   /cgi-bin/updateappstatus.sh?service=S&vmid=V&envid=E&status=ST[&token=T]
   /cgi-bin/S&vmid=V&envid=E&status=ST   and   /cgi-bin/S&vmid=V&envid=E&newip=IP&name=H   (the guide's form)
-The route validates, authorizes (functions.ops.callbacks.find_caller), queues apply_callback and answers "OK".
+The route validates, authorizes (functions.ops.callbacks.find_caller), throttles (a token bucket per VM:
+settings.callback_rate a minute, callback_burst at once; beyond it 429 JSON with Retry-After and nothing queued),
+queues apply_callback and answers "OK". A report with the same values as the VM's last queued report of its kind
+is answered "OK (duplicate: not queued again)" and not queued: the in-VM wget scripts only need a 2xx.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -142,9 +146,28 @@ class Callback:
             if exc.http_status == 404:
                 raise falcon.HTTPNotFound(title="Not found", description=exc.message) from None
             raise falcon.HTTPForbidden(title="Callback refused", description=exc.message) from None
-        callbacks.enqueue_apply(self.deps.queue, cb.envid, cb.vmid, cb.kind, cb.fields, caller.slot)
         resp.content_type = falcon.MEDIA_TEXT
-        resp.text = "OK"
+        resp.text = self._queue(env, cb, caller)
+
+    def _queue(self, env: dict, cb: CallbackRequest, caller: callbacks.Caller) -> str:
+        """Queue the callback unless the VM is throttled (429) or repeats itself; the answer's text."""
+        r, settings = self.deps.redis, self.deps.settings
+        rate, burst = settings.callback_rate, settings.callback_burst
+        fields = cb.fields
+        gate = callbacks.admit(r, cb.envid, caller, cb.kind, fields, self.deps.clock(), rate, burst)
+        if gate.verdict == "throttled":
+            if gate.note:
+                callbacks.record_throttled(r, env, cb.vmid, caller, rate, burst, self.deps.clock)
+            wait = max(1, math.ceil(gate.retry_after))
+            raise falcon.HTTPTooManyRequests(
+                title="Too many callbacks", retry_after=wait,
+                description=f"vmid: VM {cb.vmid} sends more than {rate} callbacks a minute (burst {burst}); "
+                            f"nothing was queued, retry in {wait} s")
+        if gate.verdict == "duplicate":
+            return "OK (duplicate: not queued again)"
+        callbacks.enqueue_apply(self.deps.queue, cb.envid, cb.vmid, cb.kind, fields, caller.slot)
+        callbacks.remember(r, cb.envid, caller, cb.kind, fields)
+        return "OK"
 
 
 def add_routes(app: falcon.App, deps: Deps) -> None:

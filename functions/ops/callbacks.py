@@ -1,7 +1,9 @@
-"""VM callbacks: who may report (per-VM token, or legacy mode) and applying a report to Redis.
+"""VM callbacks: who may report (per-VM token, or legacy mode), how often, and applying a report to Redis.
 
-`find_caller` runs in the gateway (read-only); `apply` (queued as functions.tasks.apply_callback) records an
-accepted callback under the environment lock and wakes the lifecycle on MASTER_INIT_*.
+`find_caller` runs in the gateway (read-only), then `admit` (a token bucket per VM, and a repeat of the last
+report of a kind is not queued again) and, once queued, `remember`; `apply` (queued as
+functions.tasks.apply_callback) records an accepted callback under the environment lock and wakes the lifecycle
+on MASTER_INIT_*.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ APPLY = "functions.tasks.apply_callback"
 KINDS = ("net", "status")
 MAX_RETRY_DELAY = 5.0
 REFUSALS_PER_MINUTE = 30
+GATE_TTL = 86400            # a VM's bucket and last reports are forgotten after a quiet day
+THROTTLE_NOTE_EVERY = 60.0  # seconds: at most one callback_throttled event per VM in that time
 # Parameters never copied into an event's extra fields (the token; names add_event itself uses).
 _NOT_EXTRA = frozenset({"token", "envid", "service", "ts", "type", "msg", "id", "r", "kind", "clock"})
 
@@ -44,10 +48,23 @@ class CallbackRefused(Exception):
 
 @dataclass
 class Caller:
-    """The VM record a callback was authorized for."""
+    """The VM record a callback was authorized for (`by_token`: proven by its token, not legacy mode)."""
 
     slot: str
     role: str
+    nonce: str = ""
+    by_token: bool = False
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What to do with an authorized callback: `queue` it, it is a `duplicate` of the last report of its kind
+    (answer, queue nothing), or the VM is `throttled` (429; `retry_after` s; `note` it: the first refusal in
+    THROTTLE_NOTE_EVERY seconds)."""
+
+    verdict: str
+    retry_after: float = 0.0
+    note: bool = False
 
 
 def _token_slot(r: redis.Redis, envid: str, vmid: int, token: str) -> VmRecord:
@@ -84,7 +101,41 @@ def find_caller(r: redis.Redis, env: dict[str, Any], vmid: int, token: str | Non
             raise CallbackRefused(404, f"vmid: no VM {vmid} in environment {envid}")
     if status and status.startswith("MASTER_INIT") and rec.role != "master":
         raise CallbackRefused(403, f"status: only the master reports {status.split(':')[0]}")
-    return Caller(slot=rec.slot, role=rec.role)
+    return Caller(slot=rec.slot, role=rec.role, nonce=rec.nonce, by_token=bool(token))
+
+
+def _values(kind: str, fields: dict[str, str]) -> str:
+    return json.dumps([kind, fields], sort_keys=True)
+
+
+def admit(r: redis.Redis, envid: str, caller: Caller, kind: str, fields: dict[str, str], now: float,
+          per_minute: int, burst: int) -> Admission:
+    """Take one token from the VM's bucket (`per_minute` refill, `burst` deep) and compare the report with the
+    last one of its kind queued for this VM. One atomic script; every call takes a token, duplicates too."""
+    key = keys.callback_gate(envid, caller.slot, caller.nonce)
+    args = [repr(now), repr(per_minute / 60.0), str(burst), kind, _values(kind, fields), str(GATE_TTL),
+            repr(THROTTLE_NOTE_EVERY)]
+    code, wait_ms, note = scripts.run(r, "callback_gate", [key], args)
+    if code == 0:
+        return Admission("throttled", retry_after=int(wait_ms) / 1000.0, note=bool(note))
+    return Admission("duplicate" if code == 2 else "queue")
+
+
+def remember(r: redis.Redis, envid: str, caller: Caller, kind: str, fields: dict[str, str]) -> None:
+    """Note the report just queued as the VM's last of its kind (a repeat is then not queued again)."""
+    key = keys.callback_gate(envid, caller.slot, caller.nonce)
+    with r.pipeline() as p:
+        p.hset(key, f"last:{kind}", _values(kind, fields))
+        p.expire(key, GATE_TTL)
+        p.execute()
+
+
+def record_throttled(r: redis.Redis, env: dict[str, Any], vmid: int, caller: Caller, per_minute: int, burst: int,
+                     clock: Clock) -> None:
+    """The `callback_throttled` event (at most one a minute per VM: the caller checks Admission.note)."""
+    envstore.add_event(r, env["envid"], env["service"], "callback_throttled",
+                       f"VM {vmid} ({caller.slot}) sends callbacks faster than {per_minute} a minute (burst {burst}):"
+                       " refused with 429 until it slows down", clock, vmid=str(vmid), slot=caller.slot)
 
 
 def enqueue_apply(queue: Queue, envid: str, vmid: int, kind: str, fields: dict[str, str], slot: str,

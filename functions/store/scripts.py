@@ -111,6 +111,38 @@ return 1
 """
 
 
+# A VM's callback: take a token from its bucket, then tell a repeat of the last report of its kind from a new one.
+LUA["callback_gate"] = """
+-- KEYS[1] the VM's callback gate (hash: tokens, ts, noted, last:<kind>); ARGV[1] now (s), ARGV[2] tokens a
+-- second, ARGV[3] burst, ARGV[4] kind, ARGV[5] the callback's values (canonical JSON), ARGV[6] TTL (s),
+-- ARGV[7] seconds between two "throttled" notes.
+-- Returns {1, 0, 0} queue it; {2, 0, 0} same values as the last queued report of that kind (queue nothing);
+-- {0, ms until a token is back, note} throttled, note = 1 when no refusal was noted for ARGV[7] seconds.
+local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local function num(x) return string.format('%.17g', x) end
+local g = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'noted', 'last:' .. ARGV[4])
+local tokens = tonumber(g[1]) or burst
+local ts = tonumber(g[2]) or now
+if now > ts then
+  tokens = math.min(burst, tokens + (now - ts) * rate)
+  ts = now
+end
+if tokens < 1 - 1e-9 then
+  local note = 0
+  if (not g[3]) or now - tonumber(g[3]) >= tonumber(ARGV[7]) then
+    note = 1
+    redis.call('HSET', KEYS[1], 'noted', num(now))
+  end
+  redis.call('HSET', KEYS[1], 'tokens', num(tokens), 'ts', num(ts))
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  return {0, math.ceil((1 - tokens) / rate * 1000), note}
+end
+redis.call('HSET', KEYS[1], 'tokens', num(math.max(tokens - 1, 0)), 'ts', num(ts))
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+if g[4] == ARGV[5] then return {2, 0, 0} end
+return {1, 0, 0}
+"""
+
 # The bytes a service's uploaded files take: the counter, or (missing) the sum over both file hashes.
 _UPLOAD_USAGE = """
 local function usage(counter, a, b)
