@@ -140,7 +140,7 @@ class Callback:
             if cb.params.get("service", env["service"]) != env["service"]:
                 raise callbacks.CallbackRefused(404, f"envid: no environment {cb.envid} for that service")
             caller = callbacks.find_caller(r, env, cb.vmid, cb.params.get("token"), cb.params.get("status"),
-                                           self.deps.settings.legacy_callbacks)
+                                           self.deps.settings.legacy_callbacks, req.remote_addr)
         except callbacks.CallbackRefused as exc:
             callbacks.record_refused(r, env, cb.params, exc.message, self.deps.clock)
             if exc.http_status == 404:

@@ -129,8 +129,9 @@ def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
     if why:
         _mark_missing(ctx, env, rec, why)
         return None
-    changed = rec.one_state != view.short_status()
+    changed = rec.one_state != view.short_status() or (bool(view.ip) and rec.one_ip != view.ip)
     rec.one_state = view.short_status()
+    rec.one_ip = view.ip or rec.one_ip
     if view.cpu is not None:
         rec.cpu = view.cpu
     if view.running and rec.state in ("allocating", "allocated"):

@@ -8,6 +8,7 @@ on MASTER_INIT_*.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -83,12 +84,39 @@ def _token_slot(r: redis.Redis, envid: str, vmid: int, token: str) -> VmRecord:
     raise CallbackRefused(403, f"token: does not match VM {vmid} of environment {envid}")
 
 
+def same_address(a: str | None, b: str) -> bool:
+    """True when two IP addresses are the same (an IPv4-mapped IPv6 address equals its IPv4 one). Pure."""
+    try:
+        x, y = ipaddress.ip_address((a or "").strip()), ipaddress.ip_address(b.strip())
+    except ValueError:
+        return False
+    x = getattr(x, "ipv4_mapped", None) or x
+    y = getattr(y, "ipv4_mapped", None) or y
+    return x == y
+
+
+def _legacy_caller(r: redis.Redis, envid: str, vmid: int, remote_addr: str | None) -> VmRecord:
+    """The VM record of a tokenless callback: an existing VM, called from the address OpenNebula reports for it
+    (the record's one_ip; records from before one_ip existed: their ip). Raises CallbackRefused."""
+    rec = envstore.vm_by_id(r, envid, vmid)
+    if rec is None:
+        raise CallbackRefused(404, f"vmid: no VM {vmid} in environment {envid}")
+    expected = rec.one_ip or rec.ip
+    if not expected:
+        raise CallbackRefused(403, f"address: OpenNebula has not reported an address for VM {vmid} yet")
+    if not same_address(remote_addr, expected):
+        raise CallbackRefused(403, "address: a callback without a token is accepted only from the VM's own "
+                                   "address (as OpenNebula reports it)")
+    return rec
+
+
 def find_caller(r: redis.Redis, env: dict[str, Any], vmid: int, token: str | None, status: str | None,
-                legacy: bool) -> Caller:
+                legacy: bool, remote_addr: str | None = None) -> Caller:
     """Authorize a callback for VM `vmid` of `env`; raises CallbackRefused (403/404). Read-only.
 
-    With a token it must match that VM's record. Without one it is refused unless `legacy`, and then
-    accepted only for an existing VM of the environment. MASTER_INIT_* is accepted only from the master.
+    With a token it must match that VM's record (from any address). Without one it is refused unless `legacy`,
+    and then accepted only for an existing VM of the environment calling from its own address (`remote_addr`,
+    as the gateway sees it, must be the one OpenNebula reports). MASTER_INIT_* is accepted only from the master.
     """
     envid = env["envid"]
     if token:
@@ -96,9 +124,7 @@ def find_caller(r: redis.Redis, env: dict[str, Any], vmid: int, token: str | Non
     elif not legacy:
         raise CallbackRefused(403, "token: callback token required")
     else:
-        rec = envstore.vm_by_id(r, envid, vmid)
-        if rec is None:
-            raise CallbackRefused(404, f"vmid: no VM {vmid} in environment {envid}")
+        rec = _legacy_caller(r, envid, vmid, remote_addr)
     if status and status.startswith("MASTER_INIT") and rec.role != "master":
         raise CallbackRefused(403, f"status: only the master reports {status.split(':')[0]}")
     return Caller(slot=rec.slot, role=rec.role, nonce=rec.nonce, by_token=bool(token))

@@ -243,9 +243,21 @@ def test_token_proves_a_slot_whose_vmid_is_not_recorded_yet(world):
     assert got.ip == "10.0.0.12" and got.vmid is None and got.status == "NET_CONFIG_DONE"
 
 
+def _legacy(world, redis_server, tmp_path) -> falcon.testing.TestClient:
+    return falcon.testing.TestClient(create_app(Settings(redis_url=redis_server.url, home=tmp_path,
+                                                         legacy_callbacks=True), clock=world.clock))
+
+
+def _set_vm(world, slot: str, **values) -> None:
+    rec = envstore.get_vms(world.r, world.envid)[slot]
+    for name, value in values.items():
+        setattr(rec, name, value)
+    envstore.put_vm(world.r, world.envid, rec)
+
+
 def test_legacy_mode_accepts_tokenless_callbacks_only_for_existing_vms(world, redis_server, tmp_path):
-    legacy = falcon.testing.TestClient(create_app(Settings(redis_url=redis_server.url, home=tmp_path,
-                                                           legacy_callbacks=True)))
+    legacy = _legacy(world, redis_server, tmp_path)
+    _set_vm(world, "s0", one_ip="127.0.0.1")                 # OpenNebula's address for VM 8: the test client's
     e = world.envid
     ok = legacy.simulate_get(f"/cgi-bin/updateappstatus.sh?service=svc1&vmid=8&envid={e}&status=APP_SVC_START")
     assert ok.status_code == 200
@@ -257,6 +269,37 @@ def test_legacy_mode_accepts_tokenless_callbacks_only_for_existing_vms(world, re
     assert envstore.get_env(world.r, e)["status"] == "APP_SVC_START"
     assert [e_["type"] for e_ in envstore.list_events(world.r, e)] == ["callback_refused", "callback_refused",
                                                                       "callback"]
+
+
+def test_legacy_callbacks_come_only_from_the_address_opennebula_reports(world, redis_server, tmp_path):
+    legacy = _legacy(world, redis_server, tmp_path)
+    e = world.envid
+    url = f"/cgi-bin/updateappstatus.sh?vmid=8&envid={e}&status=APP_X"
+    res = legacy.simulate_get(url, remote_addr="10.0.0.8")
+    assert res.status_code == 403                                     # no address known yet: refused
+    assert res.json["description"] == "address: OpenNebula has not reported an address for VM 8 yet"
+    _set_vm(world, "s0", one_ip="10.0.0.8", ip="10.9.9.9")
+    for addr in ("10.0.0.9", "127.0.0.1", "10.9.9.9", "::1"):        # the VM's own claim (ip) does not count
+        res = legacy.simulate_get(url, remote_addr=addr)
+        assert res.status_code == 403, addr
+        assert res.json["description"] == "address: a callback without a token is accepted only from the VM's " \
+                                          "own address (as OpenNebula reports it)"
+    assert legacy.simulate_get(url, remote_addr="10.0.0.8").status_code == 200
+    assert legacy.simulate_get(url.replace("APP_X", "APP_Y"), remote_addr="::ffff:10.0.0.8").status_code == 200
+    _set_vm(world, "m", one_ip="", ip="10.0.0.7")                     # a record from before one_ip: its ip
+    assert legacy.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=7&envid={e}&status=APP_Z",
+                               remote_addr="10.0.0.7").status_code == 200
+    token = world.tok[8]                                              # a token is accepted from anywhere
+    assert legacy.simulate_get(url.replace("APP_X", "APP_T") + f"&token={token}", remote_addr="192.0.2.1"
+                               ).status_code == 200
+    assert len(_queued(world.r)) == 4
+    assert [ev["msg"] for ev in _events(world, "callback_refused")][0].startswith("callback refused: address:")
+
+
+def test_a_token_callback_is_accepted_from_any_address(world):
+    res = world.client.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=8&envid={world.envid}&status=A"
+                                    f"&token={world.tok[8]}", remote_addr="203.0.113.5")
+    assert res.status_code == 200
 
 
 def test_callback_routes_need_no_bearer_token_and_keys_are_untouched(world):
