@@ -1,7 +1,7 @@
 """`GET /cgi-bin/...`: status callbacks made by `wget` inside VMs (no bearer token: a per-VM token instead).
 
 Accepted forms (any parameter order; parameters may sit in the path after `&` and in the query string):
-  /cgi-bin/updatevmstatus.sh?service=S&vmid=V&envid=E&newip=IP&name=H[&token=T]
+  /cgi-bin/updatevmstatus.sh?service=S&vmid=V&envid=E&newip=IP&name=H[&hostkey=K][&token=T]
   /cgi-bin/updateappstatus.sh?service=S&vmid=V&envid=E&status=ST[&token=T]
   /cgi-bin/S&vmid=V&envid=E&status=ST   and   /cgi-bin/S&vmid=V&envid=E&newip=IP&name=H   (the guide's form)
 The route validates, authorizes (functions.ops.callbacks.find_caller), throttles (a token bucket per VM:
@@ -20,12 +20,13 @@ from urllib.parse import unquote
 
 import falcon
 
+from functions.model import hostkeys
 from functions.ops import callbacks
 from functions.store import envstore
 from handlers.deps import Deps
 
 SCRIPTS = {"updatevmstatus.sh": "net", "updateappstatus.sh": "status"}
-KNOWN = ("service", "vmid", "envid", "status", "newip", "name", "token")
+KNOWN = ("service", "vmid", "envid", "status", "newip", "name", "hostkey", "token")
 _PATTERNS = {
     "vmid": re.compile(r"[0-9]{1,10}"),
     "envid": re.compile(r"[0-9]{1,18}"),
@@ -56,8 +57,8 @@ class CallbackRequest:
 
     @property
     def fields(self) -> dict[str, str]:
-        """What apply_callback records: newip (+ name) or status."""
-        keys = ("newip", "name") if self.kind == "net" else ("status",)
+        """What apply_callback records: newip (+ name, hostkey) or status."""
+        keys = ("newip", "name", "hostkey") if self.kind == "net" else ("status",)
         return {k: self.params[k] for k in keys if k in self.params}
 
 
@@ -104,6 +105,11 @@ def _validate(kind: str, params: dict[str, str]) -> None:
             ipaddress.ip_address(params["newip"])
         except ValueError:
             raise _bad("newip", "must be an IPv4 or IPv6 address") from None
+    if "hostkey" in params:
+        try:
+            params["hostkey"] = hostkeys.normalise(params["hostkey"])
+        except hostkeys.BadHostKey as exc:
+            raise _bad("hostkey", f"{exc} (the VM's /etc/ssh/ssh_host_ed25519_key.pub line)") from None
 
 
 def parse_callback(script: str, query: str) -> CallbackRequest:
@@ -116,7 +122,7 @@ def parse_callback(script: str, query: str) -> CallbackRequest:
     _pairs(rest, params)
     _pairs(query or "", params)
     # An empty name= or token= counts as not given (a VM whose context lacks the variable sends it empty).
-    params = {k: v for k, v in params.items() if k in KNOWN and (v or k not in ("name", "token"))}
+    params = {k: v for k, v in params.items() if k in KNOWN and (v or k not in ("name", "token", "hostkey"))}
     kind = _kind(unquote(head), params)
     _validate(kind, params)
     return CallbackRequest(kind=kind, envid=params["envid"], vmid=int(params["vmid"]), params=params)
@@ -154,6 +160,8 @@ class Callback:
         r, settings = self.deps.redis, self.deps.settings
         rate, burst = settings.callback_rate, settings.callback_burst
         fields = cb.fields
+        if not caller.by_token:
+            fields.pop("hostkey", None)            # only a token-proven VM may name its host key
         gate = callbacks.admit(r, cb.envid, caller, cb.kind, fields, self.deps.clock(), rate, burst)
         if gate.verdict == "throttled":
             if gate.note:

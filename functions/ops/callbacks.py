@@ -223,32 +223,42 @@ def init_verdict(status: str, rec: VmRecord) -> str:
 
 
 def _record(r: redis.Redis, envid: str, vmid: int, kind: str, fields: dict[str, str],
-            slot: str | None) -> VmRecord | None:
-    """Write the reported values to the VM record (and the env status). Caller holds the env lock."""
+            slot: str | None) -> tuple[VmRecord | None, str]:
+    """Write the reported values to the VM record (and the env status). Caller holds the env lock.
+
+    Returns the record and a remark for the event: a host key is kept only from the first network callback that
+    carries one (a later, different one is ignored and said so: a changed key is never silently accepted)."""
     vms = envstore.get_vms(r, envid)
     rec = vms.get(slot) if slot else None
     if rec is None or rec.vmid not in (None, vmid):
         rec = next((v for v in vms.values() if v.vmid == vmid), None)
     if rec is None:
-        return None
+        return None, ""
+    remark = ""
     if kind == "net":
         rec.ip = fields["newip"]
         rec.hostname = fields.get("name", rec.hostname)
         rec.status = "NET_CONFIG_DONE"
+        key = fields.get("hostkey", "")
+        if key and not rec.hostkey:
+            rec.hostkey, remark = key, " (host key reported)"
+        elif key and key != rec.hostkey:
+            remark = " (host key differs from the one reported first: ignored)"
     else:
         rec.status = fields["status"]
         rec.init = rec.init or init_verdict(fields["status"], rec)
         envstore.update_env(r, envid, status=fields["status"])
     envstore.put_vm(r, envid, rec)
-    return rec
+    return rec, remark
 
 
 def apply(r: redis.Redis, queue: Queue, envid: str, vmid: int, kind: str, fields: dict[str, str], clock: Clock,
           slot: str | None = None, attempt: int = 0) -> str:
     """Record one accepted callback; returns "applied", "retry" (lock busy: re-queued), "gone" or "stale".
 
-    newip/name → VM ip, hostname, status NET_CONFIG_DONE; status → env status and VM status. Adds a
-    `callback` event; MASTER_INIT_* kicks the lifecycle. Safe to run twice (same values, one more event).
+    newip/name → VM ip, hostname, status NET_CONFIG_DONE (hostkey → the VM's reported host key, first one
+    wins); status → env status and VM status. Adds a `callback` event; MASTER_INIT_* kicks the lifecycle. Safe to
+    run twice (same values, one more event).
     """
     if kind not in KINDS:
         raise ValueError(f"kind: must be one of {', '.join(KINDS)}")
@@ -259,14 +269,14 @@ def apply(r: redis.Redis, queue: Queue, envid: str, vmid: int, kind: str, fields
         env = envstore.get_env(r, envid)
         if env is None:
             return "gone"
-        rec = _record(r, envid, vmid, kind, fields, slot)
+        rec, remark = _record(r, envid, vmid, kind, fields, slot)
         extra = {"callback": kind, "vmid": str(vmid), **fields}
         if rec is None:
             envstore.add_event(r, envid, env["service"], "callback_stale",
                                f"callback from VM {vmid} ignored: no such VM any more", clock, **extra)
             return "stale"
         what = f"status={fields['status']}" if kind == "status" else f"newip={fields['newip']}"
-        envstore.add_event(r, envid, env["service"], "callback", f"VM {vmid} ({rec.slot}) {what}", clock,
+        envstore.add_event(r, envid, env["service"], "callback", f"VM {vmid} ({rec.slot}) {what}{remark}", clock,
                            slot=rec.slot, **extra)
     if kind == "status" and fields["status"].startswith("MASTER_INIT_"):
         kick(queue, envid)

@@ -157,10 +157,11 @@ end
 """
 
 # Store one uploaded file unless it breaks the per-kind file cap or the service's byte quota; keeps the counter.
-LUA["save_file"] = _UPLOAD_USAGE + """
--- KEYS[1] the kind's file hash, KEYS[2] the other kind's file hash, KEYS[3] the service's byte counter;
--- ARGV[1] file name, ARGV[2] content (as stored), ARGV[3] max files per kind, ARGV[4] quota (bytes).
+LUA["save_file"] = """
+-- KEYS[1] the kind's file hash, KEYS[2] the other kind's file hash, KEYS[3] the service's byte counter; ARGV[1]
+-- file name, ARGV[2] content (as stored), ARGV[3] max files per kind, ARGV[4] quota (bytes).
 -- Returns {1, usage after} stored; {-1, usage} too many files; {-2, usage} over the quota (nothing written).
+""" + _UPLOAD_USAGE + """
 local used = usage(KEYS[3], KEYS[1], KEYS[2])
 local old = redis.call('HSTRLEN', KEYS[1], ARGV[1])
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
@@ -174,9 +175,10 @@ return {1, after}
 """
 
 # The service's upload usage, recounted from both file hashes when ARGV[1] is "1" or the counter is missing.
-LUA["upload_usage"] = _UPLOAD_USAGE + """
+LUA["upload_usage"] = """
 -- KEYS[1] .vm file hash, KEYS[2] context file hash, KEYS[3] byte counter; ARGV[1] "1" = recount.
 -- Returns the bytes in use (and stores them when recounted).
+""" + _UPLOAD_USAGE + """
 if ARGV[1] == '1' then redis.call('DEL', KEYS[3]) end
 if redis.call('EXISTS', KEYS[3]) == 1 then return tonumber(redis.call('GET', KEYS[3])) end
 local used = usage(KEYS[3], KEYS[1], KEYS[2])

@@ -395,3 +395,33 @@ def test_the_bucket_never_admits_more_than_burst_plus_refill(rdb, gaps, per_minu
     period = 60.0 / per_minute
     assert all(callbacks.admit(rdb, "1", caller, "status", {"status": f"T{i}"}, 1000.0 + i * period,
                                per_minute, burst).verdict == "queue" for i in range(30))
+
+
+def test_the_network_callback_carries_the_vms_host_key(world, redis_server, tmp_path):
+    """hostkey= is the VM's public key line (comment dropped) or a SHA256 fingerprint; only a token-proven
+    callback may carry it (legacy mode drops it); anything else is a 400 naming the field."""
+    from urllib.parse import quote
+
+    from functions.model import hostkeys
+    from onesim.sshd import generate_host_key, load_host_key, public_line
+    key = public_line(load_host_key(generate_host_key()))
+    e, t = world.envid, world.tok[8]
+    url = f"/cgi-bin/updatevmstatus.sh?vmid=8&envid={e}&newip=10.0.0.8&token={t}&hostkey="
+    assert world.client.simulate_get(url + quote(key + " root@vm")).status_code == 200
+    fp = hostkeys.fingerprint(key)
+    guide = f"/cgi-bin/svc1&vmid=8&envid={e}&newip=10.0.0.9&token={t}"   # a key's `/` goes in the query string
+    assert world.client.simulate_get(guide, query_string=f"hostkey={quote(fp, safe='')}").status_code == 200
+    for bad in ("ssh-ed25519", "ssh-dss AAAAB3NzaC1kc3M=", "ssh-ed25519 AAAA%21", "SHA256:short",
+                quote("ssh-rsa " + key.split()[1])):                # an ed25519 blob named ssh-rsa
+        res = world.client.simulate_get(url + bad)
+        assert res.status_code == 400 and res.json["description"].startswith("hostkey: "), bad
+    _set_vm(world, "s0", one_ip="127.0.0.1")
+    legacy = _legacy(world, redis_server, tmp_path)
+    assert legacy.simulate_get(f"/cgi-bin/updatevmstatus.sh?vmid=8&envid={e}&newip=10.0.0.10&hostkey="
+                               + quote(key)).status_code == 200
+    assert [a[3] for _, a in _queued(world.r)] == [{"newip": "10.0.0.8", "hostkey": key},
+                                                   {"newip": "10.0.0.9", "hostkey": fp},
+                                                   {"newip": "10.0.0.10"}]
+    _run_queue(world.r)
+    rec = envstore.get_vms(world.r, e)["s0"]
+    assert rec.hostkey == key and rec.ip == "10.0.0.10"                 # the first key reported is kept
