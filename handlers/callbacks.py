@@ -16,7 +16,7 @@ import ipaddress
 import math
 import re
 from dataclasses import dataclass, field
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 import falcon
 
@@ -62,13 +62,15 @@ class CallbackRequest:
         return {k: self.params[k] for k in keys if k in self.params}
 
 
-def _pairs(text: str, params: dict[str, str]) -> None:
-    """Merge `k=v&k=v` pieces into params (values %-decoded); a key repeated with another value is a 400."""
+def _pairs(text: str, params: dict[str, str], query: bool = False) -> None:
+    """Merge `k=v&k=v` pieces into params (values %-decoded; in the query string `+` is a space, as forms and
+    HTTP clients encode it); a key repeated with another value is a 400."""
+    decode = unquote_plus if query else unquote
     for piece in text.split("&"):
         if not piece:
             continue
         key, sep, value = piece.partition("=")
-        key, value = unquote(key), unquote(value)
+        key, value = decode(key), decode(value)
         if not sep:
             raise _bad(key[:32], "expected key=value")
         if key in params and params[key] != value:
@@ -120,7 +122,7 @@ def parse_callback(script: str, query: str) -> CallbackRequest:
     head, _, rest = script.partition("&")
     params: dict[str, str] = {}
     _pairs(rest, params)
-    _pairs(query or "", params)
+    _pairs(query or "", params, query=True)
     # An empty name= or token= counts as not given (a VM whose context lacks the variable sends it empty).
     params = {k: v for k, v in params.items() if k in KNOWN and (v or k not in ("name", "token", "hostkey"))}
     kind = _kind(unquote(head), params)

@@ -2,36 +2,25 @@
 against one. Pure.
 
 A key is written `<type> <base64>` (an OpenSSH public key line, comment dropped) or `SHA256:<base64>` (the
-fingerprint `ssh-keygen -l` prints, unpadded base64 of the SHA-256 of the key blob).
+fingerprint `ssh-keygen -l` prints, unpadded base64 of the SHA-256 of the key blob). Only the shape is checked
+here (what config/openapi.yaml can state); whether it is the VM's key is settled by the SSH handshake.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import re
-import struct
 
 KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
 MAX_BASE64 = 2048            # an RSA-8192 public key is about 1400 characters
-_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})+(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 
 
 class BadHostKey(ValueError):
     """Text that is neither a supported public key line nor a SHA256 fingerprint."""
-
-
-def _blob_type(blob: bytes) -> str:
-    """The key type named inside an SSH public key blob (a uint32 length, then the name)."""
-    if len(blob) < 4:
-        raise BadHostKey("the key data is too short")
-    (size,) = struct.unpack(">I", blob[:4])
-    if size > 64 or len(blob) < 4 + size:
-        raise BadHostKey("the key data is malformed")
-    return blob[4:4 + size].decode("ascii", "replace")
 
 
 def normalise(text: str) -> str:
@@ -46,13 +35,7 @@ def normalise(text: str) -> str:
         raise BadHostKey(f"expected `<type> <base64>` with a type among {', '.join(KEY_TYPES)}, or SHA256:...")
     data = parts[1]
     if len(data) > MAX_BASE64 or not _BASE64.fullmatch(data):
-        raise BadHostKey("the key is not base64")
-    try:
-        blob = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadHostKey("the key is not base64") from None
-    if _blob_type(blob) != parts[0]:
-        raise BadHostKey(f"the key data is not an {parts[0]} key")
+        raise BadHostKey(f"the key is not base64 (at most {MAX_BASE64} characters)")
     return f"{parts[0]} {data}"
 
 
