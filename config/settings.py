@@ -20,6 +20,13 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _positive(env: dict[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
+
+
 def home_from_env(env: dict[str, str] | None = None) -> Path:
     """CARINA_HOME (default `var`) as an absolute path; a relative value is taken from the working directory
     at the moment of the call (the Procfile's processes all start in the same one), so call it once at start."""
@@ -53,6 +60,9 @@ class Settings:
     ssh_timeout: float = 20.0
     queue_name: str = "carina"
     metrics_token: str = field(default="", repr=False)   # a scrape token for /metrics (besides the admin's)
+    callback_rate: int = 60             # callbacks a minute per VM (token bucket refill) ...
+    callback_burst: int = 20            # ... and how many may come at once
+    upload_quota: int = 64 * 1024 * 1024   # bytes of uploaded .vm and context files per service (as stored)
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -80,4 +90,7 @@ class Settings:
             job_retention=_int(env, "CARINA_JOB_RETENTION", 10000),
             queue_name=env.get("CARINA_QUEUE") or "carina",
             metrics_token=env.get("CARINA_METRICS_TOKEN", "").strip(),
+            callback_rate=_positive(env, "CARINA_CALLBACK_RATE", 60),
+            callback_burst=_positive(env, "CARINA_CALLBACK_BURST", 20),
+            upload_quota=_positive(env, "CARINA_UPLOAD_QUOTA", 64 * 1024 * 1024),
         )

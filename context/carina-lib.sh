@@ -29,9 +29,19 @@ appstatus() {
     carina_callback updateappstatus.sh "$1" "status=$(urlencode "$1")"
 }
 
-# vmstatus IP HOSTNAME: report that the network is configured.
+# host_key: this VM's SSH host public key as "<type> <base64>" (empty if there is none yet). Carina checks the
+# master's first SSH connection against it. The simulator's guests name their key file in $ONESIM_HOSTKEY_PUB.
+host_key() {
+    f="${ONESIM_HOSTKEY_PUB:-/etc/ssh/ssh_host_ed25519_key.pub}"
+    if [ -r "$f" ]; then awk 'NR == 1 && NF >= 2 { print $1 " " $2 }' "$f"; fi
+}
+
+# vmstatus IP HOSTNAME: report that the network is configured (with the host key, when there is one).
 vmstatus() {
-    carina_callback updatevmstatus.sh "newip=$1" "newip=$(urlencode "$1")&name=$(urlencode "$2")"
+    key="$(host_key 2>/dev/null)"
+    extra=""
+    if [ -n "$key" ]; then extra="&hostkey=$(urlencode "$key")"; fi
+    carina_callback updatevmstatus.sh "newip=$1" "newip=$(urlencode "$1")&name=$(urlencode "$2")$extra"
 }
 
 # is_master: CARINA_ROLE decides; without it (older templates) a VM without SLAVE_ID is the master.

@@ -1,28 +1,33 @@
 """`GET /cgi-bin/...`: status callbacks made by `wget` inside VMs (no bearer token: a per-VM token instead).
 
 Accepted forms (any parameter order; parameters may sit in the path after `&` and in the query string):
-  /cgi-bin/updatevmstatus.sh?service=S&vmid=V&envid=E&newip=IP&name=H[&token=T]
+  /cgi-bin/updatevmstatus.sh?service=S&vmid=V&envid=E&newip=IP&name=H[&hostkey=K][&token=T]
   /cgi-bin/updateappstatus.sh?service=S&vmid=V&envid=E&status=ST[&token=T]
   /cgi-bin/S&vmid=V&envid=E&status=ST   and   /cgi-bin/S&vmid=V&envid=E&newip=IP&name=H   (the guide's form)
-The route validates, authorizes (functions.ops.callbacks.find_caller), queues apply_callback and answers "OK".
+The route validates, authorizes (functions.ops.callbacks.find_caller), throttles (a token bucket per VM:
+settings.callback_rate a minute, callback_burst at once; beyond it 429 JSON with Retry-After and nothing queued),
+queues apply_callback and answers "OK". A report with the same values as the VM's last queued report of its kind
+is answered "OK (duplicate: not queued again)" and not queued: the in-VM wget scripts only need a 2xx.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass, field
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 import falcon
 
 from config import logs, metrics
+from functions.model import hostkeys
 from functions.ops import callbacks
 from functions.store import envstore
 from handlers.deps import Deps
 
 SCRIPTS = {"updatevmstatus.sh": "net", "updateappstatus.sh": "status"}
-KNOWN = ("service", "vmid", "envid", "status", "newip", "name", "token")
+KNOWN = ("service", "vmid", "envid", "status", "newip", "name", "hostkey", "token")
 _PATTERNS = {
     "vmid": re.compile(r"[0-9]{1,10}"),
     "envid": re.compile(r"[0-9]{1,18}"),
@@ -53,18 +58,20 @@ class CallbackRequest:
 
     @property
     def fields(self) -> dict[str, str]:
-        """What apply_callback records: newip (+ name) or status."""
-        keys = ("newip", "name") if self.kind == "net" else ("status",)
+        """What apply_callback records: newip (+ name, hostkey) or status."""
+        keys = ("newip", "name", "hostkey") if self.kind == "net" else ("status",)
         return {k: self.params[k] for k in keys if k in self.params}
 
 
-def _pairs(text: str, params: dict[str, str]) -> None:
-    """Merge `k=v&k=v` pieces into params (values %-decoded); a key repeated with another value is a 400."""
+def _pairs(text: str, params: dict[str, str], query: bool = False) -> None:
+    """Merge `k=v&k=v` pieces into params (values %-decoded; in the query string `+` is a space, as forms and
+    HTTP clients encode it); a key repeated with another value is a 400."""
+    decode = unquote_plus if query else unquote
     for piece in text.split("&"):
         if not piece:
             continue
         key, sep, value = piece.partition("=")
-        key, value = unquote(key), unquote(value)
+        key, value = decode(key), decode(value)
         if not sep:
             raise _bad(key[:32], "expected key=value")
         if key in params and params[key] != value:
@@ -101,6 +108,11 @@ def _validate(kind: str, params: dict[str, str]) -> None:
             ipaddress.ip_address(params["newip"])
         except ValueError:
             raise _bad("newip", "must be an IPv4 or IPv6 address") from None
+    if "hostkey" in params:
+        try:
+            params["hostkey"] = hostkeys.normalise(params["hostkey"])
+        except hostkeys.BadHostKey as exc:
+            raise _bad("hostkey", f"{exc} (the VM's /etc/ssh/ssh_host_ed25519_key.pub line)") from None
 
 
 def parse_callback(script: str, query: str) -> CallbackRequest:
@@ -111,9 +123,9 @@ def parse_callback(script: str, query: str) -> CallbackRequest:
     head, _, rest = script.partition("&")
     params: dict[str, str] = {}
     _pairs(rest, params)
-    _pairs(query or "", params)
+    _pairs(query or "", params, query=True)
     # An empty name= or token= counts as not given (a VM whose context lacks the variable sends it empty).
-    params = {k: v for k, v in params.items() if k in KNOWN and (v or k not in ("name", "token"))}
+    params = {k: v for k, v in params.items() if k in KNOWN and (v or k not in ("name", "token", "hostkey"))}
     kind = _kind(unquote(head), params)
     _validate(kind, params)
     return CallbackRequest(kind=kind, envid=params["envid"], vmid=int(params["vmid"]), params=params)
@@ -143,17 +155,39 @@ class Callback:
             if cb.params.get("service", env["service"]) != env["service"]:
                 raise callbacks.CallbackRefused(404, f"envid: no environment {cb.envid} for that service")
             caller = callbacks.find_caller(r, env, cb.vmid, cb.params.get("token"), cb.params.get("status"),
-                                           self.deps.settings.legacy_callbacks)
+                                           self.deps.settings.legacy_callbacks, req.remote_addr)
         except callbacks.CallbackRefused as exc:
             recorded = callbacks.record_refused(r, env, cb.params, exc.message, self.deps.clock)
             metrics.callback("refused" if recorded else "throttled")
             if exc.http_status == 404:
                 raise falcon.HTTPNotFound(title="Not found", description=exc.message) from None
             raise falcon.HTTPForbidden(title="Callback refused", description=exc.message) from None
-        callbacks.enqueue_apply(self.deps.queue, cb.envid, cb.vmid, cb.kind, cb.fields, caller.slot)
-        metrics.callback("accepted")
         resp.content_type = falcon.MEDIA_TEXT
-        resp.text = "OK"
+        resp.text = self._queue(env, cb, caller)
+
+    def _queue(self, env: dict, cb: CallbackRequest, caller: callbacks.Caller) -> str:
+        """Queue the callback unless the VM is throttled (429) or repeats itself; the answer's text."""
+        r, settings = self.deps.redis, self.deps.settings
+        rate, burst = settings.callback_rate, settings.callback_burst
+        fields = cb.fields
+        if not caller.by_token:
+            fields.pop("hostkey", None)            # only a token-proven VM may name its host key
+        gate = callbacks.admit(r, cb.envid, caller, cb.kind, fields, self.deps.clock(), rate, burst)
+        if gate.verdict == "throttled":
+            if gate.note:
+                callbacks.record_throttled(r, env, cb.vmid, caller, rate, burst, self.deps.clock)
+            wait = max(1, math.ceil(gate.retry_after))
+            metrics.callback("throttled")
+            raise falcon.HTTPTooManyRequests(
+                title="Too many callbacks", retry_after=wait,
+                description=f"vmid: VM {cb.vmid} sends more than {rate} callbacks a minute (burst {burst}); "
+                            f"nothing was queued, retry in {wait} s")
+        if gate.verdict == "duplicate":
+            return "OK (duplicate: not queued again)"
+        callbacks.enqueue_apply(self.deps.queue, cb.envid, cb.vmid, cb.kind, fields, caller.slot)
+        callbacks.remember(r, cb.envid, caller, cb.kind, fields)
+        metrics.callback("accepted")
+        return "OK"
 
 
 def add_routes(app: falcon.App, deps: Deps) -> None:

@@ -111,14 +111,23 @@ def _text(upload: Upload) -> str:
         raise bad_request("upload", f"{upload.name} is not UTF-8 text") from None
 
 
-def invalid_config(resp: falcon.Response, name: str, errors: list[str]) -> None:
-    """Answer 422 with every validation error (JSON whatever the Accept header says)."""
+def invalid_config(resp: falcon.Response, name: str, errors: list[str], total: int | None = None) -> None:
+    """Answer 422 with the validation errors (the first ones of `total`; JSON whatever the Accept header says)."""
+    total = len(errors) if total is None else total
     resp.status = falcon.HTTP_422
     resp.content_type = falcon.MEDIA_JSON
     resp.media = {"title": "Invalid configuration",
-                  "description": f"{name} was refused ({len(errors)} error(s)); the configuration in force is "
+                  "description": f"{name} was refused ({total} error(s)); the configuration in force is "
                                  "unchanged",
                   "errors": errors}
+
+
+def over_quota(resp: falcon.Response, exc: tenants.QuotaExceeded) -> None:
+    """Answer 413 JSON stating the service's usage, its quota and the refused file's size (bytes as stored)."""
+    resp.status = falcon.HTTP_413
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = {"title": "Upload quota exceeded", "description": exc.message, "usage": exc.usage,
+                  "quota": exc.quota, "size": exc.size}
 
 
 def _answer(req: falcon.Request, resp: falcon.Response, body: dict, text: str) -> None:
@@ -157,16 +166,20 @@ class Configs:
         upload = parse_upload(req)
         suffix = "." + upload.name.rpartition(".")[2] if "." in upload.name else ""
         r = self.deps.redis
+        quota = self.deps.settings.upload_quota
         try:
             if suffix in CONFIG_SUFFIXES:
                 self._config(req, resp, service, upload, CONFIG_SUFFIXES[suffix])
                 return
             if suffix == ".vm":
-                tenants.save_vm_file(r, service, upload.name, _text(upload))
+                tenants.save_vm_file(r, service, upload.name, _text(upload), quota=quota)
                 kind = "vm"
             else:
-                tenants.save_context_file(r, service, upload.name, upload.data)
+                tenants.save_context_file(r, service, upload.name, upload.data, quota=quota)
                 kind = "context"
+        except tenants.QuotaExceeded as exc:
+            over_quota(resp, exc)
+            return
         except errors.BadInput as exc:
             raise bad_request(exc.field or "name", str(exc).partition(": ")[2] or str(exc)) from None
         log.info("service %s uploaded %s file %s (%d bytes)", service, kind, upload.name, len(upload.data))
@@ -182,7 +195,7 @@ class Configs:
             normalized = confschema.load_config(text, kind, set(tenants.list_vm_files(r, service)))
         except confschema.ConfigError as exc:
             log.info("service %s: %s refused with %d error(s)", service, upload.name, len(exc.errors))
-            invalid_config(resp, upload.name, list(exc.errors))
+            invalid_config(resp, upload.name, list(exc.errors), exc.total)
             return
         stranded = configs.stranded_endpoints(r, service, normalized)
         if stranded:

@@ -1,7 +1,11 @@
 """`GET /repo/{service}/context/{file}`: the context repo VMs fetch with wget (no token, as in the original).
 
-Serves the service's uploaded context files, and `authorized_keys` = the service's controller public key.
-Anything unknown, including malformed names, answers 404.
+Public on purpose: a VM fetches its context files at boot, before it could prove anything, so **context files
+are not secret** (anyone who can reach the gateway and knows a service name can read them; secrets belong in
+VM templates' CONTEXT, which Carina never serves). Served: the service's uploaded context files and
+`authorized_keys` (the controller's public key), nothing else: no .vm template, no configuration, no listing.
+Every other request (unknown service, unknown file, malformed name) gets one and the same 404 body, which
+echoes nothing of the request and does not tell an unknown service from an unknown file.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from functions import errors
 from functions.store import tenants
 from handlers.deps import Deps
 
+NOT_FOUND = "no such context file"
 
-def _missing(filename: str) -> falcon.HTTPNotFound:
-    return falcon.HTTPNotFound(title="Not found", description=f"no context file {filename!r} for this service")
+
+def _missing() -> falcon.HTTPNotFound:
+    return falcon.HTTPNotFound(title="Not found", description=NOT_FOUND)
 
 
 class ContextFile:
@@ -26,18 +32,18 @@ class ContextFile:
     def on_get(self, req: falcon.Request, resp: falcon.Response, service: str, filename: str) -> None:
         r = self.deps.redis
         if not tenants.NAME_RE.fullmatch(service) or not tenants.FILE_RE.fullmatch(filename):
-            raise _missing(filename)
+            raise _missing()
         if filename == "authorized_keys":
             try:
                 _, public = tenants.service_keypair(r, service)
             except errors.NotFound:
-                raise _missing(filename) from None
+                raise _missing() from None
             resp.content_type = falcon.MEDIA_TEXT
             resp.text = public + "\n"
             return
         data = tenants.get_context_file(r, service, filename)
         if data is None:
-            raise _missing(filename)
+            raise _missing()
         resp.content_type = "application/octet-stream"
         resp.data = data
 

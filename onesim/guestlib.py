@@ -73,8 +73,9 @@ def is_master(context: dict[str, str]) -> bool:
     return role == "master" if role else "SLAVE_ID" not in context
 
 
-def callback_urls(context: dict[str, str], vmid: int, ip: str) -> list[str]:
-    """The two standard callbacks a healthy guest makes: updatevmstatus, then updateappstatus *_INIT_DONE.
+def callback_urls(context: dict[str, str], vmid: int, ip: str, hostkey: str = "") -> list[str]:
+    """The two standard callbacks a healthy guest makes: updatevmstatus (with its SSH host key, if given), then
+    updateappstatus *_INIT_DONE.
 
     Raises GuestError when CONTEXT has no CARINA_IP.
     """
@@ -85,7 +86,8 @@ def callback_urls(context: dict[str, str], vmid: int, ip: str) -> list[str]:
     common = [("service", context.get("SERVICE_NAME", "")), ("vmid", context.get("VMID") or str(vmid)),
               ("envid", context.get("ENVID", ""))]
     token = [("token", context.get("CARINA_TOKEN", ""))]
-    net = common + [("newip", context.get("IP") or ip), ("name", context.get("HOSTNAME", ""))] + token
+    net = common + [("newip", context.get("IP") or ip), ("name", context.get("HOSTNAME", ""))]
+    net += ([("hostkey", hostkey)] if hostkey else []) + token
     app = common + [("status", status)] + token
     base = f"http://{host}/cgi-bin"
     return [f"{base}/updatevmstatus.sh?{urlencode(net, quote_via=quote)}",

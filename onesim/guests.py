@@ -115,6 +115,7 @@ class _ProcessGuest:
             key_file.chmod(0o600)
         self.host_key = load_host_key(key_file.read_text(encoding="ascii"))
         (self.sandbox / "ssh_host_ed25519_key.pub").write_text(public_line(self.host_key) + "\n", encoding="ascii")
+        self.env["ONESIM_HOSTKEY_PUB"] = str(self.sandbox / "ssh_host_ed25519_key.pub")   # carina-lib.sh host_key
 
     def _listen(self) -> None:
         assert self.host_key is not None
@@ -271,7 +272,7 @@ class _SyntheticGuests:
                         lambda cmd: self._record(vmid, ip, user, cmd)))
                 except OSError as exc:
                     log.warning("vm %s: ssh: cannot listen on %s:%s: %s", vmid, ip, self.ssh_port, exc)
-            for url in callback_urls(context, vmid, ip):
+            for url in callback_urls(context, vmid, ip, public_line(host_key)):
                 if not self._alive(vmid) or not self._call(url):
                     return
         except GuestError as exc:

@@ -1,8 +1,9 @@
 """Run one command on a VM over SSH (paramiko) with a pinned host key, quoted arguments and one overall timeout.
 
 No AutoAddPolicy/WarningPolicy: the host key is checked by hand right after the key exchange, before any
-authentication. With no pinned key the key is accepted and returned (trust on first use: the caller stores it
-with the VM record and passes it on every later call).
+authentication. The expected key is `<type> <base64>` or a `SHA256:` fingerprint (functions.model.hostkeys).
+With no expected key the key is accepted and returned (trust on first use: the caller pins it and passes it on
+every later call).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import paramiko
 
 from config import metrics
+from functions.model import hostkeys
 
 OUTPUT_CAP = 64 * 1024
 _KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
@@ -55,11 +57,13 @@ def load_private_key(private_pem: str) -> paramiko.PKey:
     raise SshFailed("private key: not an unencrypted Ed25519, ECDSA or RSA key")
 
 
-def _normalise_key(known_key: str) -> tuple[str, str]:
-    parts = known_key.split()
-    if len(parts) < 2:
-        raise ValueError("known_key: expected '<type> <base64>'")
-    return parts[0], parts[1]
+def _expected_type(known_key: str) -> str | None:
+    """The key type to ask the server for, or None for a fingerprint (whichever key it prefers)."""
+    if hostkeys.is_fingerprint(known_key):
+        return None
+    if len(known_key.split()) < 2:
+        raise ValueError("known_key: expected '<type> <base64>' or 'SHA256:<base64>'")
+    return hostkeys.key_type(known_key)
 
 
 class _Deadline:
@@ -76,14 +80,14 @@ class _Deadline:
 
 def _handshake(host: str, port: int, known_key: str | None, deadline: _Deadline) -> tuple[paramiko.Transport, str]:
     """Connect and do the key exchange; return the transport and the host key seen. Checks the pin."""
+    key_type = _expected_type(known_key) if known_key is not None else None
     try:
         sock = socket.create_connection((host, port), timeout=deadline.left())
     except OSError as exc:
         raise SshFailed(f"connect {host}:{port}: {exc}") from None
     transport = paramiko.Transport(sock)
     transport.banner_timeout = transport.handshake_timeout = deadline.left()
-    if known_key is not None:
-        key_type, _ = _normalise_key(known_key)
+    if key_type is not None:
         types = _RSA_KEX_TYPES if key_type == "ssh-rsa" else (key_type,)
         try:
             transport.get_security_options().key_types = types
@@ -94,7 +98,7 @@ def _handshake(host: str, port: int, known_key: str | None, deadline: _Deadline)
         transport.start_client(timeout=deadline.left())
     except paramiko.ssh_exception.IncompatiblePeer as exc:
         transport.close()
-        if known_key is not None:  # the server no longer offers the pinned key's type: a changed key
+        if key_type is not None:  # the server no longer offers the pinned key's type: a changed key
             raise HostKeyMismatch(f"{host}:{port}: host key changed (no {key_type} key offered)") from None
         raise SshFailed(f"ssh handshake with {host}:{port}: {exc}") from None
     except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -102,7 +106,7 @@ def _handshake(host: str, port: int, known_key: str | None, deadline: _Deadline)
         raise SshFailed(f"ssh handshake with {host}:{port}: {exc}") from None
     key = transport.get_remote_server_key()
     seen = f"{key.get_name()} {key.get_base64()}"
-    if known_key is not None and _normalise_key(known_key) != _normalise_key(seen):
+    if known_key is not None and not hostkeys.matches(known_key, seen):
         transport.close()
         raise HostKeyMismatch(f"{host}:{port}: host key changed (got {key.get_name()}, pinned key differs)")
     return transport, seen
@@ -128,10 +132,10 @@ def run_remote(host: str, port: int, user: str, private_pem: str, command: str, 
                known_key: str | None, timeout: float) -> tuple[SshResult, str]:
     """Run `command` as `user` on host:port; return (result, host key seen as "<type> <base64>").
 
-    Changes nothing locally. Raises HostKeyMismatch (before authenticating) if `known_key` is given and the
-    server's key differs, SshFailed on any connect/auth/channel failure or when `timeout` seconds (covering
-    connect, auth and the command) pass. Running it twice runs the command twice. The duration and outcome
-    go to the metrics (config/metrics.py).
+    Changes nothing locally. Raises HostKeyMismatch (before authenticating) if `known_key` (a key line or a
+    SHA256 fingerprint) is given and the server's key differs, SshFailed on any connect/auth/channel failure or
+    when `timeout` seconds (covering connect, auth and the command) pass. Running it twice runs the command twice.
+    The duration and outcome go to the metrics (config/metrics.py).
     """
     started, outcome = time.monotonic(), "failed"
     try:

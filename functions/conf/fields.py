@@ -141,6 +141,11 @@ def name_list(names: list[str]) -> None:
     """Validator: a non-empty list of distinct names."""
     if not names:
         raise ValidationError("must list at least one member")
-    seen = [n for i, n in enumerate(names) if n in names[:i]]
-    if seen:
-        raise ValidationError(f"listed twice: {', '.join(sorted(set(seen)))}")
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for name in names:
+        (twice if name in seen else seen).add(name)
+    if twice:
+        shown = sorted(twice)
+        more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+        raise ValidationError(f"listed twice: {', '.join(n[:64] for n in shown[:5])}{more}")

@@ -8,6 +8,7 @@ same `parse_text` and `load_section`.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import PurePosixPath
@@ -32,12 +33,35 @@ _VERB = validate.Regexp(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$", error="must be a singl
 _NON_NEG = validate.Range(min=0)
 
 
+MAX_ERRORS = 50             # errors listed in a refusal; the rest are counted
+MAX_MESSAGE = 300           # characters of one error message
+ERROR_BUDGET = 14_000       # characters of JSON for all the listed messages (a refusal stays under 20 KB)
+
+
+def cap_errors(errors: list[str]) -> list[str]:
+    """The first errors (at most MAX_ERRORS, each cut to MAX_MESSAGE characters, within ERROR_BUDGET characters
+    of JSON), then "... and N more errors" if some were left out. Pure."""
+    out: list[str] = []
+    used = 0
+    for i, error in enumerate(errors):
+        message = error if len(error) <= MAX_MESSAGE else error[:MAX_MESSAGE - 3] + "..."
+        used += len(json.dumps(message))
+        if i >= MAX_ERRORS or used > ERROR_BUDGET:
+            rest = len(errors) - i
+            out.append(f"... and {rest} more error{'s' if rest != 1 else ''}")
+            break
+        out.append(message)
+    return out
+
+
 class ConfigError(ValueError):
-    """A refused configuration; `.errors` lists every problem, each naming its path or line/col."""
+    """A refused configuration; `.errors` lists the first problems (cap_errors), each naming its path or
+    line/col; `.total` counts them all."""
 
     def __init__(self, errors: list[str]) -> None:
-        super().__init__("; ".join(errors))
-        self.errors = list(errors)
+        self.total = len(errors)
+        self.errors = cap_errors(list(errors))
+        super().__init__("; ".join(self.errors))
 
 
 class EndpointSchema(Schema):
@@ -159,9 +183,12 @@ def _dict_level(messages: dict[Any, Any]) -> bool:
         or isinstance(v, dict) for v in messages.values())
 
 
-def load_section(raw: dict[str, Any], section: str, pick: Callable[[Any], Schema],
+def load_section(raw: dict[str, Any], section: str, pick: Callable[[Any], type[Schema]],
                  errors: list[str]) -> dict[str, Any]:
-    """Validate every entry of one section; good entries are returned, problems appended to errors."""
+    """Validate every entry of one section; good entries are returned, problems appended to errors.
+
+    One schema instance per kind serves every entry (building a marshmallow schema costs more than a load)."""
+    schemas: dict[type[Schema], Schema] = {}
     value = raw.get(section)
     if value is None:
         errors.append(f"{section}: missing (define {section} = {{...}})")
@@ -179,14 +206,15 @@ def load_section(raw: dict[str, Any], section: str, pick: Callable[[Any], Schema
             errors.append(f"{path}: must be a hash of settings")
             continue
         try:
-            out[name] = pick(entry).load(entry)
+            cls = pick(entry)
+            out[name] = (schemas.get(cls) or schemas.setdefault(cls, cls())).load(entry)
         except ValidationError as exc:
             errors += flatten(exc.messages, path)
     return out
 
 
-def _pick_env(entry: dict[str, Any]) -> Schema:
-    return GroupSchema() if entry.get("type") == "group" else ComputeSchema()
+def _pick_env(entry: dict[str, Any]) -> type[Schema]:
+    return GroupSchema if entry.get("type") == "group" else ComputeSchema
 
 
 def parse_text(text: str, kind: str, constants: frozenset[str], filename: str) -> dict[str, Any]:
@@ -248,10 +276,14 @@ def _normalize(endpoints: dict[str, Any], templates: dict[str, Any], envs: dict[
 
 def load_config(text: str, kind: str, vm_files: set[str]) -> dict[str, Any]:
     """Parse, validate and cross-check a service config. Pure, safe to run twice. Raises ConfigError."""
-    raw = parse_text(text, kind, DEFAULT_CONSTANTS, "config")
+    return validate_config(parse_text(text, kind, DEFAULT_CONSTANTS, "config"), vm_files)
+
+
+def validate_config(raw: dict[str, Any], vm_files: set[str]) -> dict[str, Any]:
+    """Validate and cross-check parsed config data ({CONSTANT: value}). Pure. Raises ConfigError."""
     errors: list[str] = []
-    endpoints = load_section(raw, "ENDPOINT", lambda _: EndpointSchema(), errors)
-    templates = load_section(raw, "TEMPLATE", lambda _: TemplateSchema(), errors)
+    endpoints = load_section(raw, "ENDPOINT", lambda _: EndpointSchema, errors)
+    templates = load_section(raw, "TEMPLATE", lambda _: TemplateSchema, errors)
     envs = load_section(raw, "ENVIRONMENT", _pick_env, errors)
     config = _normalize(endpoints, templates, envs)
     errors += confcheck.cross_check(config, raw, set(vm_files))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from functions.cloud import sshexec
 from functions.cloud.one import OneClient, VmView
-from functions.model import ownership, render, specview, tokens
+from functions.model import hostkeys, ownership, render, specview, tokens
 from functions.store import envstore, keys, tenants
 from functions.store.envstore import VmRecord
 
@@ -129,8 +129,9 @@ def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
     if why:
         _mark_missing(ctx, env, rec, why)
         return None
-    changed = rec.one_state != view.short_status()
+    changed = rec.one_state != view.short_status() or (bool(view.ip) and rec.one_ip != view.ip)
     rec.one_state = view.short_status()
+    rec.one_ip = view.ip or rec.one_ip
     if view.cpu is not None:
         rec.cpu = view.cpu
     if view.running and rec.state in ("allocating", "allocated"):
@@ -172,9 +173,11 @@ def pin_id(env: Env, rec: VmRecord) -> str:
 def master_command(ctx: Ctx, env: Env, master: VmRecord, verb: str, slave: VmRecord) -> None:
     """SSH to the master as adminuser and run `~/<master script> <verb> <slave ip> <slavedata>`.
 
-    Pins the master's host key on first contact and verifies it afterwards. Raises sshexec.SshFailed
-    (retry later), HostKeyMismatch (never accepted) or StepFailed on a non-zero exit. Runs the command again
-    if called again (the master scripts' add/remove are idempotent).
+    The master's host key must be the pinned one; before there is a pin, the key the master reported in its
+    token-proven network callback (so the very first connection is checked), else any key (trust on first use).
+    The first successful connection pins the key and records how (VmRecord.hostkey_pin, an event). Raises
+    sshexec.SshFailed (retry later), HostKeyMismatch (never accepted) or StepFailed on a non-zero exit. Runs the
+    command again if called again (the master scripts' add/remove are idempotent).
     """
     script = str(env.cfg.get("master_context_script") or "")
     if not script:
@@ -184,13 +187,30 @@ def master_command(ctx: Ctx, env: Env, master: VmRecord, verb: str, slave: VmRec
     assert master.vmid is not None
     known = envstore.pinned_hostkey(ctx.r, pin_id(env, master))
     result, seen = ctx.ssh(master.ip, ctx.settings.ssh_port, str(env.cfg.get("adminuser") or "root"),
-                           private_pem, command, known_key=known, timeout=ctx.settings.ssh_timeout)
+                           private_pem, command, known_key=known or master.hostkey or None,
+                           timeout=ctx.settings.ssh_timeout)
     if known is None:
-        envstore.pin_hostkey(ctx.r, pin_id(env, master), seen)
+        _pin(ctx, env, master, seen)
     if result.rc != 0:
         raise sshexec.SshFailed(f"`{verb}` on the master exited {result.rc}: {(result.err or result.out)[-200:]}")
     ctx.event(env, "step", f"master: {verb} {slave.ip} {env.cfg.get('slavedata') or ''}".rstrip(),
               slot=slave.slot)
+
+
+def _pin(ctx: Ctx, env: Env, master: VmRecord, seen: str) -> None:
+    """Pin the key the master just showed (never replacing a pin) and record whether the callback vouched for
+    it. Safe to run twice."""
+    how = "callback" if master.hostkey else "first-use"
+    if envstore.pin_hostkey(ctx.r, pin_id(env, master), seen) != seen or master.hostkey_pin:
+        return
+    master.hostkey_pin = how
+    envstore.put_vm(ctx.r, env.envid, master)
+    env.vms[master.slot] = master
+    if how == "callback":
+        msg = f"master: host key pinned from callback ({hostkeys.fingerprint(seen)})"
+    else:
+        msg = f"master: host key pinned on first use ({hostkeys.fingerprint(seen)}; its callback carried none)"
+    ctx.event(env, "hostkey", msg, vmid=str(master.vmid), slot=master.slot, how=how)
 
 
 def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = False) -> bool:

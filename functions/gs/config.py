@@ -61,8 +61,8 @@ def load_global(text: str, kind: str) -> dict[str, Any]:
     Raises ConfigError with every problem."""
     raw = parse_text(text, kind, GLOBAL_CONSTANTS, "global")
     errors: list[str] = []
-    pools = load_section(raw, "SHAREDPOOLS", lambda _: PoolSchema(), errors)
-    services = load_section(raw, "SERVICES", lambda _: ServiceSchema(), errors)
+    pools = load_section(raw, "SHAREDPOOLS", lambda _: PoolSchema, errors)
+    services = load_section(raw, "SERVICES", lambda _: ServiceSchema, errors)
     if not errors:
         errors = _cross_check(pools, services)
     if errors:

@@ -1,11 +1,14 @@
-"""VM callbacks: who may report (per-VM token, or legacy mode) and applying a report to Redis.
+"""VM callbacks: who may report (per-VM token, or legacy mode), how often, and applying a report to Redis.
 
-`find_caller` runs in the gateway (read-only); `apply` (queued as functions.tasks.apply_callback) records an
-accepted callback under the environment lock and wakes the lifecycle on MASTER_INIT_*.
+`find_caller` runs in the gateway (read-only), then `admit` (a token bucket per VM, and a repeat of the last
+report of a kind is not queued again) and, once queued, `remember`; `apply` (queued as
+functions.tasks.apply_callback) records an accepted callback under the environment lock and wakes the lifecycle
+on MASTER_INIT_*.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -29,6 +32,8 @@ APPLY = "functions.tasks.apply_callback"
 KINDS = ("net", "status")
 MAX_RETRY_DELAY = 5.0
 REFUSALS_PER_MINUTE = 30
+GATE_TTL = 86400            # a VM's bucket and last reports are forgotten after a quiet day
+THROTTLE_NOTE_EVERY = 60.0  # seconds: at most one callback_throttled event per VM in that time
 # Parameters never copied into an event's extra fields (the token; names add_event itself uses).
 _NOT_EXTRA = frozenset({"token", "envid", "service", "ts", "type", "msg", "id", "r", "kind", "clock"})
 
@@ -44,10 +49,23 @@ class CallbackRefused(Exception):
 
 @dataclass
 class Caller:
-    """The VM record a callback was authorized for."""
+    """The VM record a callback was authorized for (`by_token`: proven by its token, not legacy mode)."""
 
     slot: str
     role: str
+    nonce: str = ""
+    by_token: bool = False
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What to do with an authorized callback: `queue` it, it is a `duplicate` of the last report of its kind
+    (answer, queue nothing), or the VM is `throttled` (429; `retry_after` s; `note` it: the first refusal in
+    THROTTLE_NOTE_EVERY seconds)."""
+
+    verdict: str
+    retry_after: float = 0.0
+    note: bool = False
 
 
 def _token_slot(r: redis.Redis, envid: str, vmid: int, token: str) -> VmRecord:
@@ -66,12 +84,39 @@ def _token_slot(r: redis.Redis, envid: str, vmid: int, token: str) -> VmRecord:
     raise CallbackRefused(403, f"token: does not match VM {vmid} of environment {envid}")
 
 
+def same_address(a: str | None, b: str) -> bool:
+    """True when two IP addresses are the same (an IPv4-mapped IPv6 address equals its IPv4 one). Pure."""
+    try:
+        x, y = ipaddress.ip_address((a or "").strip()), ipaddress.ip_address(b.strip())
+    except ValueError:
+        return False
+    x = getattr(x, "ipv4_mapped", None) or x
+    y = getattr(y, "ipv4_mapped", None) or y
+    return x == y
+
+
+def _legacy_caller(r: redis.Redis, envid: str, vmid: int, remote_addr: str | None) -> VmRecord:
+    """The VM record of a tokenless callback: an existing VM, called from the address OpenNebula reports for it
+    (the record's one_ip; records from before one_ip existed: their ip). Raises CallbackRefused."""
+    rec = envstore.vm_by_id(r, envid, vmid)
+    if rec is None:
+        raise CallbackRefused(404, f"vmid: no VM {vmid} in environment {envid}")
+    expected = rec.one_ip or rec.ip
+    if not expected:
+        raise CallbackRefused(403, f"address: OpenNebula has not reported an address for VM {vmid} yet")
+    if not same_address(remote_addr, expected):
+        raise CallbackRefused(403, "address: a callback without a token is accepted only from the VM's own "
+                                   "address (as OpenNebula reports it)")
+    return rec
+
+
 def find_caller(r: redis.Redis, env: dict[str, Any], vmid: int, token: str | None, status: str | None,
-                legacy: bool) -> Caller:
+                legacy: bool, remote_addr: str | None = None) -> Caller:
     """Authorize a callback for VM `vmid` of `env`; raises CallbackRefused (403/404). Read-only.
 
-    With a token it must match that VM's record. Without one it is refused unless `legacy`, and then
-    accepted only for an existing VM of the environment. MASTER_INIT_* is accepted only from the master.
+    With a token it must match that VM's record (from any address). Without one it is refused unless `legacy`,
+    and then accepted only for an existing VM of the environment calling from its own address (`remote_addr`,
+    as the gateway sees it, must be the one OpenNebula reports). MASTER_INIT_* is accepted only from the master.
     """
     envid = env["envid"]
     if token:
@@ -79,12 +124,44 @@ def find_caller(r: redis.Redis, env: dict[str, Any], vmid: int, token: str | Non
     elif not legacy:
         raise CallbackRefused(403, "token: callback token required")
     else:
-        rec = envstore.vm_by_id(r, envid, vmid)
-        if rec is None:
-            raise CallbackRefused(404, f"vmid: no VM {vmid} in environment {envid}")
+        rec = _legacy_caller(r, envid, vmid, remote_addr)
     if status and status.startswith("MASTER_INIT") and rec.role != "master":
         raise CallbackRefused(403, f"status: only the master reports {status.split(':')[0]}")
-    return Caller(slot=rec.slot, role=rec.role)
+    return Caller(slot=rec.slot, role=rec.role, nonce=rec.nonce, by_token=bool(token))
+
+
+def _values(kind: str, fields: dict[str, str]) -> str:
+    return json.dumps([kind, fields], sort_keys=True)
+
+
+def admit(r: redis.Redis, envid: str, caller: Caller, kind: str, fields: dict[str, str], now: float,
+          per_minute: int, burst: int) -> Admission:
+    """Take one token from the VM's bucket (`per_minute` refill, `burst` deep) and compare the report with the
+    last one of its kind queued for this VM. One atomic script; every call takes a token, duplicates too."""
+    key = keys.callback_gate(envid, caller.slot, caller.nonce)
+    args = [repr(now), repr(per_minute / 60.0), str(burst), kind, _values(kind, fields), str(GATE_TTL),
+            repr(THROTTLE_NOTE_EVERY)]
+    code, wait_ms, note = scripts.run(r, "callback_gate", [key], args)
+    if code == 0:
+        return Admission("throttled", retry_after=int(wait_ms) / 1000.0, note=bool(note))
+    return Admission("duplicate" if code == 2 else "queue")
+
+
+def remember(r: redis.Redis, envid: str, caller: Caller, kind: str, fields: dict[str, str]) -> None:
+    """Note the report just queued as the VM's last of its kind (a repeat is then not queued again)."""
+    key = keys.callback_gate(envid, caller.slot, caller.nonce)
+    with r.pipeline() as p:
+        p.hset(key, f"last:{kind}", _values(kind, fields))
+        p.expire(key, GATE_TTL)
+        p.execute()
+
+
+def record_throttled(r: redis.Redis, env: dict[str, Any], vmid: int, caller: Caller, per_minute: int, burst: int,
+                     clock: Clock) -> None:
+    """The `callback_throttled` event (at most one a minute per VM: the caller checks Admission.note)."""
+    envstore.add_event(r, env["envid"], env["service"], "callback_throttled",
+                       f"VM {vmid} ({caller.slot}) sends callbacks faster than {per_minute} a minute (burst {burst}):"
+                       " refused with 429 until it slows down", clock, vmid=str(vmid), slot=caller.slot)
 
 
 def enqueue_apply(queue: Queue, envid: str, vmid: int, kind: str, fields: dict[str, str], slot: str,
@@ -146,32 +223,42 @@ def init_verdict(status: str, rec: VmRecord) -> str:
 
 
 def _record(r: redis.Redis, envid: str, vmid: int, kind: str, fields: dict[str, str],
-            slot: str | None, fence: str | None = None) -> VmRecord | None:
-    """Write the reported values to the VM record (and the env status). Caller holds the env lock."""
+            slot: str | None, fence: str | None = None) -> tuple[VmRecord | None, str]:
+    """Write the reported values to the VM record (and the env status). Caller holds the env lock (`fence`).
+
+    Returns the record and a remark for the event: a host key is kept only from the first network callback that
+    carries one (a later, different one is ignored and said so: a changed key is never silently accepted)."""
     vms = envstore.get_vms(r, envid)
     rec = vms.get(slot) if slot else None
     if rec is None or rec.vmid not in (None, vmid):
         rec = next((v for v in vms.values() if v.vmid == vmid), None)
     if rec is None:
-        return None
+        return None, ""
+    remark = ""
     if kind == "net":
         rec.ip = fields["newip"]
         rec.hostname = fields.get("name", rec.hostname)
         rec.status = "NET_CONFIG_DONE"
+        key = fields.get("hostkey", "")
+        if key and not rec.hostkey:
+            rec.hostkey, remark = key, " (host key reported)"
+        elif key and key != rec.hostkey:
+            remark = " (host key differs from the one reported first: ignored)"
     else:
         rec.status = fields["status"]
         rec.init = rec.init or init_verdict(fields["status"], rec)
         envstore.update_env(r, envid, status=fields["status"])
     envstore.put_vm(r, envid, rec, fence=fence)
-    return rec
+    return rec, remark
 
 
 def apply(r: redis.Redis, queue: Queue, envid: str, vmid: int, kind: str, fields: dict[str, str], clock: Clock,
           slot: str | None = None, attempt: int = 0) -> str:
     """Record one accepted callback; returns "applied", "retry" (lock busy: re-queued), "gone" or "stale".
 
-    newip/name → VM ip, hostname, status NET_CONFIG_DONE; status → env status and VM status. Adds a
-    `callback` event; MASTER_INIT_* kicks the lifecycle. Safe to run twice (same values, one more event).
+    newip/name → VM ip, hostname, status NET_CONFIG_DONE (hostkey → the VM's reported host key, first one
+    wins); status → env status and VM status. Adds a `callback` event; MASTER_INIT_* kicks the lifecycle. Safe to
+    run twice (same values, one more event).
     """
     if kind not in KINDS:
         raise ValueError(f"kind: must be one of {', '.join(KINDS)}")
@@ -182,14 +269,14 @@ def apply(r: redis.Redis, queue: Queue, envid: str, vmid: int, kind: str, fields
         env = envstore.get_env(r, envid)
         if env is None:
             return "gone"
-        rec = _record(r, envid, vmid, kind, fields, slot, fence)
+        rec, remark = _record(r, envid, vmid, kind, fields, slot, fence)
         extra = {"callback": kind, "vmid": str(vmid), **fields}
         if rec is None:
             envstore.add_event(r, envid, env["service"], "callback_stale",
                                f"callback from VM {vmid} ignored: no such VM any more", clock, **extra)
             return "stale"
         what = f"status={fields['status']}" if kind == "status" else f"newip={fields['newip']}"
-        envstore.add_event(r, envid, env["service"], "callback", f"VM {vmid} ({rec.slot}) {what}", clock,
+        envstore.add_event(r, envid, env["service"], "callback", f"VM {vmid} ({rec.slot}) {what}{remark}", clock,
                            slot=rec.slot, **extra)
     if kind == "status" and fields["status"].startswith("MASTER_INIT_"):
         kick(queue, envid)

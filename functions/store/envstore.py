@@ -57,6 +57,9 @@ class VmRecord:
     one_state: str = ""
     created: float = 0.0
     init: str = ""          # the VM's first init verdict: "done" or "fail:<status>"; never undone by later statuses
+    one_ip: str = ""        # the address OpenNebula reports (first NIC): the only one a tokenless callback may use
+    hostkey: str = ""       # SSH host key from the VM's token-proven network callback (first one wins)
+    hostkey_pin: str = ""   # how its key was pinned: "callback" (checked on the first connection) or "first-use"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -13,6 +13,7 @@ State model (hashes are the source of truth, streams are the event log):
 - config(s):           hash current (normalized JSON), source (raw text), kind, uploaded_at
 - vm_files(s):         hash filename -> .vm template text
 - context_files(s):    hash filename -> context file bytes
+- upload_bytes(s):     string, bytes held by vm_files(s) + context_files(s) (the upload quota's counter)
 - env_seq / job_seq:   global counters (ids are unique across services)
 - service_envs(s):     sorted set envid (score = envid)
 - env(e):              hash of one environment (service, name, status, policy_status, ...)
@@ -26,6 +27,7 @@ State model (hashes are the source of truth, streams are the event log):
 - service_events(s):   stream of the service's events
 - hostkeys:            hash "<service> <proxy URL> <vmid> <nonce>" -> pinned SSH host key (type base64)
 - callback_secret:     string HMAC key for per-VM callback tokens
+- callback_gate(e, slot, nonce): hash with TTL, a VM's callback rate limit and its last queued reports
 - tick(name, minute):  string, SET NX per minute so several schedulers fire once
 - inflight:            set of envids with unfinished work (re-driven on start and every minute)
 - group(g):            hash of one environment group (members, dependencies, jobs, per-member spec and envid)
@@ -67,6 +69,12 @@ def vm_files(name: str) -> str:
 
 def context_files(name: str) -> str:
     return f"{PREFIX}svc:{name}:ctxfiles"
+
+
+def upload_bytes(name: str) -> str:
+    """String: bytes (as stored) of the service's uploaded .vm and context files; written with them by the
+    `save_file` script, recounted from both hashes when missing (tenants.recount_uploads)."""
+    return f"{PREFIX}svc:{name}:upload_bytes"
 
 
 def env_seq() -> str:
@@ -146,6 +154,12 @@ def env_kick(envid: str) -> str:
 def callback_refusals(envid: str, minute: int) -> str:
     """Counter with TTL: refused callbacks recorded for the environment in that minute (caps the event flood)."""
     return f"{PREFIX}env:{envid}:refused:{minute}"
+
+
+def callback_gate(envid: str, slot: str, nonce: str) -> str:
+    """Hash with TTL, one per VM incarnation: its callback token bucket (tokens, ts, throttled) and the values of
+    the last callback of each kind queued for it (last:net, last:status), run by the `callback_gate` script."""
+    return f"{PREFIX}env:{envid}:cbgate:{slot}:{nonce}"
 
 
 def kick_schedule() -> str:

@@ -138,6 +138,82 @@ return 1
 """
 
 
+# A VM's callback: take a token from its bucket, then tell a repeat of the last report of its kind from a new one.
+LUA["callback_gate"] = """
+-- KEYS[1] the VM's callback gate (hash: tokens, ts, noted, last:<kind>); ARGV[1] now (s), ARGV[2] tokens a
+-- second, ARGV[3] burst, ARGV[4] kind, ARGV[5] the callback's values (canonical JSON), ARGV[6] TTL (s),
+-- ARGV[7] seconds between two "throttled" notes.
+-- Returns {1, 0, 0} queue it; {2, 0, 0} same values as the last queued report of that kind (queue nothing);
+-- {0, ms until a token is back, note} throttled, note = 1 when no refusal was noted for ARGV[7] seconds.
+local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local function num(x) return string.format('%.17g', x) end
+local g = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'noted', 'last:' .. ARGV[4])
+local tokens = tonumber(g[1]) or burst
+local ts = tonumber(g[2]) or now
+if now > ts then
+  tokens = math.min(burst, tokens + (now - ts) * rate)
+  ts = now
+end
+if tokens < 1 - 1e-9 then
+  local note = 0
+  if (not g[3]) or now - tonumber(g[3]) >= tonumber(ARGV[7]) then
+    note = 1
+    redis.call('HSET', KEYS[1], 'noted', num(now))
+  end
+  redis.call('HSET', KEYS[1], 'tokens', num(tokens), 'ts', num(ts))
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  return {0, math.ceil((1 - tokens) / rate * 1000), note}
+end
+redis.call('HSET', KEYS[1], 'tokens', num(math.max(tokens - 1, 0)), 'ts', num(ts))
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+if g[4] == ARGV[5] then return {2, 0, 0} end
+return {1, 0, 0}
+"""
+
+# The bytes a service's uploaded files take: the counter, or (missing) the sum over both file hashes.
+_UPLOAD_USAGE = """
+local function usage(counter, a, b)
+  local used = redis.call('GET', counter)
+  if used then return tonumber(used) end
+  used = 0
+  for _, h in ipairs({a, b}) do
+    for _, f in ipairs(redis.call('HKEYS', h)) do used = used + redis.call('HSTRLEN', h, f) end
+  end
+  return used
+end
+"""
+
+# Store one uploaded file unless it breaks the per-kind file cap or the service's byte quota; keeps the counter.
+LUA["save_file"] = """
+-- KEYS[1] the kind's file hash, KEYS[2] the other kind's file hash, KEYS[3] the service's byte counter; ARGV[1]
+-- file name, ARGV[2] content (as stored), ARGV[3] max files per kind, ARGV[4] quota (bytes).
+-- Returns {1, usage after} stored; {-1, usage} too many files; {-2, usage} over the quota (nothing written).
+""" + _UPLOAD_USAGE + """
+local used = usage(KEYS[3], KEYS[1], KEYS[2])
+local old = redis.call('HSTRLEN', KEYS[1], ARGV[1])
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+  return {-1, used}
+end
+local after = used - old + string.len(ARGV[2])
+if after > tonumber(ARGV[4]) and after > used then return {-2, used} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[3], after)
+return {1, after}
+"""
+
+# The service's upload usage, recounted from both file hashes when ARGV[1] is "1" or the counter is missing.
+LUA["upload_usage"] = """
+-- KEYS[1] .vm file hash, KEYS[2] context file hash, KEYS[3] byte counter; ARGV[1] "1" = recount.
+-- Returns the bytes in use (and stores them when recounted).
+""" + _UPLOAD_USAGE + """
+if ARGV[1] == '1' then redis.call('DEL', KEYS[3]) end
+if redis.call('EXISTS', KEYS[3]) == 1 then return tonumber(redis.call('GET', KEYS[3])) end
+local used = usage(KEYS[3], KEYS[1], KEYS[2])
+redis.call('SET', KEYS[3], used)
+return used
+"""
+
+
 _REGISTERED: weakref.WeakKeyDictionary[redis.Redis, dict[str, Script]] = weakref.WeakKeyDictionary()
 
 

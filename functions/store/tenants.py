@@ -20,16 +20,27 @@ import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from functions.errors import BadInput, Conflict, NotFound
+from functions.errors import BadInput, CarinaError, Conflict, NotFound
 from functions.model.clock import Clock, system_clock
-from functions.store import keys
+from functions.store import keys, scripts
 
 CLASSES = ("bronze", "silver", "gold", "platinum")
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 FILE_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 RESERVED_FILES = frozenset({"authorized_keys"})
 MAX_FILES = 256          # per service and per kind (.vm, context)
+UPLOAD_QUOTA = 64 * 1024 * 1024   # default bytes of uploaded files per service, as stored (settings.upload_quota)
 ADMIN_FILE = "admin.token"
+
+
+class QuotaExceeded(CarinaError):
+    """An upload that would take the service's stored files over its byte quota (the gateway answers 413)."""
+
+    def __init__(self, filename: str, size: int, usage: int, quota: int) -> None:
+        super().__init__(f"upload: storing {filename} ({size} bytes as stored) would exceed the service's upload "
+                         f"quota: {usage} of its {quota} bytes are in use; replace or shrink files, or ask the "
+                         "operator for a larger CARINA_UPLOAD_QUOTA", "upload")
+        self.size, self.usage, self.quota = size, usage, quota
 
 
 def hash_token(token: str) -> str:
@@ -138,7 +149,8 @@ def remove_service(r: redis.Redis, name: str) -> None:
         for jobid in jobids:
             pipe.delete(keys.job(jobid))
         pipe.delete(keys.service(name), keys.service_key(name), keys.config(name), keys.vm_files(name),
-                    keys.context_files(name), keys.service_jobs(name), keys.service_events(name), envs_key)
+                    keys.context_files(name), keys.upload_bytes(name), keys.service_jobs(name),
+                    keys.service_events(name), envs_key)
         pipe.srem(keys.services(), name)
 
     r.transaction(delete, envs_key, keys.service(name), keys.service_jobs(name))
@@ -229,19 +241,40 @@ def get_config(r: redis.Redis, name: str) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-def _save_file(r: redis.Redis, key: str, filename: str, value: str, field: str) -> None:
-    if r.hlen(key) >= MAX_FILES and not r.hexists(key, filename):
+def _save_file(r: redis.Redis, name: str, kind: str, filename: str, value: str, field: str, quota: int) -> None:
+    """Store one file and count its bytes in one atomic script; BadInput past MAX_FILES, QuotaExceeded past
+    `quota` (a replacement counts only its change; shrinking is always allowed)."""
+    mine, other = keys.vm_files(name), keys.context_files(name)
+    if kind != "vm":
+        mine, other = other, mine
+    code, used = scripts.run(r, "save_file", [mine, other, keys.upload_bytes(name)],
+                             [filename, value, MAX_FILES, quota])
+    if code == -1:
         raise BadInput(f"{field}: at most {MAX_FILES} files of this kind per service", field)
-    r.hset(key, filename, value)
+    if code == -2:
+        raise QuotaExceeded(filename, len(value.encode()), int(used), quota)
 
 
-def save_vm_file(r: redis.Redis, name: str, filename: str, text: str, field: str = "name") -> None:
-    """Store (or replace) VM template `filename` of service `name`. Safe to run twice."""
+def upload_usage(r: redis.Redis, name: str, recount: bool = False) -> int:
+    """Bytes (as stored: context files base64) of the service's uploaded files. The counter is recounted from
+    the files when missing or when `recount`, and stored. Safe to run twice."""
+    args = [keys.vm_files(check_name(name)), keys.context_files(name), keys.upload_bytes(name)]
+    return int(scripts.run(r, "upload_usage", args, ["1" if recount else "0"]))
+
+
+def recount_uploads(r: redis.Redis, name: str) -> int:
+    """Recompute the service's upload counter from its stored files; returns it. Safe to run twice."""
+    return upload_usage(r, name, recount=True)
+
+
+def save_vm_file(r: redis.Redis, name: str, filename: str, text: str, field: str = "name",
+                 quota: int = UPLOAD_QUOTA) -> None:
+    """Store (or replace) VM template `filename` of service `name`, within `quota` bytes. Safe to run twice."""
     check_filename(filename, field)
     if not filename.endswith(".vm"):
         raise BadInput(f"{field}: a VM template name ends in .vm", field)
     _require(r, name)
-    _save_file(r, keys.vm_files(name), filename, text, field)
+    _save_file(r, name, "vm", filename, text, field, quota)
 
 
 def get_vm_file(r: redis.Redis, name: str, filename: str) -> str | None:
@@ -256,14 +289,16 @@ def list_vm_files(r: redis.Redis, name: str) -> list[str]:
     return sorted(r.hkeys(keys.vm_files(check_name(name))))
 
 
-def save_context_file(r: redis.Redis, name: str, filename: str, data: bytes, field: str = "name") -> None:
-    """Store (or replace) context file `filename` (any bytes) of service `name`. Safe to run twice."""
+def save_context_file(r: redis.Redis, name: str, filename: str, data: bytes, field: str = "name",
+                      quota: int = UPLOAD_QUOTA) -> None:
+    """Store (or replace) context file `filename` (any bytes) of service `name`, within `quota` bytes (as
+    stored: base64, 4/3 of the size). Safe to run twice."""
     check_filename(filename, field)
     if filename in RESERVED_FILES:
         raise BadInput(f"{field}: {filename} is generated by Carina (the controller key) and cannot be uploaded",
                            field)
     _require(r, name)
-    _save_file(r, keys.context_files(name), filename, base64.b64encode(data).decode("ascii"), field)
+    _save_file(r, name, "context", filename, base64.b64encode(data).decode("ascii"), field, quota)
 
 
 def get_context_file(r: redis.Redis, name: str, filename: str) -> bytes | None:

@@ -8,6 +8,8 @@ import time
 import falcon.testing
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
@@ -241,9 +243,21 @@ def test_token_proves_a_slot_whose_vmid_is_not_recorded_yet(world):
     assert got.ip == "10.0.0.12" and got.vmid is None and got.status == "NET_CONFIG_DONE"
 
 
+def _legacy(world, redis_server, tmp_path) -> falcon.testing.TestClient:
+    return falcon.testing.TestClient(create_app(Settings(redis_url=redis_server.url, home=tmp_path,
+                                                         legacy_callbacks=True), clock=world.clock))
+
+
+def _set_vm(world, slot: str, **values) -> None:
+    rec = envstore.get_vms(world.r, world.envid)[slot]
+    for name, value in values.items():
+        setattr(rec, name, value)
+    envstore.put_vm(world.r, world.envid, rec)
+
+
 def test_legacy_mode_accepts_tokenless_callbacks_only_for_existing_vms(world, redis_server, tmp_path):
-    legacy = falcon.testing.TestClient(create_app(Settings(redis_url=redis_server.url, home=tmp_path,
-                                                           legacy_callbacks=True)))
+    legacy = _legacy(world, redis_server, tmp_path)
+    _set_vm(world, "s0", one_ip="127.0.0.1")                 # OpenNebula's address for VM 8: the test client's
     e = world.envid
     ok = legacy.simulate_get(f"/cgi-bin/updateappstatus.sh?service=svc1&vmid=8&envid={e}&status=APP_SVC_START")
     assert ok.status_code == 200
@@ -255,6 +269,37 @@ def test_legacy_mode_accepts_tokenless_callbacks_only_for_existing_vms(world, re
     assert envstore.get_env(world.r, e)["status"] == "APP_SVC_START"
     assert [e_["type"] for e_ in envstore.list_events(world.r, e)] == ["callback_refused", "callback_refused",
                                                                       "callback"]
+
+
+def test_legacy_callbacks_come_only_from_the_address_opennebula_reports(world, redis_server, tmp_path):
+    legacy = _legacy(world, redis_server, tmp_path)
+    e = world.envid
+    url = f"/cgi-bin/updateappstatus.sh?vmid=8&envid={e}&status=APP_X"
+    res = legacy.simulate_get(url, remote_addr="10.0.0.8")
+    assert res.status_code == 403                                     # no address known yet: refused
+    assert res.json["description"] == "address: OpenNebula has not reported an address for VM 8 yet"
+    _set_vm(world, "s0", one_ip="10.0.0.8", ip="10.9.9.9")
+    for addr in ("10.0.0.9", "127.0.0.1", "10.9.9.9", "::1"):        # the VM's own claim (ip) does not count
+        res = legacy.simulate_get(url, remote_addr=addr)
+        assert res.status_code == 403, addr
+        assert res.json["description"] == "address: a callback without a token is accepted only from the VM's " \
+                                          "own address (as OpenNebula reports it)"
+    assert legacy.simulate_get(url, remote_addr="10.0.0.8").status_code == 200
+    assert legacy.simulate_get(url.replace("APP_X", "APP_Y"), remote_addr="::ffff:10.0.0.8").status_code == 200
+    _set_vm(world, "m", one_ip="", ip="10.0.0.7")                     # a record from before one_ip: its ip
+    assert legacy.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=7&envid={e}&status=APP_Z",
+                               remote_addr="10.0.0.7").status_code == 200
+    token = world.tok[8]                                              # a token is accepted from anywhere
+    assert legacy.simulate_get(url.replace("APP_X", "APP_T") + f"&token={token}", remote_addr="192.0.2.1"
+                               ).status_code == 200
+    assert len(_queued(world.r)) == 4
+    assert [ev["msg"] for ev in _events(world, "callback_refused")][0].startswith("callback refused: address:")
+
+
+def test_a_token_callback_is_accepted_from_any_address(world):
+    res = world.client.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=8&envid={world.envid}&status=A"
+                                    f"&token={world.tok[8]}", remote_addr="203.0.113.5")
+    assert res.status_code == 200
 
 
 def test_callback_routes_need_no_bearer_token_and_keys_are_untouched(world):
@@ -273,3 +318,112 @@ def test_refused_events_are_capped_per_minute(world):
     world.clock.advance(60)
     assert world.client.simulate_get(url).status_code == 403
     assert len(_events(world, "callback_refused")) == callbacks.REFUSALS_PER_MINUTE + 1
+
+
+def _status(world, vmid: int, status: str, **extra: str):
+    query = "&".join(f"{k}={v}" for k, v in extra.items())
+    return world.client.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid={vmid}&envid={world.envid}&status={status}"
+                                     f"&token={world.tok[vmid]}" + (f"&{query}" if query else ""))
+
+
+def test_a_vm_sending_too_fast_gets_429_and_nothing_queued(world):
+    """A token bucket per VM (default 60 a minute, burst 20): beyond it 429 JSON with Retry-After, no job, one
+    `callback_throttled` event; the other VM is not affected; tokens come back with time."""
+    for i in range(20):
+        assert _status(world, 8, f"APP_{i}").status_code == 200
+    assert len(_queued(world.r)) == 20
+    for _ in range(5):
+        res = _status(world, 8, "APP_MORE")
+        assert res.status_code == 429 and res.headers["content-type"].startswith("application/json")
+        assert res.json["title"] == "Too many callbacks" and res.json["description"].startswith("vmid: VM 8 ")
+        assert res.headers["retry-after"] == "1"
+    assert len(_queued(world.r)) == 20
+    throttled = _events(world, "callback_throttled")
+    assert len(throttled) == 1 and throttled[0]["vmid"] == "8" and throttled[0]["slot"] == "s0"
+    assert _status(world, 7, "APP_M").status_code == 200                             # per VM
+    world.clock.advance(1.0)                                                        # 60 a minute: one per second
+    assert _status(world, 8, "APP_MORE").status_code == 200
+    assert _status(world, 8, "APP_MORE2").status_code == 429
+    world.clock.advance(3600)                                                       # refills up to the burst only
+    assert all(_status(world, 8, f"APP_B{i}").status_code == 200 for i in range(20))
+    assert _status(world, 8, "APP_C").status_code == 429
+    assert len(_events(world, "callback_throttled")) == 2                           # at most one a minute
+
+
+def test_rate_and_burst_come_from_settings(world, redis_server, tmp_path):
+    app = create_app(Settings(redis_url=redis_server.url, home=tmp_path, callback_rate=6, callback_burst=2),
+                     clock=world.clock)
+    client = falcon.testing.TestClient(app)
+    url = f"/cgi-bin/updateappstatus.sh?vmid=8&envid={world.envid}&token={world.tok[8]}&status="
+    assert [client.simulate_get(url + f"S{i}").status_code for i in range(3)] == [200, 200, 429]
+    assert client.simulate_get(url + "S9").headers["retry-after"] == "10"          # 6 a minute: one per 10 s
+    world.clock.advance(10)
+    assert client.simulate_get(url + "S9").status_code == 200
+
+
+def test_a_repeated_report_is_answered_but_not_queued_again(world):
+    e, t = world.envid, world.tok[8]
+    net = f"/cgi-bin/updatevmstatus.sh?vmid=8&envid={e}&newip=10.0.0.8&name=h&token={t}"
+    first, again = world.client.simulate_get(net), world.client.simulate_get(net)
+    assert (first.status_code, first.text) == (200, "OK")
+    assert (again.status_code, again.text) == (200, "OK (duplicate: not queued again)")
+    assert _status(world, 8, "APP_X").text == "OK" and _status(world, 8, "APP_X").text.startswith("OK (dup")
+    assert _status(world, 8, "APP_Y").text == "OK" and _status(world, 8, "APP_X").text == "OK"   # not the last one
+    assert _status(world, 7, "APP_Y").text == "OK"                                  # another VM's own history
+    assert world.client.simulate_get(net).text.startswith("OK (dup")              # the last report of its kind
+    assert world.client.simulate_get(net.replace("name=h", "name=h2")).text == "OK"
+    assert [a[3] for _, a in _queued(world.r)] == [{"newip": "10.0.0.8", "name": "h"}, {"status": "APP_X"},
+                                                   {"status": "APP_Y"}, {"status": "APP_X"}, {"status": "APP_Y"},
+                                                   {"newip": "10.0.0.8", "name": "h2"}]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(gaps=st.lists(st.floats(min_value=0, max_value=5), min_size=1, max_size=60),
+       per_minute=st.integers(1, 120), burst=st.integers(1, 10))
+def test_the_bucket_never_admits_more_than_burst_plus_refill(rdb, gaps, per_minute, burst):
+    """Whatever the timing, admitted <= burst + rate x elapsed; calls spaced by a full period are all admitted."""
+    rdb.flushall()
+    caller = callbacks.Caller(slot="m", role="master", nonce="n")
+    now, admitted = 1000.0, 0
+    for i, gap in enumerate(gaps):
+        now += gap
+        gate = callbacks.admit(rdb, "1", caller, "status", {"status": f"S{i}"}, now, per_minute, burst)
+        admitted += gate.verdict == "queue"
+        assert gate.verdict in ("queue", "throttled")
+        assert admitted <= burst + per_minute / 60.0 * (now - 1000.0) + 1e-6
+    rdb.flushall()
+    period = 60.0 / per_minute
+    assert all(callbacks.admit(rdb, "1", caller, "status", {"status": f"T{i}"}, 1000.0 + i * period,
+                               per_minute, burst).verdict == "queue" for i in range(30))
+
+
+def test_the_network_callback_carries_the_vms_host_key(world, redis_server, tmp_path):
+    """hostkey= is the VM's public key line (comment dropped) or a SHA256 fingerprint; only a token-proven
+    callback may carry it (legacy mode drops it); anything else is a 400 naming the field."""
+    from urllib.parse import quote
+
+    from functions.model import hostkeys
+    from onesim.sshd import generate_host_key, load_host_key, public_line
+    key = public_line(load_host_key(generate_host_key()))
+    e, t = world.envid, world.tok[8]
+    url = f"/cgi-bin/updatevmstatus.sh?vmid=8&envid={e}&newip=10.0.0.8&token={t}&hostkey="
+    assert world.client.simulate_get(url + quote(key + " root@vm")).status_code == 200
+    plus = url + quote(key, safe=" ").replace(" ", "+")                     # `+` for a space, as forms encode it
+    assert world.client.simulate_get(plus).text.startswith("OK (duplicate")      # the same key, the same report
+    fp = hostkeys.fingerprint(key)
+    guide = f"/cgi-bin/svc1&vmid=8&envid={e}&newip=10.0.0.9&token={t}"   # a key's `/` goes in the query string
+    assert world.client.simulate_get(guide, query_string=f"hostkey={quote(fp, safe='')}").status_code == 200
+    for bad in ("ssh-ed25519", "ssh-dss AAAAB3NzaC1kc3M=", "ssh-ed25519 AAAA%21", "SHA256:short",
+                quote("ssh-ed25519 AAAAA")):
+        res = world.client.simulate_get(url + bad)
+        assert res.status_code == 400 and res.json["description"].startswith("hostkey: "), bad
+    _set_vm(world, "s0", one_ip="127.0.0.1")
+    legacy = _legacy(world, redis_server, tmp_path)
+    assert legacy.simulate_get(f"/cgi-bin/updatevmstatus.sh?vmid=8&envid={e}&newip=10.0.0.10&hostkey="
+                               + quote(key)).status_code == 200
+    assert [a[3] for _, a in _queued(world.r)] == [{"newip": "10.0.0.8", "hostkey": key},
+                                                   {"newip": "10.0.0.9", "hostkey": fp},
+                                                   {"newip": "10.0.0.10"}]
+    _run_queue(world.r)
+    rec = envstore.get_vms(world.r, e)["s0"]
+    assert rec.hostkey == key and rec.ip == "10.0.0.10"                 # the first key reported is kept

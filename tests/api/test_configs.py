@@ -235,3 +235,42 @@ def test_an_upload_that_drops_an_endpoint_in_use_is_refused_naming_the_environme
                                   "keep the endpoint"]
     assert api.r.hgetall(keys.config("a")) == before
     assert upload(api, token, "config.rb", SMALL.replace("Tomcat cluster", "Tomcat").encode()).status_code == 200
+
+
+def test_a_hostile_config_gets_a_small_422(api):
+    """Thousands of environments naming missing endpoints and templates: the answer counts every error but
+    lists the first few, and no message lists every defined name."""
+    from tests.unit.test_confschema_limits import hostile_rb
+    token = api.service("a")
+    upload(api, token, "x.vm", b"CPU = %CPU%\n")
+    res = upload(api, token, "config.rb", hostile_rb(2000).encode())
+    assert res.status_code == 422
+    assert len(res.content) < 20_000
+    assert res.json["description"].startswith("config.rb was refused (") and "unchanged" in res.json["description"]
+    total = int(res.json["description"].split("(")[1].split()[0])
+    assert total > 4000 and res.json["errors"][-1] == f"... and {total - len(res.json['errors']) + 1} more errors"
+    assert api.r.hgetall(keys.config("a")) == {}
+
+
+def test_upload_quota_is_413_stating_usage_and_quota(api, redis_server, tmp_path):
+    import falcon.testing
+
+    from config.settings import Settings
+    from gateway import create_app
+    app = create_app(Settings(redis_url=redis_server.url, home=tmp_path, upload_quota=3000), clock=api.clock)
+    client = falcon.testing.TestClient(app)
+    token = api.service("a")
+    first = client.simulate_post("/configs", params={"name": "a.vm"}, body=b"x" * 2000, headers=bearer(token))
+    assert first.status_code == 200
+    res = client.simulate_post("/configs", params={"name": "b.vm"}, body=b"y" * 1500, headers=bearer(token))
+    assert res.status_code == 413 and res.headers["content-type"].startswith("application/json")
+    assert res.json["title"] == "Upload quota exceeded"
+    assert (res.json["usage"], res.json["quota"], res.json["size"]) == (2000, 3000, 1500)
+    assert res.json["description"].startswith("upload: ") and "2000 of its 3000 bytes" in res.json["description"]
+    body, ctype = multipart({"upload": ("c.sh", b"z" * 1200)})                     # base64: 1600 bytes stored
+    res = client.simulate_post("/configs", body=body, headers=bearer(token, **{"Content-Type": ctype}))
+    assert res.status_code == 413 and res.json["size"] == 1600
+    assert client.simulate_get("/files", headers=bearer(token)).json == {"vm": ["a.vm"], "context": []}
+    other = client.simulate_post("/configs", params={"name": "b.vm"}, body=b"y" * 1500,
+                                 headers=bearer(api.service("c")))
+    assert other.status_code == 200                                                 # per service

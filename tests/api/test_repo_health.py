@@ -46,6 +46,22 @@ def test_repo_unknown_is_404(api, path):
     assert "not found" in res.json["title"].lower()
 
 
+def test_repo_answers_one_404_and_serves_only_context_files(api):
+    """An unknown service, an unknown file, another service's file, a malformed name, the service's .vm
+    template and its configuration all get the very same 404 body: it echoes nothing and tells nothing apart."""
+    token = api.service("a")
+    api.service("b")
+    for name, data in (("tomcat.sh", b"echo"), ("example.vm", b"CPU = 1\n")):
+        api.client.simulate_post("/configs", params={"name": name}, body=data, headers=bearer(token))
+    paths = ["/repo/nobody/context/tomcat.sh", "/repo/a/context/missing.sh", "/repo/b/context/tomcat.sh",
+             "/repo/nobody/context/authorized_keys", "/repo/a/context/example.vm", "/repo/a/context/config.rb",
+             "/repo/a/context/.hidden", "/repo/bad%20name/context/x.sh", "/repo/a/context/" + "x" * 300]
+    answers = {(res.status_code, res.headers.get("content-type"), res.text)
+               for res in (api.client.simulate_get(p) for p in paths)}
+    assert answers == {(404, "application/json", '{"title": "Not found", "description": "no such context file"}')}
+    assert api.client.simulate_get("/repo/a/context/tomcat.sh").content == b"echo"
+
+
 def test_health_503_without_worker_then_200_with_a_live_worker(api, redis_server):
     res = api.client.simulate_get("/health")
     assert res.status_code == 503

@@ -154,3 +154,39 @@ def test_file_count_cap(rdb, monkeypatch):
     tenants.save_context_file(rdb, "a", "2.sh", b"two")  # replacing is fine
     with pytest.raises(errors.BadInput, match="at most 2"):
         tenants.save_context_file(rdb, "a", "3.sh", b"3")
+
+
+def test_upload_quota_counts_stored_bytes_atomically(rdb):
+    tenants.add_service(rdb, "a")
+    tenants.add_service(rdb, "b")
+    tenants.save_vm_file(rdb, "a", "x.vm", "C" * 400, quota=1000)
+    tenants.save_context_file(rdb, "a", "p.bin", b"\x00" * 300, quota=1000)         # stored base64: 400 bytes
+    assert tenants.upload_usage(rdb, "a") == 800
+    with pytest.raises(tenants.QuotaExceeded) as info:
+        tenants.save_context_file(rdb, "a", "q.bin", b"\x01" * 300, quota=1000)
+    assert (info.value.usage, info.value.quota, info.value.size) == (800, 1000, 400)
+    assert info.value.field == "upload" and "800 of its 1000 bytes" in info.value.message
+    assert tenants.list_context_files(rdb, "a") == ["p.bin"]                        # nothing stored
+    tenants.save_vm_file(rdb, "a", "x.vm", "C" * 100, quota=1000)                   # a replacement counts its change
+    assert tenants.upload_usage(rdb, "a") == 500
+    tenants.save_context_file(rdb, "a", "q.bin", b"\x01" * 300, quota=1000)
+    assert tenants.upload_usage(rdb, "a") == 900 and tenants.upload_usage(rdb, "b") == 0
+    with pytest.raises(tenants.QuotaExceeded):
+        tenants.save_vm_file(rdb, "a", "x.vm", "C" * 300, quota=1000)              # growing past the quota
+    tenants.save_vm_file(rdb, "a", "x.vm", "C" * 50, quota=600)                      # shrinking is always fine
+    assert tenants.upload_usage(rdb, "a") == 850
+
+
+def test_upload_usage_is_recomputed_when_the_counter_is_lost_or_wrong(rdb):
+    tenants.add_service(rdb, "a")
+    tenants.save_vm_file(rdb, "a", "x.vm", "C" * 10)
+    tenants.save_context_file(rdb, "a", "y.sh", b"12345")                            # base64: 8 bytes
+    rdb.delete(keys.upload_bytes("a"))
+    assert tenants.upload_usage(rdb, "a") == 18                                      # recounted on read
+    rdb.set(keys.upload_bytes("a"), 999)
+    assert tenants.recount_uploads(rdb, "a") == 18 and tenants.upload_usage(rdb, "a") == 18
+    rdb.delete(keys.upload_bytes("a"))
+    tenants.save_vm_file(rdb, "a", "z.vm", "C" * 2)                                  # recounted by the write
+    assert rdb.get(keys.upload_bytes("a")) == "20"
+    tenants.remove_service(rdb, "a")
+    assert not rdb.exists(keys.upload_bytes("a"))

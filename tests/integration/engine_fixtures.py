@@ -49,7 +49,7 @@ NIC = [ NETWORK_ID = %NETWORK_ID% ]
 CONTEXT = [ ENVID = "%ENVID%", IP = "$NIC[IP]", %APP_CONTEXT_VAR% ]
 """
 BAD_VM_TEXT = VM_TEXT + 'FOO_ATTR = "%FOO%"\n'
-FAKE_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyOfTheRecordingMasterForEngineTests00000"
+FAKE_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFJlY29yZGluZ01hc3RlckZvckVuZ2luZVRlc3RzMDAw"  # a valid key line
 
 
 def env_entry(**over: Any) -> dict[str, Any]:

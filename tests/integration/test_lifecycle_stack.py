@@ -77,6 +77,9 @@ def test_create_scaleup_scaledown_remove(stack: tuple[Stack, str]) -> None:
     assert env["app_url"] == f"http://{vms['m'].ip}:8080/gwt-petstore"
     assert sorted(st.ssh_show(SERVICE, envid)) == sorted(f"{vms[s].ip}:8080" for s in ("s0", "s1"))
     assert "ACTIVE" in st.oneenv(token, "--envs").stdout.upper()
+    # the master's network.sh sent its guest's host key: the first SSH connection (announce s0) was checked
+    assert vms["m"].hostkey.startswith("ssh-ed25519 ") and vms["m"].hostkey_pin == "callback"
+    assert any(e.startswith("hostkey: master: host key pinned from callback (SHA256:") for e in st.events(envid))
 
     up = json.loads(st.oneenv(token, "--json", "--scaleup", envid).stdout)["jobid"]
     assert _job_final(st, up)["status"] == "DONE", st.events(envid)

@@ -92,6 +92,23 @@ def test_pinned_key_of_another_type_is_a_mismatch(sshd: Sshd, tmp_path: Path) ->
     assert not marker.exists()
 
 
+def test_a_sha256_fingerprint_pin_is_checked_like_a_key(sshd: Sshd, tmp_path: Path) -> None:
+    """The fingerprint `ssh-keygen -l` prints for the server's key is accepted; another key's is refused."""
+    printed = subprocess.run(["ssh-keygen", "-l", "-f", str(sshd.dir / "host_ed25519.pub")], check=True,
+                             capture_output=True, text=True).stdout.split()[1]
+    assert printed.startswith("SHA256:")
+    result, seen = _run(sshd, "true", known_key=printed)
+    assert result.rc == 0 and seen == sshd.host_pub
+    _keygen(tmp_path / "other")
+    other = subprocess.run(["ssh-keygen", "-l", "-f", str(tmp_path / "other.pub")], check=True,
+                           capture_output=True, text=True).stdout.split()[1]
+    marker = tmp_path / "ran"
+    with pytest.raises(HostKeyMismatch, match="host key changed"):
+        _run(sshd, f"touch {marker}", known_key=other)
+    time.sleep(0.3)
+    assert not marker.exists()
+
+
 def test_wrong_client_key_is_refused(sshd: Sshd, tmp_path: Path) -> None:
     stranger_pem, _ = _keygen(tmp_path / "stranger")
     with pytest.raises(SshFailed, match="auth"):

@@ -148,7 +148,7 @@ def test_process_guest_calls_back_and_runs_ssh_commands(tmp_path: Path, sandboxe
         (p1, q1), (p2, q2) = repo.calls
         assert p1 == "/cgi-bin/updatevmstatus.sh"
         assert params(q1) == {"service": "svc", "vmid": "7", "envid": "3", "newip": ip, "name": "env-7",
-                              "token": TOKEN}
+                              "hostkey": mgr.host_key(7), "token": TOKEN}      # the guest's own key, read by sh
         assert p2 == "/cgi-bin/updateappstatus.sh"
         assert params(q2) == {"service": "svc", "vmid": "7", "envid": "3", "status": "MASTER_INIT_DONE",
                               "token": TOKEN}
@@ -278,7 +278,7 @@ def test_synthetic_guests_call_back_and_answer_ssh(tmp_path: Path, repo: Repo,
             by_vm.setdefault(q["vmid"][0], []).append({"path": path, **params(q)})
         assert by_vm["21"] == [
             {"path": "/cgi-bin/updatevmstatus.sh", "service": "svc", "vmid": "21", "envid": "3",
-             "newip": "127.0.1.21", "name": "env-21", "token": TOKEN},
+             "newip": "127.0.1.21", "name": "env-21", "hostkey": mgr.host_key(21), "token": TOKEN},
             {"path": "/cgi-bin/updateappstatus.sh", "service": "svc", "vmid": "21", "envid": "3",
              "status": "SLAVE_0_INIT_DONE", "token": TOKEN}]
         assert by_vm["20"][1]["status"] == "MASTER_INIT_DONE"
@@ -337,6 +337,8 @@ def test_pure_helpers(controller_key: paramiko.PKey) -> None:
                     "&status=SLAVE__INIT_DONE&token="]
     with pytest.raises(GuestError, match="CARINA_IP"):
         callback_urls({}, 1, "1.2.3.4")
+    assert callback_urls(ctx, 4, "1.2.3.4", "ssh-ed25519 AB+/")[0].endswith(
+        "&name=&hostkey=ssh-ed25519%20AB%2B%2F&token=")
     line = public_line(controller_key)
     assert key_in_authorized_keys(f"# comment\n\nfrom=\"127.0.0.1\" {line} me@host\n", controller_key)
     assert not key_in_authorized_keys(public_line(load_host_key(generate_host_key())), controller_key)
@@ -402,6 +404,24 @@ def test_init_reports_missing_app_script(tmp_path: Path, repo: Repo) -> None:
     assert [p for p, _ in repo.calls] == ["/cgi-bin/updatevmstatus.sh", "/cgi-bin/updateappstatus.sh"]
     assert params(repo.calls[0][1])["newip"] == "127.0.1.40"
     assert repo.statuses() == ["MASTER_INIT_FAIL:CONTEXT_SCRIPT_MISSING"]
+
+
+def test_network_sh_reports_the_host_key_when_there_is_one(tmp_path: Path, repo: Repo) -> None:
+    """carina-lib.sh reads the key file ($ONESIM_HOSTKEY_PUB, else /etc/ssh/ssh_host_ed25519_key.pub) and sends
+    its `<type> <base64>` (comment dropped); without a readable file the callback carries no key."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for name in ("network.sh", "carina-lib.sh"):
+        (mnt / name).write_bytes((CONTEXT_DIR / name).read_bytes())
+    key = public_line(load_host_key(generate_host_key()))
+    (tmp_path / "host.pub").write_text(f"{key} root@vm\n")
+    for pub, expected in ((tmp_path / "host.pub", key), (tmp_path / "missing.pub", None)):
+        repo.calls.clear()
+        result = subprocess.run(["/bin/sh", str(mnt / "network.sh")], capture_output=True, text=True, timeout=30,
+                                env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "IP": "127.0.1.42",
+                                     "HOSTNAME": "h", "ONESIM_HOSTKEY_PUB": str(pub), **script_env(repo)})
+        assert result.returncode == 0, result.stderr
+        assert params(repo.calls[0][1]).get("hostkey") == expected
 
 
 def test_carina_ssh_client_works_against_a_process_guest(tmp_path: Path, sandboxes: Path, repo: Repo) -> None:
