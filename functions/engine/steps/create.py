@@ -36,6 +36,9 @@ def _timeout(ctx: Ctx, env: Env) -> Step:
         why = "no MASTER_INIT_DONE callback from the master"
     else:
         why = "the slaves were not all running and announced"
+    waiting = str(env.data.get("gs_wait") or "")
+    if waiting:                                   # a VM never got capacity from the global scheduler
+        why += f" (no capacity granted: {waiting})"
     return fail(ctx, env, "CREATE_TIMEOUT", f"{why} within {ctx.settings.create_deadline}s (deadline)")
 
 
