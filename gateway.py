@@ -11,12 +11,12 @@ import falcon
 from config.settings import Settings
 from functions.model.clock import Clock, system_clock
 from functions.store.runtime import connect
-from handlers import callbacks, configs, envs, health, openapi, repo, services
+from handlers import callbacks, configs, envs, health, openapi, repo, scheduler, services
 from handlers.auth import AuthMiddleware
 from handlers.deps import Deps
 from handlers.errors import install_error_handlers
 
-ROUTE_MODULES = (health, services, configs, repo, envs, callbacks, openapi)
+ROUTE_MODULES = (health, services, scheduler, configs, repo, envs, callbacks, openapi)
 
 
 def create_app(settings: Settings, clock: Clock = system_clock) -> falcon.App:
