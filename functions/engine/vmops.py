@@ -108,15 +108,16 @@ def _granted(ctx: Ctx, env: Env, rec: VmRecord) -> None:
     """Ask Ctx.capacity whether the new VM may be allocated now; if not, say why (env info, phase, one event per
     reason) and raise WaitCapacity."""
     why = ctx.capacity(ctx, env, rec) if ctx.capacity is not None else None
+    owner = str(env.data.get("gs_slot") or "")       # the waiting VM the env's info speaks of (the first one)
     if why is None:
-        if env.data.get("gs_wait"):
-            envstore.update_env(ctx.r, env.envid, gs_wait="")
-            env.data["gs_wait"] = ""
+        if owner == rec.slot:                         # granted: the wait is over, so is what info said
+            envstore.update_env(ctx.r, env.envid, gs_wait="", gs_slot="", info="")
+            env.data.update(gs_wait="", gs_slot="", info="")
         return
     info = f"{rec.role} {rec.slot}: waiting for capacity: {why}"
-    if env.data.get("info") != info:
-        envstore.update_env(ctx.r, env.envid, info=info, phase="capacity", gs_wait=why)
-        env.data.update(info=info, phase="capacity", gs_wait=why)
+    if owner in ("", rec.slot) and env.data.get("info") != info:
+        envstore.update_env(ctx.r, env.envid, info=info, phase="capacity", gs_wait=why, gs_slot=rec.slot)
+        env.data.update(info=info, phase="capacity", gs_wait=why, gs_slot=rec.slot)
         ctx.event(env, "capacity", info, slot=rec.slot)
     raise WaitCapacity(why)
 

@@ -31,7 +31,7 @@ def begin(ctx: Ctx, env: Env) -> Step:
     slots, origin = _asked(ctx, env)
     fields: dict[str, object] = {"op_job": env.jobid, "op_slot": "", "drain_until": 0, "ssh_tries": 0,
                                  "deadline": 0, "phase": op.lower(), "phase_since": now, "error": "", "refused": "",
-                                 "gs_wait": ""}
+                                 "gs_wait": "", "gs_slot": ""}
     slaves = env.slaves()
     if op in ("CREATE", "SCALEUP"):
         fields["deadline"] = now + ctx.settings.create_deadline
