@@ -1,6 +1,7 @@
 """The global scheduler's routes: the admin's global configuration (`POST /global?kind=rb|yaml` with the file as
-the raw body, `GET /global`), the shared pools (`GET /pools`, the --pools table) and the requests
-(`GET /requests`, the --requests table: a service sees its own, the admin all of them).
+the raw body, `GET /global`; carina-admin writes the same through functions.ops.gsadmin), the shared pools
+(`GET /pools`, the --pools table) and the requests (`GET /requests`, the --requests table: a service sees its
+own, the admin all of them).
 """
 
 from __future__ import annotations
@@ -21,14 +22,10 @@ log = logging.getLogger("carina.gateway")
 
 
 def _kind(req: falcon.Request) -> str:
-    """`?kind=` (rb or yaml), else from `?name=` (global.rb / global.yaml); 400 naming the parameter."""
+    """`?kind=` (rb or yaml); 400 naming the parameter."""
     kind = req.get_param("kind")
-    name = req.get_param("name") or ""
-    if kind is None and name:
-        kind = {"rb": "rb", "yaml": "yaml", "yml": "yaml"}.get(name.rpartition(".")[2], "")
     if kind not in gsadmin.KINDS:
-        raise falcon.HTTPBadRequest(title="Invalid parameter",
-                                    description="kind: must be rb or yaml (or name the file global.rb / .yaml)")
+        raise falcon.HTTPBadRequest(title="Invalid parameter", description="kind: must be rb or yaml")
     return str(kind)
 
 
@@ -53,8 +50,6 @@ class Global:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise falcon.HTTPBadRequest(title="Invalid upload", description="upload: not UTF-8 text") from None
-        if not text.strip():
-            raise falcon.HTTPBadRequest(title="Invalid upload", description="upload: the file is empty")
         try:
             conf = gsadmin.upload_global(self.deps.redis, text, kind, self.deps.clock)
         except ConfigError as exc:

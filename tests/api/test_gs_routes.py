@@ -61,7 +61,7 @@ def test_only_the_admin_uploads_and_reads_the_global_configuration(api: Api) -> 
                                                  "service_class": "silver"}
     assert res.json["SERVICES"]["batch"] == {"priority": "bronze", "maxcpus": 4, "maxmemory": 4096}
     yaml_text = (EXAMPLES / "global.yaml").read_text().replace("oneenv1", "svc1").replace("oneenv2", "svc2")
-    res = _upload(api, yaml_text, name="global.yaml")             # the kind from the file name
+    res = _upload(api, yaml_text, kind="yaml")
     assert res.status_code == 200
     assert api.client.simulate_get("/global", headers=bearer(api.admin)).json["kind"] == "yaml"
 
