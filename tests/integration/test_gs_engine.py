@@ -13,8 +13,9 @@ import redis
 from functions.gs.model import ALLOCATED, CANCELLED, PEND, RELEASED
 from functions.ops import gsadmin
 from functions.store import envstore, gsstore, keys
+from functions.upkeep import ticks
 from tests.integration import gs_fixtures as gs
-from tests.integration.engine_fixtures import SERVICE, Rig, create_ready, open_rig
+from tests.integration.engine_fixtures import SERVICE, Rig, SpyOne, create_ready, open_rig
 
 GOLD = "gold1"
 
@@ -178,4 +179,21 @@ def test_a_service_may_ask_for_scale_ups_only(rig: Rig) -> None:
     assert gs.statuses(rig, envid) == [("s2", PEND)]
     assert gs.settle(rig, envid, jobid)["status"] == "DONE"
     assert gsadmin.env_tokens(rig.r, envid) == (["1"], 0)
+    gs.assert_consistent(rig)
+
+
+def test_the_tick_allocates_and_checks(rig: Rig) -> None:
+    gs.upload_global(rig, {"sim": ("silver", 8, 8192)}, {SERVICE: ("silver", 8, 8192)})
+    rig.configure(num_slaves=0, master_setup_time=0)
+    envid, _ = gs.create(rig)
+    rig.drive(envid)
+    assert gs.statuses(rig, envid) == [("m", PEND)]
+    one = lambda url, auth: SpyOne(url, auth, rig)  # noqa: E731
+    stats = ticks.tick(rig.r, rig.queue, rig.clock, one)        # a request arrived: the tick call allocates
+    assert gs.statuses(rig, envid) == [("m", ALLOCATED)]
+    assert stats is not None and stats["gs"]["drift"] == 0
+    rig.r.hincrby(keys.gs_service_usage(), f"{SERVICE}:mem", 1)
+    assert ticks.tick(rig.r, rig.queue, rig.clock, one) is None  # the same minute: only the pumps
+    rig.clock.advance(60)
+    assert ticks.tick(rig.r, rig.queue, rig.clock, one)["gs"]["drift"] == 1    # next minute: found and fixed
     gs.assert_consistent(rig)
