@@ -140,13 +140,13 @@ def new_request(r: redis.Redis, req: Request, slot: str, fence: tuple[str, str] 
     already has a live request, which is returned instead. With `fence` = (envid, env lock token): only while that
     token holds the environment lock (envstore.LockLost otherwise, nothing written). Sets the allocation flag."""
     slots_key = keys.gs_env_slots(req.envid)
-    lock_key = keys.env_lock(fence[0]) if fence else keys.gs_lock()
+    watched = (slots_key, keys.env_lock(fence[0])) if fence else (slots_key,)
     reqid = int(r.incr(keys.gs_seq()))
     made = replace(req, id=reqid, status=PEND, pool=None, reclaimed_at=None)
     data = made.to_hash() | {"slot": slot, "nonce": "", "ended": ""}
 
     def txn(pipe: Any) -> Stored:
-        if fence and pipe.get(lock_key) != fence[1]:
+        if fence and pipe.get(watched[1]) != fence[1]:
             raise envstore.LockLost(f"env {fence[0]}: lock lost, no request recorded for {slot}")
         current = pipe.hget(slots_key, slot)
         existing = _stored(pipe.hgetall(keys.gs_request(current))) if current else None
@@ -160,7 +160,7 @@ def new_request(r: redis.Redis, req: Request, slot: str, fence: tuple[str, str] 
         pipe.set(keys.gs_dirty(), "1")
         return Stored(made, slot)
 
-    return r.transaction(txn, slots_key, lock_key, value_from_callable=True)
+    return r.transaction(txn, *watched, value_from_callable=True)
 
 
 def move(r: redis.Redis, reqid: int | str, allowed: Iterable[str], new: str, *, pool: str = "", reason: str = "",
