@@ -199,9 +199,14 @@ def _reclaim(r: redis.Redis, queue: Queue, clock: Clock, rc: Reclaim, stored: di
     env = envstore.get_env(r, envid)
     if env is None:
         return 0
-    started = opstart.start_op(r, str(env["service"]), envid, "SCALEDOWN", clock,
-                               f"scale down of {victim.slot} by the global scheduler: {rc.reason}",
-                               slots=victim.slot, origin="scheduler")
+    msg = f"scale down of {victim.slot} by the global scheduler: {rc.reason}"
+    started = opstart.start_op(r, str(env["service"]), envid, "SCALEDOWN", clock, msg, slots=victim.slot,
+                               origin="scheduler")
+    if started.result == "busy" and started.previous and _waits_for_capacity(r, envid, env, started.previous):
+        started = opstart.start_op(r, str(env["service"]), envid, "SCALEDOWN", clock, msg,
+                                   take_from=started.previous, slots=victim.slot, origin="scheduler")
+        if started.result == "started" and started.previous:
+            _preempted(r, clock, envid, str(env["service"]), started.previous, started.jobid)
     if started.result != "started":
         return 0
     gsstore.mark_reclaimed(r, victim.req.id, envid, clock())
@@ -212,6 +217,26 @@ def _reclaim(r: redis.Redis, queue: Queue, clock: Clock, rc: Reclaim, stored: di
                            f"service (request {rc.victim.id} in pool {rc.pool})", clock, reqid=str(rc.waiting))
     kick(queue, envid)
     return 1
+
+
+def _waits_for_capacity(r: redis.Redis, envid: str, env: dict[str, Any], jobid: str) -> bool:
+    """True when job `jobid` holding the environment is a SCALEUP whose new VM waits for a grant (its slot's
+    request PEND, no VM record yet): it may be pre-empted by a reclaim (nothing is being built; grants happen
+    only under the allocator lock this pass holds)."""
+    job = envstore.get_job(r, jobid) or {}
+    slot = str(env.get("op_slot") or "")
+    if job.get("type") != "SCALEUP" or env.get("op_job") != jobid or not slot:
+        return False
+    stored = gsstore.slot_request(r, envid, slot)
+    return stored is not None and stored.req.status == PEND and slot not in envstore.get_vms(r, envid)
+
+
+def _preempted(r: redis.Redis, clock: Clock, envid: str, service: str, previous: str, jobid: str) -> None:
+    """The waiting scale-up `previous` gave way to the reclaim `jobid`: end it FAIL and withdraw its request."""
+    why = f"pre-empted by the global scheduler's reclaim (job {jobid})"
+    if envstore.finish_job(r, previous, "FAIL", clock, why):
+        envstore.add_event(r, envid, service, "preempted", f"job {previous} {why}", clock, jobid=previous)
+    gsstore.cancel_pending(r, envid, clock(), why)
 
 
 # ---------------------------------------------------------------- upkeep

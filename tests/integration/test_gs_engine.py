@@ -197,3 +197,27 @@ def test_the_tick_allocates_and_checks(rig: Rig) -> None:
     rig.clock.advance(60)
     assert ticks.tick(rig.r, rig.queue, rig.clock, one)["gs"]["drift"] == 1    # next minute: found and fixed
     gs.assert_consistent(rig)
+
+
+def test_a_reclaim_pre_empts_the_borrowers_scaleup_that_waits_for_capacity(rig: Rig) -> None:
+    gs.add_service(rig, GOLD, "gold", "sim-gold", num_slaves=0, master_setup_time=0)
+    gs.upload_global(rig, {"sim": ("silver", 2, 4096), "sim-gold": ("gold", 1, 4096)},
+                     {SERVICE: ("silver", 8, 8192), GOLD: ("gold", 8, 8192)})
+    rig.configure(master_setup_time=0)
+    silver, job = gs.create(rig)
+    assert gs.settle(rig, silver, job)["status"] == "DONE"      # m, s0 in sim; s1 borrowed the whole gold pool
+    up = rig.scale(silver, "up")
+    rig.drive(silver)
+    gs.allocate(rig)
+    assert gs.statuses(rig, silver)[-1] == ("s2", PEND)         # the silver scale-up waits for room
+    gold, gold_job = gs.create(rig, GOLD)
+    rig.drive(gold)
+    assert gs.allocate(rig)["reclaims"] == 1                    # the waiting scale-up gives way
+    assert rig.job(up)["status"] == "FAIL" and "pre-empted by the global scheduler's reclaim" in rig.job(up)["info"]
+    assert gs.statuses(rig, silver)[-1] == ("s2", CANCELLED)
+    down = rig.env(silver)["job"]
+    assert rig.job(down)["type"] == "SCALEDOWN" and rig.job(down)["slots"] == "s1"
+    assert gs.settle(rig, silver, down)["status"] == "DONE"
+    assert gs.settle(rig, gold, gold_job)["status"] == "DONE"
+    assert [s.req.pool for s in gsstore.listed(rig.r) if s.req.envid == gold] == ["sim-gold"]
+    gs.assert_consistent(rig)
