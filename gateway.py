@@ -13,12 +13,12 @@ from config import metrics as process_metrics
 from config.settings import Settings
 from functions.model.clock import Clock, system_clock
 from functions.store.runtime import connect
-from handlers import callbacks, configs, envs, events, health, metrics, openapi, repo, services, ui
+from handlers import callbacks, configs, envs, events, health, metrics, openapi, repo, scheduler, services, ui
 from handlers.auth import AuthMiddleware
 from handlers.deps import Deps
 from handlers.errors import install_error_handlers
 
-ROUTE_MODULES = (health, services, configs, repo, envs, events, callbacks, metrics, openapi, ui)
+ROUTE_MODULES = (health, services, scheduler, configs, repo, envs, events, callbacks, metrics, openapi, ui)
 
 
 def create_app(settings: Settings, clock: Clock = system_clock) -> falcon.App:

@@ -16,19 +16,21 @@ from rq import get_current_job
 from config import logs, metrics
 from config.settings import Settings
 from functions.engine import kick, loop
-from functions.engine.context import Ctx, EndHook
+from functions.engine.context import CapacityHook, Ctx, EndHook
 from functions.model.clock import system_clock
-from functions.ops import callbacks, groups
-from functions.store import envstore
+from functions.ops import callbacks, groups, gsched
+from functions.store import envstore, gsstore
 from functions.store.runtime import Runtime, connect
 from functions.upkeep import ticks
 
-END_HOOKS: tuple[EndHook, ...] = (groups.after_job,)
+END_HOOKS: tuple[EndHook, ...] = (groups.after_job, gsched.after_job)
+CAPACITY: CapacityHook = gsched.capacity
 
 
 def engine_ctx(rt: Runtime, **overrides: object) -> Ctx:
-    """The engine context for `rt`, with every end hook wired (tests override the clock, OpenNebula, SSH)."""
-    return Ctx(r=rt.text, queue=rt.queue, settings=rt.settings, on_end=END_HOOKS, **overrides)  # type: ignore[arg-type]
+    """The engine context for `rt`, with every hook wired (tests override the clock, OpenNebula, SSH)."""
+    return Ctx(r=rt.text, queue=rt.queue, settings=rt.settings, on_end=END_HOOKS,  # type: ignore[arg-type]
+               capacity=CAPACITY, **overrides)
 
 
 def drive(envid: str) -> str:
@@ -48,6 +50,14 @@ def apply_callback(envid: str, vmid: int, kind: str, fields: dict[str, str], slo
     with logs.bound(envid=envid):
         return callbacks.apply(rt.text, rt.queue, str(envid), int(vmid), kind, dict(fields), system_clock,
                                slot or None, int(attempt))
+
+
+def gs_allocate() -> str:
+    """One pass of the global scheduler (functions.ops.gsched.allocate_now), queued when a request arrives.
+    Safe to run twice."""
+    rt = connect(Settings.from_env())
+    gsstore.clear_alloc_job(rt.text)
+    return str(gsched.allocate_now(rt.text, rt.queue, system_clock))
 
 
 def minute_tick() -> str:

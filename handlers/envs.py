@@ -14,7 +14,7 @@ from typing import Any
 
 import falcon
 
-from functions.ops import operations
+from functions.ops import gsadmin, operations
 from functions.store import envstore
 from functions.views import shapes as views
 from functions.views.tables import render_table, wants_text
@@ -79,7 +79,8 @@ class Envs:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         r = self.deps.redis
-        docs = [views.env_json(env, views.count_vms(asdict(v) for v in envstore.get_vms(r, env["envid"]).values()))
+        docs = [views.env_json(env, views.count_vms(asdict(v) for v in envstore.get_vms(r, env["envid"]).values()),
+                               *gsadmin.env_tokens(r, env["envid"]))
                 for env in envstore.list_envs(r, require_service(req))]
         answer_list(req, resp, docs, views.ENV_HEADERS, views.env_row)
 

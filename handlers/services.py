@@ -1,7 +1,10 @@
 """Service (tenant) administration: create, list, remove, rotate a token.
 
 Admin token only, except `GET /services`, where a service token sees its own row (the --services table).
-Allocations stay 0 until the global scheduler records them.
+Rows (functions.ops.gsadmin.service_docs) carry the original global scheduler's keys (priclass, maxcpus,
+maxmemory, vcpusallocated, memallocated, zone, client) and the ones this gateway answered before (class,
+mem_alloc, mem_max, vcpus_alloc, vcpus_max): with a global configuration in force, a service listed in its
+SERVICES shows that entry's class and maxima and what its ALLOCATED requests hold.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ import logging
 
 import falcon
 
+from functions.errors import Invalid
+from functions.gs import views as gsviews
+from functions.ops import gsadmin
 from functions.store import tenants
 from functions.views import tables
 from handlers.auth import require_admin
@@ -18,22 +24,11 @@ from handlers.deps import Deps
 log = logging.getLogger("carina.gateway")
 
 SERVICE_FIELDS = ("name", "class", "max_memory", "max_vcpus")
-SERVICES_HEADERS = ["NAME", "PRIORITY_CLASS", "MEM(ALLOC/MAX)", "VCPUS(ALLOC/MAX)", "CLIENT"]
-
-
-def service_row(record: dict[str, str]) -> dict:
-    """The JSON row of one service (allocations are the global scheduler's, 0 until it records them)."""
-    return {"name": record["name"], "class": record.get("class"),
-            "mem_alloc": int(record.get("mem_alloc") or 0), "mem_max": int(record.get("max_memory") or 0),
-            "vcpus_alloc": int(record.get("vcpus_alloc") or 0), "vcpus_max": int(record.get("max_vcpus") or 0),
-            "client": record.get("client") or None}
 
 
 def services_table(rows: list[dict]) -> str:
-    """The --services table."""
-    cells = [[row["name"], row["class"], f"{row['mem_alloc']}/{row['mem_max']}",
-              f"{row['vcpus_alloc']}/{row['vcpus_max']}", row["client"]] for row in rows]
-    return tables.render_table(SERVICES_HEADERS, cells)
+    """The --services table (`NAME PRIORITY_CLASS MEM(ALLOC/MAX) VCPUS(ALLOC/MAX) CLIENT`)."""
+    return gsviews.services_table(rows)
 
 
 def _service_body(req: falcon.Request) -> dict:
@@ -57,6 +52,10 @@ class Services:
         require_admin(req)
         body = _service_body(req)
         name, cls = body.get("name"), body.get("class", "silver")
+        tenants.check_class(cls)
+        problems = gsadmin.check_new_service(self.deps.redis, str(name), str(cls))
+        if problems:
+            raise Invalid("; ".join(problems), "class")
         token = tenants.add_service(self.deps.redis, name, cls, clock=self.deps.clock,  # type: ignore[arg-type]
                                     max_memory=body.get("max_memory", 0), max_vcpus=body.get("max_vcpus", 0))
         log.info("service %s created (class %s)", name, cls)
@@ -66,12 +65,7 @@ class Services:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """All services for the admin; only itself for a service token."""
         r = self.deps.redis
-        if req.context.admin:
-            records = tenants.list_services(r)
-        else:
-            own = tenants.get_service(r, req.context.service)
-            records = [own] if own else []
-        rows = [service_row(rec) for rec in records]
+        rows = gsadmin.service_docs(r, None if req.context.admin else req.context.service)
         if tables.wants_text(req.accept):
             resp.content_type = falcon.MEDIA_TEXT
             resp.text = services_table(rows)
@@ -88,7 +82,7 @@ class Service:
         record = tenants.get_service(self.deps.redis, name)
         if record is None or not (req.context.admin or req.context.service == name):
             raise falcon.HTTPNotFound(title="Not found", description=f"name: no service {name!r}")
-        resp.media = service_row(record)
+        resp.media = gsadmin.service_docs(self.deps.redis, name)[0]
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         """Remove a service and its keys; 409 while it has environments, 404 the second time."""

@@ -26,6 +26,9 @@ SHAREDPOOLS = {
   },
 }
 
+# Every service (carina-admin service add NAME --class C) needs an entry here whose :priority is C. While this
+# configuration is in force, every VM its environments want (a create's master and slaves included) asks the
+# scheduler first; add :scaleups_only => true to an entry to count only scale-ups, as the original did.
 SERVICES = {
   'oneenv1' => { :priority => 'silver', :maxcpus => '12', :maxmemory => '16384' },
   'oneenv2' => { :priority => 'gold',   :maxcpus => '16', :maxmemory => '32768' },

@@ -5,7 +5,9 @@ loop (functions.engine.loop) dispatches to them.
 
 Hooks: `Ctx.on_end` callables run after a job ended (DONE/FAIL/ABORT) with (ctx, env, job_status); the
 task wrapper (functions.tasks) wires what reacts (e.g. groups starting their next member), so the engine
-never imports who reacts.
+never imports who reacts. `Ctx.capacity(ctx, env, rec)` is asked right before a VM's intent is written
+(functions.engine.vmops.ensure_allocated): None when the VM may be allocated now, else why it must wait (the
+global scheduler has not granted it); None as the hook itself means no global scheduling.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ LOCK_TTL = envstore.LOCK_TTL  # the env lock's TTL, renewed while a step runs (f
 
 Step = float | None   # None: nothing more to do; 0: next step now; > 0: come back in that many seconds
 EndHook = Callable[["Ctx", "Env", str], None]   # (ctx, env, job status) after a job ended
+CapacityHook = Callable[["Ctx", "Env", VmRecord], "str | None"]   # None: allocate now; else why to wait
 
 
 @dataclass
@@ -95,6 +98,7 @@ class Ctx:
     ssh: Callable[..., tuple[sshexec.SshResult, str]] = sshexec.run_remote
     clients: dict[str, OneClient] = field(default_factory=dict)
     on_end: Sequence[EndHook] = ()
+    capacity: CapacityHook | None = None
     _install: str = ""
     fence: str = ""             # the env lock's owner token while a step runs (fenced writes)
 

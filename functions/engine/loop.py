@@ -19,7 +19,7 @@ import redis
 
 from functions.cloud.one import OneUnavailable
 from functions.engine import kick as lifecycle
-from functions.engine import steps
+from functions.engine import steps, vmops
 from functions.engine.context import Ctx, Env, Step, deadline_passed, fail, load, work_pending
 from functions.store import envstore, keys, scripts
 
@@ -30,6 +30,7 @@ MAX_SECONDS = 30.0          # wall time per drive job
 BUSY_RETRY = 0.5            # seconds before retrying when another worker holds the env lock
 MAX_BACKOFF = 30.0
 OWN_DEADLINE_CHECK = ("CREATE", "SCALEUP")   # these steps end their jobs with a precise reason themselves
+CAPACITY_RECHECK = 30.0     # seconds between checks while a VM waits for the global scheduler (a grant kicks at once)
 
 
 # ---------------------------------------------------------------- the step loop
@@ -60,6 +61,12 @@ def _backoff(ctx: Ctx, env: Env, exc: Exception) -> Step:
     return delay
 
 
+def _capacity_wait(ctx: Ctx, env: Env) -> float:
+    """When to look again at a VM waiting for capacity: CAPACITY_RECHECK, but never past the op's deadline."""
+    left = env.num("deadline") - ctx.clock() if env.num("deadline") else CAPACITY_RECHECK
+    return max(1.0, min(CAPACITY_RECHECK, left))
+
+
 def run_steps(ctx: Ctx, envid: str) -> tuple[Step, str]:
     """Steps until the operation waits or ends (bounded). Caller holds the env lock."""
     started = time.monotonic()
@@ -72,6 +79,8 @@ def run_steps(ctx: Ctx, envid: str) -> tuple[Step, str]:
             nxt = dispatch(ctx, env)
         except OneUnavailable as exc:
             return _backoff(ctx, env, exc), "retry"
+        except vmops.WaitCapacity:
+            return _capacity_wait(ctx, env), "wait"
         if env.num("retries"):
             envstore.update_env(ctx.r, envid, retries=0)
         if nxt is None:

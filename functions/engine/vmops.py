@@ -12,11 +12,19 @@ from typing import TYPE_CHECKING
 from functions.cloud import sshexec
 from functions.cloud.one import OneClient, VmView
 from functions.model import hostkeys, ownership, render, specview, tokens
-from functions.store import envstore, keys, tenants
+from functions.store import envstore, gsstore, keys, tenants
 from functions.store.envstore import VmRecord
 
 if TYPE_CHECKING:
     from functions.engine.context import Ctx, Env
+
+
+class WaitCapacity(Exception):
+    """The VM may not be allocated yet (Ctx.capacity said why): the step waits and checks again."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
 
 
 class StepFailed(Exception):
@@ -96,11 +104,30 @@ def _adopt(ctx: Ctx, env: Env, rec: VmRecord, vmid: int, how: str) -> VmRecord:
     return rec
 
 
+def _granted(ctx: Ctx, env: Env, rec: VmRecord) -> None:
+    """Ask Ctx.capacity whether the new VM may be allocated now; if not, say why (env info, phase, one event per
+    reason) and raise WaitCapacity."""
+    why = ctx.capacity(ctx, env, rec) if ctx.capacity is not None else None
+    owner = str(env.data.get("gs_slot") or "")       # the waiting VM the env's info speaks of (the first one)
+    if why is None:
+        if owner == rec.slot:                         # granted: the wait is over, so is what info said
+            envstore.update_env(ctx.r, env.envid, gs_wait="", gs_slot="", info="")
+            env.data.update(gs_wait="", gs_slot="", info="")
+        return
+    info = f"{rec.role} {rec.slot}: waiting for capacity: {why}"
+    if owner in ("", rec.slot) and env.data.get("info") != info:
+        envstore.update_env(ctx.r, env.envid, info=info, phase="capacity", gs_wait=why, gs_slot=rec.slot)
+        env.data.update(info=info, phase="capacity", gs_wait=why, gs_slot=rec.slot)
+        ctx.event(env, "capacity", info, slot=rec.slot)
+    raise WaitCapacity(why)
+
+
 def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, index: int,
                      master_ip: str = "", num_slaves: int = 0) -> VmRecord:
     """The slot's record with a VM id, allocating the VM if needed. Safe to run twice (never a 2nd VM).
 
-    Writes the intent record before allocate; a replayed intent adopts a VM already tagged with the slot.
+    Writes the intent record before allocate (once Ctx.capacity grants it: WaitCapacity otherwise); a replayed
+    intent adopts a VM already tagged with the slot.
     """
     rec = env.vms.get(slot)
     if rec is not None and rec.vmid is not None:
@@ -108,6 +135,7 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
     if rec is None:
         rec = VmRecord(slot=slot, role=role, index=index, endpoint=env.endpoint, created=ctx.clock())
         text = render_vm(ctx, env, rec, master_ip, num_slaves)       # render errors before any intent
+        _granted(ctx, env, rec)
         ctx.put_vm(env, rec)
     else:
         found = sorted((v for v in one.tagged(env.envid) if foreign(ctx, env, rec, v) is None), key=lambda v: v.vmid)
@@ -236,4 +264,5 @@ def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = Fa
         envstore.forget_hostkey(ctx.r, pin_id(env, rec))
     ctx.del_vm(env, rec.slot)
     env.vms.pop(rec.slot, None)
+    gsstore.release_slot(ctx.r, env.envid, rec.slot, rec.nonce, ctx.clock())    # its capacity comes back
     return True

@@ -3,7 +3,8 @@
 `load_global(text, kind)` returns
     {"SHAREDPOOLS": {pool: {"zone": str, "allocateable_cpus": int, "allocateable_mem": int (MB),
                             "service_class": class}},
-     "SERVICES":    {service: {"priority": class, "maxcpus": int, "maxmemory": int (MB)}}}
+     "SERVICES":    {service: {"priority": class, "maxcpus": int, "maxmemory": int (MB),
+                               "scaleups_only": bool (only when given)}}}
 with numbers as ints (the original wrote them as strings) and class names lower-cased, or raises
 ConfigError listing every problem by place (`SHAREDPOOLS.pool1.allocateable_cpus: must be an integer`).
 `pools_of` / `services_of` turn it into the model the allocator takes; `check_service_classes` compares
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from marshmallow import Schema, ValidationError, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from functions.conf.fields import Int, Text
 from functions.conf.rbparse import GLOBAL_CONSTANTS
@@ -46,6 +47,9 @@ class ServiceSchema(Schema):
     priority = ClassName(required=True)
     maxcpus = Int(required=True, validate=_NON_NEG)
     maxmemory = Int(required=True, validate=_NON_NEG)
+    # Optional: true = only scale-up VMs ask the scheduler (the original's behaviour); absent/false = every VM
+    # the service's environments want (a create's master and slaves included).
+    scaleups_only = fields.Boolean(error_messages={"invalid": "must be true or false"})
 
 
 def _cross_check(pools: dict[str, Any], services: dict[str, Any]) -> list[str]:

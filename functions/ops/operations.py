@@ -19,7 +19,7 @@ from functions.errors import Busy, Conflict, Invalid, NotFound
 from functions.model.clock import Clock
 from functions.model.spec import build_spec
 from functions.ops import groups
-from functions.store import envstore, opstart, tenants
+from functions.store import envstore, gsstore, opstart, tenants
 
 SCALE_TYPES = {"up": "SCALEUP", "down": "SCALEDOWN"}
 FINAL = ("DONE", "FAIL", "ABORT")
@@ -84,6 +84,7 @@ def _remove_one(r: redis.Redis, queue: Queue, service: str, env: dict[str, Any],
     if started.result == "gone":                         # finished removing meanwhile
         return envstore.new_job(r, service, envid, env["name"], "REMOVE", clock, status="DONE")
     previous, jobid = started.previous, started.jobid
+    gsstore.cancel_pending(r, envid, clock(), f"environment removed (job {jobid})")
     if previous and envstore.finish_job(r, previous, "FAIL", clock, info=f"pre-empted by remove {jobid}"):
         envstore.add_event(r, envid, service, "preempted", f"job {previous} pre-empted by remove {jobid}", clock,
                            jobid=previous)

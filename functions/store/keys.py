@@ -32,6 +32,16 @@ State model (hashes are the source of truth, streams are the event log):
 - inflight:            set of envids with unfinished work (re-driven on start and every minute)
 - group(g):            hash of one environment group (members, dependencies, jobs, per-member spec and envid)
 - groups_active:       set of group ids whose member creates have not all ended (re-checked every minute)
+- gs_global:           hash current (normalized JSON), source, kind, uploaded_at -- the global configuration
+- gs_seq:              counter of global-scheduler request ids
+- gs_request(id):      hash of one request (gs.model.Request.to_hash() + slot, nonce, ended)
+- gs_status(st):       sorted set reqid (score = reqid) of the requests in status st (PEND, ALLOCATED, ...)
+- gs_service_reqs(s):  sorted set reqid of the service's requests (every status still kept)
+- gs_env_slots(e):     hash slot -> reqid: the request each VM slot of the environment holds or waits for
+- gs_pool_usage / gs_service_usage: hashes "<name>:vcpus" / "<name>:mem" -> what ALLOCATED requests hold
+- gs_lock:             string owner token with TTL (one allocator at a time)
+- gs_reclaimed:        hash envid -> when the scheduler last reclaimed a VM of it
+- gs_dirty / gs_alloc_mark: "allocation wanted" flag; mark of the queued allocation job (dedupe)
 """
 
 from __future__ import annotations
@@ -182,3 +192,65 @@ def group(gid: str) -> str:
 def groups_active() -> str:
     """Set of group ids whose chain of member creates has not ended (re-checked by recovery and the tick)."""
     return f"{PREFIX}groups:active"
+
+
+# ---------------------------------------------------------------- the global scheduler
+
+
+def gs_global() -> str:
+    """Hash: the global configuration (current = normalized JSON, source, kind, uploaded_at)."""
+    return f"{PREFIX}gs:global"
+
+
+def gs_seq() -> str:
+    return f"{PREFIX}gs:seq"
+
+
+def gs_request(reqid: int | str) -> str:
+    """Hash of one request: gs.model.Request.to_hash() plus slot, nonce (the VM incarnation using it), ended."""
+    return f"{PREFIX}gs:req:{reqid}"
+
+
+def gs_status(status: str) -> str:
+    """Sorted set reqid (score = reqid) of the requests whose status is `status`."""
+    return f"{PREFIX}gs:status:{status}"
+
+
+def gs_service_reqs(name: str) -> str:
+    """Sorted set reqid (score = reqid) of the service's requests still kept."""
+    return f"{PREFIX}gs:svc:{name}:reqs"
+
+
+def gs_env_slots(envid: str) -> str:
+    """Hash slot -> reqid: the request each VM slot of the environment holds (ALLOCATED) or waits for (PEND)."""
+    return f"{PREFIX}gs:env:{envid}:slots"
+
+
+def gs_pool_usage() -> str:
+    """Hash "<pool>:vcpus" / "<pool>:mem" -> capacity held by ALLOCATED requests (recomputable from them)."""
+    return f"{PREFIX}gs:usage:pool"
+
+
+def gs_service_usage() -> str:
+    """Hash "<service>:vcpus" / "<service>:mem" -> capacity held by ALLOCATED requests (recomputable)."""
+    return f"{PREFIX}gs:usage:service"
+
+
+def gs_lock() -> str:
+    """String owner token with TTL: one allocation pass at a time across workers."""
+    return f"{PREFIX}gs:lock"
+
+
+def gs_reclaimed() -> str:
+    """Hash envid -> epoch of the scheduler's last reclaim from that environment (once per minute each)."""
+    return f"{PREFIX}gs:reclaimed"
+
+
+def gs_dirty() -> str:
+    """String flag: capacity was given back or a request arrived; the next tick call allocates."""
+    return f"{PREFIX}gs:dirty"
+
+
+def gs_alloc_mark() -> str:
+    """String with TTL: an allocation job is queued (functions.tasks.gs_allocate), don't queue another."""
+    return f"{PREFIX}gs:alloc_mark"

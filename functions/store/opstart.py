@@ -34,12 +34,13 @@ def _holder_is_stale(pipe: Any, holder: str) -> bool:
 
 
 def start_op(r: redis.Redis, service: str, envid: str, op: str, clock: Clock, msg: str,
-             take_over: bool = False, **job_extra: str) -> Started:
+             take_over: bool = False, take_from: str | None = None, **job_extra: str) -> Started:
     """Start operation `op` on the environment atomically (see the module docstring).
 
     Without `take_over` the guard must be free or held by an ended job ("busy" otherwise); with it (a remove)
-    the guard is taken from whatever holds it, returned as `previous`. "gone": the environment does not exist
-    (nothing written). Not idempotent: each "started" is a new job (job ids may be skipped, never reused).
+    the guard is taken from whatever holds it, returned as `previous`; with `take_from`, only from that job.
+    "gone": the environment does not exist (nothing written). Not idempotent: each "started" is a new job (job
+    ids may be skipped, never reused).
     """
     jobid = envstore.next_jobid(r)
     guard, env_key = keys.env_op(envid), keys.env(envid)
@@ -48,7 +49,7 @@ def start_op(r: redis.Redis, service: str, envid: str, op: str, clock: Clock, ms
         if not pipe.exists(env_key):
             return Started("gone")
         holder = pipe.get(guard)
-        if holder and not take_over and not _holder_is_stale(pipe, holder):
+        if holder and not (take_over or holder == take_from) and not _holder_is_stale(pipe, holder):
             return Started("busy", previous=holder)
         name = pipe.hget(env_key, "name") or ""
         now = clock()

@@ -213,6 +213,55 @@ redis.call('SET', KEYS[3], used)
 return used
 """
 
+# The global scheduler: move a request to a new status, keeping the status sets and the usage counters of its
+# pool and service in step in the same atomic call (so the counters always equal what ALLOCATED requests hold).
+LUA["gs_move"] = """
+-- KEYS[1] request hash, KEYS[2..3] pool/service usage, KEYS[4..7] status sets, KEYS[8] lock; ARGV[1..6] below.
+-- KEYS[4..7]: the sets of PEND, ALLOCATED, RELEASED, CANCELLED; KEYS[8]: the allocator lock.
+-- ARGV[1] statuses it may be in now (space-separated), ARGV[2] new status, ARGV[3] pool (to ALLOCATED),
+-- ARGV[4] reason, ARGV[5] now, ARGV[6] lock token ('' = unfenced).
+-- Returns 'ok', 'gone', 'fenced', or the current status when it is not allowed (nothing changed).
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return 'gone' end
+local allowed = false
+for s in string.gmatch(ARGV[1], '%S+') do if s == cur then allowed = true end end
+if not allowed then return cur end
+if ARGV[6] ~= '' and redis.call('GET', KEYS[8]) ~= ARGV[6] then return 'fenced' end
+local index = {PEND = KEYS[4], ALLOCATED = KEYS[5], RELEASED = KEYS[6], CANCELLED = KEYS[7]}
+local new = ARGV[2]
+if not index[new] then return redis.error_reply('gs_move: unknown status ' .. new) end
+local id = redis.call('HGET', KEYS[1], 'id')
+local svc = redis.call('HGET', KEYS[1], 'service')
+local v = tonumber(redis.call('HGET', KEYS[1], 'vcpus')) or 0
+local m = tonumber(redis.call('HGET', KEYS[1], 'memory')) or 0
+local function hold(pool, sign)
+  redis.call('HINCRBY', KEYS[2], pool .. ':vcpus', sign * v)
+  redis.call('HINCRBY', KEYS[2], pool .. ':mem', sign * m)
+  redis.call('HINCRBY', KEYS[3], svc .. ':vcpus', sign * v)
+  redis.call('HINCRBY', KEYS[3], svc .. ':mem', sign * m)
+end
+if cur == 'ALLOCATED' and new ~= 'ALLOCATED' then hold(redis.call('HGET', KEYS[1], 'pool'), -1) end
+if new == 'ALLOCATED' and cur ~= 'ALLOCATED' then
+  redis.call('HSET', KEYS[1], 'pool', ARGV[3])
+  hold(ARGV[3], 1)
+end
+redis.call('HSET', KEYS[1], 'status', new, 'reason', ARGV[4])
+if new == 'RELEASED' or new == 'CANCELLED' then redis.call('HSET', KEYS[1], 'ended', ARGV[5]) end
+if new ~= cur then
+  redis.call('ZREM', index[cur], id)
+  redis.call('ZADD', index[new], id, id)
+end
+return 'ok'
+"""
+
+
+# Delete a hash field only while it still holds ARGV[2] (a binding replaced meanwhile is kept).
+LUA["hdel_if_equal"] = """
+-- KEYS[1] hash; ARGV[1] field, ARGV[2] expected value. Returns 1 if deleted.
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
 
 _REGISTERED: weakref.WeakKeyDictionary[redis.Redis, dict[str, Script]] = weakref.WeakKeyDictionary()
 

@@ -1,5 +1,6 @@
-"""The per-minute tick: re-drive in-flight environments, refresh what OpenNebula says about every VM, and
-trim jobs and events to the retention setting.
+"""The per-minute tick: re-drive in-flight environments, refresh what OpenNebula says about every VM, trim jobs
+and events to the retention setting, and run the global scheduler (functions.ops.gsched: its check and an
+allocation pass every minute; a pass on any tick call when capacity came back or a request arrived).
 
 `functions.tasks.minute_tick` (the RQ entry the scheduler enqueues every few seconds) acts once per minute
 however many schedulers fire (SET NX on keys.tick). The VM refresh asks OpenNebula once per (service, endpoint)
@@ -20,8 +21,8 @@ from functions.cloud.one import OneClient, OneError, OneUnavailable, VmView
 from functions.engine import kick as lifecycle
 from functions.model import ownership, specview
 from functions.model.clock import Clock, system_clock
-from functions.ops import callbacks
-from functions.store import envstore, keys, tenants
+from functions.ops import callbacks, gsched
+from functions.store import envstore, gsstore, keys, tenants
 from functions.upkeep import reconcile
 
 log = logging.getLogger("carina.ticks")
@@ -116,15 +117,19 @@ def retain(r: redis.Redis, keep: int) -> dict[str, int]:
 def tick(r: redis.Redis, queue: Queue, clock: Clock = system_clock,
          one_factory: Callable[[str, str], OneClient] = OneClient, retention: int = 0) -> dict[str, Any] | None:
     """Once per minute: re-drive in-flight environments, refresh VM states, apply `retention` (jobs and
-    events kept; 0 = keep all). Every call pumps due delayed drives and callback retries. None if this
-    minute already ran (several schedulers, or a tick job run twice)."""
+    events kept; 0 = keep all), check and run the global scheduler. Every call pumps due delayed drives, callback
+    retries and a wanted allocation pass. None if this minute already ran (several schedulers, or a tick job run
+    twice)."""
     lifecycle.pump(queue)
     callbacks.pump_retries(queue)
+    gsched.pump(r, queue, clock)
     minute = int(clock() // 60)
     if not claim_minute(r, "minute", clock()):
         return None
     kicked = reconcile.recover_all(r, queue, clock)
     stats = refresh_vms(r, clock, one_factory)
     stats.update(retain(r, retention), kicked=len(kicked), minute=minute)
+    if gsstore.get_global(r) is not None or gsstore.live(r):
+        stats["gs"] = gsched.minute(r, queue, clock)
     log.info("minute tick: %s", stats)
     return stats

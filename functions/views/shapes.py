@@ -77,12 +77,15 @@ def count_vms(vms: Iterable[Mapping[str, Any]]) -> int:
     return sum(1 for vm in vms if vm.get("state") != "gone")
 
 
-def env_json(env: Mapping[str, Any], num_vms: int) -> dict[str, Any]:
+def env_json(env: Mapping[str, Any], num_vms: int, gs_tokens: Iterable[str] = (),
+             outstanding: int = 0) -> dict[str, Any]:
     """The original env JSON: envid name status policy_status url numVMs metrics gsTokens gsOutStandingReqs
-    info groupid (`url` is null until the app URL is known)."""
+    info groupid (`url` is null until the app URL is known; gsTokens are the ids of the global scheduler's
+    requests the environment holds, gsOutStandingReqs how many it waits for)."""
     return {"envid": str(env.get("envid", "")), "name": env.get("name", ""), "status": env.get("status", ""),
             "policy_status": env.get("policy_status", ""), "url": _or_none(env.get("app_url")),
-            "numVMs": num_vms, "metrics": env.get("metrics") or "", "gsTokens": [], "gsOutStandingReqs": 0,
+            "numVMs": num_vms, "metrics": env.get("metrics") or "", "gsTokens": [str(t) for t in gs_tokens],
+            "gsOutStandingReqs": outstanding,
             "info": env.get("info") or "", "groupid": str(env.get("groupid", "-1"))}
 
 

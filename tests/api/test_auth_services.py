@@ -61,7 +61,7 @@ def test_admin_creates_lists_and_removes_services(api):
     assert res.text == (
         "   NAME PRIORITY_CLASS MEM(ALLOC/MAX) VCPUS(ALLOC/MAX) CLIENT\n"
         "   ---- -------------- -------------- ---------------- ------\n"
-        "oneenv1           gold       0/128000             0/12 -\n"
+        "oneenv1           gold       0/128000             0/12 NONE\n"   # the guide: no client is NONE
     )
     assert api.client.simulate_get("/services/oneenv1", headers=bearer(token)).json["mem_max"] == 128000
     assert api.client.simulate_get("/services/arch", headers=bearer(token)).status_code == 404

@@ -129,7 +129,7 @@ def test_oneenv_reads_the_token_file(rdb, gateway, tmp_path):
     (tmp_path / ".carina_token").write_text(token + "\n")
     res = oneenv(gateway, tmp_path, "--services")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines()[2].split() == ["a", "silver", "0/0", "0/0", "-"]
+    assert res.stdout.splitlines()[2].split() == ["a", "silver", "0/0", "0/0", "NONE"]
 
 
 def test_oneenv_exit_codes_and_messages(rdb, gateway, tmp_path):

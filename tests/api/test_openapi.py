@@ -64,13 +64,14 @@ class Seeded:
     admin_token: str
 
     def headers_for(self, case: schemathesis.Case) -> dict[str, str]:
-        """A real token in place of the generated one: the admin's for the service-administration routes and
-        /metrics, the service's for the rest. Empty when a negative case left the header out on purpose
-        (→ 401 expected)."""
+        """A real token in place of the generated one: the admin's for the service-administration routes, the
+        global configuration and /metrics, the service's for the rest. Empty when a negative case left the header
+        out on purpose (→ 401 expected)."""
         generated = {k.lower() for k in case.headers or {}}
         if "authorization" not in generated and case.meta is not None and not case.meta.generation.mode.is_positive:
             return {}
-        return bearer(self.admin_token if case.path.startswith(("/services", "/metrics")) else self.service_token)
+        admin_paths = ("/services", "/global", "/metrics")
+        return bearer(self.admin_token if case.path.startswith(admin_paths) else self.service_token)
 
 
 def _upload(api: Api, token: str, name: str, data: bytes) -> None:

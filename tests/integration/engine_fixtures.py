@@ -130,7 +130,8 @@ class Rig:
         """A fresh Ctx (as a new worker would build) with the fake clock, the spy client and the SSH function."""
         extra = {} if self.ssh is None else {"ssh": self.ssh}
         return Ctx(r=self.r, queue=self.queue, settings=self.settings, clock=self.clock,
-                   one_factory=lambda url, auth: SpyOne(url, auth, self), on_end=tasks.END_HOOKS, **extra)
+                   one_factory=lambda url, auth: SpyOne(url, auth, self), on_end=tasks.END_HOOKS,
+                   capacity=tasks.CAPACITY, **extra)
 
     def create(self, **over: Any) -> tuple[str, str]:
         self.configure(**over)

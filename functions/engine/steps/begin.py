@@ -15,11 +15,23 @@ def _preempt_older(ctx: Ctx, env: Env) -> None:
                 ctx.event(env, "step", f"job {job['jobid']} pre-empted by remove {env.jobid}", job=job["jobid"])
 
 
+ORIGINS = {"scheduler": " by the global scheduler (reclaim)"}     # who started a job, as its start event says
+
+
+def _asked(ctx: Ctx, env: Env) -> tuple[list[str], str]:
+    """(slots named by the job, who started it: "user", or e.g. "scheduler" for a reclaim)."""
+    job = envstore.get_job(ctx.r, env.jobid) or {}
+    return [s for s in str(job.get("slots") or "").split(",") if s], str(job.get("origin") or "user")
+
+
 def begin(ctx: Ctx, env: Env) -> Step:
-    """Record the operation-local state of the new job (deadline, chosen slot), once per job."""
+    """Record the operation-local state of the new job (deadline, chosen slot), once per job. A SCALEDOWN whose
+    job names a slave slot (`slots`, e.g. the global scheduler's reclaim) removes that one."""
     now, op = ctx.clock(), env.op
+    slots, origin = _asked(ctx, env)
     fields: dict[str, object] = {"op_job": env.jobid, "op_slot": "", "drain_until": 0, "ssh_tries": 0,
-                                 "deadline": 0, "phase": op.lower(), "phase_since": now, "error": "", "refused": ""}
+                                 "deadline": 0, "phase": op.lower(), "phase_since": now, "error": "", "refused": "",
+                                 "gs_wait": "", "gs_slot": ""}
     slaves = env.slaves()
     if op in ("CREATE", "SCALEUP"):
         fields["deadline"] = now + ctx.settings.create_deadline
@@ -29,11 +41,14 @@ def begin(ctx: Ctx, env: Env) -> Step:
         used = {v.index for v in slaves}
         index = next(i for i in range(len(used) + 1) if i not in used)
         fields.update(op_slot=f"s{index}", desired_slaves=len(slaves) + 1)
+    elif op == "SCALEDOWN" and slots and slots[0] != "m":
+        fields.update(op_slot=slots[0], desired_slaves=max(0, len(slaves) - (slots[0] in env.vms)))
     elif op == "SCALEDOWN" and slaves:
         fields.update(op_slot=slaves[-1].slot, desired_slaves=len(slaves) - 1)
     elif op == "REMOVE":
         _preempt_older(ctx, env)
     envstore.update_env(ctx.r, env.envid, **fields)
     ctx.event(env, "step", f"{op} job {env.jobid} started" + (f" (slot {fields['op_slot']})" if fields["op_slot"]
-                                                             else ""), job=env.jobid)
+                                                             else "")
+              + ORIGINS.get(origin, ""), job=env.jobid)
     return 0.0

@@ -36,6 +36,9 @@ def _timeout(ctx: Ctx, env: Env) -> Step:
         why = "no MASTER_INIT_DONE callback from the master"
     else:
         why = "the slaves were not all running and announced"
+    waiting = str(env.data.get("gs_wait") or "")
+    if waiting:                                   # a VM never got capacity from the global scheduler
+        why += f" (no capacity granted: {waiting})"
     return fail(ctx, env, "CREATE_TIMEOUT", f"{why} within {ctx.settings.create_deadline}s (deadline)")
 
 
@@ -106,11 +109,16 @@ def create_step(ctx: Ctx, env: Env) -> Step:
     if master is None:
         return wait
     desired = int(env.num("desired_slaves"))
+    short: vmops.WaitCapacity | None = None
     for i in range(desired):
         try:
             vmops.ensure_allocated(ctx, env, one, f"s{i}", "slave", i, master_ip=master.ip, num_slaves=desired)
+        except vmops.WaitCapacity as exc:       # ask for every slave at once, then wait for the grants
+            short = short or exc
         except (render.RenderError, specview.SpecError, OneError) as exc:
             return fail(ctx, env, f"SLAVE_CREATE_FAIL: {exc}", f"slave s{i}: {exc}")
+    if short is not None:
+        raise short
     try:
         waits = [w for w in (_slave(ctx, env, one, master, env.vms[f"s{i}"]) for i in range(desired)) if w is not None]
     except vmops.StepFailed as exc:

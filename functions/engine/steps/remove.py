@@ -7,7 +7,7 @@ from functions.cloud.one import OneError
 from functions.engine import vmops
 from functions.engine.context import POLL, Ctx, Env, Step, fail
 from functions.model import specview
-from functions.store import envstore
+from functions.store import envstore, gsstore
 
 
 def remove_step(ctx: Ctx, env: Env) -> Step:
@@ -29,5 +29,6 @@ def remove_step(ctx: Ctx, env: Env) -> Step:
     envstore.finish_job(ctx.r, env.jobid, "DONE", ctx.clock, "environment removed",
                         fence=(env.envid, ctx.fence) if ctx.fence else None)
     ctx.event(env, "step", f"REMOVE job {env.jobid} DONE: environment removed", job=env.jobid)
+    gsstore.end_env(ctx.r, env.envid, ctx.clock(), "environment removed")   # no request outlives its env
     envstore.delete_env(ctx.r, env.envid, ctx.clock)   # also ends a remove that took the guard meanwhile
     return None

@@ -15,7 +15,7 @@ from functions.cloud.one import OneClient, OneError
 from functions.engine import vmops
 from functions.engine.context import POLL, Ctx, Env, Step, deadline_passed, fail, finish
 from functions.model import render, specview
-from functions.store import envstore
+from functions.store import envstore, gsstore
 from functions.store.envstore import VmRecord
 
 SSH_ATTEMPTS = 3
@@ -27,6 +27,7 @@ def _rollback(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord | None, why: str
         one.terminate(rec.vmid, hard=True)
     if rec is not None:
         ctx.del_vm(env, rec.slot)
+        gsstore.release_slot(ctx.r, env.envid, rec.slot, rec.nonce, ctx.clock())
     left = [v for v in env.slaves() if rec is None or v.slot != rec.slot]
     envstore.update_env(ctx.r, env.envid, desired_slaves=len(left))
     return fail(ctx, env, f"SLAVE_SCALEUP_FAIL: {why}"[:200], why)
@@ -38,7 +39,9 @@ def scaleup_step(ctx: Ctx, env: Env) -> Step:
     slot = str(env.data.get("op_slot") or "s0")
     rec = env.vms.get(slot)
     if deadline_passed(ctx, env):
-        return _rollback(ctx, env, one, rec, f"slave {slot} not running within {ctx.settings.create_deadline}s")
+        waiting = f" (no capacity granted: {env.data['gs_wait']})" if rec is None and env.data.get("gs_wait") else ""
+        return _rollback(ctx, env, one, rec, f"slave {slot} not running within {ctx.settings.create_deadline}s"
+                         + waiting)
     master = env.vms.get("m")
     if master is None or master.state not in ("running", "announced") or not master.ip:
         return fail(ctx, env, "SLAVE_SCALEUP_FAIL: the master is not running", "scale-up needs a running master")
