@@ -39,6 +39,9 @@ class VmRecord:
     `state` is Carina's view: allocating (intent recorded, OpenNebula not yet answered) → allocated →
     running → announced (slave added on the master) → removing → gone. `status` is the last status string
     reported by the VM or set by Carina (VM_CREATE, NET_CONFIG_DONE, MASTER_INIT_DONE, ...).
+    `one_state` (short code), `vm_state` / `lcm_state` (OpenNebula's numbers, -1 = not seen) and `cpu` are what
+    OpenNebula last said (minute tick, engine observations). `origin` is "policy" for a slave an elasticity
+    policy added (a passive environment's failback shrink removes only those), "" otherwise.
     """
 
     slot: str
@@ -54,6 +57,9 @@ class VmRecord:
     cpu: float = -1
     one_state: str = ""
     created: float = 0.0
+    origin: str = ""
+    vm_state: int = -1
+    lcm_state: int = -1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -180,11 +186,16 @@ def record_job(r: redis.Redis, service: str, jobid: str, envid: str, name: str, 
         p.execute()
 
 
+def job_fields(service: str, jobid: str, envid: str, name: str, job_type: str, now: float,
+               status: str = "RUNNING", origin: str = "user") -> dict[str, Any]:
+    """The hash of a new job; `origin` is "user" (a request) or "policy" (started by a policy). Pure."""
+    return {"jobid": jobid, "service": service, "envid": envid, "name": name, "type": job_type, "status": status,
+            "submit": now, "start": now, "end": "", "info": "", "origin": origin}
+
+
 def _job_writes(p: Any, service: str, jobid: str, envid: str, name: str, job_type: str, now: float,
                 status: str) -> None:
-    p.hset(keys.job(jobid), mapping={"jobid": jobid, "service": service, "envid": envid, "name": name,
-                                     "type": job_type, "status": status, "submit": now, "start": now,
-                                     "end": "", "info": ""})
+    p.hset(keys.job(jobid), mapping=job_fields(service, jobid, envid, name, job_type, now, status))
     p.zadd(keys.service_jobs(service), {jobid: int(jobid)})
 
 

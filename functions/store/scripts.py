@@ -110,6 +110,45 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(AR
 return 1
 """
 
+# Write the policy state of many environments, each only if its policy_status and pol_minute are still the
+# values the policy pass read (compare-and-set: a racing create end or a second pass never gets overwritten).
+LUA["policy_write"] = """
+-- KEYS[1], KEYS[2], ... env hashes; ARGV per env: expected policy_status, expected pol_minute ("" = absent),
+-- field count c, then c field/value pairs. Returns a list of 1 (written) / 0 (gone or changed), one per env.
+local out, a = {}, 1
+for i = 1, #KEYS do
+  local st, mi, c = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local ok = 0
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local cur = redis.call('HMGET', KEYS[i], 'policy_status', 'pol_minute')
+    if (cur[1] or '') == st and (cur[2] or '') == mi then
+      if c > 0 then redis.call('HSET', KEYS[i], unpack(ARGV, a + 3, a + 2 + 2 * c)) end
+      ok = 1
+    end
+  end
+  out[i] = ok
+  a = a + 3 + 2 * c
+end
+return out
+"""
+
+# Start a policy's operation: the policy state, the env's op fields, the job and the in-flight mark in one
+# step, only if the op guard is held by that job and the policy state is still the one read.
+LUA["policy_start"] = """
+-- KEYS[1] env hash, KEYS[2] op guard, KEYS[3] job hash, KEYS[4] service jobs, KEYS[5] in-flight set; ARGV:
+-- [1] expected policy_status, [2] expected pol_minute, [3] jobid, [4] envid, [5] env field count c, then c env
+-- field/value pairs, then the job's field/value pairs. Returns 1 if started, else 0.
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
+local cur = redis.call('HMGET', KEYS[1], 'policy_status', 'pol_minute')
+if (cur[1] or '') ~= ARGV[1] or (cur[2] or '') ~= ARGV[2] then return 0 end
+local c = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + 2 * c))
+redis.call('HSET', KEYS[3], unpack(ARGV, 6 + 2 * c, #ARGV))
+redis.call('ZADD', KEYS[4], tonumber(ARGV[3]), ARGV[3])
+redis.call('SADD', KEYS[5], ARGV[4])
+return 1
+"""
+
 
 _REGISTERED: weakref.WeakKeyDictionary[redis.Redis, dict[str, Script]] = weakref.WeakKeyDictionary()
 

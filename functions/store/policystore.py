@@ -1,0 +1,148 @@
+"""What the minute's policy pass reads and writes in Redis, in batches: environment fields, VM records and op
+guards (pipelined), the state of the jobs that matter, and the policy state written back by compare-and-set.
+
+The policy state lives in the environment hash (`policy_status`, `info`, `metrics`, `policy_source`, `pol_*`):
+it survives restarts with the rest of the environment. Every write checks that `policy_status` and
+`pol_minute` still hold the values read (Lua, see functions/store/scripts.py), so a create ending meanwhile
+(INIT -> ACTIVE) or a second pass for the same minute is never overwritten, and a deleted environment is never
+resurrected.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from functions.model.clock import Clock
+from functions.store import envstore, keys, scripts
+
+
+@dataclass(frozen=True)
+class EnvRead:
+    """One environment as the policy pass reads it: `fields` (the requested env fields, None if absent),
+    `vms` (every VM record, decoded JSON dicts), `holder` (the jobid holding the op guard, or None)."""
+
+    envid: str
+    fields: dict[str, str | None]
+    vms: list[dict[str, Any]]
+    holder: str | None
+
+
+def service_envids(r: redis.Redis, service: str) -> list[str]:
+    """Every envid of `service`, ascending. Read-only."""
+    return [str(e) for e in r.zrange(keys.service_envs(service), 0, -1)]
+
+
+def read_envs(r: redis.Redis, envids: Sequence[str], fields: Sequence[str]) -> list[EnvRead]:
+    """The requested fields, VM records and op guard of each env, in one pipelined round trip. Read-only.
+
+    An env deleted meanwhile comes back with every field None and no VMs.
+    """
+    with r.pipeline(transaction=False) as p:
+        for envid in envids:
+            p.hmget(keys.env(envid), list(fields))
+            p.hvals(keys.env_vms(envid))
+            p.get(keys.env_op(envid))
+        raw = p.execute()
+    out = []
+    for i, envid in enumerate(envids):
+        values, vms, holder = raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]
+        decoded: list[dict[str, Any]] = []
+        for text in vms:
+            try:
+                rec = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                decoded.append(rec)
+        out.append(EnvRead(envid, dict(zip(fields, values, strict=True)), decoded, holder))
+    return out
+
+
+def job_states(r: redis.Redis, jobids: Iterable[str]) -> dict[str, tuple[str | None, str | None]]:
+    """jobid -> (status, end) for each job (None, None when the job does not exist), pipelined. Read-only."""
+    wanted = sorted({j for j in jobids if j})
+    with r.pipeline(transaction=False) as p:
+        for jobid in wanted:
+            p.hmget(keys.job(jobid), ["status", "end"])
+        return {jobid: (found[0], found[1]) for jobid, found in zip(wanted, p.execute(), strict=True)}
+
+
+def specs(r: redis.Redis, envids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """envid -> its decoded spec snapshot (only the envs asked for; {} when absent or unreadable). Read-only."""
+    wanted = list(dict.fromkeys(envids))
+    with r.pipeline(transaction=False) as p:
+        for envid in wanted:
+            p.hget(keys.env(envid), "spec")
+        out: dict[str, dict[str, Any]] = {}
+        for envid, text in zip(wanted, p.execute(), strict=True):
+            try:
+                spec = json.loads(text) if text else {}
+            except ValueError:
+                spec = {}
+            out[envid] = spec if isinstance(spec, dict) else {}
+        return out
+
+
+@dataclass(frozen=True)
+class StateWrite:
+    """The policy fields to write into one env, if its policy_status / pol_minute still read `expect`."""
+
+    envid: str
+    expect: tuple[str, str]
+    fields: Mapping[str, str]
+
+
+def write_states(r: redis.Redis, writes: Sequence[StateWrite]) -> list[bool]:
+    """Compare-and-set each env's policy fields (one Lua call for the whole batch). Returns which were written.
+
+    Safe to run twice: the second run finds pol_minute changed and writes nothing.
+    """
+    if not writes:
+        return []
+    args: list[str] = []
+    for w in writes:
+        args += [w.expect[0], w.expect[1], str(len(w.fields))]
+        for name, value in w.fields.items():
+            args += [name, str(value)]
+    done = scripts.run(r, "policy_write", [keys.env(w.envid) for w in writes], args)
+    return [bool(x) for x in done]
+
+
+def start_job(r: redis.Redis, env: Mapping[str, str], jobid: str, job_type: str, expect: tuple[str, str],
+              fields: Mapping[str, str], clock: Clock, job_extra: Mapping[str, str]) -> bool:
+    """Write the policy state + the env's op fields + job `jobid` (origin policy) + the in-flight mark at once.
+
+    `env` has envid, service, name. The caller holds the op guard with `jobid`; nothing is written (False)
+    unless it still does and the policy state still reads `expect`. Safe to run twice (the second finds
+    pol_minute changed).
+    """
+    envid, service = str(env["envid"]), str(env["service"])
+    job = envstore.job_fields(service, jobid, envid, str(env["name"]), job_type, clock(), origin="policy")
+    job.update(job_extra)
+    args: list[str] = [expect[0], expect[1], jobid, envid, str(len(fields))]
+    for name, value in fields.items():
+        args += [name, str(value)]
+    for name, value in job.items():
+        args += [name, str(value)]
+    found = scripts.run(r, "policy_start", [keys.env(envid), keys.env_op(envid), keys.job(jobid),
+                                            keys.service_jobs(service), keys.inflight()], args)
+    return bool(found)
+
+
+def add_events(r: redis.Redis, events: Sequence[tuple[str, str, str, str]], clock: Clock) -> None:
+    """Append (envid, service, type, msg) events to the env and service streams, pipelined. Call it only for
+    environments that exist (a deleted environment's stream would not expire)."""
+    if not events:
+        return
+    now = str(clock())
+    with r.pipeline(transaction=False) as p:
+        for envid, service, kind, msg in events:
+            entry = {"ts": now, "envid": envid, "type": kind, "msg": msg}
+            p.xadd(keys.env_events(envid), entry, maxlen=envstore.EVENT_MAXLEN, approximate=True)
+            p.xadd(keys.service_events(service), entry, maxlen=envstore.EVENT_MAXLEN, approximate=True)
+        p.execute()
