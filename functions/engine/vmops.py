@@ -82,17 +82,24 @@ def _adopt(ctx: Ctx, env: Env, rec: VmRecord, vmid: int, how: str) -> VmRecord:
     return rec
 
 
+def op_origin(env: Env) -> str:
+    """"policy" when the environment's current operation is a SCALEUP started by a policy, else ""."""
+    return "policy" if env.op == "SCALEUP" and env.data.get("op_origin") == "policy" else ""
+
+
 def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, index: int,
-                     master_ip: str = "", num_slaves: int = 0) -> VmRecord:
+                     master_ip: str = "", num_slaves: int = 0, origin: str | None = None) -> VmRecord:
     """The slot's record with a VM id, allocating the VM if needed. Safe to run twice (never a 2nd VM).
 
     Writes the intent record before allocate; a replayed intent adopts a VM already tagged with the slot.
+    A new record's `origin` is `origin`, or by default "policy" for a policy's SCALEUP (op_origin).
     """
     rec = env.vms.get(slot)
     if rec is not None and rec.vmid is not None:
         return rec
     if rec is None:
-        rec = VmRecord(slot=slot, role=role, index=index, endpoint=env.endpoint, created=ctx.clock())
+        rec = VmRecord(slot=slot, role=role, index=index, endpoint=env.endpoint, created=ctx.clock(),
+                       origin=op_origin(env) if origin is None else origin)
         text = render_vm(ctx, env, rec, master_ip, num_slaves)       # render errors before any intent
         envstore.put_vm(ctx.r, env.envid, rec)
     else:
@@ -115,8 +122,8 @@ def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
         rec.one_state = "missing"
         envstore.put_vm(ctx.r, env.envid, rec)
         return None
-    changed = rec.one_state != view.short_status()
-    rec.one_state = view.short_status()
+    changed = (rec.one_state, rec.vm_state, rec.lcm_state) != (view.short_status(), view.state, view.lcm_state)
+    rec.one_state, rec.vm_state, rec.lcm_state = view.short_status(), view.state, view.lcm_state
     if view.cpu is not None:
         rec.cpu = view.cpu
     if view.running and rec.state in ("allocating", "allocated"):
