@@ -47,5 +47,5 @@ def minute_tick() -> str:
     """The per-minute upkeep (functions.upkeep.ticks.tick); acts once per minute however often it runs."""
     settings = Settings.from_env()
     rt = connect(settings)
-    stats = ticks.tick(rt.text, rt.queue, retention=settings.job_retention)
+    stats = ticks.tick(rt.text, rt.queue, retention=settings.job_retention, grace=settings.boot_grace)
     return "skipped (this minute already ran)" if stats is None else f"done: {stats}"

@@ -1,10 +1,11 @@
-"""The per-minute tick: re-drive in-flight environments, refresh what OpenNebula says about every VM, and
-trim jobs and events to the retention setting.
+"""The per-minute tick: re-drive in-flight environments, refresh what OpenNebula says about every VM, run the
+policies (functions.upkeep.policies), and trim jobs and events to the retention setting.
 
 `functions.tasks.minute_tick` (the RQ entry the scheduler enqueues every few seconds) acts once per minute
 however many schedulers fire (SET NX on keys.tick). The VM refresh asks OpenNebula once per (service, endpoint)
 for its whole pool and updates each record's `one_state` (runn, unkn, fail, ..., or "missing") and `cpu`
-under the environment's lock (an environment busy with a step is skipped until the next minute).
+and `vm_state` / `lcm_state` under the environment's lock (an environment busy with a step is skipped until the
+next minute).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from functions.engine import kick as lifecycle
 from functions.model import specview
 from functions.model.clock import Clock, system_clock
 from functions.ops import callbacks
+from functions.policy import DEFAULT_GRACE
 from functions.store import envstore, keys, tenants
-from functions.upkeep import reconcile
+from functions.upkeep import policies, reconcile
 
 log = logging.getLogger("carina.ticks")
 
@@ -34,23 +36,40 @@ def claim_minute(r: redis.Redis, name: str, now: float) -> bool:
     return bool(r.set(keys.tick(name, int(now // 60)), "1", nx=True, ex=TICK_TTL))
 
 
-def _apply_snapshot(r: redis.Redis, envid: str, views: dict[int, VmView], taken: float) -> int:
-    """Write one_state/cpu of the environment's records from a pool snapshot; returns records changed."""
+def _confirm(one: OneClient | None, vmid: int) -> tuple[bool, VmView | None]:
+    """(known, view) of a VM the pool snapshot may predate: asks OpenNebula for that one VM (None = gone)."""
+    if one is None:
+        return False, None
+    try:
+        view = one.info(vmid)
+    except (OneUnavailable, OneError):
+        return False, None
+    return True, (view if view is not None and not view.gone else None)
+
+
+def _apply_snapshot(r: redis.Redis, envid: str, views: dict[int, VmView], taken: float,
+                    one: OneClient | None = None) -> int:
+    """Write one_state/cpu/vm_state/lcm_state of the environment's records from a pool snapshot; returns
+    records changed. A record absent from the snapshot whose id is above every id in it (it may have been
+    allocated after the snapshot, or be the newest VM, vanished) is asked about alone through `one`."""
     newest = max(views, default=-1)
     changed = 0
     with envstore.env_lock(r, envid) as got:
         if not got:
             return 0
         for rec in envstore.get_vms(r, envid).values():
-            if rec.vmid is None or rec.state == "allocating":
-                continue
+            if rec.vmid is None or rec.state == "allocating" or rec.created > taken:
+                continue                      # not allocated, or allocated after the snapshot: cannot judge
             view = views.get(rec.vmid)
-            if view is None and (rec.vmid > newest or rec.created > taken):
-                continue                      # allocated after the snapshot: cannot judge
+            if view is None and rec.vmid > newest:
+                known, view = _confirm(one, rec.vmid)
+                if not known:
+                    continue
             state = view.short_status() if view is not None else "missing"
             cpu = view.cpu if view is not None and view.cpu is not None else rec.cpu
-            if (state, cpu) != (rec.one_state, rec.cpu):
-                rec.one_state, rec.cpu = state, cpu
+            numbers = (view.state, view.lcm_state) if view is not None else (rec.vm_state, rec.lcm_state)
+            if (state, cpu, *numbers) != (rec.one_state, rec.cpu, rec.vm_state, rec.lcm_state):
+                rec.one_state, rec.cpu, (rec.vm_state, rec.lcm_state) = state, cpu, numbers
                 envstore.put_vm(r, envid, rec)
                 changed += 1
     return changed
@@ -81,15 +100,16 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
         if not auth:
             continue
         taken = clock()
+        one = one_factory(proxy, auth)
         try:
-            views = {v.vmid: v for v in one_factory(proxy, auth).pool()}
+            views = {v.vmid: v for v in one.pool()}
         except (OneUnavailable, OneError) as exc:
             log.warning("tick: endpoint %s of %s: %s", endpoint, service, exc)
             stats["errors"] += 1
             continue
         stats["endpoints"] += 1
         for envid in envids:
-            stats["changed"] += _apply_snapshot(r, envid, views, taken)
+            stats["changed"] += _apply_snapshot(r, envid, views, taken, one)
     return stats
 
 
@@ -108,10 +128,12 @@ def retain(r: redis.Redis, keep: int) -> dict[str, int]:
 
 
 def tick(r: redis.Redis, queue: Queue, clock: Clock = system_clock,
-         one_factory: Callable[[str, str], OneClient] = OneClient, retention: int = 0) -> dict[str, Any] | None:
-    """Once per minute: re-drive in-flight environments, refresh VM states, apply `retention` (jobs and
-    events kept; 0 = keep all). Every call pumps due delayed drives and callback retries. None if this
-    minute already ran (several schedulers, or a tick job run twice)."""
+         one_factory: Callable[[str, str], OneClient] = OneClient, retention: int = 0,
+         grace: float = DEFAULT_GRACE) -> dict[str, Any] | None:
+    """Once per minute: re-drive in-flight environments, refresh VM states, run the policies (`grace`: the
+    boot grace of functions.policy), apply `retention` (jobs and events kept; 0 = keep all). Every call pumps
+    due delayed drives and callback retries. None if this minute already ran (several schedulers, or a tick
+    job run twice)."""
     lifecycle.pump(queue)
     callbacks.pump_retries(queue)
     minute = int(clock() // 60)
@@ -119,6 +141,7 @@ def tick(r: redis.Redis, queue: Queue, clock: Clock = system_clock,
         return None
     kicked = reconcile.recover_all(r, queue, clock)
     stats = refresh_vms(r, clock, one_factory)
+    stats["policies"] = policies.run(r, queue, clock, grace)
     stats.update(retain(r, retention), kicked=len(kicked), minute=minute)
     log.info("minute tick: %s", stats)
     return stats
