@@ -20,6 +20,8 @@ import redis
 from functions.model.clock import Clock
 from functions.store import envstore, keys, scripts
 
+READ_CALL = 250                    # environments per Lua read call (Redis stays responsive between calls)
+
 
 @dataclass(frozen=True)
 class EnvRead:
@@ -37,30 +39,38 @@ def service_envids(r: redis.Redis, service: str) -> list[str]:
     return [str(e) for e in r.zrange(keys.service_envs(service), 0, -1)]
 
 
-def read_envs(r: redis.Redis, envids: Sequence[str], fields: Sequence[str]) -> list[EnvRead]:
-    """The requested fields, VM records and op guard of each env, in one pipelined round trip. Read-only.
+def read_envs(r: redis.Redis, envids: Sequence[str], fields: Sequence[str], per_call: int = READ_CALL) -> list[EnvRead]:
+    """The requested fields, VM records and op guard of each env: one pipelined round trip of read-only Lua
+    calls (scripts "policy_read", `per_call` envs each, three replies per env). Read-only.
 
-    An env deleted meanwhile comes back with every field None and no VMs.
+    An env deleted meanwhile comes back with every field None and no VMs; an unreadable record is skipped.
     """
     with r.pipeline(transaction=False) as p:
-        for envid in envids:
-            p.hmget(keys.env(envid), list(fields))
-            p.hvals(keys.env_vms(envid))
-            p.get(keys.env_op(envid))
-        raw = p.execute()
+        for start in range(0, len(envids), per_call):
+            names = [k for envid in envids[start:start + per_call]
+                     for k in (keys.env(envid), keys.env_vms(envid), keys.env_op(envid))]
+            scripts.run(p, "policy_read", names, list(fields))
+        replies = [x for part in p.execute() for x in part]
     out = []
     for i, envid in enumerate(envids):
-        values, vms, holder = raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]
-        decoded: list[dict[str, Any]] = []
-        for text in vms:
-            try:
-                rec = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                decoded.append(rec)
-        out.append(EnvRead(envid, dict(zip(fields, values, strict=True)), decoded, holder))
+        values, vms, holder = replies[3 * i:3 * i + 3]
+        try:
+            records = json.loads(vms)
+        except ValueError:                       # a record that is not JSON: read them one by one
+            records = _records_one_by_one(r, envid)
+        out.append(EnvRead(envid, dict(zip(fields, json.loads(values), strict=True)),
+                           [rec for rec in records if isinstance(rec, dict)], str(holder) or None))
     return out
+
+
+def _records_one_by_one(r: redis.Redis, envid: str) -> list[Any]:
+    found = []
+    for text in r.hvals(keys.env_vms(envid)):
+        try:
+            found.append(json.loads(text))
+        except ValueError:
+            continue
+    return found
 
 
 def job_states(r: redis.Redis, jobids: Iterable[str]) -> dict[str, tuple[str | None, str | None]]:

@@ -110,6 +110,23 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(AR
 return 1
 """
 
+# Read many environments for the policy pass at once: per env its requested fields (a JSON array, null for
+# an absent field), its VM records (one JSON array of the stored record texts) and the op guard's holder.
+# Read-only; three replies per environment instead of one per field and per VM keep the client's parsing cheap.
+LUA["policy_read"] = """
+-- KEYS[1], KEYS[2], KEYS[3] env hash, its VM records hash, its op guard, then the same for each further env;
+-- ARGV the env field names. Returns per env: fields (JSON array), VM records (JSON array), holder ("" if none).
+local out = {}
+for i = 1, #KEYS, 3 do
+  local e = redis.call('HMGET', KEYS[i], unpack(ARGV))
+  for j = 1, #ARGV do if not e[j] then e[j] = cjson.null end end
+  out[#out + 1] = cjson.encode(e)
+  out[#out + 1] = '[' .. table.concat(redis.call('HVALS', KEYS[i + 1]), ',') .. ']'
+  out[#out + 1] = redis.call('GET', KEYS[i + 2]) or ''
+end
+return out
+"""
+
 # Write the policy state of many environments, each only if its policy_status and pol_minute are still the
 # values the policy pass read (compare-and-set: a racing create end or a second pass never gets overwritten).
 LUA["policy_write"] = """

@@ -22,7 +22,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -61,7 +61,6 @@ class _Env:
     busy: bool = False
     op_ended_at: float = 0.0
     vms: tuple[VmObs, ...] = ()
-    why: dict[str, str] = field(default_factory=dict)
 
     @property
     def envid(self) -> str:
@@ -87,20 +86,22 @@ def vm_obs(rec: Mapping[str, Any]) -> VmObs | None:
     """A VM record (decoded JSON) as the policies see it; None for a record on its way out. Pure."""
     if rec.get("state") in LEAVING:
         return None
-    one_state = str(rec.get("one_state") or "")
+    one_state = rec.get("one_state") or ""
     vm_state = rec.get("vm_state")
     if rec.get("vmid") is None:
         cls = STARTING
     elif one_state in ("missing", "done"):
         cls = MISSING
-    elif isinstance(vm_state, int) and vm_state >= 0:
+    elif type(vm_state) is int and vm_state >= 0:
         lcm = rec.get("lcm_state")
-        cls = classify(vm_state, lcm if isinstance(lcm, int) and lcm >= 0 else None, True)
+        cls = classify(vm_state, lcm if type(lcm) is int and lcm >= 0 else None, True)
     else:
-        cls = classify_short(one_state)
-    cpu = _number(rec.get("cpu"), -1.0)
+        cls = classify_short(str(one_state))
+    cpu, created = rec.get("cpu"), rec.get("created")
+    cpu = cpu if type(cpu) in (int, float) else _number(cpu, -1.0)
+    created = created if type(created) in (int, float) else _number(created, 0.0)
     return VmObs(str(rec.get("slot") or ""), str(rec.get("role") or ""), cls, cpu if cpu >= 0 else None,
-                 _number(rec.get("created"), 0.0), rec.get("origin") == "policy")
+                 created, rec.get("origin") == "policy")
 
 
 def _policy(value: Any) -> Mapping[str, Any] | None:
@@ -124,9 +125,7 @@ def _prepare(read: EnvRead, cfg: Mapping[str, Any] | None, uploaded: str) -> _En
     else:
         env = _Env(read, state, None, None, SNAPSHOT,
                    f"policies from the create-time snapshot: configuration {name!r} is no longer uploaded")
-    vms = [obs for obs in (vm_obs(rec) for rec in read.vms) if obs is not None]
-    env.vms = tuple(vms)
-    env.why = {str(rec.get("slot")): f"VM {rec.get('vmid')} {rec.get('one_state') or '?'}" for rec in read.vms}
+    env.vms = tuple(obs for obs in map(vm_obs, read.vms) if obs is not None)
     return env
 
 
@@ -183,7 +182,7 @@ def _decide_all(envs: list[_Env], now: float, minute: int, grace: float) -> dict
 
 
 def _fields(env: _Env, decision: Decision) -> dict[str, str]:
-    """The hash fields to write: the new policy state, its source, and `info` unless it would only erase
+    """The hash fields that change: the new policy state, its source, and `info` unless it would only erase
     a message that is not a policy's (the engine's last job info stays until a policy has something to say)."""
     info = decision.info
     if env.note:
@@ -193,7 +192,7 @@ def _fields(env: _Env, decision: Decision) -> dict[str, str]:
     old = env.read.fields.get("info") or ""
     if not fields["info"] and old and not old.startswith(POLICY_MESSAGES):
         del fields["info"]
-    return fields
+    return {k: v for k, v in fields.items() if env.read.fields.get(k) != v}
 
 
 def _events(env: _Env, decision: Decision, fields: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
@@ -216,7 +215,9 @@ def _start(r: redis.Redis, queue: Queue, env: _Env, decision: Decision, fields: 
     """Start the decided action with the new state (ops.operations.request_policy). None when busy."""
     action = decision.action
     assert action is not None
-    why = "; ".join(f"{s} {env.why[s]}" for s in action.slots if s in env.why) if action.kind == "RECREATE" else ""
+    found = {str(rec.get("slot")): rec for rec in env.read.vms}
+    why = "; ".join(f"{s} VM {found[s].get('vmid')} {found[s].get('one_state') or '?'}" for s in action.slots
+                    if s in found) if action.kind == "RECREATE" else ""
     data = {"envid": env.envid, "service": str(env.read.fields.get("service")),
             "name": str(env.read.fields.get("name") or "")}
     return operations.request_policy(r, queue, data, action.kind, action.slots, action.source, env.expect, fields,

@@ -3,6 +3,7 @@ fault methods), the real engine, one FakeClock. Also: once per minute, live edit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -171,3 +172,30 @@ def test_a_new_upload_applies_from_the_next_tick_and_a_removed_one_falls_back(ri
     assert envstore.current_op(rig.r, envid) is None and len(rig.vms(envid)) == 2   # the snapshot had none
     messages = [e["msg"] for e in envstore.list_events(rig.r, envid) if e["type"] == "policy"]
     assert messages.count(doc["info"]) == 1
+
+
+def test_the_cooldown_counts_from_the_end_of_the_last_operation_manual_ones_included(rig: Rig) -> None:
+    policy = {"mode": "auto", "min": 1, "max": 6, "period": 1, "cooldown": 100, "scaleup_expr": "avgcpu > 50",
+              "scaledown_expr": "avgcpu < 0"}
+    envid, _ = create_ready(rig, num_slaves=1, master_setup_time=0, drain_time=0, elasticity_policy=policy)
+    for rec in rig.vms(envid).values():
+        set_cpu(rig, rec.vmid, 80)
+    minute(rig)                                          # 60 s after the create ended: cooling down
+    assert rig.env(envid)["info"].endswith("(waiting: cooldown, 40s left)") and not policy_jobs(rig, envid)
+    minute(rig)
+    acted_at = rig.clock()
+    assert len(policy_jobs(rig, envid)) == 1
+    settle(rig, envid)
+    rig.tick(40.0)
+    rig.scale(envid, "down")                             # the operator scales down 40 s later
+    settle(rig, envid)
+    ended = float(last_job(rig, envid)["end"])
+    assert ended > acted_at + 40
+    minute(rig)                                          # the action's own cooldown is over, not the end's
+    assert acted_at + 100 < rig.clock() < ended + 100
+    left = math.ceil(ended + 100 - rig.clock())
+    assert rig.env(envid)["info"].endswith(f"(waiting: cooldown, {left}s left)")
+    assert len(policy_jobs(rig, envid)) == 1
+    minute(rig)
+    assert rig.env(envid)["info"] == "POLICY_STATUS: Scaling up: scaleup_expr true for 1 consecutive ticks"
+    assert len(policy_jobs(rig, envid)) == 2
