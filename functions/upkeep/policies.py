@@ -61,6 +61,7 @@ class _Env:
     busy: bool = False
     op_ended_at: float = 0.0
     vms: tuple[VmObs, ...] = ()
+    _role: tuple[Mapping[str, Any] | None, tuple[str, str] | None] | None = None
 
     @property
     def envid(self) -> str:
@@ -72,7 +73,10 @@ class _Env:
 
     @property
     def role(self) -> tuple[str, str] | None:
-        return role_of(self.availability)
+        """(failover role, group) of the env's availability policy, or None (computed once it is known)."""
+        if self._role is None or self._role[0] is not self.availability:
+            self._role = (self.availability, role_of(self.availability))
+        return self._role[1]
 
 
 def _number(value: Any, default: float) -> float:
@@ -120,7 +124,7 @@ def _prepare(read: EnvRead, cfg: Mapping[str, Any] | None, uploaded: str) -> _En
     entry = ((cfg or {}).get("ENVIRONMENT") or {}).get(name)
     if isinstance(entry, Mapping) and entry.get("type", "compute") != "group":
         env = _Env(read, state, _policy(entry.get("elasticity_policy")), _policy(entry.get("availability_policy")),
-                   iso_time(uploaded) or uploaded or "?")
+                   iso_time(uploaded) or "current")
         env.base_size = 1 + max(0, int(_number(entry.get("num_slaves"), 0)))
     else:
         env = _Env(read, state, None, None, SNAPSHOT,
