@@ -22,7 +22,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -30,8 +30,8 @@ from rq import Queue
 
 from functions.model.clock import Clock, system_clock
 from functions.ops import operations
-from functions.policy import DEFAULT_GRACE, Decision, EnvInputs, PolicyState, VmObs, decide, partner_of
-from functions.policy.failover import PASSIVE_ROLE, Member, role_of
+from functions.policy import DEFAULT_GRACE, Decision, EnvInputs, PolicyState, VmObs, decide
+from functions.policy.failover import PASSIVE_ROLE, Member, pair_up, role_of
 from functions.policy.state import FIELD_NAMES
 from functions.policy.vmclass import MISSING, STARTING, classify, classify_short
 from functions.store import policystore, tenants
@@ -164,24 +164,28 @@ def _complete(r: redis.Redis, envs: list[_Env]) -> None:
 
 
 def _decide_all(envs: list[_Env], now: float, minute: int, grace: float) -> dict[str, Decision]:
-    """Decide every env: the non-passive ones first, then each passive one with its partner as just decided."""
-    members: dict[str, list[Member]] = {}
+    """Decide every env: the non-passive ones first, then each passive one with its partner as just decided.
+
+    Partners are paired once per failover group (failover.pair_up: by role and envid, whatever the statuses),
+    so a large group costs n log n; a partner's status is the one decided this minute when it is known.
+    """
+    groups: dict[str, list[Member]] = {}
     for env in envs:
         if env.role:
-            members.setdefault(env.role[1], []).append(Member(env.envid, env.role[0], env.state.status))
+            groups.setdefault(env.role[1], []).append(Member(env.envid, env.role[0], env.state.status))
+    partner_id = {envid: other for members in groups.values() for envid, other in pair_up(members).items()}
+    member = {m.envid: m for members in groups.values() for m in members}
     out: dict[str, Decision] = {}
     for passive in (False, True):
         for env in envs:
             if (env.role is not None and env.role[0] == PASSIVE_ROLE) != passive:
                 continue
-            partner = partner_of(env.envid, members[env.role[1]]) if env.role else None
+            other = member.get(partner_id.get(env.envid) or "")
             inputs = EnvInputs(env.envid, env.elasticity, env.availability, env.base_size, env.vms, env.busy,
-                               env.op_ended_at, grace, partner)
+                               env.op_ended_at, grace, other)
             out[env.envid] = decision = decide(inputs, env.state, now, minute)
-            if env.role and not passive:
-                group = members[env.role[1]]
-                group[:] = [Member(m.envid, m.role, decision.state.status) if m.envid == env.envid else m
-                            for m in group]
+            if env.envid in member and decision.state.status != member[env.envid].status:
+                member[env.envid] = replace(member[env.envid], status=decision.state.status)
     return out
 
 
