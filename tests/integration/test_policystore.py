@@ -1,5 +1,5 @@
 """The policy pass's Redis side on a real redis-server: batched reads, compare-and-set writes, the atomic start
-of a policy's job, the busy guard, and state that survives a restart of the pass (it lives in Redis)."""
+of a policy's job and the busy guard."""
 
 from __future__ import annotations
 
