@@ -114,12 +114,8 @@ def write_states(r: redis.Redis, writes: Sequence[StateWrite]) -> list[bool]:
     """
     if not writes:
         return []
-    args: list[str] = []
-    for w in writes:
-        args += [w.expect[0], w.expect[1], str(len(w.fields))]
-        for name, value in w.fields.items():
-            args += [name, str(value)]
-    done = scripts.run(r, "policy_write", [keys.env(w.envid) for w in writes], args)
+    items = [[w.expect[0], w.expect[1], {name: str(value) for name, value in w.fields.items()}] for w in writes]
+    done = scripts.run(r, "policy_write", [keys.env(w.envid) for w in writes], [json.dumps(items)])
     return [bool(x) for x in done]
 
 

@@ -114,8 +114,8 @@ return 1
 # an absent field), its VM records (one JSON array of the stored record texts) and the op guard's holder.
 # Read-only; three replies per environment instead of one per field and per VM keep the client's parsing cheap.
 LUA["policy_read"] = """
--- KEYS[1], KEYS[2], KEYS[3] env hash, its VM records hash, its op guard, then the same for each further env;
--- ARGV the env field names. Returns per env: fields (JSON array), VM records (JSON array), holder ("" if none).
+-- KEYS[1], KEYS[2], KEYS[3] env hash, its VM records, its op guard (and so on per env); ARGV env field names.
+-- Returns per env: its fields (JSON array), its VM records (JSON array), the guard's holder ("" if none).
 local out = {}
 for i = 1, #KEYS, 3 do
   local e = redis.call('HMGET', KEYS[i], unpack(ARGV))
@@ -130,21 +130,23 @@ return out
 # Write the policy state of many environments, each only if its policy_status and pol_minute are still the
 # values the policy pass read (compare-and-set: a racing create end or a second pass never gets overwritten).
 LUA["policy_write"] = """
--- KEYS[1], KEYS[2], ... env hashes; ARGV per env: expected policy_status, expected pol_minute ("" = absent),
--- field count c, then c field/value pairs. Returns a list of 1 (written) / 0 (gone or changed), one per env.
-local out, a = {}, 1
+-- KEYS[1], KEYS[2], ... env hashes; ARGV[1] JSON: per env [expected policy_status, expected pol_minute
+-- ("" = absent), {field: value, ...}]. Returns a list of 1 (written) / 0 (gone or changed), one per env.
+local items = cjson.decode(ARGV[1])
+local out = {}
 for i = 1, #KEYS do
-  local st, mi, c = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local st, mi, fields = items[i][1], items[i][2], items[i][3]
   local ok = 0
   if redis.call('EXISTS', KEYS[i]) == 1 then
     local cur = redis.call('HMGET', KEYS[i], 'policy_status', 'pol_minute')
     if (cur[1] or '') == st and (cur[2] or '') == mi then
-      if c > 0 then redis.call('HSET', KEYS[i], unpack(ARGV, a + 3, a + 2 + 2 * c)) end
+      local args = {}
+      for name, value in pairs(fields) do args[#args + 1] = name; args[#args + 1] = value end
+      if #args > 0 then redis.call('HSET', KEYS[i], unpack(args)) end
       ok = 1
     end
   end
   out[i] = ok
-  a = a + 3 + 2 * c
 end
 return out
 """

@@ -88,24 +88,24 @@ def _number(value: Any, default: float) -> float:
 
 def vm_obs(rec: Mapping[str, Any]) -> VmObs | None:
     """A VM record (decoded JSON) as the policies see it; None for a record on its way out. Pure."""
-    if rec.get("state") in LEAVING:
+    get = rec.get
+    if get("state") in LEAVING:
         return None
-    one_state = rec.get("one_state") or ""
-    vm_state = rec.get("vm_state")
-    if rec.get("vmid") is None:
+    one_state, vm_state = get("one_state") or "", get("vm_state")
+    if get("vmid") is None:
         cls = STARTING
     elif one_state in ("missing", "done"):
         cls = MISSING
     elif type(vm_state) is int and vm_state >= 0:
-        lcm = rec.get("lcm_state")
+        lcm = get("lcm_state")
         cls = classify(vm_state, lcm if type(lcm) is int and lcm >= 0 else None, True)
     else:
         cls = classify_short(str(one_state))
-    cpu, created = rec.get("cpu"), rec.get("created")
+    cpu, created, slot, role = get("cpu"), get("created"), get("slot") or "", get("role") or ""
     cpu = cpu if type(cpu) in (int, float) else _number(cpu, -1.0)
     created = created if type(created) in (int, float) else _number(created, 0.0)
-    return VmObs(str(rec.get("slot") or ""), str(rec.get("role") or ""), cls, cpu if cpu >= 0 else None,
-                 created, rec.get("origin") == "policy")
+    return VmObs(slot if type(slot) is str else str(slot), role if type(role) is str else str(role), cls,
+                 cpu if cpu >= 0 else None, created, get("origin") == "policy")
 
 
 def _policy(value: Any) -> Mapping[str, Any] | None:
@@ -192,10 +192,10 @@ def _decide_all(envs: list[_Env], now: float, minute: int, grace: float) -> dict
 def _fields(env: _Env, decision: Decision) -> dict[str, str]:
     """The hash fields that change: the new policy state, its source, and `info` unless it would only erase
     a message that is not a policy's (the engine's last job info stays until a policy has something to say)."""
-    info = decision.info
+    state = decision.state
     if env.note:
-        info = f"{info} [{env.note}]" if info else env.note
-    fields = decision.state.with_info(info).to_fields()
+        state = state.with_info(f"{state.info} [{env.note}]" if state.info else env.note)
+    fields = state.to_fields()
     fields["policy_source"] = env.source
     old = env.read.fields.get("info") or ""
     if not fields["info"] and old and not old.startswith(POLICY_MESSAGES):
