@@ -56,6 +56,7 @@ class Settings:
     create_deadline: int = 900          # seconds a create may wait for RUNNING / MASTER_INIT_*
     op_deadline: int = 900              # seconds a scale-down or remove may take (terminate refused, cloud down)
     drain_time_default: int = 30        # seconds between the master's `remove` and terminating the VM
+    boot_grace: int = 300               # seconds a new VM is not judged broken by the policies (recreate)
     job_retention: int = 10000          # jobs and events kept per service / environment
     ssh_timeout: float = 20.0
     queue_name: str = "carina"
@@ -87,6 +88,7 @@ class Settings:
             create_deadline=_int(env, "CARINA_CREATE_DEADLINE", 900),
             op_deadline=_int(env, "CARINA_OP_DEADLINE", 900),
             drain_time_default=_int(env, "CARINA_DRAIN_TIME", 30),
+            boot_grace=_int(env, "CARINA_BOOT_GRACE", 300),
             job_retention=_int(env, "CARINA_JOB_RETENTION", 10000),
             queue_name=env.get("CARINA_QUEUE") or "carina",
             metrics_token=env.get("CARINA_METRICS_TOKEN", "").strip(),

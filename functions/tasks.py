@@ -65,7 +65,7 @@ def minute_tick() -> str:
     settings = Settings.from_env()
     rt = connect(settings)
     started = time.monotonic()
-    stats = ticks.tick(rt.text, rt.queue, retention=settings.job_retention)
+    stats = ticks.tick(rt.text, rt.queue, retention=settings.job_retention, grace=settings.boot_grace)
     if stats is not None:
         metrics.tick(time.monotonic() - started)
     return "skipped (this minute already ran)" if stats is None else f"done: {stats}"

@@ -122,18 +122,25 @@ def _granted(ctx: Ctx, env: Env, rec: VmRecord) -> None:
     raise WaitCapacity(why)
 
 
+def op_origin(env: Env) -> str:
+    """"policy" when the environment's current operation is a SCALEUP started by a policy, else ""."""
+    return "policy" if env.op == "SCALEUP" and env.data.get("op_origin") == "policy" else ""
+
+
 def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, index: int,
-                     master_ip: str = "", num_slaves: int = 0) -> VmRecord:
+                     master_ip: str = "", num_slaves: int = 0, origin: str | None = None) -> VmRecord:
     """The slot's record with a VM id, allocating the VM if needed. Safe to run twice (never a 2nd VM).
 
     Writes the intent record before allocate (once Ctx.capacity grants it: WaitCapacity otherwise); a replayed
-    intent adopts a VM already tagged with the slot.
+    intent adopts a VM already tagged with the slot. A new record's `origin` is `origin`, or by default "policy"
+    for a policy's SCALEUP (op_origin).
     """
     rec = env.vms.get(slot)
     if rec is not None and rec.vmid is not None:
         return rec
     if rec is None:
-        rec = VmRecord(slot=slot, role=role, index=index, endpoint=env.endpoint, created=ctx.clock())
+        rec = VmRecord(slot=slot, role=role, index=index, endpoint=env.endpoint, created=ctx.clock(),
+                       origin=op_origin(env) if origin is None else origin)
         text = render_vm(ctx, env, rec, master_ip, num_slaves)       # render errors before any intent
         _granted(ctx, env, rec)
         ctx.put_vm(env, rec)
@@ -157,8 +164,9 @@ def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
     if why:
         _mark_missing(ctx, env, rec, why)
         return None
-    changed = rec.one_state != view.short_status() or (bool(view.ip) and rec.one_ip != view.ip)
-    rec.one_state = view.short_status()
+    changed = (rec.one_state, rec.vm_state, rec.lcm_state) != (view.short_status(), view.state, view.lcm_state)
+    changed = changed or (bool(view.ip) and rec.one_ip != view.ip)
+    rec.one_state, rec.vm_state, rec.lcm_state = view.short_status(), view.state, view.lcm_state
     rec.one_ip = view.ip or rec.one_ip
     if view.cpu is not None:
         rec.cpu = view.cpu
@@ -232,7 +240,7 @@ def _pin(ctx: Ctx, env: Env, master: VmRecord, seen: str) -> None:
     if envstore.pin_hostkey(ctx.r, pin_id(env, master), seen) != seen or master.hostkey_pin:
         return
     master.hostkey_pin = how
-    envstore.put_vm(ctx.r, env.envid, master)
+    ctx.put_vm(env, master)
     env.vms[master.slot] = master
     if how == "callback":
         msg = f"master: host key pinned from callback ({hostkeys.fingerprint(seen)})"

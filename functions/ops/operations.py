@@ -8,6 +8,7 @@ gateways, workers and restarts; a remove pre-empts whatever runs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -19,9 +20,10 @@ from functions.errors import Busy, Conflict, Invalid, NotFound
 from functions.model.clock import Clock
 from functions.model.spec import build_spec
 from functions.ops import groups
-from functions.store import envstore, gsstore, opstart, tenants
+from functions.store import envstore, gsstore, opstart, policystore, tenants
 
 SCALE_TYPES = {"up": "SCALEUP", "down": "SCALEDOWN"}
+POLICY_TYPES = ("SCALEUP", "SCALEDOWN", "RECREATE")
 FINAL = ("DONE", "FAIL", "ABORT")
 
 
@@ -72,6 +74,34 @@ def request_scale(r: redis.Redis, queue: Queue, service: str, envid: str, direct
         raise NotFound(f"envid: no environment {envid}", "envid")
     kick(queue, envid)
     return started.jobid
+
+
+def request_policy(r: redis.Redis, queue: Queue, env: Mapping[str, str], kind: str, slots: Sequence[str],
+                   source: str, expect: tuple[str, str], state: Mapping[str, str], clock: Clock,
+                   why: str = "") -> str | None:
+    """Start the operation a policy decided (SCALEUP, SCALEDOWN of slot `slots[0]`, RECREATE of `slots`, each
+    in place) and write the policy `state` fields with it, atomically (functions.store.policystore.start_job).
+
+    `env` has envid, service, name; `expect` is the (policy_status, pol_minute) the decision was made from.
+    Claims the op guard in the same atomic step (a stale holder whose job ended is replaced): when another
+    operation holds it, or the state changed meanwhile, nothing is written and None is returned. The job records
+    origin=policy, its slots and the deciding policy (`source`); the engine takes the slots from it. Returns the jobid.
+    Safe to run twice: the second call finds pol_minute changed (or the guard held) and starts nothing.
+    """
+    if kind not in POLICY_TYPES:
+        raise Invalid(f"kind: must be one of {', '.join(POLICY_TYPES)}", "kind")
+    envid, service = str(env["envid"]), str(env["service"])
+    jobid = envstore.next_jobid(r)
+    fields = {**state, "op": kind, "job": jobid, "phase": "new", "phase_since": repr(clock())}
+    extra = {"slots": ",".join(slots), "source": source}
+    if not policystore.start_job(r, env, jobid, kind, expect, fields, clock, extra):
+        return None
+    what = f"{kind} of {', '.join(slots)}" if slots else kind
+    envstore.add_event(r, envid, service, "request",
+                       f"{what} requested by the {source} policy (job {jobid})" + (f": {why}" if why else ""),
+                       clock, jobid=jobid, op=kind, origin="policy")
+    kick(queue, envid)
+    return jobid
 
 
 def _remove_one(r: redis.Redis, queue: Queue, service: str, env: dict[str, Any], clock: Clock) -> str:

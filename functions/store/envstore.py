@@ -41,6 +41,9 @@ class VmRecord:
     running → announced (slave added on the master) → removing → gone. `status` is the last status string
     reported by the VM or set by Carina (VM_CREATE, NET_CONFIG_DONE, MASTER_INIT_DONE, ...), last writer wins;
     `init` keeps the incarnation's first *_INIT_DONE / *_INIT_FAIL verdict, which later statuses never undo.
+    `one_state` (short code), `vm_state` / `lcm_state` (OpenNebula's numbers, -1 = not seen) and `cpu` are what
+    OpenNebula last said (minute tick, engine observations). `origin` is "policy" for a slave an elasticity
+    policy added (a passive environment's failback shrink removes only those), "" otherwise.
     """
 
     slot: str
@@ -60,6 +63,9 @@ class VmRecord:
     one_ip: str = ""        # the address OpenNebula reports (first NIC): the only one a tokenless callback may use
     hostkey: str = ""       # SSH host key from the VM's token-proven network callback (first one wins)
     hostkey_pin: str = ""   # how its key was pinned: "callback" (checked on the first connection) or "first-use"
+    origin: str = ""
+    vm_state: int = -1
+    lcm_state: int = -1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -196,12 +202,17 @@ def record_job(r: redis.Redis, service: str, jobid: str, envid: str, name: str, 
         p.execute()
 
 
+def job_fields(service: str, jobid: str, envid: str, name: str, job_type: str, now: float,
+               status: str = "RUNNING", origin: str = "user") -> dict[str, Any]:
+    """The hash of a new job; `origin` is "user" (a request), "policy" or "scheduler". Pure."""
+    return {"jobid": jobid, "service": service, "envid": envid, "name": name, "type": job_type, "status": status,
+            "submit": now, "start": now, "end": "", "info": "", "origin": origin}
+
+
 def job_writes(p: Any, service: str, jobid: str, envid: str, name: str, job_type: str, now: float,
                status: str) -> None:
     """Queue the writes of a new job on pipeline `p` (part of the caller's transaction)."""
-    p.hset(keys.job(jobid), mapping={"jobid": jobid, "service": service, "envid": envid, "name": name,
-                                     "type": job_type, "status": status, "submit": now, "start": now,
-                                     "end": "", "info": ""})
+    p.hset(keys.job(jobid), mapping=job_fields(service, jobid, envid, name, job_type, now, status))
     p.zadd(keys.service_jobs(service), {jobid: int(jobid)})
 
 

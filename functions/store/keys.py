@@ -16,7 +16,8 @@ State model (hashes are the source of truth, streams are the event log):
 - upload_bytes(s):     string, bytes held by vm_files(s) + context_files(s) (the upload quota's counter)
 - env_seq / job_seq:   global counters (ids are unique across services)
 - service_envs(s):     sorted set envid (score = envid)
-- env(e):              hash of one environment (service, name, status, policy_status, ...)
+- env(e):              hash of one environment (service, name, status, ...; the policy state: policy_status,
+                       info, metrics, policy_source, pol_* counters, see functions/policy/state.py)
 - env_vms(e):          hash slot -> JSON of the VM record (endpoint, vmid, role, ip, ...)
 - vm_index(ep, vmid):  string "envid slot" for callbacks that know only the VM id
 - env_op(e):           string jobid of the running create/scale/remove (the 409 guard)

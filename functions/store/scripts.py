@@ -137,6 +137,73 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(AR
 return 1
 """
 
+# Read many environments for the policy pass at once: per env its requested fields (a JSON array, null for
+# an absent field), its VM records (one JSON array of the stored record texts) and the op guard's holder.
+# Read-only; three replies per environment instead of one per field and per VM keep the client's parsing cheap.
+LUA["policy_read"] = """
+-- KEYS[1], KEYS[2], KEYS[3] env hash, its VM records, its op guard (and so on per env); ARGV env field names.
+-- Returns per env: its fields (JSON array), its VM records (JSON array), the guard's holder ("" if none).
+local out = {}
+for i = 1, #KEYS, 3 do
+  local e = redis.call('HMGET', KEYS[i], unpack(ARGV))
+  for j = 1, #ARGV do if not e[j] then e[j] = cjson.null end end
+  out[#out + 1] = cjson.encode(e)
+  out[#out + 1] = '[' .. table.concat(redis.call('HVALS', KEYS[i + 1]), ',') .. ']'
+  out[#out + 1] = redis.call('GET', KEYS[i + 2]) or ''
+end
+return out
+"""
+
+# Write the policy state of many environments, each only if its policy_status and pol_minute are still the
+# values the policy pass read (compare-and-set: a racing create end or a second pass never gets overwritten).
+LUA["policy_write"] = """
+-- KEYS[1], KEYS[2], ... env hashes; ARGV[1] JSON: per env [expected policy_status, expected pol_minute
+-- ("" = absent), {field: value, ...}]. Returns a list of 1 (written) / 0 (gone or changed), one per env.
+local items = cjson.decode(ARGV[1])
+local out = {}
+for i = 1, #KEYS do
+  local st, mi, fields = items[i][1], items[i][2], items[i][3]
+  local ok = 0
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local cur = redis.call('HMGET', KEYS[i], 'policy_status', 'pol_minute')
+    if (cur[1] or '') == st and (cur[2] or '') == mi then
+      local args = {}
+      for name, value in pairs(fields) do args[#args + 1] = name; args[#args + 1] = value end
+      if #args > 0 then redis.call('HSET', KEYS[i], unpack(args)) end
+      ok = 1
+    end
+  end
+  out[i] = ok
+end
+return out
+"""
+
+# Start a policy's operation: the policy state, the env's op fields, the job and the in-flight mark in one
+# step, only if the op guard is held by that job and the policy state is still the one read.
+LUA["policy_start"] = """
+-- KEYS[1] env hash, KEYS[2] op guard, KEYS[3] job hash, KEYS[4] service jobs, KEYS[5] in-flight set; ARGV below;
+-- KEYS[6] the guard holder's job hash as read before (any key when there was none). ARGV: [1] expected policy_status,
+-- [2] expected pol_minute, [3] jobid, [4] envid, [5] the holder read before ('' = none), [6] env field count c,
+-- then c env field/value pairs, then the job's field/value pairs. Claims the guard (free, or held by that
+-- holder whose job ended or was never written) and starts the job in one step. Returns 1 if started, else 0.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[5] then return 0 end
+if holder then
+  local s = redis.call('HGET', KEYS[6], 'status')
+  if s and s ~= 'DONE' and s ~= 'FAIL' and s ~= 'ABORT' then return 0 end
+end
+local cur = redis.call('HMGET', KEYS[1], 'policy_status', 'pol_minute')
+if (cur[1] or '') ~= ARGV[1] or (cur[2] or '') ~= ARGV[2] then return 0 end
+local c = tonumber(ARGV[6])
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + 2 * c))
+redis.call('HSET', KEYS[3], unpack(ARGV, 7 + 2 * c, #ARGV))
+redis.call('ZADD', KEYS[4], tonumber(ARGV[3]), ARGV[3])
+redis.call('SADD', KEYS[5], ARGV[4])
+return 1
+"""
+
 
 # A VM's callback: take a token from its bucket, then tell a repeat of the last report of its kind from a new one.
 LUA["callback_gate"] = """

@@ -125,6 +125,11 @@ def list_services(r: redis.Redis) -> list[dict[str, str]]:
     return [rec for rec in records if rec]
 
 
+def service_names(r: redis.Redis) -> list[str]:
+    """Every service name, sorted (one read)."""
+    return sorted(r.smembers(keys.services()))
+
+
 def _require(r: redis.Redis, name: str) -> None:
     if get_service(r, check_name(name)) is None:
         raise NotFound(f"name: no service {name!r}", "name")
@@ -239,6 +244,12 @@ def get_config(r: redis.Redis, name: str) -> dict | None:
     """The service's normalized configuration, or None when none was uploaded."""
     raw = r.hget(keys.config(check_name(name)), "current")
     return json.loads(raw) if raw else None
+
+
+def config_with_time(r: redis.Redis, name: str) -> tuple[dict | None, str]:
+    """(the service's normalized configuration or None, its uploaded_at epoch string or "") in one read."""
+    raw, uploaded = r.hmget(keys.config(check_name(name)), ["current", "uploaded_at"])
+    return (json.loads(raw) if raw else None), (uploaded or "")
 
 
 def _save_file(r: redis.Redis, name: str, kind: str, filename: str, value: str, field: str, quota: int) -> None:

@@ -1,11 +1,13 @@
-"""The per-minute tick: re-drive in-flight environments, refresh what OpenNebula says about every VM, trim jobs
-and events to the retention setting, and run the global scheduler (functions.ops.gsched: its check and an
-allocation pass every minute; a pass on any tick call when capacity came back or a request arrived).
+"""The per-minute tick: re-drive in-flight environments, refresh what OpenNebula says about every VM, run the
+policies (functions.upkeep.policies), trim jobs and events to the retention setting, and run the global
+scheduler (functions.ops.gsched: its check and an allocation pass every minute; a pass on any tick call when
+capacity came back or a request arrived).
 
 `functions.tasks.minute_tick` (the RQ entry the scheduler enqueues every few seconds) acts once per minute
 however many schedulers fire (SET NX on keys.tick). The VM refresh asks OpenNebula once per (service, endpoint)
 for its whole pool and updates each record's `one_state` (runn, unkn, fail, ..., or "missing") and `cpu`
-under the environment's lock (an environment busy with a step is skipped until the next minute).
+and `vm_state` / `lcm_state` under the environment's lock (an environment busy with a step is skipped until the
+next minute).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from functions.engine import kick as lifecycle
 from functions.model import ownership, specview
 from functions.model.clock import Clock, system_clock
 from functions.ops import callbacks, gsched
+from functions.policy import DEFAULT_GRACE
 from functions.store import envstore, gsstore, keys, tenants
-from functions.upkeep import reconcile
+from functions.upkeep import policies, reconcile
 
 log = logging.getLogger("carina.ticks")
 
@@ -35,10 +38,23 @@ def claim_minute(r: redis.Redis, name: str, now: float) -> bool:
     return bool(r.set(keys.tick(name, int(now // 60)), "1", nx=True, ex=TICK_TTL))
 
 
-def _apply_snapshot(r: redis.Redis, envid: str, service: str, views: dict[int, VmView], taken: float) -> int:
-    """Write one_state/cpu of the environment's records from a pool snapshot; returns records changed.
+def _confirm(one: OneClient | None, vmid: int) -> tuple[bool, VmView | None]:
+    """(known, view) of a VM the pool snapshot may predate: asks OpenNebula for that one VM (None = gone)."""
+    if one is None:
+        return False, None
+    try:
+        view = one.info(vmid)
+    except (OneUnavailable, OneError):
+        return False, None
+    return True, (view if view is not None and not view.gone else None)
 
-    A VM id whose tags name another owner (a reused id) counts as the record's VM missing."""
+
+def _apply_snapshot(r: redis.Redis, envid: str, service: str, views: dict[int, VmView], taken: float,
+                    one: OneClient | None = None) -> int:
+    """Write one_state/cpu/vm_state/lcm_state of the environment's records from a pool snapshot; returns
+    records changed. A record absent from the snapshot whose id is above every id in it (it may have been
+    allocated after the snapshot, or be the newest VM, vanished) is asked about alone through `one`. A VM id
+    whose tags name another owner (a reused id) counts as the record's VM missing."""
     newest = max(views, default=-1)
     install = envstore.known_installation_id(r)
     changed = 0
@@ -46,18 +62,21 @@ def _apply_snapshot(r: redis.Redis, envid: str, service: str, views: dict[int, V
         if not got:
             return 0
         for rec in envstore.get_vms(r, envid).values():
-            if rec.vmid is None or rec.state == "allocating":
-                continue
+            if rec.vmid is None or rec.state == "allocating" or rec.created > taken:
+                continue                      # not allocated, or allocated after the snapshot: cannot judge
             view = views.get(rec.vmid)
-            if view is None and (rec.vmid > newest or rec.created > taken):
-                continue                      # allocated after the snapshot: cannot judge
+            if view is None and rec.vmid > newest:
+                known, view = _confirm(one, rec.vmid)
+                if not known:
+                    continue
             tags = ownership.vm_tags(service, install, envid, rec.slot, rec.nonce, rec.role)
             if view is not None and ownership.mismatch(view.user_template, tags):
                 view = None
             state = view.short_status() if view is not None else "missing"
             cpu = view.cpu if view is not None and view.cpu is not None else rec.cpu
-            if (state, cpu) != (rec.one_state, rec.cpu):
-                rec.one_state, rec.cpu = state, cpu
+            numbers = (view.state, view.lcm_state) if view is not None else (rec.vm_state, rec.lcm_state)
+            if (state, cpu, *numbers) != (rec.one_state, rec.cpu, rec.vm_state, rec.lcm_state):
+                rec.one_state, rec.cpu, (rec.vm_state, rec.lcm_state) = state, cpu, numbers
                 envstore.put_vm(r, envid, rec)
                 changed += 1
     return changed
@@ -88,15 +107,16 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
         if not auth:
             continue
         taken = clock()
+        one = one_factory(proxy, auth)
         try:
-            views = {v.vmid: v for v in one_factory(proxy, auth).pool()}
+            views = {v.vmid: v for v in one.pool()}
         except (OneUnavailable, OneError) as exc:
             log.warning("tick: endpoint %s of %s: %s", endpoint, service, exc)
             stats["errors"] += 1
             continue
         stats["endpoints"] += 1
         for envid in envids:
-            stats["changed"] += _apply_snapshot(r, envid, service, views, taken)
+            stats["changed"] += _apply_snapshot(r, envid, service, views, taken, one)
     return stats
 
 
@@ -115,11 +135,12 @@ def retain(r: redis.Redis, keep: int) -> dict[str, int]:
 
 
 def tick(r: redis.Redis, queue: Queue, clock: Clock = system_clock,
-         one_factory: Callable[[str, str], OneClient] = OneClient, retention: int = 0) -> dict[str, Any] | None:
-    """Once per minute: re-drive in-flight environments, refresh VM states, apply `retention` (jobs and
-    events kept; 0 = keep all), check and run the global scheduler. Every call pumps due delayed drives, callback
-    retries and a wanted allocation pass. None if this minute already ran (several schedulers, or a tick job run
-    twice)."""
+         one_factory: Callable[[str, str], OneClient] = OneClient, retention: int = 0,
+         grace: float = DEFAULT_GRACE) -> dict[str, Any] | None:
+    """Once per minute: re-drive in-flight environments, refresh VM states, run the policies (`grace`: the
+    boot grace of functions.policy), apply `retention` (jobs and events kept; 0 = keep all), check and run the
+    global scheduler. Every call pumps due delayed drives, callback retries and a wanted allocation pass. None
+    if this minute already ran (several schedulers, or a tick job run twice)."""
     lifecycle.pump(queue)
     callbacks.pump_retries(queue)
     gsched.pump(r, queue, clock)
@@ -128,6 +149,7 @@ def tick(r: redis.Redis, queue: Queue, clock: Clock = system_clock,
         return None
     kicked = reconcile.recover_all(r, queue, clock)
     stats = refresh_vms(r, clock, one_factory)
+    stats["policies"] = policies.run(r, queue, clock, grace)
     stats.update(retain(r, retention), kicked=len(kicked), minute=minute)
     if gsstore.get_global(r) is not None or gsstore.live(r):
         stats["gs"] = gsched.minute(r, queue, clock)

@@ -81,12 +81,15 @@ def env_json(env: Mapping[str, Any], num_vms: int, gs_tokens: Iterable[str] = ()
              outstanding: int = 0) -> dict[str, Any]:
     """The original env JSON: envid name status policy_status url numVMs metrics gsTokens gsOutStandingReqs
     info groupid (`url` is null until the app URL is known; gsTokens are the ids of the global scheduler's
-    requests the environment holds, gsOutStandingReqs how many it waits for)."""
+    requests the environment holds, gsOutStandingReqs how many it waits for), then `policy_source`: which
+    configuration upload the policies came from at the last minute's evaluation (its upload time, "snapshot" for
+    the spec taken at create when the configuration was removed, null before any evaluation)."""
     return {"envid": str(env.get("envid", "")), "name": env.get("name", ""), "status": env.get("status", ""),
             "policy_status": env.get("policy_status", ""), "url": _or_none(env.get("app_url")),
             "numVMs": num_vms, "metrics": env.get("metrics") or "", "gsTokens": [str(t) for t in gs_tokens],
             "gsOutStandingReqs": outstanding,
-            "info": env.get("info") or "", "groupid": str(env.get("groupid", "-1"))}
+            "info": env.get("info") or "", "groupid": str(env.get("groupid", "-1")),
+            "policy_source": _or_none(env.get("policy_source"))}
 
 
 def env_row(doc: Mapping[str, Any]) -> list[object]:
@@ -122,7 +125,9 @@ def vm_row(doc: Mapping[str, Any]) -> list[object]:
 
 def job_json(job: Mapping[str, Any]) -> dict[str, Any]:
     """The original job JSON (jobid name pid envid type predjob group groupid submit start end dependstr status
-    priority) plus `info` (why a job failed). Times are in the original's Ruby format; pid is always null."""
+    priority) plus `info` (why a job failed), `origin` ("user", or "policy" for a job a policy started) and,
+    for a policy's job, `source` (elasticity, availability, failback) and `slots`. Times are in the original's
+    Ruby format; pid is always null."""
     priority = _float(job.get("priority"))
     return {"jobid": str(job.get("jobid", "")), "name": job.get("name", ""), "pid": None,
             "envid": str(job.get("envid", "")), "type": job.get("type", ""),
@@ -130,7 +135,9 @@ def job_json(job: Mapping[str, Any]) -> dict[str, Any]:
             "submit": ruby_time(job.get("submit")), "start": ruby_time(job.get("start")),
             "end": ruby_time(job.get("end")), "dependstr": job.get("dependstr") or "",
             "status": job.get("status", ""), "priority": int(priority) if priority is not None else 0,
-            "info": job.get("info") or ""}
+            "info": job.get("info") or "", "origin": job.get("origin") or "user",
+            **({"source": job.get("source") or "", "slots": [s for s in str(job.get("slots") or "").split(",") if s]}
+               if job.get("origin") == "policy" else {})}
 
 
 def job_row(doc: Mapping[str, Any]) -> list[object]:

@@ -143,7 +143,7 @@ def test_envs_json_and_table(api):
     assert res.status_code == 200
     assert res.json == [{"envid": envid, "name": "tomcat", "status": "INIT", "policy_status": "INIT", "url": None,
                          "numVMs": 1, "metrics": "", "gsTokens": [], "gsOutStandingReqs": 0, "info": "",
-                         "groupid": "-1"}]
+                         "groupid": "-1", "policy_source": None}]
     envstore.update_env(api.r, envid, app_url="http://10.0.0.4:8080/", status="MASTER_INIT_FAIL:MOUNTLIST_MISSING")
     res = api.client.simulate_get("/envs", headers=bearer(token, **TEXT))
     assert res.headers["content-type"].startswith("text/plain")

@@ -116,12 +116,16 @@ class Rig:
 
     def configure(self, **over: Any) -> None:
         """Upload the test config (the `web` entry changed by `over`) through the real validation."""
+        self.configure_envs({"web": env_entry(**over)})
+
+    def configure_envs(self, environments: dict[str, dict[str, Any]]) -> None:
+        """Upload the test config with these ENVIRONMENT entries through the real validation."""
         cfg = {"ENDPOINT": {"sim": {"proxy": self.sim.url, "oneauth": self.sim.auth}},
                "TEMPLATE": {"small": {"file": "small.vm", "cpu": 1, "memory": 512, "network_id": {"sim": 0},
                                       "image_id": {"sim": 0}},
                             "bad": {"file": "bad.vm", "cpu": 1, "memory": 512, "network_id": {"sim": 0},
                                     "image_id": {"sim": 0}}},
-               "ENVIRONMENT": {"web": env_entry(**over)}}
+               "ENVIRONMENT": environments}
         text = yaml.safe_dump(cfg)
         tenants.save_config(self.r, SERVICE, load_config(text, "yaml", {"small.vm", "bad.vm"}), text, "yaml",
                             self.clock)
@@ -228,11 +232,16 @@ def open_rig(rdb: redis.Redis, **settings: Any) -> Iterator[Rig]:
 def create_ready(rig: Rig, **over: Any) -> tuple[str, str]:
     """Create the environment and drive it to ACTIVE by the shortest path. Returns (envid, jobid)."""
     envid, jobid = rig.create(**over)
+    return drive_ready(rig, envid, jobid, float(env_entry(**over).get("master_setup_time") or 0))
+
+
+def drive_ready(rig: Rig, envid: str, jobid: str, setup_time: float = 0.0) -> tuple[str, str]:
+    """Drive a CREATE just requested to its end by the shortest path. Returns (envid, jobid)."""
     rig.drive(envid)                     # master allocated
     rig.tick()                           # master RUNNING
     rig.drive(envid)                     # waiting for MASTER_INIT_DONE
     rig.callback(envid, "m", "MASTER_INIT_DONE")
-    rig.clock.advance(float(env_entry(**over).get("master_setup_time") or 0))
+    rig.clock.advance(setup_time)
     rig.drive(envid)                     # slaves allocated
     rig.tick()                           # slaves RUNNING
     rig.drive(envid)                     # slaves announced, READY -> ACTIVE

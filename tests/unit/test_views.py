@@ -15,7 +15,9 @@ ENV = {"envid": "12", "service": "svc", "name": "tomcat", "status": "MASTER_INIT
 def test_env_json_has_exactly_the_original_keys() -> None:
     doc = views.env_json(ENV, 3)
     assert list(doc) == ["envid", "name", "status", "policy_status", "url", "numVMs", "metrics", "gsTokens",
-                         "gsOutStandingReqs", "info", "groupid"]
+                         "gsOutStandingReqs", "info", "groupid", "policy_source"]
+    assert doc["policy_source"] is None
+    assert views.env_json(dict(ENV, policy_source="snapshot"), 1)["policy_source"] == "snapshot"
     assert doc["url"] is None and doc["numVMs"] == 3 and doc["gsTokens"] == [] and doc["gsOutStandingReqs"] == 0
     assert doc["groupid"] == "-1" and doc["envid"] == "12"
 
@@ -78,6 +80,9 @@ def test_job_json_keys_and_row() -> None:
                               "start", "end", "dependstr", "status", "priority"]
     assert doc["pid"] is None and doc["group"] is None and doc["end"] is None and doc["priority"] == 0
     assert doc["submit"] == "Mon Sep 17 14:41:29 +0000 2012"
+    assert doc["origin"] == "user" and "source" not in doc and "slots" not in doc
+    policy = views.job_json(dict(job, type="RECREATE", origin="policy", source="availability", slots="s0,s2"))
+    assert (policy["origin"], policy["source"], policy["slots"]) == ("policy", "availability", ["s0", "s2"])
     assert views.job_row(doc) == ["5", "3", "tomcat", "CREATE", "Mon Sep 17 14:41:29 +0000 2012", "RUNNING"]
 
 

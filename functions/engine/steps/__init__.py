@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from functions.engine.context import Ctx, Env, Step
-from functions.engine.steps import create, remove, scale
+from functions.engine.steps import create, recreate, remove, scale
 from functions.engine.steps.begin import begin
 
 STEPS: dict[str, Callable[[Ctx, Env], Step]] = {
@@ -14,6 +14,7 @@ STEPS: dict[str, Callable[[Ctx, Env], Step]] = {
     "SCALEUP": scale.scaleup_step,
     "SCALEDOWN": scale.scaledown_step,
     "REMOVE": remove.remove_step,
+    "RECREATE": recreate.recreate_step,
 }
 
 __all__ = ["STEPS", "begin"]

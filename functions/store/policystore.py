@@ -1,0 +1,156 @@
+"""What the minute's policy pass reads and writes in Redis, in batches: environment fields, VM records and op
+guards (pipelined), the state of the jobs that matter, and the policy state written back by compare-and-set.
+
+The policy state lives in the environment hash (`policy_status`, `info`, `metrics`, `policy_source`, `pol_*`):
+it survives restarts with the rest of the environment. Every write checks that `policy_status` and
+`pol_minute` still hold the values read (Lua, see functions/store/scripts.py), so a create ending meanwhile
+(INIT -> ACTIVE) or a second pass for the same minute is never overwritten, and a deleted environment is never
+resurrected.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from functions.model.clock import Clock
+from functions.store import envstore, keys, scripts
+
+READ_CALL = 250                    # environments per Lua read call (Redis stays responsive between calls)
+
+
+@dataclass(frozen=True)
+class EnvRead:
+    """One environment as the policy pass reads it: `fields` (the requested env fields, None if absent),
+    `vms` (every VM record, decoded JSON dicts), `holder` (the jobid holding the op guard, or None)."""
+
+    envid: str
+    fields: dict[str, str | None]
+    vms: list[dict[str, Any]]
+    holder: str | None
+
+
+def service_envids(r: redis.Redis, service: str) -> list[str]:
+    """Every envid of `service`, ascending. Read-only."""
+    return [str(e) for e in r.zrange(keys.service_envs(service), 0, -1)]
+
+
+def read_envs(r: redis.Redis, envids: Sequence[str], fields: Sequence[str], per_call: int = READ_CALL) -> list[EnvRead]:
+    """The requested fields, VM records and op guard of each env: one pipelined round trip of read-only Lua
+    calls (scripts "policy_read", `per_call` envs each, three replies per env). Read-only.
+
+    An env deleted meanwhile comes back with every field None and no VMs; an unreadable record is skipped.
+    """
+    with r.pipeline(transaction=False) as p:
+        for start in range(0, len(envids), per_call):
+            names = [k for envid in envids[start:start + per_call]
+                     for k in (keys.env(envid), keys.env_vms(envid), keys.env_op(envid))]
+            scripts.run(p, "policy_read", names, list(fields))
+        replies = [x for part in p.execute() for x in part]
+    out = []
+    for i, envid in enumerate(envids):
+        values, vms, holder = replies[3 * i:3 * i + 3]
+        try:
+            records = json.loads(vms)
+        except ValueError:                       # a record that is not JSON: read them one by one
+            records = _records_one_by_one(r, envid)
+        out.append(EnvRead(envid, dict(zip(fields, json.loads(values), strict=True)),
+                           [rec for rec in records if isinstance(rec, dict)], str(holder) or None))
+    return out
+
+
+def _records_one_by_one(r: redis.Redis, envid: str) -> list[Any]:
+    found = []
+    for text in r.hvals(keys.env_vms(envid)):
+        try:
+            found.append(json.loads(text))
+        except ValueError:
+            continue
+    return found
+
+
+def job_states(r: redis.Redis, jobids: Iterable[str]) -> dict[str, tuple[str | None, str | None]]:
+    """jobid -> (status, end) for each job (None, None when the job does not exist), pipelined. Read-only."""
+    wanted = sorted({j for j in jobids if j})
+    with r.pipeline(transaction=False) as p:
+        for jobid in wanted:
+            p.hmget(keys.job(jobid), ["status", "end"])
+        return {jobid: (found[0], found[1]) for jobid, found in zip(wanted, p.execute(), strict=True)}
+
+
+def specs(r: redis.Redis, envids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """envid -> its decoded spec snapshot (only the envs asked for; {} when absent or unreadable). Read-only."""
+    wanted = list(dict.fromkeys(envids))
+    with r.pipeline(transaction=False) as p:
+        for envid in wanted:
+            p.hget(keys.env(envid), "spec")
+        out: dict[str, dict[str, Any]] = {}
+        for envid, text in zip(wanted, p.execute(), strict=True):
+            try:
+                spec = json.loads(text) if text else {}
+            except ValueError:
+                spec = {}
+            out[envid] = spec if isinstance(spec, dict) else {}
+        return out
+
+
+@dataclass(frozen=True)
+class StateWrite:
+    """The policy fields to write into one env, if its policy_status / pol_minute still read `expect`."""
+
+    envid: str
+    expect: tuple[str, str]
+    fields: Mapping[str, str]
+
+
+def write_states(r: redis.Redis, writes: Sequence[StateWrite]) -> list[bool]:
+    """Compare-and-set each env's policy fields (one Lua call for the whole batch). Returns which were written.
+
+    Safe to run twice: the second run finds pol_minute changed and writes nothing.
+    """
+    if not writes:
+        return []
+    items = [[w.expect[0], w.expect[1], {name: str(value) for name, value in w.fields.items()}] for w in writes]
+    done = scripts.run(r, "policy_write", [keys.env(w.envid) for w in writes], [json.dumps(items)])
+    return [bool(x) for x in done]
+
+
+def start_job(r: redis.Redis, env: Mapping[str, str], jobid: str, job_type: str, expect: tuple[str, str],
+              fields: Mapping[str, str], clock: Clock, job_extra: Mapping[str, str]) -> bool:
+    """Write the policy state + the env's op fields + job `jobid` (origin policy) + the in-flight mark at once.
+
+    `env` has envid, service, name. The op guard is claimed in the same step (free, or held by a job that ended);
+    nothing is written (False) when another operation holds it or the policy state no longer reads `expect`.
+    Safe to run twice (the second finds pol_minute changed).
+    """
+    envid, service = str(env["envid"]), str(env["service"])
+    job = envstore.job_fields(service, jobid, envid, str(env["name"]), job_type, clock(), origin="policy")
+    job.update(job_extra)
+    holder = envstore.current_op(r, envid) or ""
+    args: list[str] = [expect[0], expect[1], jobid, envid, holder, str(len(fields))]
+    for name, value in fields.items():
+        args += [name, str(value)]
+    for name, value in job.items():
+        args += [name, str(value)]
+    found = scripts.run(r, "policy_start", [keys.env(envid), keys.env_op(envid), keys.job(jobid),
+                                            keys.service_jobs(service), keys.inflight(),
+                                            keys.job(holder or jobid)], args)
+    return bool(found)
+
+
+def add_events(r: redis.Redis, events: Sequence[tuple[str, str, str, str]], clock: Clock) -> None:
+    """Append (envid, service, type, msg) events to the env and service streams, pipelined. Call it only for
+    environments that exist (a deleted environment's stream would not expire)."""
+    if not events:
+        return
+    now = str(clock())
+    with r.pipeline(transaction=False) as p:
+        for envid, service, kind, msg in events:
+            entry = {"ts": now, "envid": envid, "type": kind, "msg": msg}
+            p.xadd(keys.env_events(envid), entry, maxlen=envstore.EVENT_MAXLEN, approximate=True)
+            p.xadd(keys.service_events(service), entry, maxlen=envstore.EVENT_MAXLEN, approximate=True)
+        p.execute()

@@ -1,0 +1,305 @@
+"""The minute's policy pass: observe every created environment and run its policies (functions.policy.decide).
+
+Called by functions.upkeep.ticks.tick after the VM refresh (which asked OpenNebula once per endpoint and stored
+each record's state and CPU), so this pass reads Redis only: per service, the environments in batches of
+`batch`, each batch one pipelined round trip (env fields, VM records, op guard), a second one for the state
+of the jobs that matter (a held guard, a cooldown), a third for the spec snapshots it needs (a configuration
+removed, a passive env's base size). Decisions are pure; the states are written back per batch by one
+compare-and-set Lua call. An action starts its job through functions.ops.operations.request_policy (op guard
+first; busy: nothing happens this minute).
+
+Policies come from the service's CURRENT configuration by the environment's configuration name (a new upload
+applies from the next minute), or from the env's spec snapshot when that configuration was removed;
+`policy_source` says which (the upload's time, or "snapshot"). Within a failover group the active members are
+decided before the passive ones, so a passive env follows its partner in the same minute. Environments whose
+create has not finished (INIT) are skipped. Once per minute however often it runs: decide does nothing for a
+minute already evaluated, and every write checks pol_minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import redis
+from rq import Queue
+
+from functions.model.clock import Clock, system_clock
+from functions.ops import operations
+from functions.policy import DEFAULT_GRACE, Decision, EnvInputs, PolicyState, VmObs, decide
+from functions.policy.failover import PASSIVE_ROLE, Member, pair_up, role_of
+from functions.policy.state import FIELD_NAMES
+from functions.policy.vmclass import MISSING, STARTING, classify, classify_short
+from functions.store import policystore, tenants
+from functions.store.policystore import EnvRead, StateWrite
+from functions.views.shapes import iso_time
+
+log = logging.getLogger("carina.policies")
+
+BATCH = 500
+SNAPSHOT = "snapshot"
+READ_FIELDS = ("service", "name", "job", "policy_source", *FIELD_NAMES.values())
+POLICY_MESSAGES = ("POLICY_STATUS:", "AVAIL_POLICY_STATUS:")
+LEAVING = ("removing", "gone")
+
+
+@dataclass
+class _Env:
+    """One environment being evaluated this minute."""
+
+    read: EnvRead
+    state: PolicyState
+    elasticity: Mapping[str, Any] | None
+    availability: Mapping[str, Any] | None
+    source: str
+    note: str = ""
+    base_size: int = 1
+    busy: bool = False
+    op_ended_at: float = 0.0
+    vms: tuple[VmObs, ...] = ()
+    _role: tuple[Mapping[str, Any] | None, tuple[str, str] | None] | None = None
+
+    @property
+    def envid(self) -> str:
+        return self.read.envid
+
+    @property
+    def expect(self) -> tuple[str, str]:
+        return self.read.fields.get("policy_status") or "", self.read.fields.get("pol_minute") or ""
+
+    @property
+    def role(self) -> tuple[str, str] | None:
+        """(failover role, group) of the env's availability policy, or None (computed once it is known)."""
+        if self._role is None or self._role[0] is not self.availability:
+            self._role = (self.availability, role_of(self.availability))
+        return self._role[1]
+
+
+def _number(value: Any, default: float) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def vm_obs(rec: Mapping[str, Any]) -> VmObs | None:
+    """A VM record (decoded JSON) as the policies see it; None for a record on its way out. Pure."""
+    get = rec.get
+    if get("state") in LEAVING:
+        return None
+    one_state, vm_state = get("one_state") or "", get("vm_state")
+    if get("vmid") is None:
+        cls = STARTING
+    elif one_state in ("missing", "done"):
+        cls = MISSING
+    elif type(vm_state) is int and vm_state >= 0:
+        lcm = get("lcm_state")
+        cls = classify(vm_state, lcm if type(lcm) is int and lcm >= 0 else None, True)
+    else:
+        cls = classify_short(str(one_state))
+    cpu, created, slot, role = get("cpu"), get("created"), get("slot") or "", get("role") or ""
+    cpu = cpu if type(cpu) in (int, float) else _number(cpu, -1.0)
+    created = created if type(created) in (int, float) else _number(created, 0.0)
+    return VmObs(slot if type(slot) is str else str(slot), role if type(role) is str else str(role), cls,
+                 cpu if cpu >= 0 else None, created, get("origin") == "policy")
+
+
+def _policy(value: Any) -> Mapping[str, Any] | None:
+    return value if isinstance(value, Mapping) else None
+
+
+def _prepare(read: EnvRead, cfg: Mapping[str, Any] | None, uploaded: str) -> _Env | None:
+    """The env with its policies from the current configuration; None when it is not evaluated (gone, INIT)."""
+    fields = read.fields
+    if fields.get("service") is None:
+        return None
+    state = PolicyState.from_fields(fields)
+    if state.status == "INIT":
+        return None
+    name = fields.get("name") or ""
+    entry = ((cfg or {}).get("ENVIRONMENT") or {}).get(name)
+    if isinstance(entry, Mapping) and entry.get("type", "compute") != "group":
+        env = _Env(read, state, _policy(entry.get("elasticity_policy")), _policy(entry.get("availability_policy")),
+                   iso_time(uploaded) or "current")
+        env.base_size = 1 + max(0, int(_number(entry.get("num_slaves"), 0)))
+    else:
+        env = _Env(read, state, None, None, SNAPSHOT,
+                   f"policies from the create-time snapshot: configuration {name!r} is no longer uploaded")
+    env.vms = tuple(obs for obs in map(vm_obs, read.vms) if obs is not None)
+    return env
+
+
+def _needs_job(env: _Env) -> list[str]:
+    """The jobs whose state this env's decision depends on: the guard's holder; the last job under a cooldown."""
+    out = [env.read.holder] if env.read.holder else []
+    cooldown = (env.elasticity or {}).get("cooldown")
+    if isinstance(cooldown, int) and cooldown > 0 and env.read.fields.get("job"):
+        out.append(str(env.read.fields["job"]))
+    return out
+
+
+def _complete(r: redis.Redis, envs: list[_Env]) -> None:
+    """Fill in busy / op_ended_at (job states) and what only the spec snapshot knows (2 pipelined reads)."""
+    jobs = policystore.job_states(r, [j for env in envs for j in _needs_job(env)])
+    for env in envs:
+        holder = env.read.holder
+        if holder:
+            status = jobs.get(holder, (None, None))[0]
+            env.busy = status not in ("DONE", "FAIL", "ABORT")   # a job not written yet holds it too
+        last = jobs.get(str(env.read.fields.get("job") or ""))
+        if last and last[0] in ("DONE", "FAIL", "ABORT"):
+            env.op_ended_at = _number(last[1], 0.0)
+    wanted = [env for env in envs if env.source == SNAPSHOT or (env.role and env.role[0] == PASSIVE_ROLE)]
+    spec_of = policystore.specs(r, [env.envid for env in wanted]) if wanted else {}
+    for env in wanted:
+        spec = spec_of.get(env.envid) or {}
+        if env.source == SNAPSHOT:
+            env.elasticity = _policy(spec.get("elasticity_policy"))
+            env.availability = _policy(spec.get("availability_policy"))
+        env.base_size = 1 + max(0, int(_number(spec.get("num_slaves"), env.base_size - 1)))
+
+
+def _decide_all(envs: list[_Env], now: float, minute: int, grace: float) -> dict[str, Decision]:
+    """Decide every env: the non-passive ones first, then each passive one with its partner as just decided.
+
+    Partners are paired once per failover group (failover.pair_up: by role and envid, whatever the statuses),
+    so a large group costs n log n; a partner's status is the one decided this minute when it is known.
+    """
+    groups: dict[str, list[Member]] = {}
+    for env in envs:
+        if env.role:
+            groups.setdefault(env.role[1], []).append(Member(env.envid, env.role[0], env.state.status))
+    partner_id = {envid: other for members in groups.values() for envid, other in pair_up(members).items()}
+    member = {m.envid: m for members in groups.values() for m in members}
+    out: dict[str, Decision] = {}
+    for passive in (False, True):
+        for env in envs:
+            if (env.role is not None and env.role[0] == PASSIVE_ROLE) != passive:
+                continue
+            other = member.get(partner_id.get(env.envid) or "")
+            inputs = EnvInputs(env.envid, env.elasticity, env.availability, env.base_size, env.vms, env.busy,
+                               env.op_ended_at, grace, other)
+            out[env.envid] = decision = decide(inputs, env.state, now, minute)
+            if env.envid in member and decision.state.status != member[env.envid].status:
+                member[env.envid] = replace(member[env.envid], status=decision.state.status)
+    return out
+
+
+def _fields(env: _Env, decision: Decision) -> dict[str, str]:
+    """The hash fields that change: the new policy state, its source, and `info` unless it would only erase
+    a message that is not a policy's (the engine's last job info stays until a policy has something to say)."""
+    state = decision.state
+    if env.note:
+        state = state.with_info(f"{state.info} [{env.note}]" if state.info else env.note)
+    fields = state.to_fields()
+    fields["policy_source"] = env.source
+    old = env.read.fields.get("info") or ""
+    if not fields["info"] and old and not old.startswith(POLICY_MESSAGES):
+        del fields["info"]
+    return {k: v for k, v in fields.items() if env.read.fields.get(k) != v}
+
+
+def _events(env: _Env, decision: Decision, fields: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """This minute's events of the env: its messages when something changed, and the status transition."""
+    service = str(env.read.fields.get("service"))
+    changed = decision.action is not None or decision.transition is not None
+    if not changed and fields.get("info", env.read.fields.get("info")) == env.read.fields.get("info"):
+        return []
+    out = [(env.envid, service, "policy", msg) for msg in decision.messages]
+    if env.note and env.read.fields.get("policy_source") != SNAPSHOT:
+        out.append((env.envid, service, "policy", env.note))
+    if decision.transition:
+        old, new = decision.transition
+        out.append((env.envid, service, "policy", f"policy_status {old} -> {new}"))
+    return out
+
+
+def _start(r: redis.Redis, queue: Queue, env: _Env, decision: Decision, fields: dict[str, str],
+           clock: Clock) -> str | None:
+    """Start the decided action with the new state (ops.operations.request_policy). None when busy."""
+    action = decision.action
+    assert action is not None
+    found = {str(rec.get("slot")): rec for rec in env.read.vms}
+    why = "; ".join(f"{s} VM {found[s].get('vmid')} {found[s].get('one_state') or '?'}" for s in action.slots
+                    if s in found) if action.kind == "RECREATE" else ""
+    data = {"envid": env.envid, "service": str(env.read.fields.get("service")),
+            "name": str(env.read.fields.get("name") or "")}
+    return operations.request_policy(r, queue, data, action.kind, action.slots, action.source, env.expect, fields,
+                                     clock, why or decision.info)
+
+
+def _apply(r: redis.Redis, queue: Queue, envs: list[_Env], decisions: Mapping[str, Decision], clock: Clock,
+           stats: Counter[str]) -> None:
+    """Write the states (one compare-and-set per batch), start the actions, record the events."""
+    writes: list[StateWrite] = []
+    pending: list[list[tuple[str, str, str, str]]] = []
+    events: list[tuple[str, str, str, str]] = []
+    for env in envs:
+        decision = decisions[env.envid]
+        if not decision.evaluated:
+            continue
+        fields = _fields(env, decision)
+        lines = _events(env, decision, fields)
+        if decision.action is not None:
+            if _start(r, queue, env, decision, fields, clock) is None:
+                stats["busy"] += 1
+                continue
+            stats[f"action_{decision.action.kind}"] += 1
+            events.extend(lines)
+            continue
+        writes.append(StateWrite(env.envid, env.expect, fields))
+        pending.append(lines)
+    for done, lines in zip(policystore.write_states(r, writes), pending, strict=True):
+        stats["written" if done else "changed_meanwhile"] += 1
+        if done:
+            events.extend(lines)
+    stats["transitions"] += sum(1 for d in decisions.values() if d.transition)
+    stats["events"] += len(events)
+    policystore.add_events(r, events, clock)
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def run_service(r: redis.Redis, queue: Queue, service: str, clock: Clock = system_clock,
+                grace: float = DEFAULT_GRACE, batch: int = BATCH) -> Counter[str]:
+    """Evaluate the policies of every environment of `service` for the current minute. Safe to run twice."""
+    now = clock()
+    minute = int(now // 60)
+    cfg, uploaded = tenants.config_with_time(r, service)
+    stats: Counter[str] = Counter()
+    envs: list[_Env] = []
+    for chunk in _chunks(policystore.service_envids(r, service), batch):
+        found = [env for env in (_prepare(read, cfg, uploaded) for read in
+                                 policystore.read_envs(r, chunk, READ_FIELDS)) if env is not None]
+        stats["envs"] += len(chunk)
+        _complete(r, found)
+        envs.extend(found)
+    decisions = _decide_all(envs, now, minute, grace)
+    stats["evaluated"] += sum(1 for d in decisions.values() if d.evaluated)
+    for start in range(0, len(envs), batch):
+        _apply(r, queue, envs[start:start + batch], decisions, clock, stats)
+    return stats
+
+
+def run(r: redis.Redis, queue: Queue, clock: Clock = system_clock, grace: float = DEFAULT_GRACE,
+        batch: int = BATCH) -> dict[str, Any]:
+    """The policy pass over every service (one service's failure is logged and does not stop the others).
+    Returns counts for logs and tests. Safe to run twice in a minute: the second acts on nothing."""
+    started = time.perf_counter()
+    stats: Counter[str] = Counter()
+    for service in tenants.service_names(r):
+        try:
+            stats.update(run_service(r, queue, service, clock, grace, batch))
+        except Exception:  # noqa: BLE001 - one service's bad data must not stop every other service's policies
+            log.exception("policy pass: service %s", service)
+            stats["errors"] += 1
+    out: dict[str, Any] = dict(stats)
+    out["seconds"] = round(time.perf_counter() - started, 3)
+    return out

@@ -1,0 +1,63 @@
+"""The policy pass's pure parts: a stored VM record as the policies see it, and the order of decisions in a
+failover group (functions/upkeep/policies.py; no Redis here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from functions.policy import PolicyState
+from functions.policy.vmclass import CLASSES, FAILED, MISSING, OTHER, RUNNING, STARTING, UNKNOWN
+from functions.store.policystore import EnvRead
+from functions.upkeep import policies
+from tests.unit.policy_helpers import T0, avail_policy
+
+BASE = {"slot": "s2", "role": "slave", "vmid": 12, "state": "announced", "one_state": "runn", "vm_state": 3,
+        "lcm_state": 3, "cpu": 42.5, "created": 100.0, "origin": ""}
+
+
+def _obs(**over: Any) -> Any:
+    return policies.vm_obs({**BASE, **over})
+
+
+def test_vm_obs_reads_the_numbers_first_then_the_short_code() -> None:
+    vm = _obs()
+    assert (vm.slot, vm.role, vm.cls, vm.cpu, vm.created, vm.by_policy) == ("s2", "slave", RUNNING, 42.5, 100.0,
+                                                                           False)
+    assert _obs(lcm_state=19, one_state="boot").cls == UNKNOWN       # BOOT_UNKNOWN: exact from the numbers
+    assert _obs(vm_state=-1, lcm_state=-1, one_state="boot").cls == STARTING   # an old record: short code
+    assert _obs(lcm_state=36, one_state="fail").cls == FAILED
+    assert _obs(one_state="missing").cls == MISSING                  # gone from the pool wins over old numbers
+    assert _obs(vmid=None, one_state="").cls == STARTING             # an intent not allocated yet
+    assert _obs(vm_state=5, one_state="susp").cls == OTHER
+    assert _obs(state="removing") is None                            # on its way out: not held
+    assert _obs(cpu=-1).cpu is None and _obs(cpu="7").cpu == 7.0 and _obs(cpu="x").cpu is None
+    assert _obs(origin="policy").by_policy is True
+
+
+@given(st.dictionaries(st.sampled_from(sorted(BASE)), st.none() | st.integers(-5, 80) | st.floats() | st.text(
+    max_size=8)))
+def test_vm_obs_never_raises_on_garbage(over: dict[str, Any]) -> None:
+    vm = policies.vm_obs({**BASE, **over})
+    assert vm is None or vm.cls in CLASSES
+
+
+def _env(envid: str, status: str, availability: dict[str, Any], cls: str = RUNNING) -> Any:
+    fields = {"service": "svc", "name": "x", "policy_status": status, "pol_minute": "1"}
+    env = policies._Env(EnvRead(envid, fields, [], None), PolicyState.from_fields(fields), None, availability,
+                        "current")
+    env.vms = (_obs(slot="m", role="master", vm_state=3, lcm_state=16 if cls == UNKNOWN else 3, created=0.0),)
+    return env
+
+
+def test_actives_are_decided_before_passives_whatever_the_order() -> None:
+    active = avail_policy(period=1, failover_role="active", failover_group="g", failover_expr="numunknown > 0",
+                          failback_expr="numunknown == 0")
+    passive = avail_policy(period=1, failover_role="passive", failover_group="g")
+    envs = [_env("9", "PASSIVE", passive), _env("3", "ACTIVE", active, UNKNOWN)]   # passive listed first
+    decisions = policies._decide_all(envs, T0, int(T0 // 60), 0.0)
+    assert decisions["3"].state.status == "FAILED"
+    assert decisions["9"].state.status == "ACTIVE"                   # followed its partner in the same minute
+    assert decisions["9"].transition == ("PASSIVE", "ACTIVE")
