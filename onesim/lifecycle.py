@@ -262,7 +262,7 @@ def _priority(vm: Vm) -> float:
 def schedule(model: Model, now: float) -> None:
     """Place due PENDING VMs (USER_PRIORITY desc, then id); unplaceable ones stay PENDING with SCHED_MESSAGE
     and are retried when capacity frees, when they change, or every SCHED_RETRY_SECONDS."""
-    pending = (model.vms[i] for i in model.pending)
+    pending = (vm for i in model.pending if (vm := model.vms.get(i)) is not None)
     due = [vm for vm in pending if vm.state == S.PENDING and now >= vm.step_at + model.delays["schedule"]
            and (vm.sched_epoch != model.capacity_epoch or now >= vm.sched_tried_at + SCHED_RETRY_SECONDS)]
     if not due:
