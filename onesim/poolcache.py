@@ -49,25 +49,32 @@ class _Entry:
     """The rendered pieces of one VM. Full body: head, mon, middle, back; short body: shead, short_tmpl,
     smon, short_user, sback. middle / short_tmpl / short_user depend on the two templates only."""
 
-    __slots__ = ("vm", "tmpl", "user", "middle", "short_tmpl", "short_user",
+    __slots__ = ("vm", "full_of", "middle", "short_of", "short_tmpl", "short_user",
                  "full_v", "head", "back", "mon_v", "mon", "short_v", "shead", "smon", "sback")
 
     def __init__(self, vm: Vm) -> None:
         self.vm = vm
-        self.tmpl: object = None
-        self.user: object = None
+        self.full_of: tuple[object, object] | None = None  # the (template, user_template) lists rendered
+        self.short_of: tuple[object, object] | None = None
         self.middle = self.short_tmpl = self.short_user = self.head = self.back = self.mon = b""
         self.shead = self.smon = self.sback = b""
         self.full_v = self.mon_v = self.short_v = -1
 
-    def statics(self) -> None:
-        """Re-render the template-only pieces if vm.template or vm.user_template was replaced."""
-        vm = self.vm
-        if self.tmpl is not vm.template or self.user is not vm.user_template:
-            self.tmpl, self.user = vm.template, vm.user_template
-            self.middle = encode(X.full_middle(vm))
-            self.short_tmpl = encode(X.short_template(vm))
-            self.short_user = encode(X.short_user(vm))
+    def _changed(self, rendered: tuple[object, object] | None) -> bool:
+        return rendered is None or rendered[0] is not self.vm.template or rendered[1] is not self.vm.user_template
+
+    def full_statics(self) -> None:
+        """Re-render `middle` if vm.template or vm.user_template was replaced since."""
+        if self._changed(self.full_of):
+            self.full_of = (self.vm.template, self.vm.user_template)
+            self.middle = encode(X.full_middle(self.vm))
+
+    def short_statics(self) -> None:
+        """Re-render the short template and user template if either list was replaced since."""
+        if self._changed(self.short_of):
+            self.short_of = (self.vm.template, self.vm.user_template)
+            self.short_tmpl = encode(X.short_template(self.vm))
+            self.short_user = encode(X.short_user(self.vm))
 
 
 _POOL_OPEN, _POOL_CLOSE = encode("<VM_POOL>"), encode("</VM_POOL>")
@@ -111,7 +118,7 @@ class PoolCache:
         """The pieces of the full `<VM>` body (infoextended), escaped and encoded."""
         e = self._entry(vm)
         if e.full_v != vm.version:
-            e.statics()
+            e.full_statics()
             e.head, e.back = encode(X.full_head(vm)), encode(X.full_back(vm))
             e.full_v = vm.version
         return [e.head, self._mon(e), e.middle, e.back]
@@ -120,7 +127,7 @@ class PoolCache:
         """The pieces of the short `<VM>` body (vmpool.info), escaped and encoded."""
         e = self._entry(vm)
         if e.short_v != vm.version:
-            e.statics()
+            e.short_statics()
             e.shead, e.smon, e.sback = (encode(X.short_front(vm)), encode(X.short_monitoring(vm)),
                                         encode(X.short_back(vm)))
             e.short_v = vm.version
