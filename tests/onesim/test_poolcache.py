@@ -31,6 +31,7 @@ class Pools:
         self.sim = sim
         self.proxy = xmlrpc.client.ServerProxy(sim.handle.url)
         self.auth = sim.handle.auth
+        self.seen: list[str] = []
 
     def served(self) -> dict[str, str]:
         p, a = self.proxy, self.auth
@@ -61,35 +62,37 @@ class Pools:
         return {int(vm.findtext("ID")): vm for vm in root}
 
 
+    def step(self, name: str, change: Callable[[], object], expect: Callable[[dict[int, Any]], bool]) -> None:
+        """With warm caches, make one change; every pool must show it (and `expect` hold on the full bodies)."""
+        self.check()
+        change()
+        assert expect(self.check()), name
+        self.seen.append(name)
+
+
 @pytest.fixture
 def pools(sim: Sim) -> Pools:
     return Pools(sim)
 
 
-def test_every_change_of_a_vm_shows_in_the_pools(sim: Sim, one: pyone.OneServer, pools: Pools) -> None:
-    rpc, auth = pools.proxy, pools.auth
-    seen: list[str] = []
+def st(vms: dict[int, Any], vmid: int) -> tuple[int, int]:
+    return int(vms[vmid].findtext("STATE")), int(vms[vmid].findtext("LCM_STATE"))
 
-    def step(name: str, change: Callable[[], object], expect: Callable[[dict[int, Any]], bool]) -> None:
-        pools.check()  # the caches are warm before each change
-        change()
-        after = pools.check()
-        assert expect(after), name
-        seen.append(name)
 
-    def st(vms: dict[int, Any], vmid: int) -> tuple[int, int]:
-        return int(vms[vmid].findtext("STATE")), int(vms[vmid].findtext("LCM_STATE"))
+def last(vms: dict[int, Any], vmid: int, name: str) -> str:
+    return vms[vmid].findtext(f"HISTORY_RECORDS/HISTORY[last()]/{name}")
 
-    def last(vms: dict[int, Any], vmid: int, name: str) -> str:
-        return vms[vmid].findtext(f"HISTORY_RECORDS/HISTORY[last()]/{name}")
 
-    def user(vms: dict[int, Any], vmid: int, name: str) -> str | None:
-        return vms[vmid].findtext(f"USER_TEMPLATE/{name}")
+def user(vms: dict[int, Any], vmid: int, name: str) -> str | None:
+    return vms[vmid].findtext(f"USER_TEMPLATE/{name}")
 
+
+def test_lifecycle_changes_show_in_the_pools(sim: Sim, one: pyone.OneServer, pools: Pools) -> None:
+    rpc, auth, step = pools.proxy, pools.auth, pools.step
     a = one.vm.allocate(VM)
-    b, held = ok(rpc.onesim.vm.allocatebatch(auth, [VM, VM], True))  # type: ignore[misc]
+    b = ok(rpc.onesim.vm.allocatebatch(auth, [VM], True))[0]  # type: ignore[index]
     tid = one.template.allocate('NAME = "t"\nCPU = 0.1\nMEMORY = 64')
-    step("instantiate", lambda: one.template.instantiate(tid, "from-t"), lambda v: v[3].findtext("NAME") == "from-t")
+    step("instantiate", lambda: one.template.instantiate(tid, "from-t"), lambda v: v[2].findtext("NAME") == "from-t")
     step("release", lambda: one.vm.action("release", b), lambda v: st(v, b) == (1, 0))
     step("schedule+boot", lambda: sim.advance(), lambda v: st(v, a) == (3, 3) and last(v, a, "HOSTNAME"))
     step("setcpu", lambda: rpc.onesim.vm.setcpu(auth, a, 42.5), lambda v: v[a].findtext("MONITORING/CPU") == "42.5")
@@ -113,8 +116,19 @@ def test_every_change_of_a_vm_shows_in_the_pools(sim: Sim, one: pyone.OneServer,
     step("undeploy", lambda: (one.vm.action("undeploy", a), sim.advance()), lambda v: st(v, a) == (9, 0))
     step("deploy", lambda: (one.vm.deploy(a, 2), sim.advance()),
          lambda v: st(v, a) == (3, 3) and last(v, a, "HID") == "2")
-    step("hold", lambda: (rpc.one.vm.allocate(auth, VM, False), one.vm.action("hold", 4)),
-         lambda v: st(v, 4) == (2, 0))
+    step("terminate", lambda: one.vm.action("terminate", b), lambda v: st(v, b) == (3, 12))
+    step("-> DONE", lambda: sim.advance(), lambda v: st(v, b) == (6, 0) and v[b].findtext("ETIME") != "0")
+    step("terminate-hard", lambda: (one.vm.action("terminate-hard", 2), sim.advance()), lambda v: st(v, 2) == (6, 0))
+    assert len(pools.seen) == 23
+
+
+def test_fault_recover_and_scheduler_changes_show_in_the_pools(sim: Sim, one: pyone.OneServer,
+                                                               pools: Pools) -> None:
+    rpc, auth, step = pools.proxy, pools.auth, pools.step
+    a, b, held = ok(rpc.onesim.vm.allocatebatch(auth, [VM, VM], False)) + [one.vm.allocate(VM, True)]  # type: ignore[operator]
+    sim.advance()
+    step("hold", lambda: (rpc.one.vm.allocate(auth, VM, False), one.vm.action("hold", 3)),
+         lambda v: st(v, 3) == (2, 0))
     step("fail BOOT_FAILURE", lambda: rpc.onesim.vm.fail(auth, a, "BOOT_FAILURE"), lambda v: st(v, a) == (3, 36))
     step("recover retry", lambda: (one.vm.recover(a, 2), sim.advance()), lambda v: st(v, a) == (3, 3))
     step("fail UNKNOWN", lambda: rpc.onesim.vm.fail(auth, a, "UNKNOWN"), lambda v: st(v, a) == (3, 16))
@@ -125,13 +139,10 @@ def test_every_change_of_a_vm_shows_in_the_pools(sim: Sim, one: pyone.OneServer,
          lambda v: "No host with enough capacity" in (user(v, b, "SCHED_MESSAGE") or ""))
     step("fill off", lambda: (rpc.onesim.host.fill(auth, False), sim.advance()),
          lambda v: st(v, b) == (3, 3) and user(v, b, "SCHED_MESSAGE") is None)
-    step("terminate", lambda: one.vm.action("terminate", b), lambda v: st(v, b) == (3, 12))
-    step("-> DONE", lambda: sim.advance(), lambda v: st(v, b) == (6, 0) and v[b].findtext("ETIME") != "0")
     step("recover delete", lambda: one.vm.recover(held, 3), lambda v: st(v, held) == (6, 0))
-    step("terminate-hard", lambda: (one.vm.action("terminate-hard", 3), sim.advance()), lambda v: st(v, 3) == (6, 0))
-    step("recover delete-db", lambda: one.vm.recover(4, 5), lambda v: 4 not in v)
+    step("recover delete-db", lambda: one.vm.recover(3, 5), lambda v: 3 not in v)
     step("vanish", lambda: rpc.onesim.vm.fail(auth, a, "vanish"), lambda v: a not in v)
-    assert len(seen) == 34
+    assert len(pools.seen) == 11
 
 
 def test_the_check_catches_a_change_made_without_touch(sim: Sim, one: pyone.OneServer, pools: Pools) -> None:
