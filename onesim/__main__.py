@@ -17,7 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
-from onesim.model import DEFAULT_DELAYS, DELAY_NAMES
+from onesim.model import DEFAULT_DELAYS, DELAY_NAMES, MONITORING_KEEP
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-port", type=int, default=int(env.get("ONESIM_SSH_PORT", "2222")))
     p.add_argument("--workdir", type=Path, default=None, help="default $CARINA_HOME/onesim")
     p.add_argument("--fresh", action="store_true", help="discard the saved cloud and start an empty one")
+    p.add_argument("--monitoring-keep", type=int, default=MONITORING_KEEP, metavar="N",
+                   help=f"monitoring records kept per VM, 1..{MONITORING_KEEP} (about 0.5 KB each; "
+                        f"default {MONITORING_KEEP})")
     for name in DELAY_NAMES:
         p.add_argument(f"--delay-{name}", type=float, default=DEFAULT_DELAYS[name], metavar="S",
                        help=f"seconds for {name} (default {DEFAULT_DELAYS[name]:g})")
@@ -57,7 +60,8 @@ def main(argv: list[str]) -> int:
         ensure_private_dir(workdir)  # private (0700): the cloud's state names every VM's context, tokens included
         handle = start_simulator(args.port, auth=args.auth, inventory=args.inventory, guests=args.guests,
                                  ssh_port=args.ssh_port, delays=delays, workdir=workdir, host=args.host,
-                                 persist=True, fresh=args.fresh)
+                                 persist=True, fresh=args.fresh,
+                                 monitoring_keep=args.monitoring_keep)
     except (InventoryError, ValueError, OSError) as exc:
         print(f"onesim: {exc}", file=sys.stderr)
         return 2

@@ -17,11 +17,13 @@ from onesim import states as S
 from onesim import xmlout as X
 from onesim.inventory import UserSpec
 from onesim.model import Model, VmTemplateObj
+from onesim.poolcache import PoolCache, window
 from onesim.template import Template, TemplateError, first_str, merge_attrs, parse, replace_attrs
 
 log = logging.getLogger("onesim")
 VERSION = "7.0.0"
-_TYPES = {"s": (str, "string"), "i": (int, "integer"), "b": (bool, "boolean"), "d": ((int, float), "double")}
+_TYPES = {"s": (str, "string"), "i": (int, "integer"), "b": (bool, "boolean"), "d": ((int, float), "double"),
+          "a": (list, "array")}
 
 
 class I8(int):
@@ -31,7 +33,7 @@ class I8(int):
 @dataclass(frozen=True)
 class Method:
     fn: Callable[..., Any]
-    sig: str  # parameter types after the session: s=string, i=int, b=bool, d=double (or int)
+    sig: str  # parameter types after the session: s=string, i=int, b=bool, d=double (or int), a=array
     required: int
 
 
@@ -56,6 +58,7 @@ class Api:
         self.model = model
         self.methods: dict[str, Method] = {}
         self.hooks: dict[str, Callable[..., None]] = {}
+        self.pools = PoolCache(model)
         _register_one(self)
 
     def add(self, name: str, sig: str, required: int, fn: Callable[..., Any]) -> None:
@@ -92,7 +95,7 @@ def _register_one(api: Api) -> None:
     m = api.model
     api.add("one.system.version", "", 0, lambda u: VERSION)
     _register_vm(api, m)
-    _register_pools(api, m)
+    _register_pools(api, api.pools)
     _register_templates(api, m)
     api.add("one.host.info", "ib", 1, lambda u, hid, decrypt=False: X.host_xml(m, m.host(hid)))
     api.add("one.hostpool.info", "", 0, lambda u: X.host_pool_xml(m))
@@ -161,43 +164,25 @@ def _register_vm(api: Api, m: Model) -> None:
     api.add("one.vm.monitoring", "i", 1, lambda u, vmid: X.monitoring_xml(list(m.vm(vmid).monitoring)))
 
 
-def _register_pools(api: Api, m: Model) -> None:
+def _register_pools(api: Api, pools: PoolCache) -> None:
     def select(u: UserSpec, flag: int, start: int, end: int, state: int, kv: str = "") -> list:
-        if state < -2 or state > 11 or state == 7:
-            raise S.OneError(S.RPC_API, f"Incorrect state filter {state}.")
-        if kv:
+        if kv and -2 <= state <= 11 and state != 7:
             raise S.OneError(S.INTERNAL, "Key-value filter requires a MySQL backend with JSON support.")
-        owner = m.filter_owner(u, flag)
-        ids = [vid for vid, vm in sorted(m.vms.items()) if owner(vm.uid, vm.gid)
-               and (state == -2 or (state == -1 and vm.state != S.DONE) or vm.state == state)]
-        return [m.vms[i] for i in m.id_range(ids, start, end)]
+        return pools.select(u, flag, start, end, state)
 
-    api.add("one.vmpool.info", "iiiis", 4, lambda u, *a: X.vm_pool_xml(select(u, *a), extended=False))
-    api.add("one.vmpool.infoextended", "iiiis", 4, lambda u, *a: X.vm_pool_xml(select(u, *a), extended=True))
+    api.add("one.vmpool.info", "iiiis", 4, lambda u, *a: pools.vm_pool(select(u, *a), extended=False))
+    api.add("one.vmpool.infoextended", "iiiis", 4, lambda u, *a: pools.vm_pool(select(u, *a), extended=True))
 
-    def infoset(u: UserSpec, ids: str, extended: bool) -> str:
+    def infoset(u: UserSpec, ids: str, extended: bool) -> object:
         try:
             wanted = {int(x) for x in ids.replace(" ", "").split(",") if x}
         except ValueError:
             raise S.OneError(S.RPC_API, f"Invalid VM id list {ids!r}.") from None
-        return X.vm_pool_xml([vm for vid, vm in sorted(m.vms.items()) if vid in wanted], extended)
+        vms = pools.model.vms
+        return pools.vm_pool([vms[i] for i in sorted(wanted) if i in vms], extended)
 
     api.add("one.vmpool.infoset", "sb", 2, infoset)
-
-    def pool_monitoring(u: UserSpec, flag: int, seconds: int) -> str:
-        owner = m.filter_owner(u, flag)
-        since = m.now() - seconds
-        records: list[dict] = []
-        for _, vm in sorted(m.vms.items()):
-            if vm.state == S.DONE or not owner(vm.uid, vm.gid) or not vm.monitoring:
-                continue
-            if seconds == 0:
-                records.append(vm.monitoring[-1])
-            else:
-                records += [r for r in vm.monitoring if seconds < 0 or r["TIMESTAMP"] >= since]
-        return X.monitoring_xml(records)
-
-    api.add("one.vmpool.monitoring", "ii", 2, pool_monitoring)
+    api.add("one.vmpool.monitoring", "ii", 2, lambda u, flag, seconds: pools.monitoring_pool(u, flag, seconds))
 
 
 def _register_templates(api: Api, m: Model) -> None:
@@ -255,8 +240,8 @@ def _register_templates(api: Api, m: Model) -> None:
 
     def pool(u: UserSpec, flag: int, start: int, end: int) -> str:
         owner = m.filter_owner(u, flag)
-        ids = [tid for tid, t in sorted(m.templates.items()) if owner(t.uid, t.gid)]
-        return X.template_pool_xml(m.templates[i] for i in m.id_range(ids, start, end))
+        ids = window(sorted(m.templates), start, end, lambda i: owner(m.templates[i].uid, m.templates[i].gid))
+        return X.template_pool_xml(m.templates[i] for i in ids)
 
     api.add("one.template.allocate", "s", 1, allocate)
     api.add("one.template.info", "ibb", 1, lambda u, tid, ext=False, dec=False: X.template_xml(get(tid)))

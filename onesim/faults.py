@@ -6,6 +6,9 @@ Methods (first parameter the session, answers as OpenNebula's):
   onesim.sim.setdelay(session, name, s)    lifecycle delay: schedule, prolog, boot, shutdown, epilog, save, monitor
   onesim.host.fill(session, bool)          true: no host has room (new VMs stay PENDING); false: back to normal
   onesim.sim.down(session, seconds)        the endpoint refuses connections for that many seconds
+  onesim.vm.allocatebatch(session, [template...], hold)  one.vm.allocate for each (at most 10000), in one
+                                           call: the ids; stops at the first bad template (those before stay)
+  onesim.sim.monitor(session)              every RUNNING VM takes a monitoring sample now: how many did
 CLI: ``python -m onesim fault [--url U] [--auth A] vm-fail ID KIND | setcpu ID PCT | setdelay NAME S |
 fill on|off | down S``.
 """
@@ -21,6 +24,9 @@ from onesim import lifecycle as L
 from onesim import states as S
 from onesim.api import Api
 from onesim.inventory import UserSpec
+from onesim.template import TemplateError, parse
+
+MAX_BATCH = 10000
 
 
 def _number(num: float, field: str, low: float, high: float) -> float:
@@ -64,11 +70,34 @@ def register(api: Api) -> None:
         hook(secs)
         return 0
 
+    def allocatebatch(u: UserSpec, texts: list, hold: bool) -> list[int]:
+        if len(texts) > MAX_BATCH:
+            raise S.OneError(S.RPC_API, f"templates: at most {MAX_BATCH} per call")
+        ids = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise S.OneError(S.RPC_API, f"template {i}: must be a string")
+            try:
+                ids.append(L.allocate(m, parse(text), u, hold).id)
+            except TemplateError as exc:
+                raise S.OneError(S.INTERNAL, f"template {i}: {exc}") from None
+            except S.OneError as exc:
+                raise S.OneError(exc.code, f"template {i}: {exc.message}", exc.obj_id) from None
+        return ids
+
+    def monitor(u: UserSpec) -> int:
+        running = [vm for _, vm in sorted(m.vms.items()) if (vm.state, vm.lcm) == L.RUNNING]
+        for vm in running:
+            m.record_monitoring(vm)
+        return len(running)
+
     api.add("onesim.vm.fail", "is", 2, fail)
     api.add("onesim.vm.setcpu", "id", 2, setcpu)
     api.add("onesim.sim.setdelay", "sd", 2, setdelay)
     api.add("onesim.host.fill", "b", 1, fill)
     api.add("onesim.sim.down", "d", 1, down)
+    api.add("onesim.vm.allocatebatch", "ab", 2, allocatebatch)
+    api.add("onesim.sim.monitor", "", 0, monitor)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -6,6 +6,8 @@ a list of steps `(delay name, STATE, LCM_STATE)` taken one after the other as th
 
 from __future__ import annotations
 
+import heapq
+
 from onesim import states as S
 from onesim.inventory import UserSpec
 from onesim.model import SCHED_RETRY_SECONDS, Model, Vm
@@ -14,6 +16,7 @@ from onesim.vmbuild import build_vm
 
 RUNNING = (S.ACTIVE, S.RUNNING)
 MAX_DISPATCH = 1000  # PENDING VMs considered per tick (bounds the time the model lock is held)
+MAX_SAMPLES = 5000  # monitoring samples taken per tick (same reason)
 _TO_RUNNING = ("boot", S.ACTIVE, S.RUNNING)
 
 # failure LCM state -> (LCM state a retry restarts, the plan from there)
@@ -65,6 +68,7 @@ def go(model: Model, vm: Vm, state: int, lcm: int, plan: list[tuple[str, int, in
         model.release_leases(vm)
         vm.etime = model.now()
         vm.plan = []
+    model.refile(vm)
 
 
 def _advance(model: Model, vm: Vm, now: float) -> None:
@@ -82,10 +86,10 @@ def allocate(model: Model, raw: Template, user: UserSpec, hold: bool, default_na
     """Create a VM (PENDING, or HOLD when `hold`) from a parsed template. Not idempotent: a new id each call."""
     vm = build_vm(model, raw, user, default_name)
     model.next_vm_id += 1
-    model.vms[vm.id] = vm
     vm.state = S.HOLD if hold or (first_str(raw, "SUBMIT_ON_HOLD") or "").upper() == "YES" else S.PENDING
     vm.prev_state = vm.state
     vm.step_at = model.clock()
+    model.add_vm(vm)
     return vm
 
 
@@ -193,7 +197,7 @@ def remove(model: Model, vm: Vm) -> None:
         model.guest_events.put(("stop", vm.id))
     model.free_host(vm)
     model.release_leases(vm)
-    del model.vms[vm.id]
+    model.drop_vm(vm)
 
 
 def recover(model: Model, vm: Vm, op: int) -> None:
@@ -258,7 +262,8 @@ def _priority(vm: Vm) -> float:
 def schedule(model: Model, now: float) -> None:
     """Place due PENDING VMs (USER_PRIORITY desc, then id); unplaceable ones stay PENDING with SCHED_MESSAGE
     and are retried when capacity frees, when they change, or every SCHED_RETRY_SECONDS."""
-    due = [vm for vm in model.vms.values() if vm.state == S.PENDING and now >= vm.step_at + model.delays["schedule"]
+    pending = (vm for i in model.pending if (vm := model.vms.get(i)) is not None)
+    due = [vm for vm in pending if vm.state == S.PENDING and now >= vm.step_at + model.delays["schedule"]
            and (vm.sched_epoch != model.capacity_epoch or now >= vm.sched_tried_at + SCHED_RETRY_SECONDS)]
     if not due:
         return
@@ -274,18 +279,35 @@ def schedule(model: Model, now: float) -> None:
         model.account(cache[host_id], vm)
 
 
-def tick(model: Model) -> None:
-    """Advance every plan whose delay elapsed, run the scheduler, take due monitoring samples."""
-    now = model.clock()
-    for vm in list(model.vms.values()):
-        if vm.plan:
+def _advance_planned(model: Model, now: float) -> None:
+    for vmid in sorted(model.planned):
+        vm = model.vms.get(vmid)
+        if vm is not None and vm.plan:
             _advance(model, vm, now)
+
+
+def _monitor(model: Model, now: float) -> None:
+    """Take a sample of every RUNNING VM whose last one is at least the monitor delay old (once per tick, at
+    most MAX_SAMPLES: the rest stay due for the next ticks, so the lock is never held for long)."""
+    interval, heap = model.delays["monitor"], model.monitor_due
+    due: dict[int, Vm] = {}
+    while heap and now - heap[0][0] >= interval and len(due) < MAX_SAMPLES:
+        stamp, vmid = heapq.heappop(heap)
+        vm = model.vms.get(vmid)
+        if vm is not None and vm.last_monitor == stamp and (vm.state, vm.lcm) == RUNNING:
+            due[vmid] = vm
+    for vmid in sorted(due):
+        model.record_monitoring(due[vmid])
+
+
+def tick(model: Model) -> None:
+    """Advance every plan whose delay elapsed, run the scheduler, take due monitoring samples.
+
+    Costs O(VMs with a plan + PENDING VMs + samples due), not O(pool): see the work sets in onesim.model."""
+    model.check_index()
+    now = model.clock()
+    _advance_planned(model, now)
     schedule(model, now)
     now = model.clock()
-    for vm in list(model.vms.values()):
-        if vm.plan:
-            _advance(model, vm, now)
-    interval = model.delays["monitor"]
-    for vm in model.vms.values():
-        if (vm.state, vm.lcm) == RUNNING and now - vm.last_monitor >= interval:
-            model.record_monitoring(vm)
+    _advance_planned(model, now)
+    _monitor(model, now)

@@ -2,10 +2,18 @@
 
 Callers hold `model.lock` around every read or change. Guest start/stop events are queued on
 `model.guest_events` (in order) and delivered by the server outside the lock.
+
+Change tracking (what keeps the big pools fast): every assignment to a field of a `Vm` bumps its `version`
+(see `Vm.__setattr__`); an in-place change (appending to `history` or `monitoring`, editing a history
+record) calls `vm.touch()`. The pool caches (onesim.poolcache) re-render a VM only when its version moved.
+Templates are replaced, never edited in place. The tick's work sets (`planned`, `pending`, `monitor_due`)
+are kept by `add_vm`, `drop_vm`, `refile` and `record_monitoring`; `reindex()` rebuilds them (the tick
+calls it by itself when `vms` was replaced or changed size behind add_vm/drop_vm, e.g. after a load).
 """
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import queue
 import threading
@@ -26,7 +34,7 @@ DEFAULT_DELAYS = {"schedule": 1.0, "prolog": 1.0, "boot": 2.0, "shutdown": 1.0, 
                   "monitor": 5.0}
 MONITORING_KEEP = 200  # records kept per VM
 # Vm fields whose assignment does not bump Vm.rev (monitoring and scheduler bookkeeping, not worth a save)
-QUIET_FIELDS = frozenset({"rev", "last_poll", "last_monitor", "monitoring", "sched_epoch", "sched_tried_at"})
+QUIET_FIELDS = frozenset({"rev", "version", "last_poll", "last_monitor", "monitoring", "sched_epoch", "sched_tried_at"})
 SCHED_RETRY_SECONDS = 15.0  # an unplaceable VM is retried at least this often (oned's scheduler cycle)
 
 
@@ -74,12 +82,20 @@ class Vm:
     leases: list[tuple[int, str]] = field(default_factory=list)
     sched_epoch: int = -1  # capacity epoch of the last failed placement attempt (-1: try at the next tick)
     sched_tried_at: float = 0.0  # when that attempt was made
+    version: int = field(default=0, compare=False)  # bumped by every change; the XML caches compare it
     rev = 0  # not a field: bumped by every assignment of a field outside QUIET_FIELDS (onesim.persist)
 
     def __setattr__(self, name: str, value: object) -> None:
+        """Set a field; bump `version` (the XML caches) and, outside QUIET_FIELDS, `rev` (persistence)."""
         object.__setattr__(self, name, value)
+        if name not in ("version", "rev"):
+            object.__setattr__(self, "version", self.__dict__.get("version", 0) + 1)
         if name not in QUIET_FIELDS:
             object.__setattr__(self, "rev", self.rev + 1)
+
+    def touch(self) -> None:
+        """Record an in-place change (history, monitoring...) so cached XML of this VM is re-rendered."""
+        self.version += 1
 
     def ip(self) -> str:
         """The first NIC's IP ("" when the VM has no NIC)."""
@@ -141,9 +157,14 @@ class Model:
         self.next_vm_id = 0
         self.next_template_id = 0
         self.hosts_full = False
+        self.monitoring_keep = MONITORING_KEEP  # records kept per VM (at most MONITORING_KEEP; ~0.5 KB each)
         self.capacity_epoch = 0  # bumped whenever capacity may have freed up (PENDING VMs retry then)
         self._compiled: dict[tuple[str, str], tuple] = {}
         self.guest_events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self.planned: set[int] = set()  # VMs with a non-empty plan (the tick advances only these)
+        self.pending: set[int] = set()  # PENDING VMs (the scheduler looks only at these)
+        self.monitor_due: list[tuple[float, int]] = []  # heap of (last_monitor, vmid); stale entries skipped
+        self._indexed: tuple[dict[int, Vm], int] = (self.vms, 0)
 
     # ---- configuration ------------------------------------------------------------------------------
     def set_delay(self, name: str, seconds: float) -> None:
@@ -183,6 +204,40 @@ class Model:
             if (net.spec.name == ref) if by_name else (str(net.spec.id) == ref.strip()):
                 return net
         raise S.OneError(S.NO_EXISTS, f"Error getting virtual network [{ref}].")
+
+    # ---- the VM table and the tick's work sets ------------------------------------------------------
+    def add_vm(self, vm: Vm) -> None:
+        """Register a new VM in the pool and the work sets. Safe to run twice."""
+        self.vms[vm.id] = vm
+        self.refile(vm)
+        self._indexed = (self.vms, len(self.vms))
+
+    def drop_vm(self, vm: Vm) -> None:
+        """Remove a VM from the pool and the work sets (its heap entry goes stale). Safe to run twice."""
+        self.vms.pop(vm.id, None)
+        self.planned.discard(vm.id)
+        self.pending.discard(vm.id)
+        self._indexed = (self.vms, len(self.vms))
+
+    def refile(self, vm: Vm) -> None:
+        """Put `vm` in (or out of) `planned` and `pending` after its plan or state changed. Safe to run twice."""
+        (self.planned.add if vm.plan else self.planned.discard)(vm.id)
+        (self.pending.add if vm.state == S.PENDING else self.pending.discard)(vm.id)
+
+    def reindex(self) -> None:
+        """Rebuild the work sets from `vms` (after loading or replacing VMs directly). Safe to run twice."""
+        self.planned = {i for i, vm in self.vms.items() if vm.plan}
+        self.pending = {i for i, vm in self.vms.items() if vm.state == S.PENDING}
+        self.monitor_due = [(vm.last_monitor, i) for i, vm in self.vms.items()
+                            if (vm.state, vm.lcm) == (S.ACTIVE, S.RUNNING)]
+        heapq.heapify(self.monitor_due)
+        self._indexed = (self.vms, len(self.vms))
+
+    def check_index(self) -> None:
+        """reindex() if `vms` was replaced or changed size other than through add_vm / drop_vm."""
+        table, count = self._indexed
+        if table is not self.vms or count != len(self.vms):
+            self.reindex()
 
     # ---- leases --------------------------------------------------------------------------------------
     def lease(self, net: NetState, vmid: int, want_ip: str = "") -> str:
@@ -258,6 +313,7 @@ class Model:
         if vm.host_id != host.spec.id:
             vm.history.append(History(seq=len(vm.history), host_id=host.spec.id, hostname=host.spec.name,
                                       stime=self.now()))
+            vm.touch()
         vm.host_id = host.spec.id
 
     def free_host(self, vm: Vm) -> None:
@@ -267,6 +323,7 @@ class Model:
             self.capacity_epoch += 1
             if vm.history and not vm.history[-1].etime:
                 vm.history[-1].etime = self.now()
+                vm.touch()
         vm.host_id = None
 
     # ---- scheduling ----------------------------------------------------------------------------------
@@ -325,15 +382,20 @@ class Model:
 
     # ---- monitoring ----------------------------------------------------------------------------------
     def record_monitoring(self, vm: Vm) -> None:
-        """Append a monitoring record for `vm` (CPU %, MEMORY KB, counters) stamped now."""
+        """Append a monitoring record for `vm` (CPU %, MEMORY KB, counters) stamped now; due again after the
+        monitor delay."""
         now = self.now()
         seq = len(vm.monitoring)
+        while len(vm.monitoring) >= self.monitoring_keep:
+            vm.monitoring.popleft()
         vm.monitoring.append({"ID": vm.id, "TIMESTAMP": now, "CPU": round(vm.cpu_pct, 2),
                               "MEMORY": vm.memory_mb * 512, "NETRX": 1000 * seq, "NETTX": 800 * seq,
                               "DISKRDBYTES": 4096 * seq, "DISKWRBYTES": 2048 * seq,
                               "DISKRDIOPS": seq, "DISKWRIOPS": seq})
+        vm.touch()
         vm.last_poll = now
         vm.last_monitor = self.clock()
+        heapq.heappush(self.monitor_due, (vm.last_monitor, vm.id))
 
     # ---- pools ---------------------------------------------------------------------------------------
     def filter_owner(self, user: UserSpec, flag: int) -> Callable[[int, int], bool]:
@@ -347,11 +409,3 @@ class Model:
         if flag in (-1, -4):
             return lambda uid, gid: (flag == -1 and uid == user.id) or gid == 0
         return lambda uid, gid: uid == flag
-
-    @staticmethod
-    def id_range(ids: list[int], start: int, end: int) -> list[int]:
-        """Apply oned's range semantics to sorted ids (end < -1: page of -end starting at offset start)."""
-        if end < -1:
-            offset = max(start, 0)
-            return ids[offset:offset - end]
-        return [i for i in ids if (start < 0 or i >= start) and (end < 0 or i <= end)]

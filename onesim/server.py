@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import socketserver
 import threading
 import time
 import xmlrpc.client
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,13 @@ from onesim import faults, lifecycle
 from onesim import states as S
 from onesim.api import I8, Api
 from onesim.inventory import load_inventory
-from onesim.model import Clock, Model
+from onesim.model import MONITORING_KEEP, Clock, Model
 from onesim.persist import Persister, wipe
+from onesim.poolcache import Chunks
 
 log = logging.getLogger("onesim")
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
+SEND_BYTES = 1 << 20
 TICK_SECONDS = 0.05
 GUEST_MODES = ("process", "synthetic", "none")
 
@@ -36,26 +40,80 @@ class _Marshaller(xmlrpc.client.Marshaller):
     dispatch[I8] = dump_i8
 
 
-def dump_response(value: Any) -> str:
-    """A methodResponse body for `value` (I8 values become <i8>)."""
+def _marshal(value: Any) -> str:
     body = _Marshaller("utf-8", allow_none=False).dumps((value,))
     return f"<?xml version='1.0'?>\n<methodResponse>\n{body}</methodResponse>\n"
 
 
+def dump_response(value: Any) -> list[bytes]:
+    """A methodResponse for `value` as byte pieces (I8 values become <i8>; a `Chunks` element of a list
+    answer goes out as its own pieces, already escaped, instead of being marshalled as a str)."""
+    chunks = [v for v in value if isinstance(v, Chunks)] if isinstance(value, list) else []
+    if not chunks:
+        return [_marshal(value).encode("utf-8")]
+    if len(chunks) > 1:
+        raise ValueError("answer: at most one Chunks value")
+    token = secrets.token_hex(16)  # stands in for the chunks; cannot occur anywhere else in the answer
+    before, after = _marshal([token if isinstance(v, Chunks) else v for v in value]).split(token)
+    return [before.encode("utf-8"), *chunks[0].parts, after.encode("utf-8")]
+
+
+def _fault(code: int, message: str) -> list[bytes]:
+    return [xmlrpc.client.dumps(xmlrpc.client.Fault(code, message), methodresponse=True).encode("utf-8")]
+
+
+def _batches(parts: list[bytes]) -> Iterator[bytes]:
+    """The pieces joined into writes of about SEND_BYTES (few syscalls, no copy of a whole big answer)."""
+    batch: list[bytes] = []
+    size = 0
+    for part in parts:
+        batch.append(part)
+        size += len(part)
+        if size >= SEND_BYTES:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield b"".join(batch)
+
+
 class _Handler(SimpleXMLRPCRequestHandler):
+    """POST /RPC2 with a size limit; answers are written in pieces and never gzip-compressed (loopback: the
+    compression of a 100 MB pool costs seconds and saves nothing)."""
+
     rpc_paths = ("/RPC2",)
+    encode_threshold = None
 
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        if not self.is_rpc_path_valid():
+            self.report_404()
+            return
         try:
             size = int(self.headers.get("content-length", "0"))
         except ValueError:
             size = -1
         if size < 0 or size > MAX_REQUEST_BYTES:
-            self.send_response(413 if size > 0 else 400)
-            self.send_header("Content-length", "0")
-            self.end_headers()
+            self._empty(413 if size > 0 else 400)
             return
-        super().do_POST()
+        data = self.decode_request_content(self.rfile.read(size))
+        if data is None:
+            return  # decode_request_content answered
+        try:
+            parts = self.server.answer(data)  # type: ignore[attr-defined]
+        except Exception:
+            log.exception("cannot answer")
+            self._empty(500)
+            return
+        self.send_response(200)
+        self.send_header("Content-type", "text/xml")
+        self.send_header("Content-length", str(sum(len(p) for p in parts)))
+        self.end_headers()
+        for batch in _batches(parts):
+            self.wfile.write(batch)
+
+    def _empty(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-length", "0")
+        self.end_headers()
 
 
 class _Server(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
@@ -66,20 +124,19 @@ class _Server(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         self.api = api
         super().__init__((host, port), requestHandler=_Handler, logRequests=False, allow_none=False)
 
-    def _marshaled_dispatch(self, data: bytes, dispatch_method: Any = None, path: Any = None) -> bytes:
+    def answer(self, data: bytes) -> list[bytes]:
+        """The methodResponse pieces for one request body: an answer array, or a fault."""
         try:
             params, method = xmlrpc.client.loads(data)
         except Exception as exc:
-            return xmlrpc.client.dumps(xmlrpc.client.Fault(S.FAULT_PARSE, f"Malformed XML-RPC call: {exc}"),
-                                       methodresponse=True).encode("utf-8")
+            return _fault(S.FAULT_PARSE, f"Malformed XML-RPC call: {exc}")
         try:
-            return dump_response(self.api.dispatch(method or "", params)).encode("utf-8")
+            return dump_response(self.api.dispatch(method or "", params))
         except xmlrpc.client.Fault as fault:
-            return xmlrpc.client.dumps(fault, methodresponse=True).encode("utf-8")
+            return _fault(fault.faultCode, fault.faultString)
         except Exception as exc:
             log.exception("cannot answer %s", method)
-            return xmlrpc.client.dumps(xmlrpc.client.Fault(-500, f"{type(exc).__name__}: {exc}"),
-                                       methodresponse=True).encode("utf-8")
+            return _fault(-500, f"{type(exc).__name__}: {exc}")
 
 
 class _Endpoint:
@@ -225,7 +282,7 @@ def start_simulator(port: int = 0, *, auth: str = "oneadmin:onesim", inventory: 
                     guests: str = "none", ssh_port: int = 2222, delays: dict[str, float] | None = None,
                     workdir: Path | None = None, host: str = "127.0.0.1", clock: Clock = time.time,
                     tick: bool = True, guest_manager: Any = None, persist: bool = False,
-                    fresh: bool = False) -> SimHandle:
+                    fresh: bool = False, monitoring_keep: int = MONITORING_KEEP) -> SimHandle:
     """Start a simulator in this process (background threads); port 0 picks a free port.
 
     `delays` override the lifecycle delays (all 0 by default in-process, so tests run fast);
@@ -234,8 +291,13 @@ def start_simulator(port: int = 0, *, auth: str = "oneadmin:onesim", inventory: 
     `persist` keeps the cloud in `<workdir>/state` (loaded now, saved while running and at stop; RUNNING VMs get
     their guests started again), `fresh` discards what was saved first. Raises persist.StateError for an
     unreadable saved cloud.
+    `monitoring_keep` (1..200) bounds the monitoring records kept per VM (memory: ~0.5 KB a record).
     """
+    if isinstance(monitoring_keep, bool) or not isinstance(monitoring_keep, int) or \
+            not 1 <= monitoring_keep <= MONITORING_KEEP:
+        raise ValueError(f"monitoring_keep: must be an integer between 1 and {MONITORING_KEEP}")
     model = Model(load_inventory(inventory, auth), clock=clock, delays=delays)
+    model.monitoring_keep = monitoring_keep
     workdir = (workdir or default_workdir()).resolve()
     persister, running = _persisted(model, workdir, fresh) if persist else (None, [])
     if guest_manager is None:

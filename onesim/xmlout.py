@@ -11,7 +11,7 @@ from xml.sax.saxutils import escape
 
 from onesim.inventory import UserSpec
 from onesim.model import History, HostState, Model, Vm, VmTemplateObj
-from onesim.template import Attr, Template
+from onesim.template import Attr
 
 PERMS_OWNER_UM = ("<PERMISSIONS><OWNER_U>1</OWNER_U><OWNER_M>1</OWNER_M><OWNER_A>0</OWNER_A><GROUP_U>0</GROUP_U>"
                   "<GROUP_M>0</GROUP_M><GROUP_A>0</GROUP_A><OTHER_U>0</OTHER_U><OTHER_M>0</OTHER_M>"
@@ -45,46 +45,70 @@ def attrs_xml(attrs: Iterable[Attr]) -> str:
     return "".join(out)
 
 
+_NUMBERS = (int, float)
+
+
 def _monitoring(record: dict | None, keys: Iterable[str] = MON_ORDER) -> str:
     if not record:
         return "<MONITORING/>"
-    return "<MONITORING>" + "".join(_el(k, record[k]) for k in keys if k in record) + "</MONITORING>"
+    return "<MONITORING>" + "".join([f"<{k}>{v}</{k}>" if type(v := record[k]) in _NUMBERS
+                                     else f"<{k}>{escape(str(v))}</{k}>" for k in keys if k in record]) \
+        + "</MONITORING>"
 
 
+def monitoring_el(vm: Vm) -> str:
+    """The `<MONITORING>` element of `vm`'s last record (full VM body, vmpool.monitoring), or `<MONITORING/>`."""
+    return _monitoring(vm.monitoring[-1] if vm.monitoring else None)
+
+
+# Integer fields are formatted as they are (they are ints); text fields are escaped.
 def _history(vm: Vm, h: History) -> str:
-    return ("<HISTORY>" + _el("OID", vm.id) + _el("SEQ", h.seq) + _el("HOSTNAME", h.hostname) + _el("HID", h.host_id)
-            + "<CID>0</CID>" + _el("STIME", h.stime) + _el("ETIME", h.etime)
-            + "<VM_MAD>kvm</VM_MAD><TM_MAD>ssh</TM_MAD><DS_ID>0</DS_ID><PLAN_ID>-1</PLAN_ID><ACTION_ID>-1</ACTION_ID>"
-            + _el("PSTIME", h.stime) + _el("PETIME", h.stime) + _el("RSTIME", h.stime) + _el("RETIME", h.etime)
-            + _el("ESTIME", h.etime) + _el("EETIME", h.etime) + _el("ACTION", h.action)
-            + _el("UID", vm.uid) + _el("GID", vm.gid) + "<REQUEST_ID>-1</REQUEST_ID></HISTORY>")
+    st, et = h.stime, h.etime
+    return (f"<HISTORY><OID>{vm.id}</OID><SEQ>{h.seq}</SEQ><HOSTNAME>{escape(h.hostname)}</HOSTNAME>"
+            f"<HID>{h.host_id}</HID><CID>0</CID><STIME>{st}</STIME><ETIME>{et}</ETIME>"
+            "<VM_MAD>kvm</VM_MAD><TM_MAD>ssh</TM_MAD><DS_ID>0</DS_ID><PLAN_ID>-1</PLAN_ID><ACTION_ID>-1</ACTION_ID>"
+            f"<PSTIME>{st}</PSTIME><PETIME>{st}</PETIME><RSTIME>{st}</RSTIME><RETIME>{et}</RETIME>"
+            f"<ESTIME>{et}</ESTIME><EETIME>{et}</EETIME><ACTION>{h.action}</ACTION>"
+            f"<UID>{vm.uid}</UID><GID>{vm.gid}</GID><REQUEST_ID>-1</REQUEST_ID></HISTORY>")
 
 
 def _head(vm: Vm, full: bool) -> str:
-    out = [_el("ID", vm.id), _el("UID", vm.uid), _el("GID", vm.gid), _el("UNAME", vm.uname), _el("GNAME", vm.gname),
-           _el("NAME", vm.name)]
-    if full:
-        out.append(PERMS_OWNER_UM)
-    out += [_el("LAST_POLL", vm.last_poll), _el("STATE", vm.state), _el("LCM_STATE", vm.lcm)]
-    if full:
-        out += [_el("PREV_STATE", vm.prev_state), _el("PREV_LCM_STATE", vm.prev_lcm)]
-    out += [_el("RESCHED", vm.resched), _el("STIME", vm.stime), _el("ETIME", vm.etime),
-            _el("DEPLOY_ID", vm.deploy_id)]
-    return "".join(out)
+    prev = f"<PREV_STATE>{vm.prev_state}</PREV_STATE><PREV_LCM_STATE>{vm.prev_lcm}</PREV_LCM_STATE>" if full else ""
+    return (f"<ID>{vm.id}</ID><UID>{vm.uid}</UID><GID>{vm.gid}</GID><UNAME>{escape(vm.uname)}</UNAME>"
+            f"<GNAME>{escape(vm.gname)}</GNAME><NAME>{escape(vm.name)}</NAME>{PERMS_OWNER_UM if full else ''}"
+            f"<LAST_POLL>{vm.last_poll}</LAST_POLL><STATE>{vm.state}</STATE><LCM_STATE>{vm.lcm}</LCM_STATE>"
+            f"{prev}<RESCHED>{vm.resched}</RESCHED><STIME>{vm.stime}</STIME>"
+            f"<ETIME>{vm.etime}</ETIME><DEPLOY_ID>{escape(vm.deploy_id)}</DEPLOY_ID>")
+
+
+# The full body is head + monitoring + middle + back; the short one front + template + monitoring + user +
+# back. Middle, short template and short user template depend on vm.template / vm.user_template only.
+def full_head(vm: Vm) -> str:
+    return "<VM>" + _head(vm, True)
+
+
+def full_middle(vm: Vm) -> str:
+    return ("<SCHED_ACTIONS/><TEMPLATE>" + attrs_xml(vm.template) + "</TEMPLATE><USER_TEMPLATE>"
+            + attrs_xml(vm.user_template) + "</USER_TEMPLATE>")
+
+
+def full_back(vm: Vm) -> str:
+    history = "".join(_history(vm, h) for h in vm.history)
+    return ((f"<HISTORY_RECORDS>{history}</HISTORY_RECORDS>" if history else "<HISTORY_RECORDS/>")
+            + "<BACKUPS><BACKUP_CONFIG/><BACKUP_IDS/></BACKUPS></VM>")
 
 
 def vm_xml(vm: Vm) -> str:
     """The full `<VM>` body of one.vm.info (vm.xsd)."""
-    last = vm.monitoring[-1] if vm.monitoring else None
-    history = "".join(_history(vm, h) for h in vm.history)
-    return ("<VM>" + _head(vm, True) + _monitoring(last) + "<SCHED_ACTIONS/>"
-            + "<TEMPLATE>" + attrs_xml(vm.template) + "</TEMPLATE>"
-            + "<USER_TEMPLATE>" + attrs_xml(vm.user_template) + "</USER_TEMPLATE>"
-            + (f"<HISTORY_RECORDS>{history}</HISTORY_RECORDS>" if history else "<HISTORY_RECORDS/>")
-            + "<BACKUPS><BACKUP_CONFIG/><BACKUP_IDS/></BACKUPS></VM>")
+    return full_head(vm) + monitoring_el(vm) + full_middle(vm) + full_back(vm)
 
 
-def _short_template(tmpl: Template) -> str:
+def short_front(vm: Vm) -> str:
+    return "<VM>" + _head(vm, False)
+
+
+def short_template(vm: Vm) -> str:
+    tmpl = vm.template
     out = []
     for key in ("CPU", "MEMORY", "VCPU"):
         out += [(k, v) for k, v in tmpl if k == key and isinstance(v, str)]
@@ -94,21 +118,30 @@ def _short_template(tmpl: Template) -> str:
     return "<TEMPLATE>" + attrs_xml(out) + "</TEMPLATE>"
 
 
+def short_monitoring(vm: Vm) -> str:
+    last = vm.monitoring[-1] if vm.monitoring else None
+    return _monitoring({"CPU": last["CPU"], "MEMORY": last["MEMORY"], "STATE": "RUNNING"} if last else None,
+                       ("CPU", "MEMORY", "STATE"))
+
+
+def short_user(vm: Vm) -> str:
+    return "<USER_TEMPLATE>" + attrs_xml([(k, v) for k, v in vm.user_template if k in SHORT_USER_KEYS]) + \
+        "</USER_TEMPLATE>"
+
+
+def short_back(vm: Vm) -> str:
+    if not vm.history:
+        return "<HISTORY_RECORDS/></VM>"
+    h = vm.history[-1]
+    return (f"<HISTORY_RECORDS><HISTORY><OID>{vm.id}</OID><SEQ>{h.seq}</SEQ>"
+            f"<HOSTNAME>{escape(h.hostname)}</HOSTNAME><HID>{h.host_id}</HID>"
+            "<CID>0</CID><DS_ID>0</DS_ID><VM_MAD>kvm</VM_MAD><TM_MAD>ssh</TM_MAD>"
+            f"<ACTION>{h.action}</ACTION></HISTORY></HISTORY_RECORDS></VM>")
+
+
 def vm_short_xml(vm: Vm) -> str:
     """The short `<VM>` body of one.vmpool.info (vm_pool.xsd)."""
-    last = vm.monitoring[-1] if vm.monitoring else None
-    mon = _monitoring({"CPU": last["CPU"], "MEMORY": last["MEMORY"], "STATE": "RUNNING"} if last else None,
-                      ("CPU", "MEMORY", "STATE"))
-    user = [(k, v) for k, v in vm.user_template if k in SHORT_USER_KEYS]
-    history = ""
-    if vm.history:
-        h = vm.history[-1]
-        history = ("<HISTORY>" + _el("OID", vm.id) + _el("SEQ", h.seq) + _el("HOSTNAME", h.hostname)
-                   + _el("HID", h.host_id) + "<CID>0</CID><DS_ID>0</DS_ID><VM_MAD>kvm</VM_MAD><TM_MAD>ssh</TM_MAD>"
-                   + _el("ACTION", h.action) + "</HISTORY>")
-    return ("<VM>" + _head(vm, False) + _short_template(vm.template) + mon
-            + "<USER_TEMPLATE>" + attrs_xml(user) + "</USER_TEMPLATE>"
-            + (f"<HISTORY_RECORDS>{history}</HISTORY_RECORDS>" if history else "<HISTORY_RECORDS/>") + "</VM>")
+    return short_front(vm) + short_template(vm) + short_monitoring(vm) + short_user(vm) + short_back(vm)
 
 
 def vm_pool_xml(vms: Iterable[Vm], extended: bool) -> str:

@@ -97,7 +97,7 @@ def test_a_context_script_cannot_reach_redis_or_its_files(machine: Path, monkeyp
             assert "NOAUTH" in seen["redis_cli"], seen["redis_cli"]
         env = set(seen["env"].split())
         assert env <= set(context) | {"HOME", "PATH", "MNT", "USER", "LOGNAME", "SHELL", "LANG", "PWD", "SHLVL",
-                                      "OLDPWD", "_"}, env
+                                      "OLDPWD", "_", "ONESIM_HOSTKEY_PUB"}, env    # the host's public key path
         assert (sandboxes / "vm-5" / "home" / "local").stat().st_uid == _guest_uid()
         assert stat.S_IMODE((sandboxes / "vm-5" / "ssh_host_ed25519_key").stat().st_mode) == 0o600
 

@@ -21,7 +21,7 @@ from onesim.server import start_simulator
 from tests.harness import free_port, project_env, wait_port
 from tests.onesim.conftest import Sim
 
-SAMPLE_ARGS = {"s": "x", "i": 0, "b": False, "d": 1.0}
+SAMPLE_ARGS = {"s": "x", "i": 0, "b": False, "d": 1.0, "a": ["x"]}
 
 
 def test_wrong_session_fails_every_method_with_auth_error(sim: Sim) -> None:
