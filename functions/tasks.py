@@ -13,6 +13,7 @@ from rq import get_current_job
 
 from config.settings import Settings
 from functions.engine import kick, loop
+from functions.engine import watch as watcher
 from functions.engine.context import Ctx, EndHook
 from functions.model.clock import system_clock
 from functions.ops import callbacks, groups
@@ -20,6 +21,19 @@ from functions.store.runtime import Runtime, connect
 from functions.upkeep import ticks
 
 END_HOOKS: tuple[EndHook, ...] = (groups.after_job,)
+
+_RUNTIMES: dict[tuple[str, str], Runtime] = {}
+
+
+def runtime() -> Runtime:
+    """This process's connections for the environment's settings, made once and reused by every job a
+    non-forking worker runs (a forked job makes its own, as before)."""
+    settings = Settings.from_env()
+    key = (settings.redis_url, settings.queue_name)
+    rt = _RUNTIMES.get(key)
+    if rt is None or rt.settings != settings:
+        rt = _RUNTIMES[key] = connect(settings)
+    return rt
 
 
 def engine_ctx(rt: Runtime, **overrides: object) -> Ctx:
@@ -29,7 +43,7 @@ def engine_ctx(rt: Runtime, **overrides: object) -> Ctx:
 
 def drive(envid: str) -> str:
     """Run the environment's lifecycle as far as it goes now (functions.engine.loop.step). Safe to run twice."""
-    rt = connect(Settings.from_env())
+    rt = runtime()
     job = get_current_job()
     kick.clear_kick(rt.raw, str(envid), job.id if job is not None else None)
     return loop.step(engine_ctx(rt), str(envid))
@@ -38,14 +52,21 @@ def drive(envid: str) -> str:
 def apply_callback(envid: str, vmid: int, kind: str, fields: dict[str, str], slot: str = "",
                    attempt: int = 0) -> str:
     """Record one accepted VM callback (functions.ops.callbacks.apply). Safe to run twice."""
-    rt = connect(Settings.from_env())
+    rt = runtime()
     return callbacks.apply(rt.text, rt.queue, str(envid), int(vmid), kind, dict(fields), system_clock,
                            slot or None, int(attempt))
 
 
 def minute_tick() -> str:
     """The per-minute upkeep (functions.upkeep.ticks.tick); acts once per minute however often it runs."""
-    settings = Settings.from_env()
-    rt = connect(settings)
-    stats = ticks.tick(rt.text, rt.queue, retention=settings.job_retention)
+    rt = runtime()
+    stats = ticks.tick(rt.text, rt.queue, retention=rt.settings.job_retention)
     return "skipped (this minute already ran)" if stats is None else f"done: {stats}"
+
+
+def watch() -> str:
+    """One pass of the watcher (functions.engine.watch.run): one OpenNebula call per endpoint for every
+    environment waiting on its VMs, kicking those whose VMs changed. Safe to run twice."""
+    rt = runtime()
+    stats = watcher.run(rt.text, rt.queue)
+    return "skipped (another pass runs)" if stats is None else f"done: {stats}"

@@ -11,7 +11,7 @@ never imports who reacts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,13 +28,39 @@ from functions.store.envstore import VmRecord
 
 log = logging.getLogger("carina.engine")
 
-POLL = 1.0                  # seconds between OpenNebula polls while a VM boots or shuts down
 FINAL = ("DONE", "FAIL", "ABORT")
 LOCK_TTL = envstore.LOCK_TTL  # the env lock's TTL, renewed while a step runs (functions.store.envstore.env_lock)
 
 
-Step = float | None   # None: nothing more to do; 0: next step now; > 0: come back in that many seconds
+@dataclass(frozen=True)
+class Watch:
+    """Come back when OpenNebula shows one of `vms` (VM id -> state as the step saw it, see vmops.watch_state)
+    in another state, or at the latest after `within` seconds (None: no time limit). The loop puts the
+    environment in the watch set (functions.store.watching); the watcher (functions.engine.watch) polls every
+    watched VM of an endpoint in one call and kicks only the environments whose VMs changed."""
+
+    vms: Mapping[int, str]
+    within: float | None = None
+
+
+Step = float | Watch | None   # None: nothing more to do; 0: next step now; > 0: come back in that many
+                              # seconds; Watch: come back when a VM changes
 EndHook = Callable[["Ctx", "Env", str], None]   # (ctx, env, job status) after a job ended
+
+
+def later(*waits: Step) -> Step:
+    """The wait of a step made of several parts: None parts are done; any 0 means now; delays give the
+    soonest; watches merge their VMs and keep the soonest delay as their `within`. None if every part is done."""
+    delays = [w for w in waits if isinstance(w, int | float)]
+    watches = [w for w in waits if isinstance(w, Watch)]
+    soonest = min(delays, default=None)
+    if not watches or soonest == 0:
+        return soonest
+    vms: dict[int, str] = {}
+    for w in watches:
+        vms.update(w.vms)
+    limits = [x for x in [soonest, *(w.within for w in watches)] if x is not None]
+    return Watch(vms, min(limits, default=None))
 
 
 @dataclass

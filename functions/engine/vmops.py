@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from functions.cloud import sshexec
 from functions.cloud.one import OneClient, VmView
+from functions.engine.context import Watch
 from functions.model import render, specview, tokens
 from functions.store import envstore, keys, tenants
 from functions.store.envstore import VmRecord
@@ -107,8 +108,74 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
     return _adopt(ctx, env, rec, vmid, "allocated")
 
 
+def watch_state(view: VmView | None) -> str:
+    """What the watcher compares for one VM: STATE.LCM_STATE, plus the scheduler's message while it cannot
+    place the VM ("gone" once DONE or unknown to OpenNebula). Pure."""
+    if view is None or view.gone:
+        return "gone"
+    reason = view.sched_message()
+    return f"{view.state}.{view.lcm_state}" + (f" {reason}" if reason else "")
+
+
+GOING = "going"    # the watch state of a VM asked to terminate: only its end (or a failure) matters
+
+
+def going_state(view: VmView | None) -> str:
+    """The watch state of a VM Carina has asked to terminate: GOING while it shuts down normally, its exact
+    watch_state once it is gone, failed or unknown (terminating it again may be needed then). Pure."""
+    if view is None or view.gone or view.failed or view.unknown:
+        return watch_state(view)
+    return GOING
+
+
+def changed(seen: str, view: VmView | None) -> bool:
+    """Whether OpenNebula's `view` of a VM differs from the watch state `seen` a step recorded. Pure."""
+    return (going_state(view) if seen == GOING else watch_state(view)) != seen
+
+
+def watch(rec: VmRecord, view: VmView | None) -> Watch:
+    """Wait until the record's VM leaves the state `view` shows (the watcher kicks the environment then)."""
+    assert rec.vmid is not None
+    return Watch({rec.vmid: watch_state(view)})
+
+
+PENDING_PREFIX = "PENDING: "
+
+
+def pending_status(reason: str) -> str:
+    """The short environment status (it fits the D_STATUS column) for a VM OpenNebula cannot place. Pure."""
+    low = reason.lower()
+    if "capacity" in low:
+        return PENDING_PREFIX + "hosts full"
+    if "requirement" in low:
+        return PENDING_PREFIX + "no host fits"
+    return PENDING_PREFIX + "not placed"
+
+
+def _note_placement(ctx: Ctx, env: Env, rec: VmRecord, reason: str) -> None:
+    """Say (once per change) that OpenNebula cannot place the VM, or that it now did: an event, the env's
+    `info`, and its status while it still is the create's INIT (or an earlier PENDING: ...)."""
+    status = str(env.data.get("status") or "")
+    fields: dict[str, str] = {}
+    if reason:
+        ctx.event(env, "wait", f"{rec.role} {rec.slot}: VM {rec.vmid} is PENDING, OpenNebula cannot place it: "
+                               f"{reason}", vmid=str(rec.vmid), slot=rec.slot)
+        fields["info"] = f"waiting for OpenNebula to place {rec.role} VM {rec.vmid}: {reason}"
+        if status in ("", "INIT") or status.startswith(PENDING_PREFIX):
+            fields["status"] = pending_status(reason)
+    else:
+        ctx.event(env, "step", f"{rec.role} {rec.slot}: VM {rec.vmid} placed by OpenNebula after waiting",
+                  vmid=str(rec.vmid), slot=rec.slot)
+        fields["info"] = ""
+        if status.startswith(PENDING_PREFIX):
+            fields["status"] = "INIT"
+    envstore.update_env(ctx.r, env.envid, **fields)
+    env.data.update(fields)
+
+
 def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
-    """Refresh the record from OpenNebula (state, IP, CPU); marks it running once RUNNING. Returns the view."""
+    """Refresh the record from OpenNebula (state, IP, CPU, why it is not placed); marks it running once
+    RUNNING. Returns the view. Safe to run twice (a placement note is made once per change)."""
     assert rec.vmid is not None
     view = one.info(rec.vmid)
     if view is None or view.gone:
@@ -117,6 +184,10 @@ def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
         return None
     changed = rec.one_state != view.short_status()
     rec.one_state = view.short_status()
+    reason = view.sched_message()
+    if reason != rec.sched:
+        _note_placement(ctx, env, rec, reason)
+        rec.sched, changed = reason, True
     if view.cpu is not None:
         rec.cpu = view.cpu
     if view.running and rec.state in ("allocating", "allocated"):
@@ -162,8 +233,10 @@ def master_command(ctx: Ctx, env: Env, master: VmRecord, verb: str, slave: VmRec
               slot=slave.slot)
 
 
-def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = False) -> bool:
-    """Ask OpenNebula to terminate the slot's VM; True once it is gone (then the record is deleted).
+def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = False,
+              seen: dict[int, str] | None = None) -> bool:
+    """Ask OpenNebula to terminate the slot's VM; True once it is gone (then the record is deleted). While
+    it is not gone, its watch_state goes into `seen` (for a Watch).
 
     Safe to run twice: terminate is idempotent and an already-gone VM just drops the record.
     """
@@ -171,6 +244,8 @@ def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = Fa
         view = one.info(rec.vmid)
         if view is not None and not view.gone:
             one.terminate(rec.vmid, hard=hard or view.failed or view.unknown)
+            if seen is not None:
+                seen[rec.vmid] = going_state(view)
             if rec.state != "removing":
                 rec.state = "removing"
                 envstore.put_vm(ctx.r, env.envid, rec)

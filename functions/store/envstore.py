@@ -54,6 +54,7 @@ class VmRecord:
     cpu: float = -1
     one_state: str = ""
     created: float = 0.0
+    sched: str = ""             # why OpenNebula has not placed the PENDING VM (its SCHED_MESSAGE), if it says
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

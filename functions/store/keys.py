@@ -30,6 +30,8 @@ State model (hashes are the source of truth, streams are the event log):
 - inflight:            set of envids with unfinished work (re-driven on start and every minute)
 - group(g):            hash of one environment group (members, dependencies, jobs, per-member spec and envid)
 - groups_active:       set of group ids whose member creates have not all ended (re-checked every minute)
+- watch / watch_due / watch_interval / watch_lock: environments waiting on OpenNebula and the watcher's
+                       schedule (functions.store.watching, functions.engine.watch)
 """
 
 from __future__ import annotations
@@ -163,3 +165,25 @@ def group(gid: str) -> str:
 def groups_active() -> str:
     """Set of group ids whose chain of member creates has not ended (re-checked by recovery and the tick)."""
     return f"{PREFIX}groups:active"
+
+
+def watch() -> str:
+    """Hash envid -> JSON watch entry (service, endpoint, proxy, {vmid: state last seen}) of the environments
+    waiting on OpenNebula (a VM booting or going away); the watcher polls them in one call per endpoint."""
+    return f"{PREFIX}watch"
+
+
+def watch_due() -> str:
+    """Sorted set with the one member `watch` -> when the next watcher pass is due (epoch); a pass taken by a
+    worker's pump is leased (pushed on), so one pass runs at a time."""
+    return f"{PREFIX}watch:due"
+
+
+def watch_interval() -> str:
+    """String: seconds between watcher passes now (doubles while nothing changes, reset by a change)."""
+    return f"{PREFIX}watch:interval"
+
+
+def watch_lock() -> str:
+    """String owner token with TTL: held by the watcher pass running now (one at a time)."""
+    return f"{PREFIX}watch:lock"

@@ -110,6 +110,24 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(AR
 return 1
 """
 
+# Delete a hash field only if it still holds the value read (a newer writer keeps its value).
+LUA["hdel_if_equals"] = """
+-- KEYS[1] hash; ARGV[1] field, ARGV[2] value read. Returns 1 if deleted.
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+# Take the watcher's next pass if it is due and something is watched: lease it (push the due time on by
+# ARGV[2] s, so one pass is queued at a time and a lost one comes back). Returns 1 if taken.
+LUA["watch_take"] = """
+-- KEYS[1] watch schedule zset (member 'watch'), KEYS[2] watch hash; ARGV[1] now, ARGV[2] lease (s).
+if redis.call('HLEN', KEYS[2]) == 0 then return 0 end
+local due = redis.call('ZSCORE', KEYS[1], 'watch')
+if due and tonumber(due) > tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), 'watch')
+return 1
+"""
+
 
 _REGISTERED: weakref.WeakKeyDictionary[redis.Redis, dict[str, Script]] = weakref.WeakKeyDictionary()
 

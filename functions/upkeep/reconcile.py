@@ -15,16 +15,21 @@ from rq import Queue
 from functions.engine import kick as lifecycle
 from functions.model.clock import Clock, system_clock
 from functions.ops import groups
-from functions.store import envstore
+from functions.store import envstore, watching
 
 log = logging.getLogger("carina.reconcile")
 
 
-def recover_all(r: redis.Redis, queue: Queue, clock: Clock = system_clock) -> list[str]:
+def recover_all(r: redis.Redis, queue: Queue, clock: Clock = system_clock, watched: bool = True) -> list[str]:
     """Kick drive(envid) for every in-flight environment and move on every group whose chain has not ended
-    (groups.recheck_all); returns the kicked envids. Safe to run twice."""
+    (groups.recheck_all); returns the kicked envids. With `watched` False (the minute tick), environments in
+    the watch set are left to the watcher (functions.engine.watch), which kicks them when their VMs change.
+    Safe to run twice."""
     groups.recheck_all(r, queue, clock)
     envids = envstore.inflight(r)
+    if not watched:
+        waiting = watching.watched_ids(r)
+        envids = [e for e in envids if e not in waiting]
     for envid in envids:
         lifecycle.kick(queue, envid, force=True)
     if envids:
