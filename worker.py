@@ -2,9 +2,10 @@
 
 Listens on three queues in priority order (store.runtime.worker_queues): `<queue>-high` (the minute tick, the
 watcher), `<queue>-callbacks`, then `<queue>` (drives); RQ always takes from the first non-empty one, so
-periodic work never waits behind a backlog. Runs each job in its own process (RQ's SimpleWorker: Carina's
-jobs are short, stateless functions; a fork per job cost 15-20 ms); a job's timeout is still enforced (RQ's
-SIGALRM death penalty, the worker loop runs in the main thread). `--fork` runs RQ's forking Worker instead.
+periodic work never waits behind a backlog. Runs each job in the worker process (CarinaWorker, RQ's
+SimpleWorker: Carina's jobs are short, stateless functions; a fork per job cost 15-20 ms); a job's timeout is
+still enforced (RQ's SIGALRM death penalty: the worker loop runs in the main thread). `--fork` runs RQ's
+forking Worker instead.
 JSON serializer only (no pickle in Redis), RQ's scheduler on (delayed jobs of other modules), a pump
 thread for Carina's delayed drives (lifecycle.pump), callback retries and watcher passes, logging to
 stderr. At start it re-drives every in-flight environment (reconcile.recover_all), so work interrupted by a
@@ -19,6 +20,7 @@ import logging
 import sys
 import threading
 import time
+from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker, Worker
@@ -36,6 +38,27 @@ log = logging.getLogger("carina.worker")
 MAINTENANCE_INTERVAL = 30   # RQ registry cleanup (abandoned jobs of killed workers) and scheduler lock retries
 RECONNECT_EVERY = 0.5       # seconds between Redis pings after the worker loop quit on a connection error
 PUMP_EVERY = 0.25           # seconds between pumps of Carina's delayed drives (lifecycle.pump)
+HEARTBEAT_EVERY = 5.0       # seconds between the worker's own heartbeats outside a job's bookkeeping
+
+
+class CarinaWorker(SimpleWorker):
+    """RQ's SimpleWorker (each job in the worker process) with fewer Redis round trips per job: the worker's
+    own heartbeat (3 commands) is sent at most every HEARTBEAT_EVERY seconds outside a pipeline (RQ sends it
+    4-5 times per job; the worker's TTL is minutes), and an unchanged state is not written again. Everything a
+    job's own bookkeeping needs (its heartbeat, registries, result) is left as RQ does it."""
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is None and self._beat_at and time.monotonic() - self._beat_at < HEARTBEAT_EVERY:
+            return
+        super().heartbeat(timeout, pipeline)
+        self._beat_at = time.monotonic()
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        if pipeline is None and state == self._state:
+            return
+        super().set_state(state, pipeline)
+
+    _beat_at = 0.0
 
 
 def start_pump(queue: Queue, stop: threading.Event, text: redis.Redis | None = None) -> threading.Thread:
@@ -92,7 +115,7 @@ def run(rt: Runtime, name: str | None, burst: bool, fork: bool = False) -> None:
     restart); then wait for Redis, re-drive in-flight environments and start again (fresh name: the old
     registration may linger). Returns on a requested stop (SIGTERM/SIGINT) or, with `burst`, once the
     queues are empty."""
-    worker_class = Worker if fork else SimpleWorker
+    worker_class = Worker if fork else CarinaWorker
     for attempt in itertools.count():
         worker = worker_class(worker_queues(rt.queue), connection=rt.raw, serializer=JSONSerializer,
                               job_class=JsonJob, name=name if attempt == 0 or name is None else f"{name}-r{attempt}",

@@ -70,6 +70,7 @@ class Env:
     envid: str
     data: dict[str, Any]
     vms: dict[str, VmRecord]
+    fresh: set[str] = field(default_factory=set)   # slots whose VM this step allocated (PENDING, not observed)
 
     @property
     def service(self) -> str:

@@ -77,6 +77,8 @@ def tagged_by_slot(one: OneClient, envid: str) -> dict[str, list[VmView]]:
 
 def _adopt(ctx: Ctx, env: Env, rec: VmRecord, vmid: int, how: str) -> VmRecord:
     rec.vmid, rec.state = vmid, "allocated"
+    if how == "allocated":
+        env.fresh.add(rec.slot)
     envstore.put_vm(ctx.r, env.envid, rec)
     ctx.r.set(keys.vm_index(env.endpoint, vmid), f"{env.envid} {rec.slot}")
     ctx.event(env, "step", f"{rec.role} {rec.slot}: VM {vmid} {how}", vmid=str(vmid), slot=rec.slot)
@@ -137,6 +139,16 @@ def watch(rec: VmRecord, view: VmView | None) -> Watch:
     """Wait until the record's VM leaves the state `view` shows (the watcher kicks the environment then)."""
     assert rec.vmid is not None
     return Watch({rec.vmid: watch_state(view)})
+
+
+NEW_VM = "1.0"      # the watch state of a VM just allocated: PENDING (state 1, LCM 0), no scheduler message yet
+
+
+def wait_new(rec: VmRecord) -> Watch:
+    """Wait until a VM allocated by this step (Env.fresh) leaves PENDING: no call to OpenNebula needed, the
+    watcher notices when it changes."""
+    assert rec.vmid is not None
+    return Watch({rec.vmid: NEW_VM})
 
 
 PENDING_PREFIX = "PENDING: "

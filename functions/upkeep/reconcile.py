@@ -20,16 +20,17 @@ from functions.store import envstore, watching
 log = logging.getLogger("carina.reconcile")
 
 
-def recover_all(r: redis.Redis, queue: Queue, clock: Clock = system_clock, watched: bool = True) -> list[str]:
+def recover_all(r: redis.Redis, queue: Queue, clock: Clock = system_clock, minute: bool = False) -> list[str]:
     """Kick drive(envid) for every in-flight environment and move on every group whose chain has not ended
-    (groups.recheck_all); returns the kicked envids. With `watched` False (the minute tick), environments in
-    the watch set are left to the watcher (functions.engine.watch), which kicks them when their VMs change.
-    Safe to run twice."""
+    (groups.recheck_all); returns the kicked envids. The minute tick's pass (`minute`) leaves out what is
+    already taken care of: environments in the watch set (the watcher kicks them when their VMs change) and
+    those whose drive job still waits on the queue or runs (a backlog must not grow by a duplicate of every
+    queued drive each minute). Safe to run twice."""
     groups.recheck_all(r, queue, clock)
     envids = envstore.inflight(r)
-    if not watched:
-        waiting = watching.watched_ids(r)
-        envids = [e for e in envids if e not in waiting]
+    if minute and envids:
+        skip = watching.watched_ids(r) | lifecycle.drive_pending(queue, envids)
+        envids = [e for e in envids if e not in skip]
     for envid in envids:
         lifecycle.kick(queue, envid, force=True)
     if envids:

@@ -50,6 +50,8 @@ def scaleup_step(ctx: Ctx, env: Env) -> Step:
     except (render.RenderError, specview.SpecError, OneError) as exc:
         return _rollback(ctx, env, one, env.vms.get(slot), f"slave {slot}: {exc}")
     if rec.state in ("allocating", "allocated"):
+        if slot in env.fresh:                                 # allocated just now: PENDING, nothing to ask
+            return vmops.wait_new(rec)
         view = vmops.observe(ctx, env, one, rec)
         why = vmops.boot_failure(rec, view)
         if why:
