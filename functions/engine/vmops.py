@@ -7,13 +7,16 @@ searches OpenNebula for a VM tagged with the environment and slot, so a crash ne
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from functions.cloud import sshexec
 from functions.cloud.one import OneClient, VmView
 from functions.engine.context import Watch
 from functions.model import render, specview, tokens
-from functions.store import envstore, keys, tenants
+from functions.store import envstore, keys, tenants, watching
 from functions.store.envstore import VmRecord
 
 if TYPE_CHECKING:
@@ -185,11 +188,33 @@ def _note_placement(ctx: Ctx, env: Env, rec: VmRecord, reason: str) -> None:
     env.data.update(fields)
 
 
+SEEN_FRESH = 10.0   # seconds a view the watcher handed over stays good enough to act on
+
+
+def view_json(view: VmView, at: float) -> str:
+    """A VmView as JSON, stamped with the (real) time it was seen `at`."""
+    return json.dumps({**asdict(view), "at": at}, sort_keys=True)
+
+
+def _seen_view(ctx: Ctx, env: Env, vmid: int) -> VmView | None:
+    """The VM as the watcher saw it when it woke this environment (once, if fresh), or None."""
+    raw = watching.pop_seen(ctx.r, env.envid, vmid)
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        at = float(data.pop("at"))
+        return VmView(**data) if time.time() - at < SEEN_FRESH else None
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
 def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
     """Refresh the record from OpenNebula (state, IP, CPU, why it is not placed); marks it running once
-    RUNNING. Returns the view. Safe to run twice (a placement note is made once per change)."""
+    RUNNING. Returns the view: the one the watcher just saw, if it woke the environment, else one.info.
+    Safe to run twice (a placement note is made once per change)."""
     assert rec.vmid is not None
-    view = one.info(rec.vmid)
+    view = _seen_view(ctx, env, rec.vmid) or one.info(rec.vmid)
     if view is None or view.gone:
         rec.one_state = "missing"
         envstore.put_vm(ctx.r, env.envid, rec)

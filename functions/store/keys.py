@@ -30,8 +30,8 @@ State model (hashes are the source of truth, streams are the event log):
 - inflight:            set of envids with unfinished work (re-driven on start and every minute)
 - group(g):            hash of one environment group (members, dependencies, jobs, per-member spec and envid)
 - groups_active:       set of group ids whose member creates have not all ended (re-checked every minute)
-- watch / watch_due / watch_interval / watch_lock: environments waiting on OpenNebula and the watcher's
-                       schedule (functions.store.watching, functions.engine.watch)
+- watch / watch_next / watch_seen / watch_due / watch_lock: environments waiting on OpenNebula, when each is
+                       looked at next, what the watcher saw, and the watcher's own schedule (store.watching)
 """
 
 from __future__ import annotations
@@ -179,9 +179,16 @@ def watch_due() -> str:
     return f"{PREFIX}watch:due"
 
 
-def watch_interval() -> str:
-    """String: seconds between watcher passes now (doubles while nothing changes, reset by a change)."""
-    return f"{PREFIX}watch:interval"
+def watch_next() -> str:
+    """Sorted set envid -> when the watcher next looks at the environment's VMs (clock time): soon after it
+    started waiting, then less and less often while they do not change."""
+    return f"{PREFIX}watch:next"
+
+
+def watch_seen() -> str:
+    """Hash "envid:vmid" -> JSON of the VM as the watcher saw it change (with `at`), read once by the drive it
+    woke instead of asking OpenNebula again; the whole hash expires a minute after its last write."""
+    return f"{PREFIX}watch:seen"
 
 
 def watch_lock() -> str:

@@ -110,11 +110,13 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(AR
 return 1
 """
 
-# Delete a hash field only if it still holds the value read (a newer writer keeps its value).
-LUA["hdel_if_equals"] = """
--- KEYS[1] hash; ARGV[1] field, ARGV[2] value read. Returns 1 if deleted.
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0
+# Take an environment out of the watch set only if its entry still is the one read (a newer drive's stays).
+LUA["unwatch_if_equals"] = """
+-- KEYS[1] watch hash, KEYS[2] next-check zset; ARGV[1] envid, ARGV[2] entry read. Returns 1 if taken out.
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
 """
 
 # Take the watcher's next pass if it is due and something is watched: lease it (push the due time on by

@@ -90,10 +90,14 @@ class SpyOne(OneClient):
         self.rig = rig
 
     def views(self, vmids: Any) -> dict[int, Any]:
-        """The watcher's one call per endpoint; notes the ids asked for."""
+        """The watcher's one call per endpoint; notes the ids asked for (and `info` notes each VM asked for)."""
         ids = sorted(vmids)
         self.rig.pool_calls.append(ids)
         return super().views(ids)
+
+    def info(self, vmid: int) -> Any:
+        self.rig.info_calls.append(int(vmid))
+        return super().info(vmid)
 
     def allocate(self, template: str) -> int:
         envid = re.search(r'CARINA_ENVID = "(\d+)"', template)
@@ -118,6 +122,7 @@ class Rig:
     ssh: Any = None
     allocs: list[dict[str, Any]] = field(default_factory=list)
     pool_calls: list[list[int]] = field(default_factory=list)
+    info_calls: list[int] = field(default_factory=list)
 
     def configure(self, **over: Any) -> None:
         """Upload the test config (the `web` entry changed by `over`) through the real validation."""

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from functions.engine import watch
 from functions.engine.context import Watch, later
 from functions.ops import operations
 from functions.store import envstore, keys, watching
@@ -43,11 +44,13 @@ def test_a_booting_master_is_watched_not_polled(rig: Rig) -> None:
 
     assert rig.watch() == []                                                # nothing changed: nobody woken
     assert _entry(rig, envid) is not None
-    rig.tick()                                                              # placed and RUNNING
+    rig.tick(1)                                                             # placed and RUNNING
     assert rig.watch() == [envid]
     assert _entry(rig, envid) is None                                       # taken out when woken
     assert rig.watch() == []                                                # woken once
-    rig.drive(envid)
+    assert rig.info_calls == []                                             # never asked about it alone
+    rig.drive(envid)                                                        # acts on what the watcher saw:
+    assert rig.info_calls == []                                             # no second call
     assert rig.vms(envid)["m"].state == "running" and rig.env(envid)["phase"] == "master_init"
     assert _entry(rig, envid) is None                                       # a callback wait is no watch
     assert rig.job(jobid)["status"] == "RUNNING"
@@ -61,14 +64,12 @@ def test_one_call_per_endpoint_for_every_waiting_environment(rig: Rig) -> None:
     rig.pool_calls.clear()
     assert rig.watch() == []
     assert rig.pool_calls == [vmids]                                        # ONE call for all six
-    with rig.sim.model.lock:                                                # only two of them boot
-        for envid in envids[:2]:
-            rig.sim.model.vms[rig.vms(envid)["m"].vmid].step_at = 0.0
-    rig.tick()
-    assert rig.watch() == sorted(envids)                                    # all placed in one sim tick
+    rig.tick(1)                                                             # all placed in one sim tick
+    assert rig.watch() == envids
+    assert rig.pool_calls == [vmids, vmids]
     for envid in envids:
         rig.drive(envid)
-    assert len(rig.pool_calls) == 2 and watching.watched(rig.r) == {}
+    assert watching.watched(rig.r) == {}
 
 
 def test_a_drive_supersedes_its_watch_and_a_stale_entry_is_not_taken(rig: Rig) -> None:
@@ -135,7 +136,7 @@ def test_remove_watches_its_vms_going_away(rig: Rig) -> None:
     assert entry is not None and entry.vms == {v: "going" for v in vmids}
     assert {rig.sim_vm(v).state for v in vmids} == {S.ACTIVE}                 # shutting down, not DONE yet
     assert rig.watch() == []                                                # shutting down: no news
-    rig.tick()                                                              # DONE
+    rig.tick(1)                                                             # DONE
     assert rig.watch() == [envid]
     rig.drive(envid)
     assert envstore.get_env(rig.r, envid) is None and watching.watched(rig.r) == {}
@@ -156,8 +157,25 @@ def test_a_long_quiet_wait_is_rechecked_by_one_drive(rig: Rig) -> None:
     envid, _ = rig.create()
     rig.drive(envid)
     assert rig.watch() == []
-    rig.clock.advance(301)                                                  # watch.RECHECK: a safety net
+    rig.clock.advance(watch.RECHECK + 1)                                    # a safety net
     assert rig.watch() == [envid]
+
+
+def test_a_long_wait_is_looked_at_less_and_less_often(rig: Rig) -> None:
+    assert rig.rpc().onesim.host.fill(rig.sim.auth, True)[0]
+    envid, _ = rig.create()
+    rig.drive(envid)
+    rig.tick()
+    rig.watch()
+    rig.drive(envid)                                                        # now waiting with its reason
+    looks = []
+    for _ in range(240):                                                    # four minutes, a second at a time
+        rig.clock.advance(1)
+        before = len(rig.pool_calls)
+        assert rig.watch() == []
+        looks.append(len(rig.pool_calls) - before)
+    assert sum(looks[:20]) >= 10 and sum(looks[-60:]) <= 60 / watching.ENV_MAX_INTERVAL + 1
+    assert watching.backoff(0) == watching.MIN_INTERVAL and watching.backoff(1e6) == watching.ENV_MAX_INTERVAL
 
 
 def test_a_malformed_entry_wakes_its_environment(rig: Rig) -> None:
@@ -170,26 +188,23 @@ def test_a_malformed_entry_wakes_its_environment(rig: Rig) -> None:
 # ---------------------------------------------------------------- the watcher's schedule
 
 
-def test_passes_are_leased_one_at_a_time_and_back_off_while_nothing_changes(rdb: redis.Redis) -> None:
+def test_passes_are_leased_one_at_a_time_and_come_when_something_is_due(rdb: redis.Redis) -> None:
     now = 1_000.0
     assert watching.take_pass(rdb, now) is False                            # nothing watched: no pass
     watching.add(rdb, "7", watching.Entry("svc", "ep", "http://x/RPC2", {1: "1.0"}), now=now)
     assert watching.take_pass(rdb, now) is False                            # due MIN_INTERVAL later
     assert watching.take_pass(rdb, now + watching.MIN_INTERVAL) is True
     assert watching.take_pass(rdb, now + 5) is False                        # leased to the first taker
-    intervals = [watching.next_pass(rdb, changed=False, now=now + 1) for _ in range(4)]
-    assert intervals == [1.0, 2.0, 4.0, watching.MAX_INTERVAL]
-    assert watching.take_pass(rdb, now + 1.9) is False
-    assert watching.take_pass(rdb, now + 2.0) is True                       # the earliest due time was kept
+    assert watching.next_pass(rdb, 60.0, now=now + 1) == watching.MAX_INTERVAL    # bounded both ways
+    assert watching.next_pass(rdb, 0.0, now=now + 1) == watching.MIN_INTERVAL
+    assert watching.take_pass(rdb, now + 1.4) is False
+    assert watching.take_pass(rdb, now + 1.5) is True                       # the earliest due time was kept
     watching.add(rdb, "8", watching.Entry("svc", "ep", "http://x/RPC2", {2: "1.0"}), now=now + 10)
-    assert watching.next_pass(rdb, changed=False, now=now + 10) == 1.0      # a new entry resets the back-off
-    assert watching.next_pass(rdb, changed=True, now=now + 10) == watching.MIN_INTERVAL
-    assert watching.take_pass(rdb, now + 10 + watching.PASS_LEASE + 1) is True
+    assert watching.take_pass(rdb, now + 10 + watching.MIN_INTERVAL) is True   # a new entry brings it forward
+    assert watching.take_pass(rdb, now + 10 + watching.PASS_LEASE + 1) is True  # a lost pass comes back
 
 
 def test_a_second_pass_while_one_runs_does_nothing(rdb: redis.Redis) -> None:
-    from functions.engine import watch
-
     with watching.pass_lock(rdb) as got:
         assert got
         assert watch.run(rdb, None) is None                                 # type: ignore[arg-type]
