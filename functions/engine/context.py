@@ -162,6 +162,7 @@ def _end(ctx: Ctx, env: Env, job_status: str, info: str, **fields: Any) -> None:
     envstore.update_env(ctx.r, env.envid, info=info, retries=0, **fields)
     envstore.release_op(ctx.r, env.envid, env.jobid)
     scripts.run(ctx.r, "clear_inflight", [keys.env(env.envid), keys.inflight()], [env.envid, env.jobid])
+    ctx.r.zrem(keys.kick_schedule(), env.envid)      # its delayed kick (a deadline) has nothing left to do
     for hook in ctx.on_end:
         hook(ctx, env, job_status)
 

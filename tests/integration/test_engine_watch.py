@@ -108,6 +108,7 @@ def test_an_unplaceable_master_says_why_once_and_fails_at_its_deadline(rig: Rig)
     job = rig.job(jobid)
     assert job["status"] == "FAIL" and "OpenNebula could not place master VM" in job["info"]
     assert rig.env(envid)["status"] == "CREATE_TIMEOUT" and _entry(rig, envid) is None
+    assert rig.r.zscore(keys.kick_schedule(), envid) is None               # no stray wake-up once ended
 
 
 def test_a_master_placed_after_waiting_goes_back_to_init_and_on(rig: Rig) -> None:
