@@ -26,7 +26,7 @@ MAX_INTERVAL = 4.0     # seconds between passes at most (nothing due sooner)
 PASS_LEASE = 30.0      # seconds a taken pass stays taken (a pass lost with its worker comes back after this)
 ENV_MAX_INTERVAL = 15.0  # seconds between two looks at one environment's VMs after a long wait
 SEEN_TTL = 60          # seconds the watcher's views of changed VMs are kept for the drives it woke
-PASS_LOCK_TTL = 120    # seconds: a pass holds the lock at most this long (one OpenNebula call per endpoint)
+PASS_LOCK_TTL = 20     # seconds a pass holds the lock at most (a pass killed with its worker frees it soon)
 
 
 @dataclass(frozen=True)

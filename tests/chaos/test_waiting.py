@@ -2,7 +2,8 @@
 simulator (synthetic guests, zero delays), gunicorn, `worker.py` and `python -m functions.schedule`.
 
 1. A backlog of thousands of ordinary jobs on the work queue: the minute tick (high-priority queue) and a
-   callback (callbacks queue) are taken long before the backlog drains.
+   callback (callbacks queue) are taken long before the backlog drains; the in-process worker still ends a
+   job that overruns its timeout.
 2. The run of the issue, scaled down: 200 single-VM creates at once with room for 144 VMs. The 144 finish,
    the 56 others wait without polling (a handful of drives each), say why they wait, and FAIL at their
    deadline; the work queue stays short while they wait; the minute tick runs every minute.
@@ -88,6 +89,23 @@ def test_the_tick_and_a_callback_are_taken_before_a_backlog_of_thousands_drains(
         _stop(worker)
         raw.close()
         text.close()
+
+
+def test_the_in_process_worker_still_enforces_a_job_timeout(server: RedisServer, tmp_path: Path) -> None:
+    raw = redis.Redis.from_url(server.url)
+    base = JsonQueue("carina", connection=raw)
+    stuck = base.enqueue("time.sleep", 60, job_timeout=1)       # RQ's SIGALRM death penalty, no fork needed
+    after = base.enqueue("functions.views.tables.render_table", ["A"], [["1"]])
+    worker = _start(["worker.py", "--burst", "--name", f"timeout-{time.time_ns()}"], server.url,
+                    tmp_path / "worker.log")
+    try:
+        assert worker.wait(40) == 0                              # the burst ended: the stuck job did not hang it
+    finally:
+        _stop(worker)
+    stuck = base.fetch_job(stuck.id)
+    assert stuck.get_status() == "failed" and "JobTimeoutException" in (stuck.latest_result().exc_string or "")
+    assert base.fetch_job(after.id).get_status() == "finished"   # and the worker went on with the next job
+    raw.close()
 
 
 # ---------------------------------------------------------------- 2. the issue's run, scaled down
