@@ -28,6 +28,8 @@ from functions.store.envstore import VmRecord
 
 log = logging.getLogger("carina.engine")
 
+POLL = 1.0                  # seconds: a delayed re-drive. A step waiting on OpenNebula returns a Watch instead
+                            # (vmops.watch / vmops.wait_new), so waiting costs no job per environment
 FINAL = ("DONE", "FAIL", "ABORT")
 LOCK_TTL = envstore.LOCK_TTL  # the env lock's TTL, renewed while a step runs (functions.store.envstore.env_lock)
 
