@@ -237,6 +237,20 @@ def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
     return view
 
 
+def came_up(ctx: Ctx, env: Env, rec: VmRecord) -> bool:
+    """True if the VM has called back with its address (its network callback, or a later status one with the
+    address known): it booted, whatever OpenNebula shows yet, so there is nothing to ask it. Marks a booting
+    record running (once, with an event). Safe to run twice."""
+    if rec.vmid is None or not rec.ip or rec.status in ("", "VM_CREATE"):
+        return False
+    if rec.state in ("allocating", "allocated"):
+        rec.state = "running"
+        envstore.put_vm(ctx.r, env.envid, rec)
+        ctx.event(env, "step", f"{rec.role} {rec.slot}: VM {rec.vmid} RUNNING at {rec.ip} (it called back)",
+                  vmid=str(rec.vmid), slot=rec.slot)
+    return True
+
+
 def boot_failure(rec: VmRecord, view: VmView | None) -> str | None:
     """Why the VM will never run (vanished or failed), or None."""
     if view is None:

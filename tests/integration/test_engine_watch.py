@@ -15,6 +15,7 @@ import redis
 from functions.engine import watch
 from functions.engine.context import Watch, later
 from functions.ops import operations
+from functions.ops.callbacks import apply
 from functions.store import envstore, keys, watching
 from functions.upkeep import reconcile
 from onesim import states as S
@@ -54,6 +55,20 @@ def test_a_booting_master_is_watched_not_polled(rig: Rig) -> None:
     assert rig.vms(envid)["m"].state == "running" and rig.env(envid)["phase"] == "master_init"
     assert _entry(rig, envid) is None                                       # a callback wait is no watch
     assert rig.job(jobid)["status"] == "RUNNING"
+
+
+def test_a_vm_that_called_back_is_running_without_asking_opennebula(rig: Rig) -> None:
+    envid, _ = rig.create(num_slaves=0, master_setup_time=0)
+    rig.drive(envid)
+    rig.tick()                                                              # boots, and calls back first
+    vmid = rig.vms(envid)["m"].vmid
+    ip = rig.sim_vm(vmid).ip()
+    assert apply(rig.r, rig.queue, envid, vmid, "net", {"newip": ip, "name": "web-m"}, rig.clock, "m") == "applied"
+    rig.callback(envid, "m", "MASTER_INIT_DONE")
+    rig.drive(envid)
+    assert rig.info_calls == [] and rig.pool_calls == []                    # its callbacks were proof enough
+    assert rig.env(envid)["policy_status"] == "ACTIVE" and rig.vms(envid)["m"].ip == ip
+    assert f"master m: VM {vmid} RUNNING at {ip} (it called back)" in rig.events(envid)
 
 
 def test_one_call_per_endpoint_for_every_waiting_environment(rig: Rig) -> None:

@@ -47,7 +47,7 @@ def _master(ctx: Ctx, env: Env, one: OneClient) -> tuple[VmRecord | None, Step]:
                                         num_slaves=int(env.num("desired_slaves")))
     except (render.RenderError, specview.SpecError, OneError) as exc:
         return None, fail(ctx, env, f"MASTER_CREATE_FAIL: {exc}", f"master: {exc}")
-    if master.state in ("allocating", "allocated"):
+    if master.state in ("allocating", "allocated") and not vmops.came_up(ctx, env, master):
         if "m" in env.fresh:                                  # allocated just now: PENDING, nothing to ask
             envstore.update_env(ctx.r, env.envid, phase="master_boot")
             return None, vmops.wait_new(master)
@@ -83,7 +83,7 @@ def _master(ctx: Ctx, env: Env, one: OneClient) -> tuple[VmRecord | None, Step]:
 
 def _slave(ctx: Ctx, env: Env, one: OneClient, master: VmRecord, rec: VmRecord) -> Step:
     """Move one slave on: boot → announce. Returns None once it is announced; raises StepFailed."""
-    if rec.state in ("allocating", "allocated"):
+    if rec.state in ("allocating", "allocated") and not vmops.came_up(ctx, env, rec):
         if rec.slot in env.fresh:                             # allocated just now: PENDING, nothing to ask
             return vmops.wait_new(rec)
         view = vmops.observe(ctx, env, one, rec)

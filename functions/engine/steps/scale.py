@@ -49,7 +49,7 @@ def scaleup_step(ctx: Ctx, env: Env) -> Step:
                                      num_slaves=int(env.num("desired_slaves")))
     except (render.RenderError, specview.SpecError, OneError) as exc:
         return _rollback(ctx, env, one, env.vms.get(slot), f"slave {slot}: {exc}")
-    if rec.state in ("allocating", "allocated"):
+    if rec.state in ("allocating", "allocated") and not vmops.came_up(ctx, env, rec):
         if slot in env.fresh:                                 # allocated just now: PENDING, nothing to ask
             return vmops.wait_new(rec)
         view = vmops.observe(ctx, env, one, rec)
