@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from functions.engine import watch
+from functions.cloud.one import VmView
+from functions.engine import vmops, watch
 from functions.engine.context import Watch, later
 from functions.ops import operations
 from functions.ops.callbacks import apply
@@ -237,3 +238,22 @@ def test_later_combines_delays_and_watches() -> None:
     assert later(Watch({1: "a"}), 0.0) == 0.0                               # something to do now wins
     assert later(Watch({1: "a"}), Watch({2: "b"}, 9.0), 2.0) == Watch({1: "a", 2: "b"}, 2.0)
     assert later(Watch({1: "a"}), None) == Watch({1: "a"}, None)
+
+
+def _view(state: int, lcm: int = 0, msg: str = "") -> VmView:
+    return VmView(vmid=9, name="n", state=state, lcm_state=lcm, ip=None, host=None, cpu=None,
+                  user_template={"SCHED_MESSAGE": msg} if msg else {})
+
+
+def test_watch_states_notice_what_matters() -> None:
+    assert vmops.watch_state(_view(1)) == vmops.NEW_VM == "1.0"
+    assert vmops.watch_state(_view(1, msg="Cannot dispatch VM: full")) == "1.0 Cannot dispatch VM: full"
+    assert vmops.watch_state(_view(6)) == vmops.watch_state(None) == "gone"
+    assert vmops.changed("1.0", _view(3, 3)) and not vmops.changed("3.2", _view(3, 2))
+    going = vmops.going_state(_view(3, 12))                                 # shutting down
+    assert going == vmops.GOING and not vmops.changed(going, _view(3, 11))  # epilog: still going, no news
+    assert vmops.changed(going, _view(6)) and vmops.changed(going, None)    # gone
+    assert vmops.changed(going, _view(3, 16))                               # UNKNOWN: terminate it harder
+    assert vmops.pending_status("No host with enough capacity") == "PENDING: hosts full"
+    assert vmops.pending_status("No host meets SCHED_REQUIREMENTS") == "PENDING: no host fits"
+    assert all(len(vmops.pending_status(m)) <= 21 for m in ("capacity", "requirements", "other"))  # D_STATUS
