@@ -1,7 +1,9 @@
 """The scheduler process: `python -m functions.schedule [--burst] [--interval S] [--tick-every S]`.
 
 Registers the periodic tick (functions.tasks.minute_tick, every TICK_EVERY seconds; the tick itself acts
-once per minute) with rq-scheduler, using JSON jobs on Carina's queue, then runs the scheduler loop. Several
+once per minute) with rq-scheduler, using JSON jobs on Carina's high-priority queue (store.runtime.HIGH:
+workers serve it before callbacks and drives, so the tick never waits behind a backlog), then runs the
+scheduler loop. Several
 scheduler processes are safe: the registration is idempotent (fixed job id), rq-scheduler's lock lets one
 enqueue at a time, and the tick deduplicates per minute.
 """
@@ -20,7 +22,7 @@ from rq_scheduler import Scheduler
 
 from config import logs
 from config.settings import Settings
-from functions.store.runtime import JsonJob, JsonQueue, connect
+from functions.store.runtime import HIGH, JsonJob, JsonQueue, connect, sibling
 
 log = logging.getLogger("carina.schedule")
 
@@ -32,8 +34,9 @@ RECONNECT_EVERY = 1.0    # seconds between attempts while Redis is away
 
 
 def scheduler_for(raw: redis.Redis, queue: Queue, interval: float = 2.0) -> Scheduler:
-    """An rq-scheduler Scheduler that creates JSON jobs on `queue`."""
-    return Scheduler(queue=queue, connection=raw, interval=interval, job_class=JsonJob, queue_class=JsonQueue)
+    """An rq-scheduler Scheduler that creates JSON jobs on the high-priority queue next to the base `queue`."""
+    return Scheduler(queue=sibling(queue, HIGH), connection=raw, interval=interval, job_class=JsonJob,
+                     queue_class=JsonQueue)
 
 
 def register(scheduler: Scheduler, every: int = TICK_EVERY) -> bool:
@@ -43,7 +46,7 @@ def register(scheduler: Scheduler, every: int = TICK_EVERY) -> bool:
     """
     for job in scheduler.get_jobs():
         if job.id == TICK_ID:
-            if job.func_name == TICK_FUNC and job.meta.get("interval") == every:
+            if job.func_name == TICK_FUNC and job.meta.get("interval") == every and job.origin == scheduler.queue_name:
                 return False
             scheduler.cancel(job)
     scheduler.schedule(scheduled_time=datetime.now(UTC).replace(tzinfo=None), func=TICK_FUNC, interval=every,

@@ -16,6 +16,7 @@ from rq import get_current_job
 from config import logs, metrics
 from config.settings import Settings
 from functions.engine import kick, loop
+from functions.engine import watch as watcher
 from functions.engine.context import CapacityHook, Ctx, EndHook
 from functions.model.clock import system_clock
 from functions.ops import callbacks, groups, gsched
@@ -26,6 +27,19 @@ from functions.upkeep import ticks
 END_HOOKS: tuple[EndHook, ...] = (groups.after_job, gsched.after_job)
 CAPACITY: CapacityHook = gsched.capacity
 
+_RUNTIMES: dict[tuple[str, str], Runtime] = {}
+
+
+def runtime() -> Runtime:
+    """This process's connections for the environment's settings, made once and reused by every job a
+    non-forking worker runs (a forked job makes its own, as before)."""
+    settings = Settings.from_env()
+    key = (settings.redis_url, settings.queue_name)
+    rt = _RUNTIMES.get(key)
+    if rt is None or rt.settings != settings:
+        rt = _RUNTIMES[key] = connect(settings)
+    return rt
+
 
 def engine_ctx(rt: Runtime, **overrides: object) -> Ctx:
     """The engine context for `rt`, with every hook wired (tests override the clock, OpenNebula, SSH)."""
@@ -35,7 +49,7 @@ def engine_ctx(rt: Runtime, **overrides: object) -> Ctx:
 
 def drive(envid: str) -> str:
     """Run the environment's lifecycle as far as it goes now (functions.engine.loop.step). Safe to run twice."""
-    rt = connect(Settings.from_env())
+    rt = runtime()
     job = get_current_job()
     kick.clear_kick(rt.raw, str(envid), job.id if job is not None else None)
     env = envstore.get_env(rt.text, str(envid)) or {}
@@ -46,7 +60,7 @@ def drive(envid: str) -> str:
 def apply_callback(envid: str, vmid: int, kind: str, fields: dict[str, str], slot: str = "",
                    attempt: int = 0) -> str:
     """Record one accepted VM callback (functions.ops.callbacks.apply). Safe to run twice."""
-    rt = connect(Settings.from_env())
+    rt = runtime()
     with logs.bound(envid=envid):
         return callbacks.apply(rt.text, rt.queue, str(envid), int(vmid), kind, dict(fields), system_clock,
                                slot or None, int(attempt))
@@ -55,17 +69,24 @@ def apply_callback(envid: str, vmid: int, kind: str, fields: dict[str, str], slo
 def gs_allocate() -> str:
     """One pass of the global scheduler (functions.ops.gsched.allocate_now), queued when a request arrives.
     Safe to run twice."""
-    rt = connect(Settings.from_env())
+    rt = runtime()
     gsstore.clear_alloc_job(rt.text)
     return str(gsched.allocate_now(rt.text, rt.queue, system_clock))
 
 
 def minute_tick() -> str:
     """The per-minute upkeep (functions.upkeep.ticks.tick); acts once per minute however often it runs."""
-    settings = Settings.from_env()
-    rt = connect(settings)
+    rt = runtime()
     started = time.monotonic()
-    stats = ticks.tick(rt.text, rt.queue, retention=settings.job_retention, grace=settings.boot_grace)
+    stats = ticks.tick(rt.text, rt.queue, retention=rt.settings.job_retention, grace=rt.settings.boot_grace)
     if stats is not None:
         metrics.tick(time.monotonic() - started)
     return "skipped (this minute already ran)" if stats is None else f"done: {stats}"
+
+
+def watch() -> str:
+    """One pass of the watcher (functions.engine.watch.run): one OpenNebula call per endpoint for every
+    environment waiting on its VMs, kicking those whose VMs changed. Safe to run twice."""
+    rt = runtime()
+    stats = watcher.run(rt.text, rt.queue)
+    return "skipped (another pass runs)" if stats is None else f"done: {stats}"

@@ -14,6 +14,7 @@ import math
 import time
 import xml.parsers.expat
 import xmlrpc.client
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,18 @@ class VmView:
     @property
     def gone(self) -> bool:
         return self.state == 6
+
+    @property
+    def pending(self) -> bool:
+        return self.state == 1
+
+    def sched_message(self) -> str:
+        """Why OpenNebula's scheduler has not placed this PENDING VM yet (its SCHED_MESSAGE without the time
+        stamp oned puts first, e.g. "Cannot dispatch VM: No host with enough capacity..."), or ''."""
+        if not self.pending:
+            return ""
+        msg = self.user_template.get("SCHED_MESSAGE", "").strip()
+        return msg.split(" : ", 1)[1].strip() if " : " in msg else msg
 
     def short_status(self) -> str:
         """The lowercase 4-letter code of `onevm list` (runn, pend, boot, fail, unkn, ...)."""
@@ -277,6 +290,22 @@ class OneClient:
             if rec.ID is not None and (value := _cpu(rec.CPU)) is not None:
                 cpu[int(rec.ID)] = value
         return [_view(vm, cpu.get(int(vm.ID))) for vm in getattr(vms, "VM", None) or []]
+
+    def views(self, vmids: Iterable[int]) -> dict[int, VmView]:
+        """vmid -> VmView of these VMs, in one call (one.vmpool.infoset, full bodies with USER_TEMPLATE, no
+        CPU); DONE VMs included, ids OpenNebula does not know absent. An OpenNebula without infoset (an
+        XML-RPC fault) is asked for its whole extended pool instead. Read-only."""
+        ids = sorted({int(v) for v in vmids})
+        if not ids:
+            return {}
+        try:
+            vms = self._call("vmpool.infoset", ",".join(map(str, ids)), True)
+        except OneError as exc:
+            if exc.code != -1:
+                raise
+            vms = self._call("vmpool.infoextended", ALL_USERS, -1, -1, NOT_DONE)
+        wanted = set(ids)
+        return {v.vmid: v for v in (_view(vm, None) for vm in getattr(vms, "VM", None) or []) if v.vmid in wanted}
 
     def tagged(self, envid: str) -> list[VmView]:
         """Every non-DONE VM whose USER_TEMPLATE has CARINA_ENVID == envid (no CPU: one call, not two).

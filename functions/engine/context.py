@@ -13,7 +13,7 @@ global scheduler has not granted it); None as the hook itself means no global sc
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,14 +30,42 @@ from functions.store.envstore import VmRecord
 
 log = logging.getLogger("carina.engine")
 
-POLL = 1.0                  # seconds between OpenNebula polls while a VM boots or shuts down
+POLL = 1.0                  # seconds: a delayed re-drive. A step waiting on OpenNebula returns a Watch instead
+                            # (vmops.watch / vmops.wait_new), so waiting costs no job per environment
 FINAL = ("DONE", "FAIL", "ABORT")
 LOCK_TTL = envstore.LOCK_TTL  # the env lock's TTL, renewed while a step runs (functions.store.envstore.env_lock)
 
 
-Step = float | None   # None: nothing more to do; 0: next step now; > 0: come back in that many seconds
+@dataclass(frozen=True)
+class Watch:
+    """Come back when OpenNebula shows one of `vms` (VM id -> state as the step saw it, see vmops.watch_state)
+    in another state, or at the latest after `within` seconds (None: no time limit). The loop puts the
+    environment in the watch set (functions.store.watching); the watcher (functions.engine.watch) polls every
+    watched VM of an endpoint in one call and kicks only the environments whose VMs changed."""
+
+    vms: Mapping[int, str]
+    within: float | None = None
+
+
+Step = float | Watch | None   # None: nothing more to do; 0: next step now; > 0: come back in that many
+                              # seconds; Watch: come back when a VM changes
 EndHook = Callable[["Ctx", "Env", str], None]   # (ctx, env, job status) after a job ended
 CapacityHook = Callable[["Ctx", "Env", VmRecord], "str | None"]   # None: allocate now; else why to wait
+
+
+def later(*waits: Step) -> Step:
+    """The wait of a step made of several parts: None parts are done; any 0 means now; delays give the
+    soonest; watches merge their VMs and keep the soonest delay as their `within`. None if every part is done."""
+    delays = [w for w in waits if isinstance(w, int | float)]
+    watches = [w for w in waits if isinstance(w, Watch)]
+    soonest = min(delays, default=None)
+    if not watches or soonest == 0:
+        return soonest
+    vms: dict[int, str] = {}
+    for w in watches:
+        vms.update(w.vms)
+    limits = [x for x in [soonest, *(w.within for w in watches)] if x is not None]
+    return Watch(vms, min(limits, default=None))
 
 
 @dataclass
@@ -47,6 +75,7 @@ class Env:
     envid: str
     data: dict[str, Any]
     vms: dict[str, VmRecord]
+    fresh: set[str] = field(default_factory=set)   # slots whose VM this step allocated (PENDING, not observed)
 
     @property
     def service(self) -> str:
@@ -156,6 +185,7 @@ def _end(ctx: Ctx, env: Env, job_status: str, info: str, **fields: Any) -> None:
     envstore.update_env(ctx.r, env.envid, info=info, retries=0, **fields)
     envstore.release_op(ctx.r, env.envid, env.jobid)
     scripts.run(ctx.r, "clear_inflight", [keys.env(env.envid), keys.inflight()], [env.envid, env.jobid])
+    ctx.r.zrem(keys.kick_schedule(), env.envid)      # its delayed kick (a deadline) has nothing left to do
     for hook in ctx.on_end:
         hook(ctx, env, job_status)
 

@@ -62,16 +62,44 @@ def kick(queue: Queue, envid: str, delay: float = 0.0, force: bool = False) -> b
 
 
 
+LIVE_JOB = (b"queued", b"started", b"deferred", b"scheduled")
+
+
+def drive_pending(queue: Queue, envids: list[str]) -> set[str]:
+    """The envids whose pending-kick mark stands for a drive job that still waits on the queue or runs (RQ's
+    job hash says so): kicking them again would only add a duplicate behind it. Read-only, two round trips."""
+    conn = queue.connection
+    with conn.pipeline(transaction=False) as p:
+        for envid in envids:
+            p.get(keys.env_kick(str(envid)))
+        marks = p.execute()
+    jobs = {str(e): f"drive-{e}-{int(float(m) * 1000)}" for e, m in zip(envids, marks, strict=True) if m}
+    with conn.pipeline(transaction=False) as p:
+        for job_id in jobs.values():
+            p.hget(queue.job_class.key_for(job_id), "status")
+        statuses = p.execute()
+    return {e for e, status in zip(jobs, statuses, strict=True)
+            if (status.encode() if isinstance(status, str) else status) in LIVE_JOB}
+
+
+KICK_LEASE = 10.0           # seconds a taken delayed kick stays leased before it is due again
+
+
 def pump(queue: Queue, now: float | None = None, batch: int = 200) -> list[str]:
     """Move every delayed kick that is due onto the queue (deduplicated). Returns the envids kicked.
 
-    Each due entry is taken atomically, so several workers pumping at once never double it.
+    Each due entry is leased atomically (its due time pushed KICK_LEASE on), kicked, then removed unless a new,
+    earlier kick replaced it meanwhile: several workers pumping at once never double it, and a pumper killed
+    between taking and kicking loses nothing (the entry is due again after the lease).
     """
-    taken = scripts.run(queue.connection, "pop_due", [keys.kick_schedule()],
-                        [repr(time.time() if now is None else now), str(batch)])
+    now = time.time() if now is None else now
+    leased = now + KICK_LEASE
+    taken = scripts.run(queue.connection, "lease_due", [keys.kick_schedule()],
+                        [repr(now), str(batch), repr(KICK_LEASE)])
     envids = [e.decode() if isinstance(e, bytes) else str(e) for e in taken]
     for envid in envids:
         kick(queue, envid)
+        scripts.run(queue.connection, "zrem_if_score", [keys.kick_schedule()], [envid, repr(leased)])
     return envids
 
 

@@ -20,8 +20,9 @@ import redis
 from functions.cloud.one import OneUnavailable
 from functions.engine import kick as lifecycle
 from functions.engine import steps, vmops
-from functions.engine.context import Ctx, Env, Step, deadline_passed, fail, load, work_pending
-from functions.store import envstore, keys, scripts
+from functions.engine.context import Ctx, Env, Step, Watch, deadline_passed, fail, load, work_pending
+from functions.model import specview
+from functions.store import envstore, keys, scripts, watching
 
 log = logging.getLogger("carina.engine")
 
@@ -31,6 +32,8 @@ BUSY_RETRY = 0.5            # seconds before retrying when another worker holds 
 MAX_BACKOFF = 30.0
 OWN_DEADLINE_CHECK = ("CREATE", "SCALEUP")   # these steps end their jobs with a precise reason themselves
 CAPACITY_RECHECK = 30.0     # seconds between checks while a VM waits for the global scheduler (a grant kicks at once)
+UNWATCHABLE_RETRY = 1.0     # seconds: a wait on VMs that cannot be watched (no proxy in the spec) polls instead
+DEADLINE_SLACK = 0.05       # seconds after the operation's deadline the last kick comes
 
 
 # ---------------------------------------------------------------- the step loop
@@ -53,7 +56,7 @@ def dispatch(ctx: Ctx, env: Env) -> Step:
     return handler(ctx, env)
 
 
-def _backoff(ctx: Ctx, env: Env, exc: Exception) -> Step:
+def _backoff(ctx: Ctx, env: Env, exc: Exception) -> float:
     tries = int(env.num("retries"))
     delay = min(MAX_BACKOFF, 2.0 ** tries)
     envstore.update_env(ctx.r, env.envid, retries=tries + 1, info=f"OpenNebula unreachable, retrying in {delay:.0f}s")
@@ -67,9 +70,28 @@ def _capacity_wait(ctx: Ctx, env: Env) -> float:
     return max(1.0, min(CAPACITY_RECHECK, left))
 
 
-def run_steps(ctx: Ctx, envid: str) -> tuple[Step, str]:
-    """Steps until the operation waits or ends (bounded). Caller holds the env lock."""
+def _watch(ctx: Ctx, env: Env, wait: Watch) -> float | None:
+    """Put the environment in the watch set (its VMs as the step saw them). Returns the delayed kick still
+    wanted: the watch's `within`, capped by the operation's deadline (so a create times out on time)."""
+    try:
+        proxy = specview.proxy(env.spec)
+    except specview.SpecError:
+        proxy = ""
+    if not wait.vms or not proxy:
+        return UNWATCHABLE_RETRY
+    now = ctx.clock()
+    watching.add(ctx.r, env.envid, watching.Entry(env.service, env.endpoint, proxy, dict(wait.vms), now))
+    limits = [x for x in (wait.within,) if x is not None]
+    if env.num("deadline"):
+        limits.append(max(DEADLINE_SLACK, env.num("deadline") - now + DEADLINE_SLACK))
+    return min(limits, default=None)
+
+
+def run_steps(ctx: Ctx, envid: str) -> tuple[float | None, str]:
+    """Steps until the operation waits or ends (bounded). Caller holds the env lock. A wait on OpenNebula
+    (a Watch) puts the environment in the watch set and returns the delayed kick still wanted, if any."""
     started = time.monotonic()
+    watching.drop(ctx.r, envid)              # this drive supersedes the environment's watch, if it had one
     for _ in range(MAX_STEPS):
         env = load(ctx.r, envid)
         if env is None:                  # removed: end the job still holding its guard (a racing remove)
@@ -85,6 +107,8 @@ def run_steps(ctx: Ctx, envid: str) -> tuple[Step, str]:
             envstore.update_env(ctx.r, envid, retries=0)
         if nxt is None:
             return None, "idle"
+        if isinstance(nxt, Watch):
+            return _watch(ctx, env, nxt), "wait"
         if nxt > 0 or time.monotonic() - started > MAX_SECONDS:
             return nxt, "wait"
     return 0.0, "more"

@@ -7,12 +7,16 @@ searches OpenNebula for a VM tagged with the environment and slot, so a crash ne
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from functions.cloud import sshexec
 from functions.cloud.one import OneClient, VmView
+from functions.engine.context import Watch
 from functions.model import hostkeys, ownership, render, specview, tokens
-from functions.store import envstore, gsstore, keys, tenants
+from functions.store import envstore, gsstore, keys, tenants, watching
 from functions.store.envstore import VmRecord
 
 if TYPE_CHECKING:
@@ -98,6 +102,8 @@ def _mark_missing(ctx: Ctx, env: Env, rec: VmRecord, why: str) -> None:
 
 def _adopt(ctx: Ctx, env: Env, rec: VmRecord, vmid: int, how: str) -> VmRecord:
     rec.vmid, rec.state = vmid, "allocated"
+    if how == "allocated":
+        env.fresh.add(rec.slot)
     ctx.put_vm(env, rec)
     ctx.r.set(keys.vm_index(env.endpoint, vmid), f"{env.envid} {rec.slot}")
     ctx.event(env, "step", f"{rec.role} {rec.slot}: VM {vmid} {how}", vmid=str(vmid), slot=rec.slot)
@@ -156,10 +162,108 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
     return _adopt(ctx, env, rec, vmid, "allocated")
 
 
-def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
-    """Refresh the record from OpenNebula (state, IP, CPU); marks it running once RUNNING. Returns the view."""
+def watch_state(view: VmView | None) -> str:
+    """What the watcher compares for one VM: STATE.LCM_STATE, plus the scheduler's message while it cannot
+    place the VM ("gone" once DONE or unknown to OpenNebula). Pure."""
+    if view is None or view.gone:
+        return "gone"
+    reason = view.sched_message()
+    return f"{view.state}.{view.lcm_state}" + (f" {reason}" if reason else "")
+
+
+GOING = "going"    # the watch state of a VM asked to terminate: only its end (or a failure) matters
+
+
+def going_state(view: VmView | None) -> str:
+    """The watch state of a VM Carina has asked to terminate: GOING while it shuts down normally, its exact
+    watch_state once it is gone, failed or unknown (terminating it again may be needed then). Pure."""
+    if view is None or view.gone or view.failed or view.unknown:
+        return watch_state(view)
+    return GOING
+
+
+def changed(seen: str, view: VmView | None) -> bool:
+    """Whether OpenNebula's `view` of a VM differs from the watch state `seen` a step recorded. Pure."""
+    return (going_state(view) if seen == GOING else watch_state(view)) != seen
+
+
+def watch(rec: VmRecord, view: VmView | None) -> Watch:
+    """Wait until the record's VM leaves the state `view` shows (the watcher kicks the environment then)."""
     assert rec.vmid is not None
-    view = one.info(rec.vmid)
+    return Watch({rec.vmid: watch_state(view)})
+
+
+NEW_VM = "1.0"      # the watch state of a VM just allocated: PENDING (state 1, LCM 0), no scheduler message yet
+
+
+def wait_new(rec: VmRecord) -> Watch:
+    """Wait until a VM allocated by this step (Env.fresh) leaves PENDING: no call to OpenNebula needed, the
+    watcher notices when it changes."""
+    assert rec.vmid is not None
+    return Watch({rec.vmid: NEW_VM})
+
+
+PENDING_PREFIX = "PENDING: "
+
+
+def pending_status(reason: str) -> str:
+    """The short environment status (it fits the D_STATUS column) for a VM OpenNebula cannot place. Pure."""
+    low = reason.lower()
+    if "capacity" in low:
+        return PENDING_PREFIX + "hosts full"
+    if "requirement" in low:
+        return PENDING_PREFIX + "no host fits"
+    return PENDING_PREFIX + "not placed"
+
+
+def _note_placement(ctx: Ctx, env: Env, rec: VmRecord, reason: str) -> None:
+    """Say (once per change) that OpenNebula cannot place the VM, or that it now did: an event, the env's
+    `info`, and its status while it still is the create's INIT (or an earlier PENDING: ...)."""
+    status = str(env.data.get("status") or "")
+    fields: dict[str, str] = {}
+    if reason:
+        ctx.event(env, "wait", f"{rec.role} {rec.slot}: VM {rec.vmid} is PENDING, OpenNebula cannot place it: "
+                               f"{reason}", vmid=str(rec.vmid), slot=rec.slot)
+        fields["info"] = f"waiting for OpenNebula to place {rec.role} VM {rec.vmid}: {reason}"
+        if status in ("", "INIT") or status.startswith(PENDING_PREFIX):
+            fields["status"] = pending_status(reason)
+    else:
+        ctx.event(env, "step", f"{rec.role} {rec.slot}: VM {rec.vmid} placed by OpenNebula after waiting",
+                  vmid=str(rec.vmid), slot=rec.slot)
+        fields["info"] = ""
+        if status.startswith(PENDING_PREFIX):
+            fields["status"] = "INIT"
+    envstore.update_env(ctx.r, env.envid, **fields)
+    env.data.update(fields)
+
+
+SEEN_FRESH = 10.0   # seconds a view the watcher handed over stays good enough to act on
+
+
+def view_json(view: VmView, at: float) -> str:
+    """A VmView as JSON, stamped with the (real) time it was seen `at`."""
+    return json.dumps({**asdict(view), "at": at}, sort_keys=True)
+
+
+def _seen_view(ctx: Ctx, env: Env, vmid: int) -> VmView | None:
+    """The VM as the watcher saw it when it woke this environment (once, if fresh), or None."""
+    raw = watching.pop_seen(ctx.r, env.envid, vmid)
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        at = float(data.pop("at"))
+        return VmView(**data) if time.time() - at < SEEN_FRESH else None
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
+    """Refresh the record from OpenNebula (state, IP, CPU, why it is not placed); marks it running once
+    RUNNING. Returns the view: the one the watcher just saw, if it woke the environment, else one.info.
+    Safe to run twice (a placement note is made once per change)."""
+    assert rec.vmid is not None
+    view = _seen_view(ctx, env, rec.vmid) or one.info(rec.vmid)
     why = "gone from OpenNebula" if view is None or view.gone else foreign(ctx, env, rec, view)
     if why:
         _mark_missing(ctx, env, rec, why)
@@ -168,6 +272,10 @@ def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
     changed = changed or (bool(view.ip) and rec.one_ip != view.ip)
     rec.one_state, rec.vm_state, rec.lcm_state = view.short_status(), view.state, view.lcm_state
     rec.one_ip = view.ip or rec.one_ip
+    reason = view.sched_message()
+    if reason != rec.sched:
+        _note_placement(ctx, env, rec, reason)
+        rec.sched, changed = reason, True
     if view.cpu is not None:
         rec.cpu = view.cpu
     if view.running and rec.state in ("allocating", "allocated"):
@@ -178,6 +286,20 @@ def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
     if changed:
         ctx.put_vm(env, rec)
     return view
+
+
+def came_up(ctx: Ctx, env: Env, rec: VmRecord) -> bool:
+    """True if the VM has called back with its address (its network callback, or a later status one with the
+    address known): it booted, whatever OpenNebula shows yet, so there is nothing to ask it. Marks a booting
+    record running (once, with an event). Safe to run twice."""
+    if rec.vmid is None or not rec.ip or rec.status in ("", "VM_CREATE"):
+        return False
+    if rec.state in ("allocating", "allocated"):
+        rec.state = "running"
+        ctx.put_vm(env, rec)
+        ctx.event(env, "step", f"{rec.role} {rec.slot}: VM {rec.vmid} RUNNING at {rec.ip} (it called back)",
+                  vmid=str(rec.vmid), slot=rec.slot)
+    return True
 
 
 def boot_failure(rec: VmRecord, view: VmView | None) -> str | None:
@@ -249,8 +371,10 @@ def _pin(ctx: Ctx, env: Env, master: VmRecord, seen: str) -> None:
     ctx.event(env, "hostkey", msg, vmid=str(master.vmid), slot=master.slot, how=how)
 
 
-def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = False) -> bool:
-    """Ask OpenNebula to terminate the slot's VM; True once it is gone (then the record is deleted).
+def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = False,
+              seen: dict[int, str] | None = None) -> bool:
+    """Ask OpenNebula to terminate the slot's VM; True once it is gone (then the record is deleted). While
+    it is not gone, its watch_state goes into `seen` (for a Watch).
 
     Safe to run twice: terminate is idempotent and an already-gone VM just drops the record.
     """
@@ -262,6 +386,8 @@ def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = Fa
                       vmid=str(rec.vmid), slot=rec.slot)
         elif view is not None and not view.gone:
             surface_refusal(ctx, env, rec.vmid, one.terminate(rec.vmid, hard=hard or view.failed or view.unknown))
+            if seen is not None:
+                seen[rec.vmid] = going_state(view)
             if rec.state != "removing":
                 rec.state = "removing"
                 ctx.put_vm(env, rec)

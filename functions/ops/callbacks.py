@@ -23,7 +23,7 @@ from rq import Queue
 from functions.engine.kick import kick
 from functions.model import tokens
 from functions.model.clock import Clock
-from functions.store import envstore, keys, scripts
+from functions.store import envstore, keys, runtime, scripts
 from functions.store.envstore import VmRecord
 
 log = logging.getLogger("carina.callbacks")
@@ -167,6 +167,8 @@ def record_throttled(r: redis.Redis, env: dict[str, Any], vmid: int, caller: Cal
 def enqueue_apply(queue: Queue, envid: str, vmid: int, kind: str, fields: dict[str, str], slot: str,
                   attempt: int = 0) -> None:
     """Queue apply_callback now, or (retries) after a short delay. Arguments are ids and strings only.
+    `queue` is the base queue; the job goes to the callbacks queue next to it (store.runtime.CALLBACKS), which
+    workers serve before drives, so a callback's effect never waits behind a backlog of drives.
 
     A retry goes to keys.callback_retries (a sorted set every worker pumps, see pump_retries), not to RQ's
     delayed jobs, which stall for minutes when the worker holding RQ's scheduler lock is killed.
@@ -182,8 +184,10 @@ def enqueue_apply(queue: Queue, envid: str, vmid: int, kind: str, fields: dict[s
 
 def _enqueue_now(queue: Queue, envid: str, vmid: int, kind: str, fields: dict[str, str], slot: str,
                  attempt: int) -> None:
-    queue.enqueue(APPLY, envid, vmid, kind, fields, slot, attempt, job_timeout=60, result_ttl=60, failure_ttl=86400,
-                  description=f"callback {kind} env {envid} vm {vmid}")
+    """Queue apply_callback on the callbacks queue next to the base queue `queue` (served before drives)."""
+    runtime.sibling(queue, runtime.CALLBACKS).enqueue(
+        APPLY, envid, vmid, kind, fields, slot, attempt, job_timeout=60, result_ttl=60, failure_ttl=86400,
+        description=f"callback {kind} env {envid} vm {vmid}")
 
 
 RETRY_LEASE = 30.0

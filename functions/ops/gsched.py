@@ -31,7 +31,7 @@ from functions.gs.config import pools_of, services_of
 from functions.gs.model import ALLOCATED, PEND, Request
 from functions.model import specview
 from functions.model.clock import Clock
-from functions.store import envstore, gsstore, opstart, tenants
+from functions.store import envstore, gsstore, opstart, runtime, tenants
 from functions.store.envstore import VmRecord
 from functions.store.gsstore import Stored
 
@@ -102,8 +102,9 @@ def request_allocation(r: redis.Redis, queue: Queue) -> bool:
     gsstore.mark_dirty(r)
     if not gsstore.claim_alloc_job(r):
         return False
-    queue.enqueue(ALLOCATE_TASK, job_id=f"gs-allocate-{int(time.time() * 1000)}", job_timeout=60, result_ttl=60,
-                  failure_ttl=86400, description="global scheduler: allocate")
+    high = runtime.sibling(queue, runtime.HIGH)          # periodic, short: never behind a backlog of drives
+    high.enqueue(ALLOCATE_TASK, job_id=f"gs-allocate-{int(time.time() * 1000)}", job_timeout=60, result_ttl=60,
+                 failure_ttl=86400, description="global scheduler: allocate")
     return True
 
 

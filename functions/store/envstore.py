@@ -66,6 +66,7 @@ class VmRecord:
     origin: str = ""
     vm_state: int = -1
     lcm_state: int = -1
+    sched: str = ""             # why OpenNebula has not placed the PENDING VM (its SCHED_MESSAGE), if it says
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -43,6 +43,8 @@ State model (hashes are the source of truth, streams are the event log):
 - gs_lock:             string owner token with TTL (one allocator at a time)
 - gs_reclaimed:        hash envid -> when the scheduler last reclaimed a VM of it
 - gs_dirty / gs_alloc_mark: "allocation wanted" flag; mark of the queued allocation job (dedupe)
+- watch / watch_next / watch_seen / watch_due / watch_lock: environments waiting on OpenNebula, when each is
+                       looked at next, what the watcher saw, and the watcher's own schedule (store.watching)
 """
 
 from __future__ import annotations
@@ -255,3 +257,35 @@ def gs_dirty() -> str:
 def gs_alloc_mark() -> str:
     """String with TTL: an allocation job is queued (functions.tasks.gs_allocate), don't queue another."""
     return f"{PREFIX}gs:alloc_mark"
+
+
+# ---------------------------------------------------------------- waiting on OpenNebula (store.watching)
+
+
+def watch() -> str:
+    """Hash envid -> JSON watch entry (service, endpoint, proxy, {vmid: state last seen}) of the environments
+    waiting on OpenNebula (a VM booting or going away); the watcher polls them in one call per endpoint."""
+    return f"{PREFIX}watch"
+
+
+def watch_due() -> str:
+    """Sorted set with the one member `watch` -> when the next watcher pass is due (epoch); a pass taken by a
+    worker's pump is leased (pushed on), so one pass runs at a time."""
+    return f"{PREFIX}watch:due"
+
+
+def watch_next() -> str:
+    """Sorted set envid -> when the watcher next looks at the environment's VMs (clock time): soon after it
+    started waiting, then less and less often while they do not change."""
+    return f"{PREFIX}watch:next"
+
+
+def watch_seen() -> str:
+    """Hash "envid:vmid" -> JSON of the VM as the watcher saw it change (with `at`), read once by the drive it
+    woke instead of asking OpenNebula again; the whole hash expires a minute after its last write."""
+    return f"{PREFIX}watch:seen"
+
+
+def watch_lock() -> str:
+    """String owner token with TTL: held by the watcher pass running now (one at a time)."""
+    return f"{PREFIX}watch:lock"

@@ -52,14 +52,46 @@ class JsonQueue(Queue):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
 
+# The queues every worker serves, first non-empty first (RQ takes from the first queue in the list that has a
+# job): periodic work (the minute tick, the watcher, policies) never waits behind callbacks, and callbacks
+# never wait behind drives. Names are the settings' queue name plus a suffix.
+HIGH = "high"              # periodic and short: functions.tasks.minute_tick, functions.tasks.watch
+CALLBACKS = "callbacks"    # functions.tasks.apply_callback (and its retries)
+LEVELS = (HIGH, CALLBACKS, "")   # "" is the base queue: functions.tasks.drive
+
+
+def queue_name(base: str, level: str = "") -> str:
+    """The name of the `level` queue of base queue `base` (`carina-high`, `carina-callbacks`, `carina`)."""
+    return f"{base}-{level}" if level else base
+
+
+def sibling(queue: Queue, level: str) -> Queue:
+    """The `level` queue next to the base queue `queue` (same connection, JSON jobs). No I/O."""
+    return JsonQueue(queue_name(queue.name, level), connection=queue.connection)
+
+
+def worker_queues(queue: Queue) -> list[Queue]:
+    """The queues a worker of base queue `queue` listens on, in priority order: high, callbacks, base."""
+    return [sibling(queue, level) if level else queue for level in LEVELS]
+
+
 @dataclass
 class Runtime:
-    """Live connections for one process."""
+    """Live connections for one process. `queue` is the base queue (drives); `high` and `callbacks` the
+    priority queues next to it."""
 
     settings: Settings
     text: redis.Redis
     raw: redis.Redis
     queue: Queue
+
+    @property
+    def high(self) -> Queue:
+        return sibling(self.queue, HIGH)
+
+    @property
+    def callbacks(self) -> Queue:
+        return sibling(self.queue, CALLBACKS)
 
 
 SENTINEL_SCHEME = "redis+sentinel"

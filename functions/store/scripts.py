@@ -69,21 +69,21 @@ end
 return 0
 """
 
-# Take (and remove) up to ARGV[2] members due by ARGV[1] from a schedule zset.
-LUA["pop_due"] = """
--- KEYS[1] schedule zset; ARGV[1] now, ARGV[2] batch size. Returns the members taken.
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, m in ipairs(due) do redis.call('ZREM', KEYS[1], m) end
-return due
-"""
-
-# Take the due retries: push their due time RETRY_LEASE seconds on (a pumper killed before enqueueing them
-# leaves them due again later, so a retry is never lost) and return them.
+# Take the due entries of a schedule (callback retries, delayed kicks): push their due time the lease on (a
+# pumper killed before enqueueing them leaves them due again later, so none is lost) and return them.
 LUA["lease_due"] = """
--- KEYS[1] retry zset; ARGV[1] now, ARGV[2] batch size, ARGV[3] lease (s). Returns the members leased.
+-- KEYS[1] schedule zset; ARGV[1] now, ARGV[2] batch size, ARGV[3] lease (s). Returns the members leased.
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), m) end
 return due
+"""
+
+# Forget a leased schedule entry unless it was re-scheduled meanwhile (its score is no longer the lease's).
+LUA["zrem_if_score"] = """
+-- KEYS[1] schedule zset; ARGV[1] member, ARGV[2] the score its lease gave it. Returns 1 if removed.
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
 """
 
 # For a deleted environment: drop its in-flight mark and take (GETDEL) its op guard.
@@ -327,6 +327,26 @@ LUA["hdel_if_equal"] = """
 -- KEYS[1] hash; ARGV[1] field, ARGV[2] expected value. Returns 1 if deleted.
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 0
+"""
+
+# Take an environment out of the watch set only if its entry still is the one read (a newer drive's stays).
+LUA["unwatch_if_equals"] = """
+-- KEYS[1] watch hash, KEYS[2] next-check zset; ARGV[1] envid, ARGV[2] entry read. Returns 1 if taken out.
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# Take the watcher's next pass if it is due and something is watched: lease it (push the due time on by
+# ARGV[2] s, so one pass is queued at a time and a lost one comes back). Returns 1 if taken.
+LUA["watch_take"] = """
+-- KEYS[1] watch schedule zset (member 'watch'), KEYS[2] watch hash; ARGV[1] now, ARGV[2] lease (s).
+if redis.call('HLEN', KEYS[2]) == 0 then return 0 end
+local due = redis.call('ZSCORE', KEYS[1], 'watch')
+if due and tonumber(due) > tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), 'watch')
+return 1
 """
 
 

@@ -147,7 +147,7 @@ def tick(r: redis.Redis, queue: Queue, clock: Clock = system_clock,
     minute = int(clock() // 60)
     if not claim_minute(r, "minute", clock()):
         return None
-    kicked = reconcile.recover_all(r, queue, clock)
+    kicked = reconcile.recover_all(r, queue, clock, minute=True)   # not the watched nor the queued ones
     stats = refresh_vms(r, clock, one_factory)
     stats["policies"] = policies.run(r, queue, clock, grace)
     stats.update(retain(r, retention), kicked=len(kicked), minute=minute)

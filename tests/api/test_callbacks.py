@@ -16,7 +16,7 @@ from rq.serializers import JSONSerializer
 from config.settings import Settings
 from functions.model import tokens
 from functions.ops import callbacks
-from functions.store import envstore, keys, tenants
+from functions.store import envstore, keys, runtime, tenants
 from functions.store.envstore import VmRecord
 from functions.store.runtime import JsonQueue
 from gateway import create_app
@@ -48,13 +48,14 @@ def _queue(r: redis.Redis) -> JsonQueue:
 
 
 def _queued(r: redis.Redis) -> list[tuple[str, list]]:
-    q = _queue(r)
-    return [(j.func_name, j.args) for j in (q.fetch_job(i) for i in q.job_ids)]
+    """Every queued job, in the order a worker takes them (high, callbacks, then drives)."""
+    queues = runtime.worker_queues(_queue(r))
+    return [(j.func_name, j.args) for q in queues for j in (q.fetch_job(i) for i in q.job_ids)]
 
 
 def _run_queue(r: redis.Redis) -> None:
-    q = _queue(r)
-    SimpleWorker([q], connection=q.connection, serializer=JSONSerializer).work(burst=True)
+    qs = runtime.worker_queues(_queue(r))
+    SimpleWorker(qs, connection=qs[0].connection, serializer=JSONSerializer).work(burst=True)
 
 
 def _events(api, kind: str) -> list[dict]:
@@ -75,7 +76,7 @@ def test_updatevmstatus_query_form_is_applied_by_a_worker(world):
     ev = _events(world, "callback")
     assert len(ev) == 1 and ev[0]["vmid"] == "8" and ev[0]["newip"] == "10.0.0.8" and ev[0]["name"] == "tomcat-s"
     assert not any(t in str(v) for v in ev[0].values())              # never the token
-    assert _queue(world.r).job_ids == []                            # no kick for a network callback
+    assert _queued(world.r) == []                                   # no kick for a network callback
 
 
 def test_updateappstatus_any_order_sets_env_and_vm_status(world):
@@ -142,7 +143,8 @@ def test_busy_env_lock_requeues_the_callback(world):
     assert q.scheduled_job_registry.get_job_ids() == []                  # not RQ's delayed jobs (scheduler lock)
     assert callbacks.pump_retries(q) == 0                                # not due yet
     assert callbacks.pump_retries(q, now=time.time() + 60) == 1
-    job = q.fetch_job(q.job_ids[0])
+    cq = runtime.sibling(q, runtime.CALLBACKS)                          # callbacks are served before drives
+    job = cq.fetch_job(cq.job_ids[0])
     assert job.func_name == "functions.tasks.apply_callback" and job.args == [e, 8, "status", {"status": "X"},
                                                                                 "s0", 1]
     assert callbacks.apply(world.r, q, *job.args[:4], world.clock, "s0", 1) == "applied"

@@ -20,7 +20,7 @@ from config.settings import Settings
 from functions.engine import loop as engine
 from functions.model.clock import FakeClock
 from functions.ops import callbacks, operations
-from functions.store import envstore, keys, scripts, tenants
+from functions.store import envstore, keys, runtime, scripts, tenants
 from functions.store.envstore import VmRecord
 from functions.store.runtime import JsonQueue
 from functions.upkeep import ticks
@@ -106,7 +106,8 @@ def test_a_busy_callback_is_retried_through_the_pumped_set_not_rq_delayed_jobs(r
     envid = _env_with_master(rdb)
     with envstore.env_lock(rdb, envid):
         assert callbacks.apply(rdb, q, envid, 7, "net", {"newip": "10.0.0.7"}, FakeClock(T0), "m") == "retry"
-    assert q.scheduled_job_registry.get_job_ids() == [] and q.job_ids == []
+    cq = runtime.sibling(q, runtime.CALLBACKS)                      # callbacks are served before drives
+    assert q.scheduled_job_registry.get_job_ids() == [] and q.job_ids == [] and cq.job_ids == []
     assert rdb.zcard(keys.callback_retries()) == 1
     # every worker's pump thread moves it once due (worker.start_pump, as in `python worker.py`)
     import worker
@@ -114,11 +115,11 @@ def test_a_busy_callback_is_retried_through_the_pumped_set_not_rq_delayed_jobs(r
     stop = threading.Event()
     worker.start_pump(q, stop)
     try:
-        wait_for(lambda: q.job_ids, 5.0, "the retry to be pumped onto the queue")
+        wait_for(lambda: cq.job_ids, 5.0, "the retry to be pumped onto the queue")
     finally:
         stop.set()
     assert rdb.zcard(keys.callback_retries()) == 0
-    job = q.fetch_job(q.job_ids[0])
+    job = cq.fetch_job(cq.job_ids[0])
     assert job.func_name == callbacks.APPLY and job.args == [envid, 7, "net", {"newip": "10.0.0.7"}, "m", 1]
     assert callbacks.apply(rdb, q, *job.args[:4], FakeClock(T0), "m", 1) == "applied"
     assert envstore.get_vms(rdb, envid)["m"].ip == "10.0.0.7"
@@ -131,10 +132,11 @@ def test_a_pumper_killed_after_taking_a_retry_does_not_lose_it(rdb: redis.Redis)
     # a pumper takes it (its lease moves the due time on) and dies before enqueueing it
     taken = scripts.run(rdb, "lease_due", [keys.callback_retries()],
                         [repr(due), "10", repr(callbacks.RETRY_LEASE)])
-    assert len(taken) == 1 and q.job_ids == []
+    cq = runtime.sibling(q, runtime.CALLBACKS)
+    assert len(taken) == 1 and cq.job_ids == []
     assert callbacks.pump_retries(q, now=due + 1) == 0                  # leased to the dead pumper
     assert callbacks.pump_retries(q, now=due + callbacks.RETRY_LEASE + 1) == 1
-    assert [q.fetch_job(j).args for j in q.job_ids] == [["5", 7, "status", {"status": "MASTER_INIT_DONE"}, "m", 3]]
+    assert [cq.fetch_job(j).args for j in cq.job_ids] == [["5", 7, "status", {"status": "MASTER_INIT_DONE"}, "m", 3]]
     assert rdb.zcard(keys.callback_retries()) == 0
 
 

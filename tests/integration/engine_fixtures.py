@@ -26,6 +26,7 @@ from functions import tasks
 from functions.cloud.one import OneClient
 from functions.cloud.sshexec import SshResult
 from functions.conf.schema import load_config
+from functions.engine import kick, watch
 from functions.engine import loop as engine
 from functions.engine.context import Ctx
 from functions.model.clock import FakeClock
@@ -91,6 +92,16 @@ class SpyOne(OneClient):
         super().__init__(proxy, session, timeout=5.0)
         self.rig = rig
 
+    def views(self, vmids: Any) -> dict[int, Any]:
+        """The watcher's one call per endpoint; notes the ids asked for (and `info` notes each VM asked for)."""
+        ids = sorted(vmids)
+        self.rig.pool_calls.append(ids)
+        return super().views(ids)
+
+    def info(self, vmid: int) -> Any:
+        self.rig.info_calls.append(int(vmid))
+        return super().info(vmid)
+
     def allocate(self, template: str) -> int:
         envid = re.search(r'CARINA_ENVID = "(\d+)"', template)
         slot = re.search(r'CARINA_SLOT = "(\w+)"', template)
@@ -113,6 +124,8 @@ class Rig:
     settings: Settings
     ssh: Any = None
     allocs: list[dict[str, Any]] = field(default_factory=list)
+    pool_calls: list[list[int]] = field(default_factory=list)
+    info_calls: list[int] = field(default_factory=list)
 
     def configure(self, **over: Any) -> None:
         """Upload the test config (the `web` entry changed by `over`) through the real validation."""
@@ -145,8 +158,27 @@ class Rig:
         return operations.request_scale(self.r, self.queue, SERVICE, envid, direction, self.clock)
 
     def drive(self, envid: str) -> str:
-        """One drive job, as RQ would run it (env lock, steps until the operation waits or ends)."""
+        """One drive job, as RQ would run it (env lock, steps until the operation waits or ends). A drive job
+        of the environment waiting on the queue is taken off it first, as a worker would take it."""
+        self._take_drives(envid)
         return engine.step(self.ctx(), envid)
+
+    def _take_drives(self, envid: str) -> list[str]:
+        taken = []
+        for job in self.queue.get_jobs():
+            if job.func_name == kick.DRIVE and [str(a) for a in job.args] == [envid]:
+                kick.clear_kick(self.queue.connection, envid, job.id)
+                job.delete()
+                taken.append(envid)
+        return taken
+
+    def watch(self) -> list[str]:
+        """One watcher pass in-process (as the high-priority job would run it); returns the envids it kicked.
+        Their drive jobs are taken off the queue as a worker would take them (the test drives them itself)."""
+        before = {str(j.args[0]) for j in self.queue.get_jobs()}
+        watch.run(self.r, self.queue, self.clock, lambda url, auth: SpyOne(url, auth, self))
+        fresh = {str(j.args[0]) for j in self.queue.get_jobs()} - before
+        return sorted((e for e in fresh for _ in self._take_drives(e)), key=int)
 
     def tick(self, seconds: float = 0.0) -> None:
         """Move the shared clock and let the simulator advance its VMs once."""

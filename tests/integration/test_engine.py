@@ -148,10 +148,15 @@ def test_master_stuck_pending_past_the_deadline_fails(rig: Rig) -> None:
     vm = rig.sim_vm(master.vmid)
     assert master.state == "allocated" and vm.state == S.PENDING
     assert "No host with enough capacity" in dict(vm.user_template)["SCHED_MESSAGE"]
+    env = rig.env(envid)                                     # it says why it waits, once
+    assert env["status"] == "PENDING: hosts full" and "No host with enough capacity" in env["info"]
+    assert sum("cannot place it" in m for m in rig.events(envid)) == 1
     rig.tick(300)
     rig.drive(envid)
     job = _finished(rig, envid, jobid, "FAIL")
-    assert job["info"] == "the master VM did not reach RUNNING within 600s (deadline)"
+    assert job["info"] == (f"the master VM did not reach RUNNING within 600s (deadline); OpenNebula could not "
+                           f"place master VM {master.vmid}: Cannot dispatch VM: No host with enough capacity to "
+                           "deploy the VM")
     assert rig.env(envid)["status"] == "CREATE_TIMEOUT"
 
 

@@ -10,7 +10,7 @@ import redis
 from functions import tasks
 from functions.gs.model import ALLOCATED, CANCELLED, PEND, RELEASED, Request, Size
 from functions.ops import gsched
-from functions.store import envstore, gsstore, keys
+from functions.store import envstore, gsstore, keys, runtime
 from functions.store.runtime import JsonJob, JsonQueue
 from tests.harness import twin, url_of
 
@@ -93,7 +93,9 @@ def test_the_queued_allocation_job_runs_one_pass(rdb: redis.Redis, monkeypatch: 
     stored = gsstore.new_request(rdb, _req(), "m")
     assert gsched.request_allocation(rdb, queue) is True
     assert gsched.request_allocation(rdb, queue) is False                # one queued job is enough
-    job = next(j for j in queue.get_jobs() if j.id.startswith("gs-allocate-"))
+    assert not any(j.id.startswith("gs-allocate-") for j in queue.get_jobs())   # not behind the drives ...
+    high = runtime.sibling(queue, runtime.HIGH)                                 # ... on the periodic queue
+    job = next(j for j in high.get_jobs() if j.id.startswith("gs-allocate-"))
     assert job.func_name == tasks.gs_allocate.__module__ + ".gs_allocate"
     job = JsonJob.fetch(job.id, connection=queue.connection)
     job.perform()

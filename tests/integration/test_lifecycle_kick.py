@@ -7,7 +7,7 @@ import time
 import redis
 
 from functions.engine import kick as lifecycle
-from functions.store import keys
+from functions.store import keys, scripts
 from functions.store.runtime import JsonQueue
 from tests.harness import twin
 
@@ -63,3 +63,27 @@ def test_a_job_clears_its_own_mark_only(rdb: redis.Redis) -> None:
     assert lifecycle.clear_kick(rdb, "9", "drive-9-1") is False
     assert lifecycle.kick(q, "9")                           # an earlier kick supersedes it
     assert lifecycle.clear_kick(rdb, "9", q.job_ids[0]) is True
+
+
+def test_a_pumper_killed_between_taking_and_kicking_loses_no_wake_up(rdb: redis.Redis) -> None:
+    """Delayed kicks are leased, not popped: one taken by a pumper that died before enqueueing is due again."""
+    q = _queue(rdb)
+    assert lifecycle.kick(q, "9", delay=5)
+    due = rdb.zscore(keys.kick_schedule(), "9")
+    taken = scripts.run(q.connection, "lease_due", [keys.kick_schedule()],     # what pump does first ...
+                        [repr(due + 0.1), "10", repr(lifecycle.KICK_LEASE)])
+    assert taken == [b"9"] and q.job_ids == []                                # ... then the pumper dies
+    assert lifecycle.pump(q, now=due + 1) == []                               # leased: nobody doubles it
+    assert lifecycle.pump(q, now=due + 0.1 + lifecycle.KICK_LEASE) == ["9"]   # due again after the lease
+    assert len(q.job_ids) == 1 and rdb.zcard(keys.kick_schedule()) == 0
+
+
+def test_a_kick_rescheduled_while_leased_is_kept(rdb: redis.Redis) -> None:
+    q = _queue(rdb)
+    assert lifecycle.kick(q, "10", delay=5)
+    due = rdb.zscore(keys.kick_schedule(), "10")
+    scripts.run(q.connection, "lease_due", [keys.kick_schedule()], [repr(due), "10", repr(lifecycle.KICK_LEASE)])
+    assert lifecycle.kick(q, "10", delay=1)                                   # an earlier wake-up meanwhile
+    assert scripts.run(q.connection, "zrem_if_score", [keys.kick_schedule()],
+                       ["10", repr(due + lifecycle.KICK_LEASE)]) == 0         # the old lease can't remove it
+    assert rdb.zcard(keys.kick_schedule()) == 1

@@ -91,6 +91,25 @@ def test_tagged_finds_only_this_environment(one: OneClient) -> None:
     assert one.tagged("nope") == []
 
 
+def test_views_asks_once_for_exactly_these_vms(sim: object, one: OneClient) -> None:
+    first, second, other = _allocate(one, "251"), _allocate(one, "251", "s0"), _allocate(one, "252")
+    _wait(lambda: (v := one.info(second)) is not None and v.running and v, "RUNNING")
+    one.terminate(first, hard=True)
+    _wait(lambda: (v := one.info(first)) is None or v.gone, "DONE")
+    views = one.views([first, second, 987654])
+    assert sorted(views) == [first, second] and other not in views     # unknown ids absent, others not asked
+    assert views[first].gone and views[second].running
+    assert views[second].user_template["CARINA_ENVID"] == "251"          # full bodies (tags, SCHED_MESSAGE)
+    assert one.views([]) == {}
+    methods = sim.api.methods  # type: ignore[attr-defined]
+    infoset = methods.pop("one.vmpool.infoset")                        # an OpenNebula without infoset
+    try:
+        fallback = one.views([first, second, 987654])
+    finally:
+        methods["one.vmpool.infoset"] = infoset
+    assert sorted(fallback) == [second]                                # the extended pool (not DONE), filtered
+
+
 def test_terminate_twice_and_absent_is_fine(one: OneClient) -> None:
     vmid = _allocate(one, "301")
     _wait(lambda: (v := one.info(vmid)) is not None and v.running and v, "RUNNING")
@@ -251,3 +270,15 @@ def test_vmview_classification(state: int, lcm: int, prop: str | None, short: st
     props = {p for p in ("running", "starting", "failed", "unknown", "stopped", "gone") if getattr(vm, p)}
     assert props == ({prop} if prop else set())
     assert vm.short_status() == short
+
+
+def test_sched_message_is_only_for_a_pending_vm_and_loses_oneds_time_stamp() -> None:
+    def vm(state: int, msg: str) -> VmView:
+        return VmView(vmid=1, name="n", state=state, lcm_state=0, ip=None, host=None, cpu=None,
+                      user_template={"SCHED_MESSAGE": msg})
+
+    stamped = "Mon Nov 30 10:00:00 2026 : Cannot dispatch VM to any Host. Possible reasons: Not enough capacity"
+    assert vm(1, stamped).sched_message() == "Cannot dispatch VM to any Host. Possible reasons: Not enough capacity"
+    assert vm(1, "Cannot dispatch VM: No host meets SCHED_REQUIREMENTS").sched_message().endswith("REQUIREMENTS")
+    assert vm(3, stamped).sched_message() == ""                          # placed: an old message means nothing
+    assert _vm(1).sched_message() == ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functions.cloud import sshexec
 from functions.cloud.one import OneClient, OneError
 from functions.engine import vmops
-from functions.engine.context import POLL, Ctx, Env, Step, deadline_passed, fail, finish
+from functions.engine.context import Ctx, Env, Step, deadline_passed, fail, finish, later
 from functions.model import render, specview
 from functions.store import envstore
 from functions.store.envstore import VmRecord
@@ -39,7 +39,11 @@ def _timeout(ctx: Ctx, env: Env) -> Step:
     waiting = str(env.data.get("gs_wait") or "")
     if waiting:                                   # a VM never got capacity from the global scheduler
         why += f" (no capacity granted: {waiting})"
-    return fail(ctx, env, "CREATE_TIMEOUT", f"{why} within {ctx.settings.create_deadline}s (deadline)")
+    why += f" within {ctx.settings.create_deadline}s (deadline)"
+    unplaced = [f"{v.role} VM {v.vmid}: {v.sched}" for v in env.vms.values() if v.sched and v.state == "allocated"]
+    if unplaced:
+        why += "; OpenNebula could not place " + "; ".join(unplaced)
+    return fail(ctx, env, "CREATE_TIMEOUT", why)
 
 
 def _master(ctx: Ctx, env: Env, one: OneClient) -> tuple[VmRecord | None, Step]:
@@ -49,13 +53,18 @@ def _master(ctx: Ctx, env: Env, one: OneClient) -> tuple[VmRecord | None, Step]:
                                         num_slaves=int(env.num("desired_slaves")))
     except (render.RenderError, specview.SpecError, OneError) as exc:
         return None, fail(ctx, env, f"MASTER_CREATE_FAIL: {exc}", f"master: {exc}")
-    if master.state in ("allocating", "allocated"):
-        why = vmops.boot_failure(master, vmops.observe(ctx, env, one, master))
+    if master.state in ("allocating", "allocated") and not vmops.came_up(ctx, env, master):
+        if "m" in env.fresh:                                  # allocated just now: PENDING, nothing to ask
+            envstore.update_env(ctx.r, env.envid, phase="master_boot")
+            return None, vmops.wait_new(master)
+        view = vmops.observe(ctx, env, one, master)
+        why = vmops.boot_failure(master, view)
         if why:
             return None, fail(ctx, env, "MASTER_CREATE_FAIL: VM failed", f"master: {why}")
         if master.state != "running":
-            envstore.update_env(ctx.r, env.envid, phase="master_boot")
-            return None, POLL
+            if env.data.get("phase") != "master_boot":
+                envstore.update_env(ctx.r, env.envid, phase="master_boot")
+            return None, vmops.watch(master, view)
     if env.data.get("master_ready"):
         return master, None
     now = ctx.clock()
@@ -80,12 +89,15 @@ def _master(ctx: Ctx, env: Env, one: OneClient) -> tuple[VmRecord | None, Step]:
 
 def _slave(ctx: Ctx, env: Env, one: OneClient, master: VmRecord, rec: VmRecord) -> Step:
     """Move one slave on: boot → announce. Returns None once it is announced; raises StepFailed."""
-    if rec.state in ("allocating", "allocated"):
-        why = vmops.boot_failure(rec, vmops.observe(ctx, env, one, rec))
+    if rec.state in ("allocating", "allocated") and not vmops.came_up(ctx, env, rec):
+        if rec.slot in env.fresh:                             # allocated just now: PENDING, nothing to ask
+            return vmops.wait_new(rec)
+        view = vmops.observe(ctx, env, one, rec)
+        why = vmops.boot_failure(rec, view)
         if why:
             raise vmops.StepFailed(f"SLAVE_CREATE_FAIL: {rec.slot}", f"slave {rec.slot}: {why}")
         if rec.state != "running":
-            return POLL
+            return vmops.watch(rec, view)
     if rec.state == "running":
         try:
             vmops.master_command(ctx, env, master, "add", rec)
@@ -124,7 +136,7 @@ def create_step(ctx: Ctx, env: Env) -> Step:
     except vmops.StepFailed as exc:
         return fail(ctx, env, exc.status, exc.why)
     if waits:
-        return min(waits)
+        return later(*waits)
     return _complete(ctx, env, master, desired)
 
 

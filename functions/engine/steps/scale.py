@@ -13,7 +13,7 @@ from __future__ import annotations
 from functions.cloud import sshexec
 from functions.cloud.one import OneClient, OneError
 from functions.engine import vmops
-from functions.engine.context import POLL, Ctx, Env, Step, deadline_passed, fail, finish
+from functions.engine.context import Ctx, Env, Step, Watch, deadline_passed, fail, finish
 from functions.model import render, specview
 from functions.store import envstore, gsstore
 from functions.store.envstore import VmRecord
@@ -40,8 +40,9 @@ def scaleup_step(ctx: Ctx, env: Env) -> Step:
     rec = env.vms.get(slot)
     if deadline_passed(ctx, env):
         waiting = f" (no capacity granted: {env.data['gs_wait']})" if rec is None and env.data.get("gs_wait") else ""
+        unplaced = f" (OpenNebula could not place VM {rec.vmid}: {rec.sched})" if rec is not None and rec.sched else ""
         return _rollback(ctx, env, one, rec, f"slave {slot} not running within {ctx.settings.create_deadline}s"
-                         + waiting)
+                         + waiting + unplaced)
     master = env.vms.get("m")
     if master is None or master.state not in ("running", "announced") or not master.ip:
         return fail(ctx, env, "SLAVE_SCALEUP_FAIL: the master is not running", "scale-up needs a running master")
@@ -50,12 +51,15 @@ def scaleup_step(ctx: Ctx, env: Env) -> Step:
                                      num_slaves=int(env.num("desired_slaves")))
     except (render.RenderError, specview.SpecError, OneError) as exc:
         return _rollback(ctx, env, one, env.vms.get(slot), f"slave {slot}: {exc}")
-    if rec.state in ("allocating", "allocated"):
-        why = vmops.boot_failure(rec, vmops.observe(ctx, env, one, rec))
+    if rec.state in ("allocating", "allocated") and not vmops.came_up(ctx, env, rec):
+        if slot in env.fresh:                                 # allocated just now: PENDING, nothing to ask
+            return vmops.wait_new(rec)
+        view = vmops.observe(ctx, env, one, rec)
+        why = vmops.boot_failure(rec, view)
         if why:
             return _rollback(ctx, env, one, rec, f"slave {slot}: {why}")
         if rec.state != "running":
-            return POLL
+            return vmops.watch(rec, view)
     if rec.state == "running":
         try:
             vmops.master_command(ctx, env, master, "add", rec)
@@ -105,6 +109,7 @@ def scaledown_step(ctx: Ctx, env: Env) -> Step:
             return drain
     elif env.num("drain_until") > now:
         return env.num("drain_until") - now
-    if not vmops.terminate(ctx, env, one, rec):
-        return POLL
+    seen: dict[int, str] = {}
+    if not vmops.terminate(ctx, env, one, rec, seen=seen):
+        return Watch(seen)
     return finish(ctx, env, f"removed slave {slot} (VM {rec.vmid})")
