@@ -37,7 +37,8 @@ OWN_DEADLINE_CHECK = ("CREATE", "SCALEUP")   # these steps end their jobs with a
 
 def dispatch(ctx: Ctx, env: Env) -> Step:
     """Run one step of the environment's current operation."""
-    if not work_pending(ctx.r, env):
+    if not work_pending(ctx.r, env):          # also what a worker killed while ending the job left behind
+        envstore.release_op(ctx.r, env.envid, env.jobid)
         scripts.run(ctx.r, "clear_inflight", [keys.env(env.envid), keys.inflight()], [env.envid, env.jobid])
         return None
     if env.data.get("op_job") != env.jobid:
