@@ -1,5 +1,6 @@
-"""Parts of the model-based chaos run (tests/chaos/test_model.py): a worker that dies or pauses at the Nth
-Redis command or OpenNebula call of a drive, an SSH function whose master can be made to fail, a Rig reset
+"""Parts of the model-based chaos run (tests/chaos/test_model.py): a worker that dies, stalls or sees a call
+fail at the Nth Redis write or OpenNebula allocate/terminate of a drive (Fuse), an SSH function whose master
+can be made to fail, a Rig reset
 between hypothesis examples (one simulator and one redis-server per test), and the invariants checked once
 everything has settled.
 
@@ -198,6 +199,7 @@ def check_settled(rig: Rig, envids: list[str], vanished: set[int]) -> None:
         dead = [h for h in held if h not in live and h[0] not in vanished]
         assert dead == [], f"env {envid}: records of VMs Carina itself ended {dead}"
         last = envstore.get_job(r, str(env.get("job") or "")) or {}
+        assert (last.get("type"), last.get("status")) != ("REMOVE", "DONE"), f"env {envid}: removed, still there"
         if last.get("status") == "DONE":
             slaves = sum(1 for rec in recs.values() if rec.role == "slave")
             assert int(env.get("desired_slaves") or 0) == slaves, \
