@@ -41,7 +41,11 @@ DEADLINE_SLACK = 0.05       # seconds after the operation's deadline the last ki
 
 def dispatch(ctx: Ctx, env: Env) -> Step:
     """Run one step of the environment's current operation."""
-    if not work_pending(ctx.r, env):
+    if not work_pending(ctx.r, env):          # also what a worker killed while ending the job left behind
+        if env.op == "REMOVE" and (envstore.get_job(ctx.r, env.jobid) or {}).get("status") == "DONE":
+            envstore.delete_env(ctx.r, env.envid, ctx.clock)     # killed between its DONE and the deletion
+            return None
+        envstore.release_op(ctx.r, env.envid, env.jobid)
         scripts.run(ctx.r, "clear_inflight", [keys.env(env.envid), keys.inflight()], [env.envid, env.jobid])
         return None
     if env.data.get("op_job") != env.jobid:

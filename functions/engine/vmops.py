@@ -139,7 +139,8 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
 
     Writes the intent record before allocate (once Ctx.capacity grants it: WaitCapacity otherwise); a replayed
     intent adopts a VM already tagged with the slot. A new record's `origin` is `origin`, or by default "policy"
-    for a policy's SCALEUP (op_origin).
+    for a policy's SCALEUP (op_origin). A drive that lost the env lock meanwhile terminates the VM it allocated
+    and raises LockLost.
     """
     rec = env.vms.get(slot)
     if rec is not None and rec.vmid is not None:
@@ -159,7 +160,20 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
         text = render_vm(ctx, env, rec, master_ip, num_slaves)
     env.vms[slot] = rec
     vmid = one.allocate(text)
-    return _adopt(ctx, env, rec, vmid, "allocated")
+    try:
+        return _adopt(ctx, env, rec, vmid, "allocated")
+    except envstore.LockLost:
+        _drop_unrecorded(ctx, env, one, slot, vmid)
+        raise
+
+
+def _drop_unrecorded(ctx: Ctx, env: Env, one: OneClient, slot: str, vmid: int) -> None:
+    """The lock was lost between the intent and recording the VM just allocated (a stalled drive): the new
+    holder allocated or adopted the slot's VM itself, so this one is nobody's. Terminate it, unless the new
+    holder adopted this very VM. Safe to run twice."""
+    current = envstore.get_vms(ctx.r, env.envid).get(slot)
+    if current is None or current.vmid != vmid:
+        one.terminate(vmid, hard=True)
 
 
 def watch_state(view: VmView | None) -> str:

@@ -63,7 +63,9 @@ def request_scale(r: redis.Redis, queue: Queue, service: str, envid: str, direct
     env = envstore.get_env(r, envid, service)
     if env is None:
         raise NotFound(f"envid: no environment {envid}", "envid")
-    if envstore.current_op(r, envid) is None and env.get("policy_status") == "INIT":
+    holder = envstore.current_op(r, envid)
+    holding = (envstore.get_job(r, holder) or {}).get("status") not in (None, *FINAL) if holder else False
+    if not holding and env.get("policy_status") == "INIT":      # an ended holder (a killed worker's) is none
         raise Conflict(f"envid: environment {envid} is not ready (its create did not complete: "
                        f"{env.get('status', '')})", "envid")
     word = "up" if op == "SCALEUP" else "down"

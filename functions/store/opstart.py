@@ -33,14 +33,22 @@ def _holder_is_stale(pipe: Any, holder: str) -> bool:
     return status is None or status in FINAL
 
 
+def _removed(pipe: Any, env_key: str) -> bool:
+    """The environment's last operation is a REMOVE that ended DONE: a worker was killed before deleting it."""
+    if pipe.hget(env_key, "op") != "REMOVE":
+        return False
+    last = pipe.hget(env_key, "job")
+    return bool(last) and pipe.hget(keys.job(last), "status") == "DONE"
+
+
 def start_op(r: redis.Redis, service: str, envid: str, op: str, clock: Clock, msg: str,
              take_over: bool = False, take_from: str | None = None, **job_extra: str) -> Started:
     """Start operation `op` on the environment atomically (see the module docstring).
 
     Without `take_over` the guard must be free or held by an ended job ("busy" otherwise); with it (a remove)
     the guard is taken from whatever holds it, returned as `previous`; with `take_from`, only from that job.
-    "gone": the environment does not exist (nothing written). Not idempotent: each "started" is a new job (job
-    ids may be skipped, never reused).
+    "gone": the environment does not exist, or (without `take_over`) its remove is DONE and only the deletion is
+    left (nothing written). Not idempotent: each "started" is a new job (job ids may be skipped, never reused).
     """
     jobid = envstore.next_jobid(r)
     guard, env_key = keys.env_op(envid), keys.env(envid)
@@ -51,6 +59,8 @@ def start_op(r: redis.Redis, service: str, envid: str, op: str, clock: Clock, ms
         holder = pipe.get(guard)
         if holder and not (take_over or holder == take_from) and not _holder_is_stale(pipe, holder):
             return Started("busy", previous=holder)
+        if not take_over and _removed(pipe, env_key):
+            return Started("gone")
         name = pipe.hget(env_key, "name") or ""
         now = clock()
         pipe.multi()

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from functions import schedule
-from functions.store import envstore
+from functions.store import envstore, keys
 from functions.store.runtime import JsonJob
 from tests.stack import Stack, wait_for
 
@@ -163,25 +163,63 @@ def test_opennebula_down_during_a_create_is_retried_and_shown(stack: tuple[Stack
     _remove(st, token, envid)
 
 
-def test_two_schedulers_do_one_ticks_work_per_minute(stack: tuple[Stack, str]) -> None:
-    st, _ = stack
-    first, second = st.start_scheduler("sched1", tick_every=1), st.start_scheduler("sched2", tick_every=1)
-    raw = redis.Redis.from_url(st.redis.url)
-    try:
-        def results() -> list[str]:
-            try:
-                job = JsonJob.fetch(schedule.TICK_ID, connection=raw)
-            except Exception:  # noqa: BLE001 - not enqueued yet
-                return []
-            return [str(r.return_value) for r in job.results() if r.return_value]
+def _live_schedulers(raw: redis.Redis) -> set[str]:
+    """rq-scheduler instances whose loop is running: each heartbeats its own key (`rq:scheduler_instance:<uuid>`,
+    expiring a few seconds after its last loop) and marks it `death` when it stops."""
+    keys_ = raw.keys("rq:scheduler_instance:*")
+    return {k.decode() for k in keys_ if raw.hexists(k, "birth") and not raw.hexists(k, "death")}
 
-        seen = wait_for(lambda: len(r := results()) >= 5 and r, 40, "five tick runs", stack=st)
+
+def _tick_results(raw: redis.Redis, into: dict[str, str], old: frozenset[str] = frozenset()) -> list[str]:
+    """Add the tick job's results seen now to `into` (result id -> value: RQ keeps only its last 10) and
+    return them all but those with an id in `old`, oldest first."""
+    try:
+        job = JsonJob.fetch(schedule.TICK_ID, connection=raw)
+    except Exception:  # noqa: BLE001 - not enqueued yet
+        job = None
+    for result in job.results() if job is not None else []:
+        if result.return_value:
+            into.setdefault(str(result.id), str(result.return_value))
+    return [into[k] for k in sorted(into) if k not in old]
+
+
+def _minutes_done(results: list[str]) -> list[int]:
+    return [int(m.group(1)) for r in results if (m := re.search(r"'minute': (\d+)", r))]
+
+
+def test_two_schedulers_do_one_ticks_work_per_minute(stack: tuple[Stack, str]) -> None:
+    """Two scheduler processes run side by side (both rq-scheduler loops alive the whole time, ticks every
+    second); across a minute boundary each minute's work is done by exactly one tick, every other is skipped."""
+    st, _ = stack
+    raw = redis.Redis.from_url(st.redis.url)
+    before = _live_schedulers(raw)
+    results: dict[str, str] = {}
+    _tick_results(raw, results)
+    old = frozenset(results)                                 # ticks of earlier tests
+    first, second = st.start_scheduler("sched1", tick_every=1), st.start_scheduler("sched2", tick_every=1)
+    try:
+        both = wait_for(lambda: len(s := _live_schedulers(raw) - before) == 2 and s, 30, "both schedulers' loops",
+                        stack=st)
+
+        def enough() -> list[str]:
+            seen = _tick_results(raw, results, old)
+            skipped = sum(r.startswith("skipped") for r in seen)
+            return seen if len(set(_minutes_done(seen))) >= 2 and skipped >= 3 else []
+
+        seen = wait_for(enough, 100, "ticks done in two minutes and skipped thrice", stack=st)
+        assert _live_schedulers(raw) - before == both, "a scheduler stopped or was replaced meanwhile"
+        assert [p.poll() for p in (first, second)] == [None, None]
     finally:
         for proc in (first, second):
             proc.terminate()
             proc.wait(10)
         raw.close()
-    done = [int(m.group(1)) for r in seen if (m := re.search(r"'minute': (\d+)", r))]
-    assert done, seen
-    assert len(done) == len(set(done)), f"two ticks did a minute's work: {json.dumps(seen)}"
-    assert sum(r.startswith("skipped") for r in seen) >= len(seen) - len(set(done)) >= 3
+    for name in ("sched1", "sched2"):
+        assert "Registering birth" in (st.workdir / f"{name}.log").read_text(), name
+    done = _minutes_done(seen)
+    assert len(done) == len(set(done)), f"two ticks did one minute's work: {json.dumps(seen)}"
+    assert done == sorted(done) and done[-1] - done[0] == len(done) - 1, f"a minute without its tick: {done}"
+    skipped = [r for r in seen if r.startswith("skipped")]
+    assert len(skipped) + len(done) == len(seen) and len(skipped) >= 3, seen
+    for minute in done:
+        assert st.r.exists(keys.tick("minute", minute)), minute

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -52,33 +51,63 @@ def _holder(rdb: redis.Redis, envid: str, ttl: float | None) -> subprocess.Popen
 # ---------------------------------------------------------------- 1. one env lock, short TTL renewed while held
 
 
+def _pttl_samples(rdb: redis.Redis, key: str, enough: Callable[[list[int]], bool], timeout: float,
+                  what: str) -> list[int]:
+    """PTTL of `key` sampled every 20 ms until `enough(samples)` (-2 once the key is gone). A wait for a
+    condition with a generous timeout, never a claim about elapsed time."""
+    samples: list[int] = []
+
+    def sample() -> bool:
+        samples.append(int(rdb.pttl(key)))
+        return enough(samples)
+
+    wait_for(sample, timeout, what, every=0.02)
+    return samples
+
+
+def _renewals(samples: list[int]) -> int:
+    """How often the TTL went up between two samples: each time, someone renewed the lock."""
+    return sum(1 for a, b in zip(samples, samples[1:], strict=False) if a >= 0 and b > a + 50)
+
+
 def test_a_killed_lock_holder_frees_the_env_within_the_short_ttl(rdb: redis.Redis) -> None:
+    """A worker process holding an env lock with the default TTL renews it while alive; once it is killed -9
+    nobody renews it (its TTL only falls) and the lock disappears, at most the TTL after the kill."""
+    assert envstore.LOCK_TTL <= 20                           # short (it was 120 s): a killed holder costs little
+    key = keys.env_lock("1")
     holder = _holder(rdb, "1", ttl=None)
     try:
-        assert 0 < rdb.pttl(keys.env_lock("1")) <= envstore.LOCK_TTL * 1000 <= 20_000   # not 120 s any more
         with envstore.env_lock(rdb, "1") as got:
             assert not got
+        alive = _pttl_samples(rdb, key, lambda s: _renewals(s) >= 1 or s[-1] < 0, envstore.LOCK_TTL * 3,
+                              "the live holder to renew its lock")
+        assert _renewals(alive) >= 1, alive
+        token = rdb.get(key)
     finally:
-        holder.kill()
+        os.kill(holder.pid, signal.SIGKILL)                  # crash while holding: nobody releases it
         holder.wait(5)
-    quick = _holder(rdb, "2", ttl=1)
-    os.kill(quick.pid, signal.SIGKILL)                       # crash while holding: nobody releases it
-    quick.wait(5)
-    wait_for(lambda: rdb.get(keys.env_lock("2")) is None, 3.0, "the dead holder's lock to expire")
-    with envstore.env_lock(rdb, "2") as got:
+    left = rdb.pttl(key)
+    assert 0 < left <= envstore.LOCK_TTL * 1000 and rdb.get(key) == token
+    dead = _pttl_samples(rdb, key, lambda s: s[-1] == -2, envstore.LOCK_TTL + 30, "the dead holder's lock to go")
+    assert _renewals(dead) == 0 and max(dead) <= left, dead  # it ran out; it was never extended
+    with envstore.env_lock(rdb, "1") as got:
         assert got
 
 
 def test_the_lock_is_renewed_while_held_and_released_by_its_owner_only(rdb: redis.Redis) -> None:
-    with envstore.env_lock(rdb, "3", ttl=1) as got:
+    """Held for more renewals than fit in one TTL (so for longer than its TTL), by the same owner throughout;
+    a failed attempt by another does not release it; leaving the block does."""
+    key = keys.env_lock("3")
+    with envstore.env_lock(rdb, "3", ttl=3) as got:
         assert got
-        token = rdb.get(keys.env_lock("3"))
-        time.sleep(1.6)                                      # longer than the TTL: the keeper renewed it
-        assert rdb.get(keys.env_lock("3")) == token
+        token = rdb.get(key)
+        held = _pttl_samples(rdb, key, lambda s: _renewals(s) >= 5 or s[-1] < 0, 60, "five renewals")
+        assert _renewals(held) >= 5 and min(held) > 0, held   # renewed every ttl/4, never let go
+        assert rdb.get(key) == token
         with envstore.env_lock(rdb, "3") as second:
             assert not second                                # and a failed attempt does not release it
-        assert rdb.get(keys.env_lock("3")) == token
-    assert rdb.get(keys.env_lock("3")) is None
+        assert rdb.get(key) == token
+    assert rdb.get(key) is None
 
 
 def test_the_engine_uses_the_same_lock(rdb: redis.Redis) -> None:
@@ -234,18 +263,42 @@ def test_the_minute_tick_trims_jobs_and_events_to_the_retention(rdb: redis.Redis
     assert envstore.EVENT_MAXLEN > 0 and Settings().job_retention > 0       # capped even between ticks
 
 
+TICKERS = 8             # processes ticking at once
+ROUNDS = 3              # minutes each of them ticks in
+BARRIER_READY, BARRIER_GO, BARRIER_DONE = "test:barrier:ready", "test:barrier:go:", "test:barrier:done:"  # test's
+
+
 def test_ticks_from_several_processes_in_one_minute_do_the_work_once(rdb: redis.Redis) -> None:
+    """TICKERS processes (each at another second of the same minute) are started, wait at a Redis barrier,
+    and are released together by one LPUSH, ROUNDS times (one minute each): exactly one of them does each
+    minute's work. A claim that is not atomic (read, then write) lets two of them through."""
     code = ("import os, sys, redis\nfrom functions.upkeep import ticks\nfrom functions.model.clock import FakeClock\n"
             "from functions.store.runtime import JsonQueue\n"
             "r = redis.Redis.from_url(os.environ['REDIS_URL'], decode_responses=True)\n"
             "q = JsonQueue('carina', connection=redis.Redis.from_url(os.environ['REDIS_URL']))\n"
-            "sys.stdin.readline()\n"
-            f"print('done' if ticks.tick(r, q, FakeClock({T0} + float(sys.argv[1]))) else 'skipped')\n")
+            f"r.rpush({BARRIER_READY!r}, '1')\n"
+            f"for k in range({ROUNDS}):\n"
+            f"    assert r.blpop({BARRIER_GO!r} + str(k), timeout=60)\n"
+            f"    now = {T0} + 60 * k + float(sys.argv[1])\n"
+            "    print('done' if ticks.tick(r, q, FakeClock(now)) else 'skipped', flush=True)\n"
+            f"    r.rpush({BARRIER_DONE!r} + str(k), '1')\n")
     envid, _ = envstore.create_env(rdb, "svc", "tomcat", {"endpoint": "onesim"}, "CREATE", FakeClock(T0))
-    offsets = [0, 5, 30, 59, 59.9]                                   # all in the same minute
+    offsets = [59.9 * i / (TICKERS - 1) for i in range(TICKERS)]           # all in the same minute
     procs = [subprocess.Popen([sys.executable, "-c", code, str(o)], env=project_env(REDIS_URL=url_of(rdb)),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for o in offsets]
-    outs = [p.communicate("go\n", timeout=60)[0].strip() for p in procs]   # released together
-    assert sorted(outs) == ["done"] + ["skipped"] * (len(offsets) - 1)
+                              stdout=subprocess.PIPE, text=True) for o in offsets]
+    try:
+        wait_for(lambda: rdb.llen(BARRIER_READY) == TICKERS, 60, "every ticker at the barrier")
+        for k in range(ROUNDS):
+            rdb.lpush(BARRIER_GO + str(k), *["go"] * TICKERS)              # all released by one command
+            wait_for(lambda k=k: rdb.llen(BARRIER_DONE + str(k)) == TICKERS, 60, f"every tick of minute {k}")
+        outs = [p.communicate(timeout=60)[0].split() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+    assert [p.returncode for p in procs] == [0] * TICKERS
+    for k in range(ROUNDS):
+        assert sorted(out[k] for out in outs) == ["done"] + ["skipped"] * (TICKERS - 1), f"minute {k}: {outs}"
     q = _queue(rdb)
-    assert [q.fetch_job(j).args for j in q.job_ids] == [[envid]]          # one recovery kick, not five
+    assert [q.fetch_job(j).args for j in q.job_ids] == [[envid]] * ROUNDS    # one recovery kick a minute

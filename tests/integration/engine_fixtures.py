@@ -226,19 +226,19 @@ class Rig:
         return (vm.state, vm.lcm) == (S.ACTIVE, S.RUNNING)
 
 
-def wait_refused(port: int, timeout: float = 5.0) -> None:
-    """Block until 127.0.0.1:port refuses connections (the simulator's endpoint went down)."""
+def wait_refused(port: int, timeout: float = 5.0, host: str = "127.0.0.1") -> None:
+    """Block until host:port refuses connections (the simulator's endpoint, or a guest's sshd, went down)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 pass
         except ConnectionRefusedError:
             return
         except OSError:
             pass                         # reset while the listener closes: not refused yet
         time.sleep(0.02)
-    raise TimeoutError(f"127.0.0.1:{port} still accepts connections")
+    raise TimeoutError(f"{host}:{port} still accepts connections")
 
 
 def open_rig(rdb: redis.Redis, **settings: Any) -> Iterator[Rig]:
