@@ -33,7 +33,7 @@ from functions.ops import operations
 from functions.policy import DEFAULT_GRACE, Decision, EnvInputs, PolicyState, VmObs, decide
 from functions.policy.failover import PASSIVE_ROLE, Member, pair_up, role_of
 from functions.policy.state import FIELD_NAMES
-from functions.policy.vmclass import MISSING, STARTING, classify, classify_short
+from functions.policy.vmclass import FAILED, MISSING, STARTING, classify, classify_short
 from functions.store import policystore, tenants
 from functions.store.policystore import EnvRead, StateWrite
 from functions.views.shapes import iso_time
@@ -101,6 +101,8 @@ def vm_obs(rec: Mapping[str, Any]) -> VmObs | None:
         cls = classify(vm_state, lcm if type(lcm) is int and lcm >= 0 else None, True)
     else:
         cls = classify_short(str(one_state))
+    if cls != MISSING and str(get("init") or "").startswith("fail:"):
+        cls = FAILED                          # the VM reported its own init failure (SLAVE_<n>_INIT_FAIL)
     cpu, created, slot, role = get("cpu"), get("created"), get("slot") or "", get("role") or ""
     cpu = cpu if type(cpu) in (int, float) else _number(cpu, -1.0)
     created = created if type(created) in (int, float) else _number(created, 0.0)

@@ -37,6 +37,12 @@ def test_vm_obs_reads_the_numbers_first_then_the_short_code() -> None:
     assert _obs(origin="policy").by_policy is True
 
 
+def test_a_vm_that_reported_its_init_failed_counts_as_failed() -> None:
+    assert _obs(init="fail:SLAVE_2_INIT_FAIL:disk").cls == FAILED    # running, but its init failed
+    assert _obs(init="done").cls == RUNNING
+    assert _obs(init="fail:x", one_state="missing").cls == MISSING
+
+
 @given(st.dictionaries(st.sampled_from(sorted(BASE)), st.none() | st.integers(-5, 80) | st.floats() | st.text(
     max_size=8)))
 def test_vm_obs_never_raises_on_garbage(over: dict[str, Any]) -> None:
