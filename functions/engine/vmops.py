@@ -80,6 +80,11 @@ def env_vms(ctx: Ctx, env: Env, one: OneClient) -> list[VmView]:
     return [v for v in one.tagged(env.envid) if ownership.mismatch(v.user_template, want) is None]
 
 
+def slot_vms(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> list[VmView]:
+    """Live VMs carrying this slot incarnation's tags (nonce included), lowest id first. Read-only."""
+    return sorted((v for v in one.tagged(env.envid) if foreign(ctx, env, rec, v) is None), key=lambda v: v.vmid)
+
+
 def _mark_missing(ctx: Ctx, env: Env, rec: VmRecord, why: str) -> None:
     if rec.one_state != "missing":
         rec.one_state = "missing"
@@ -111,7 +116,7 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
         text = render_vm(ctx, env, rec, master_ip, num_slaves)       # render errors before any intent
         ctx.put_vm(env, rec)
     else:
-        found = sorted((v for v in one.tagged(env.envid) if foreign(ctx, env, rec, v) is None), key=lambda v: v.vmid)
+        found = slot_vms(ctx, env, one, rec)
         if found:
             for extra in found[1:]:
                 one.terminate(extra.vmid)

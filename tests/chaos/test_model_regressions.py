@@ -117,3 +117,43 @@ def test_a_remove_killed_between_its_done_and_the_deletion_still_deletes_and_tak
     assert envstore.get_env(rig.r, envid) is None and envstore.current_op(rig.r, envid) is None
     assert envstore.inflight(rig.r) == [] and rig.job(remove)["status"] == "DONE"
     assert [j["status"] for j in envstore.list_jobs(rig.r, SERVICE)] == ["DONE", "DONE"]   # create, remove
+
+
+def _killed_at(rig: Rig, envid: str, where: str, at: int = 1) -> None:
+    """One drive of `envid` by a worker that dies at its `at`-th point `where` (model_parts.Fuse)."""
+    fuse = Fuse(where, at)
+    fuse.action = fuse.kill
+    with pytest.raises(Killed):
+        engine.step(fused_ctx(rig, fuse), envid)
+    rig.r.delete(keys.env_lock(envid))                       # its lock expires
+
+
+def test_a_scaleup_rolled_back_after_a_lost_allocate_answer_terminates_that_vm(rig: Rig) -> None:
+    """Model (minimized by hand from a long run): a scale-up whose worker died right after OpenNebula answered
+    the allocate (the intent recorded, its VM id not), then the scale-up's deadline passed before the next
+    drive: the rollback dropped the intent and left the VM it never recorded (tagged with the slot) running."""
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=0)
+    up = rig.scale(envid, "up")
+    _killed_at(rig, envid, "answered")
+    assert rig.vms(envid)["s0"].vmid is None and len(rig.live(envid)) == 2
+    rig.clock.advance(rig.settings.create_deadline)
+    rig.drive(envid)
+    job = rig.job(up)
+    assert job["status"] == "FAIL" and "not running within" in job["info"]
+    assert sorted(rig.vms(envid)) == ["m"]
+    rig.tick()
+    assert [vm.id for vm in rig.live(envid)] == [rig.vms(envid)["m"].vmid]      # the unrecorded VM is gone too
+
+
+def test_a_remove_re_driven_after_its_deadline_finishes_when_its_vms_are_gone(rig: Rig) -> None:
+    """Model (minimized by hand from a long run): a remove whose worker died right after OpenNebula accepted the
+    terminate, re-driven only after the operation deadline: it failed at once ("did not complete within") and
+    kept the environment with a record of the VM it had itself terminated, though nothing was left to wait for."""
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=0)
+    (remove,) = operations.request_remove(rig.r, rig.queue, SERVICE, envid, rig.clock)
+    _killed_at(rig, envid, "answered")                       # terminate asked, then the worker died
+    rig.tick()                                               # the master VM is DONE
+    assert rig.live(envid) == []
+    rig.clock.advance(rig.settings.op_deadline)
+    rig.drive(envid)
+    assert rig.job(remove)["status"] == "DONE" and envstore.get_env(rig.r, envid) is None
