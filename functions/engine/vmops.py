@@ -116,11 +116,9 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
         text = render_vm(ctx, env, rec, master_ip, num_slaves)       # render errors before any intent
         ctx.put_vm(env, rec)
     else:
-        found = slot_vms(ctx, env, one, rec)
-        if found:
-            for extra in found[1:]:
-                one.terminate(extra.vmid)
-            return _adopt(ctx, env, rec, found[0].vmid, "found by its tags after a restart")
+        adopted = adopt_tagged(ctx, env, one, rec)
+        if adopted is not None:
+            return adopted
         text = render_vm(ctx, env, rec, master_ip, num_slaves)
     env.vms[slot] = rec
     vmid = one.allocate(text)
@@ -129,6 +127,15 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
     except envstore.LockLost:
         _drop_unrecorded(ctx, env, one, slot, vmid)
         raise
+
+
+def adopt_tagged(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmRecord | None:
+    """An intent's VM found by its tags (the allocate's answer was lost), recorded; any extra one terminated.
+    None if OpenNebula has none. Safe to run twice."""
+    found = slot_vms(ctx, env, one, rec)
+    for extra in found[1:]:
+        one.terminate(extra.vmid)
+    return _adopt(ctx, env, rec, found[0].vmid, "found by its tags after a restart") if found else None
 
 
 def _drop_unrecorded(ctx: Ctx, env: Env, one: OneClient, slot: str, vmid: int) -> None:

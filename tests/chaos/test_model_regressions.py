@@ -157,3 +157,18 @@ def test_a_remove_re_driven_after_its_deadline_finishes_when_its_vms_are_gone(ri
     rig.clock.advance(rig.settings.op_deadline)
     rig.drive(envid)
     assert rig.job(remove)["status"] == "DONE" and envstore.get_env(rig.r, envid) is None
+
+
+def test_a_create_failing_at_its_deadline_records_the_vm_its_lost_allocate_made(rig: Rig) -> None:
+    """Model (test_model_short): a create whose worker died right after OpenNebula answered the master's allocate,
+    re-driven only after the create deadline: it failed without looking, so the master's record kept no VM id
+    while that VM ran (shown without an id; only a remove's tag scan would ever find it)."""
+    envid, jobid = rig.create(master_setup_time=0, num_slaves=0)
+    _killed_at(rig, envid, "answered")
+    (made,) = [vm.id for vm in rig.live(envid)]
+    assert rig.vms(envid)["m"].vmid is None
+    rig.clock.advance(rig.settings.create_deadline)
+    rig.drive(envid)
+    job = rig.job(jobid)
+    assert job["status"] == "FAIL" and job["info"].startswith("the master VM did not reach RUNNING")
+    assert rig.vms(envid)["m"].vmid == made and [vm.id for vm in rig.live(envid)] == [made]
