@@ -51,10 +51,20 @@ def dispatch(ctx: Ctx, env: Env) -> Step:
         return fail(ctx, env, f"{env.op}_FAIL", f"op: unknown operation {env.op!r}")
     if env.op in OWN_DEADLINE_CHECK or not deadline_passed(ctx, env):
         return handler(ctx, env)
-    if env.op == "REMOVE" and handler(ctx, env) is None:   # a last look: what it waited for may be gone by now
-        return None
+    if _last_look(env):
+        try:
+            if handler(ctx, env) is None:                  # what it waited for may be gone by now
+                return None
+        except OneUnavailable:                             # still away: the deadline stands
+            pass
     return fail(ctx, env, f"{env.op}_FAIL: deadline", f"{env.op.lower()} did not complete within "
                 f"{ctx.settings.op_deadline}s (deadline): {env.data.get('info') or 'no progress'}")
+
+
+def _last_look(env: Env) -> bool:
+    """Past its deadline, a remove, or a scale-down that already told the master, gets one more step before it
+    FAILs: the VMs it terminated may be gone by now (a worker died meanwhile). That step starts nothing new."""
+    return env.op == "REMOVE" or (env.op == "SCALEDOWN" and bool(env.num("drain_until")))
 
 
 def _backoff(ctx: Ctx, env: Env, exc: Exception) -> Step:

@@ -39,7 +39,7 @@ from functions.store import envstore, keys
 from functions.store.runtime import JsonQueue
 from functions.upkeep import ticks
 from onesim.server import start_simulator
-from tests.chaos.model_parts import KINDS, Fuse, Killed, check_settled, fused_ctx, reset
+from tests.chaos.model_parts import KINDS, Fuse, Killed, check_settled, fused_ctx, load_scripts, reset
 from tests.harness import RedisServer
 from tests.integration.engine_fixtures import SERVICE, Rig, SpyOne
 
@@ -71,6 +71,7 @@ class World:
         self.server.start()
         for client in (self.rig.r, self.rig.queue.connection):
             client.connection_pool.disconnect()
+        load_scripts(self.rig.r)                             # as the first EVALSHA of each would
         assert self._durable_keys() == before, "redis lost acknowledged writes over a restart"
 
     def _durable_keys(self) -> set[str]:

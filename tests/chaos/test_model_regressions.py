@@ -172,3 +172,45 @@ def test_a_create_failing_at_its_deadline_records_the_vm_its_lost_allocate_made(
     job = rig.job(jobid)
     assert job["status"] == "FAIL" and job["info"].startswith("the master VM did not reach RUNNING")
     assert rig.vms(envid)["m"].vmid == made and [vm.id for vm in rig.live(envid)] == [made]
+
+
+def test_a_scaledown_re_driven_after_its_deadline_finishes_when_its_vm_is_gone(rig: Rig) -> None:
+    """Model (long run): a scale-down whose worker died right after OpenNebula accepted the slave's terminate,
+    re-driven only after the operation deadline: it failed at once and kept the record of the slave it had
+    itself terminated. Past the deadline, a scale-down that already told the master now takes one last look."""
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1, drain_time=0)
+    s0 = rig.vms(envid)["s0"]
+    down = rig.scale(envid, "down")
+    _killed_at(rig, envid, "answered")
+    rig.tick()
+    assert rig.sim_vm(s0.vmid).state == 6 and "s0" in rig.vms(envid)              # DONE, still recorded
+    rig.clock.advance(rig.settings.op_deadline)
+    rig.drive(envid)
+    job = rig.job(down)
+    assert job["status"] == "DONE" and job["info"] == f"removed slave s0 (VM {s0.vmid})"
+    assert sorted(rig.vms(envid)) == ["m"]
+
+
+def test_a_scaledown_past_its_deadline_before_telling_the_master_still_fails(rig: Rig) -> None:
+    """The last look starts nothing new: a scale-down that never told the master fails at its deadline."""
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1, drain_time=0)
+    down = rig.scale(envid, "down")
+    before = len(rig.ssh.calls)
+    _killed_at(rig, envid, "write", 3)                       # after begin set the deadline, before the master
+    assert rig.env(envid)["op_job"] == down and len(rig.ssh.calls) == before
+    rig.clock.advance(rig.settings.op_deadline)
+    rig.drive(envid)
+    assert rig.job(down)["status"] == "FAIL" and len(rig.ssh.calls) == before and "s0" in rig.vms(envid)
+
+
+def test_a_remove_with_opennebula_down_still_fails_at_its_deadline(rig: Rig) -> None:
+    """The last look past the deadline does not turn an unreachable OpenNebula into retries for ever."""
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=0)
+    (remove,) = operations.request_remove(rig.r, rig.queue, SERVICE, envid, rig.clock)
+    rig.sim.stop()                                           # the endpoint is gone
+    assert rig.drive(envid) == "retry"
+    rig.clock.advance(rig.settings.op_deadline)
+    assert rig.drive(envid) == "idle"
+    job = rig.job(remove)
+    assert job["status"] == "FAIL" and "remove did not complete within" in job["info"]
+    assert envstore.current_op(rig.r, envid) is None and envstore.get_env(rig.r, envid) is not None
