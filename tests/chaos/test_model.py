@@ -11,7 +11,9 @@ deadline) and the invariants of model_parts.check_settled must hold: the VMs Ope
 environment are exactly the ones its records hold (no duplicate slot, no orphan, nothing left by a removed
 environment), every job ended, no guard or lock is held, desired_slaves matches the records after a DONE.
 
-One simulator and one redis-server serve the whole test; each example starts from model_parts.reset.
+One simulator and one redis-server serve the whole test; each example starts from model_parts.reset. What the
+runs found is pinned, minimized, in tests/chaos/test_model_regressions.py. A failure prints its program (the
+steps); `-s` prints what a run covered.
 """
 
 from __future__ import annotations
