@@ -92,6 +92,11 @@ def env_vms(ctx: Ctx, env: Env, one: OneClient) -> list[VmView]:
     return [v for v in one.tagged(env.envid) if ownership.mismatch(v.user_template, want) is None]
 
 
+def slot_vms(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> list[VmView]:
+    """Live VMs carrying this slot incarnation's tags (nonce included), lowest id first. Read-only."""
+    return sorted((v for v in one.tagged(env.envid) if foreign(ctx, env, rec, v) is None), key=lambda v: v.vmid)
+
+
 def _mark_missing(ctx: Ctx, env: Env, rec: VmRecord, why: str) -> None:
     if rec.one_state != "missing":
         rec.one_state = "missing"
@@ -152,11 +157,9 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
         _granted(ctx, env, rec)
         ctx.put_vm(env, rec)
     else:
-        found = sorted((v for v in one.tagged(env.envid) if foreign(ctx, env, rec, v) is None), key=lambda v: v.vmid)
-        if found:
-            for extra in found[1:]:
-                one.terminate(extra.vmid)
-            return _adopt(ctx, env, rec, found[0].vmid, "found by its tags after a restart")
+        adopted = adopt_tagged(ctx, env, one, rec)
+        if adopted is not None:
+            return adopted
         text = render_vm(ctx, env, rec, master_ip, num_slaves)
     env.vms[slot] = rec
     vmid = one.allocate(text)
@@ -165,6 +168,15 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
     except envstore.LockLost:
         _drop_unrecorded(ctx, env, one, slot, vmid)
         raise
+
+
+def adopt_tagged(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmRecord | None:
+    """An intent's VM found by its tags (the allocate's answer was lost), recorded; any extra one terminated.
+    None if OpenNebula has none. Safe to run twice."""
+    found = slot_vms(ctx, env, one, rec)
+    for extra in found[1:]:
+        one.terminate(extra.vmid)
+    return _adopt(ctx, env, rec, found[0].vmid, "found by its tags after a restart") if found else None
 
 
 def _drop_unrecorded(ctx: Ctx, env: Env, one: OneClient, slot: str, vmid: int) -> None:

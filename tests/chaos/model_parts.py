@@ -25,7 +25,7 @@ from functions.cloud.sshexec import SshResult
 from functions.conf.schema import load_config
 from functions.engine.context import FINAL, Ctx
 from functions.model.clock import FakeClock
-from functions.store import envstore, keys, tenants
+from functions.store import envstore, keys, scripts, tenants
 from onesim import lifecycle as simlife
 from onesim import states as S
 from tests.integration.engine_fixtures import BAD_VM_TEXT, FAKE_HOST_KEY, SERVICE, VM_TEXT, Rig, SpyOne, env_entry
@@ -41,7 +41,7 @@ class Killed(BaseException):
 # Redis commands that change nothing: a death just before one is the same as a death before the next write.
 READS = frozenset({"GET", "MGET", "HGET", "HGETALL", "HMGET", "HEXISTS", "EXISTS", "SMEMBERS", "SISMEMBER",
                    "ZRANGE", "ZRANGEBYSCORE", "ZSCORE", "ZCARD", "XRANGE", "XREVRANGE", "XLEN", "TTL", "PTTL",
-                   "SCAN", "TYPE", "LRANGE", "LLEN", "PING"})
+                   "SCAN", "TYPE", "LRANGE", "LLEN", "PING", "SCRIPT"})
 # OpenNebula calls that change something (allocate, terminate).
 ONE_WRITES = frozenset({"vm.allocate", "vm.action"})
 
@@ -140,13 +140,23 @@ class FlakySsh:
         return SshResult(3 if self.mode == "exit" else 0, "", "boom" if self.mode == "exit" else ""), FAKE_HOST_KEY
 
 
+def load_scripts(r: redis.Redis) -> None:
+    """Every Lua script of Carina loaded into Redis (as after a first run), so no drive meets NOSCRIPT (which
+    would add calls and make an example's fuse points depend on the ones before it)."""
+    for text in scripts.LUA.values():
+        r.script_load(text)
+
+
 def reset(rig: Rig) -> None:
-    """A clean slate for one hypothesis example: Redis flushed (service, files and config uploaded again),
-    every simulator VM dropped, SSH answering."""
+    """A clean slate for one hypothesis example, the same for every example (hypothesis replays them): Redis
+    flushed (service, files and config uploaded again, scripts loaded), every simulator VM dropped, the clock
+    back at its start, SSH answering."""
     with rig.sim.model.lock:
         for vm in list(rig.sim.model.vms.values()):
             simlife.remove(rig.sim.model, vm)
+    rig.clock.now = FakeClock().now
     rig.r.flushall()
+    load_scripts(rig.r)
     rig.allocs.clear()
     rig.ssh = FlakySsh(rig.clock)
     tenants.add_service(rig.r, SERVICE, clock=rig.clock)

@@ -117,3 +117,100 @@ def test_a_remove_killed_between_its_done_and_the_deletion_still_deletes_and_tak
     assert envstore.get_env(rig.r, envid) is None and envstore.current_op(rig.r, envid) is None
     assert envstore.inflight(rig.r) == [] and rig.job(remove)["status"] == "DONE"
     assert [j["status"] for j in envstore.list_jobs(rig.r, SERVICE)] == ["DONE", "DONE"]   # create, remove
+
+
+def _killed_at(rig: Rig, envid: str, where: str, at: int = 1) -> None:
+    """One drive of `envid` by a worker that dies at its `at`-th point `where` (model_parts.Fuse)."""
+    fuse = Fuse(where, at)
+    fuse.action = fuse.kill
+    with pytest.raises(Killed):
+        engine.step(fused_ctx(rig, fuse), envid)
+    rig.r.delete(keys.env_lock(envid))                       # its lock expires
+
+
+def test_a_scaleup_rolled_back_after_a_lost_allocate_answer_terminates_that_vm(rig: Rig) -> None:
+    """Model (minimized by hand from a long run): a scale-up whose worker died right after OpenNebula answered
+    the allocate (the intent recorded, its VM id not), then the scale-up's deadline passed before the next
+    drive: the rollback dropped the intent and left the VM it never recorded (tagged with the slot) running."""
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=0)
+    up = rig.scale(envid, "up")
+    _killed_at(rig, envid, "answered")
+    assert rig.vms(envid)["s0"].vmid is None and len(rig.live(envid)) == 2
+    rig.clock.advance(rig.settings.create_deadline)
+    rig.drive(envid)
+    job = rig.job(up)
+    assert job["status"] == "FAIL" and "not running within" in job["info"]
+    assert sorted(rig.vms(envid)) == ["m"]
+    rig.tick()
+    assert [vm.id for vm in rig.live(envid)] == [rig.vms(envid)["m"].vmid]      # the unrecorded VM is gone too
+
+
+def test_a_remove_re_driven_after_its_deadline_finishes_when_its_vms_are_gone(rig: Rig) -> None:
+    """Model (minimized by hand from a long run): a remove whose worker died right after OpenNebula accepted the
+    terminate, re-driven only after the operation deadline: it failed at once ("did not complete within") and
+    kept the environment with a record of the VM it had itself terminated, though nothing was left to wait for."""
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=0)
+    (remove,) = operations.request_remove(rig.r, rig.queue, SERVICE, envid, rig.clock)
+    _killed_at(rig, envid, "answered")                       # terminate asked, then the worker died
+    rig.tick()                                               # the master VM is DONE
+    assert rig.live(envid) == []
+    rig.clock.advance(rig.settings.op_deadline)
+    rig.drive(envid)
+    assert rig.job(remove)["status"] == "DONE" and envstore.get_env(rig.r, envid) is None
+
+
+def test_a_create_failing_at_its_deadline_records_the_vm_its_lost_allocate_made(rig: Rig) -> None:
+    """Model (test_model_short): a create whose worker died right after OpenNebula answered the master's allocate,
+    re-driven only after the create deadline: it failed without looking, so the master's record kept no VM id
+    while that VM ran (shown without an id; only a remove's tag scan would ever find it)."""
+    envid, jobid = rig.create(master_setup_time=0, num_slaves=0)
+    _killed_at(rig, envid, "answered")
+    (made,) = [vm.id for vm in rig.live(envid)]
+    assert rig.vms(envid)["m"].vmid is None
+    rig.clock.advance(rig.settings.create_deadline)
+    rig.drive(envid)
+    job = rig.job(jobid)
+    assert job["status"] == "FAIL" and job["info"].startswith("the master VM did not reach RUNNING")
+    assert rig.vms(envid)["m"].vmid == made and [vm.id for vm in rig.live(envid)] == [made]
+
+
+def test_a_scaledown_re_driven_after_its_deadline_finishes_when_its_vm_is_gone(rig: Rig) -> None:
+    """Model (long run): a scale-down whose worker died right after OpenNebula accepted the slave's terminate,
+    re-driven only after the operation deadline: it failed at once and kept the record of the slave it had
+    itself terminated. Past the deadline, a scale-down that already told the master now takes one last look."""
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1, drain_time=0)
+    s0 = rig.vms(envid)["s0"]
+    down = rig.scale(envid, "down")
+    _killed_at(rig, envid, "answered")
+    rig.tick()
+    assert rig.sim_vm(s0.vmid).state == 6 and "s0" in rig.vms(envid)              # DONE, still recorded
+    rig.clock.advance(rig.settings.op_deadline)
+    rig.drive(envid)
+    job = rig.job(down)
+    assert job["status"] == "DONE" and job["info"] == f"removed slave s0 (VM {s0.vmid})"
+    assert sorted(rig.vms(envid)) == ["m"]
+
+
+def test_a_scaledown_past_its_deadline_before_telling_the_master_still_fails(rig: Rig) -> None:
+    """The last look starts nothing new: a scale-down that never told the master fails at its deadline."""
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1, drain_time=0)
+    down = rig.scale(envid, "down")
+    before = len(rig.ssh.calls)
+    _killed_at(rig, envid, "write", 3)                       # after begin set the deadline, before the master
+    assert rig.env(envid)["op_job"] == down and len(rig.ssh.calls) == before
+    rig.clock.advance(rig.settings.op_deadline)
+    rig.drive(envid)
+    assert rig.job(down)["status"] == "FAIL" and len(rig.ssh.calls) == before and "s0" in rig.vms(envid)
+
+
+def test_a_remove_with_opennebula_down_still_fails_at_its_deadline(rig: Rig) -> None:
+    """The last look past the deadline does not turn an unreachable OpenNebula into retries for ever."""
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=0)
+    (remove,) = operations.request_remove(rig.r, rig.queue, SERVICE, envid, rig.clock)
+    rig.sim.stop()                                           # the endpoint is gone
+    assert rig.drive(envid) == "retry"
+    rig.clock.advance(rig.settings.op_deadline)
+    assert rig.drive(envid) == "idle"
+    job = rig.job(remove)
+    assert job["status"] == "FAIL" and "remove did not complete within" in job["info"]
+    assert envstore.current_op(rig.r, envid) is None and envstore.get_env(rig.r, envid) is not None

@@ -7,7 +7,7 @@ come back (0 = at once, > 0 = seconds, None = the job ended).
 from __future__ import annotations
 
 from functions.cloud import sshexec
-from functions.cloud.one import OneClient, OneError
+from functions.cloud.one import OneClient, OneError, OneUnavailable
 from functions.engine import vmops
 from functions.engine.context import Ctx, Env, Step, deadline_passed, fail, finish, later
 from functions.model import render, specview
@@ -29,6 +29,11 @@ def _status_of(env: Env, master: VmRecord) -> str:
 
 
 def _timeout(ctx: Ctx, env: Env) -> Step:
+    try:                                      # first record what intents made (a worker died after allocate)
+        for rec in [v for v in env.vms.values() if v.vmid is None]:
+            vmops.adopt_tagged(ctx, env, ctx.one(env), rec)
+    except (OneError, OneUnavailable) as exc:  # best effort: the deadline holds even with OpenNebula away
+        ctx.event(env, "error", f"could not look for the VMs of unfinished allocations: {exc}")
     master = env.vms.get("m")
     if master is None or master.state in ("allocating", "allocated"):
         why = "the master VM did not reach RUNNING"

@@ -25,6 +25,9 @@ SSH_RETRY = 2.0
 def _rollback(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord | None, why: str) -> Step:
     if rec is not None and rec.vmid is not None:
         one.terminate(rec.vmid, hard=True)
+    elif rec is not None:                     # an intent whose allocate answer was lost: its VM has the slot's tags
+        for view in vmops.slot_vms(ctx, env, one, rec):
+            one.terminate(view.vmid, hard=True)
     if rec is not None:
         ctx.del_vm(env, rec.slot)
         gsstore.release_slot(ctx.r, env.envid, rec.slot, rec.nonce, ctx.clock())
