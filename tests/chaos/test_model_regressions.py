@@ -196,7 +196,7 @@ def test_a_scaledown_past_its_deadline_before_telling_the_master_still_fails(rig
     envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1, drain_time=0)
     down = rig.scale(envid, "down")
     before = len(rig.ssh.calls)
-    _killed_at(rig, envid, "write", 3)                       # after begin set the deadline, before the master
+    _killed_at(rig, envid, "write", 4)                       # after begin set the deadline, before the master
     assert rig.env(envid)["op_job"] == down and len(rig.ssh.calls) == before
     rig.clock.advance(rig.settings.op_deadline)
     rig.drive(envid)
