@@ -14,13 +14,23 @@ from functions.views.tables import render_table
 
 @dataclass
 class Row:
-    """One measured figure. `target` is a bound ("< 30" or "> 50"); empty when no target is set."""
+    """One measured figure. `target` is a bound ("< 30", "<= 1.5", "> 50", ">= 150"); empty when no target is set.
+    `size` says at what scale it was measured ("1+100 VMs", "10k envs"); `baseline` is the same metric of an
+    in-run reference (a bare allocate, a bare Falcon route) in the same unit, so `ratio()` = value / baseline."""
 
     name: str
     value: float | None
     unit: str
     target: str = ""
     note: str = ""
+    size: str = ""
+    baseline: float | None = None
+
+    def ratio(self) -> float | None:
+        """value / baseline, or None when either is missing or the baseline is zero."""
+        if self.value is None or not self.baseline:
+            return None
+        return self.value / self.baseline
 
     def verdict(self) -> str:
         """OK / SLOW against the target, "-" without one, FAILED when nothing was measured."""
@@ -29,7 +39,9 @@ class Row:
         if not self.target:
             return "-"
         op, bound = self.target.split()
-        ok = self.value < float(bound) if op == "<" else self.value > float(bound)
+        limit = float(bound)
+        ok = {"<": self.value < limit, "<=": self.value <= limit,
+              ">": self.value > limit, ">=": self.value >= limit}[op]
         return "OK" if ok else "SLOW"
 
 
