@@ -1,20 +1,45 @@
-"""Shared helpers of the benchmarks: result rows, percentiles, process memory, the final table."""
+"""Shared helpers of the benchmarks: result rows and their targets, percentiles, process memory, the table."""
 
 from __future__ import annotations
 
 import os
+import re
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from dataclasses import fields as dc_fields
 from pathlib import Path
+from typing import Any
 
 from functions.views.tables import render_table
+
+OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
+_CLAUSE = re.compile(r"^(ratio\s+)?(<=|>=|<|>)\s*(-?[0-9]+(?:\.[0-9]+)?)$")
+
+
+def parse_target(target: str) -> list[tuple[bool, str, float]]:
+    """The clauses of a target as (on_ratio, op, limit). A target is clauses joined by "," or " and ", each
+    "OP NUMBER" (bounds the value) or "ratio OP NUMBER" (bounds value / baseline); OP is <, <=, >, >= (≤ and ≥
+    are read as <= and >=). "" has no clause. Raises ValueError on anything else."""
+    text = target.replace("≤", "<=").replace("≥", ">=").strip()
+    if not text:
+        return []
+    out = []
+    for clause in re.split(r",|\band\b", text):
+        match = _CLAUSE.match(clause.strip())
+        if match is None:
+            raise ValueError(f"target {target!r}: cannot read {clause.strip()!r} (want e.g. '<= 1.5, ratio <= 5')")
+        out.append((match.group(1) is not None, match.group(2), float(match.group(3))))
+    return out
 
 
 @dataclass
 class Row:
-    """One measured figure. `target` is a bound ("< 30", "<= 1.5", "> 50", ">= 150"); empty when no target is set.
+    """One measured figure. `target` is a bound ("< 30", "<= 1.5", "> 50", ">= 150"), several joined by ","
+    ("<= 1.5, ratio <= 5"; see parse_target); empty when no target is set.
     `size` says at what scale it was measured ("1+100 VMs", "10k envs"); `baseline` is the same metric of an
     in-run reference (a bare allocate, a bare Falcon route) in the same unit, so `ratio()` = value / baseline."""
 
@@ -33,16 +58,28 @@ class Row:
         return self.value / self.baseline
 
     def verdict(self) -> str:
-        """OK / SLOW against the target, "-" without one, FAILED when nothing was measured."""
+        """OK / SLOW against the target, "-" without one, FAILED when nothing was measured (no value, or a
+        ratio clause without a baseline). Raises ValueError when the target cannot be read."""
+        clauses = parse_target(self.target)
         if self.value is None:
             return "FAILED"
-        if not self.target:
+        if not clauses:
             return "-"
-        op, bound = self.target.split()
-        limit = float(bound)
-        ok = {"<": self.value < limit, "<=": self.value <= limit,
-              ">": self.value > limit, ">=": self.value >= limit}[op]
+        ratio = self.ratio()
+        if any(on_ratio and ratio is None for on_ratio, _, _ in clauses):
+            return "FAILED"
+        ok = all(OPS[op](ratio if on_ratio else self.value, limit)  # type: ignore[arg-type]
+                 for on_ratio, op, limit in clauses)
         return "OK" if ok else "SLOW"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row's fields plus its ratio and verdict (JSON-ready)."""
+        return {**asdict(self), "ratio": self.ratio(), "verdict": self.verdict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Row:
+        """A Row from to_dict()'s output (extra keys such as ratio, verdict, part are ignored)."""
+        return cls(**{f.name: data[f.name] for f in dc_fields(cls) if f.name in data})
 
 
 def percentile(samples: list[float], pct: float) -> float:
@@ -66,11 +103,15 @@ def timed_ms(fn: Callable[[], object], runs: int, warmup: int = 5) -> list[float
     return out
 
 
-def latency_rows(name: str, samples: list[float], p50_target: str = "", p95_target: str = "") -> list[Row]:
-    """p50 and p95 rows (ms) of a latency sample."""
+def latency_rows(name: str, samples: list[float], p50_target: str = "", p95_target: str = "", size: str = "",
+                 p99_target: str | None = None) -> list[Row]:
+    """p50 and p95 rows (ms) of a latency sample, and a p99 row when p99_target is given ("" for no bound)."""
     n = f"n={len(samples)}, mean {statistics.fmean(samples):.2f}"
-    return [Row(f"{name} p50", percentile(samples, 50), "ms", p50_target, n),
-            Row(f"{name} p95", percentile(samples, 95), "ms", p95_target)]
+    out = [Row(f"{name} p50", percentile(samples, 50), "ms", p50_target, n, size),
+           Row(f"{name} p95", percentile(samples, 95), "ms", p95_target, "", size)]
+    if p99_target is not None:
+        out.append(Row(f"{name} p99", percentile(samples, 99), "ms", p99_target, "", size))
+    return out
 
 
 def rss_mb(pid: int) -> float | None:
@@ -82,6 +123,17 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a process a benchmark started, SIGKILL if it lingers. Safe to run twice."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def children(pid: int) -> list[int]:
@@ -110,17 +162,41 @@ def wait_until(cond: Callable[[], object], timeout: float, every: float = 0.01) 
 
 
 def fmt(value: float | None) -> str:
+    """A figure with about three significant digits ("-" for None)."""
     if value is None:
         return "-"
-    if value >= 100:
+    size = abs(value)
+    if size >= 100:
         return f"{value:.0f}"
-    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+    if size >= 10:
+        return f"{value:.1f}"
+    if size >= 0.1 or size == 0:
+        return f"{value:.2f}"
+    return f"{value:.2g}"
 
 
-def table(rows: list[Row]) -> str:
-    """The results as the CLI-style table: name, value, unit, target, verdict, note."""
-    cells = [[r.name, fmt(r.value), r.unit, r.target or "-", r.verdict(), r.note or "-"] for r in rows]
-    return render_table(["BENCHMARK", "VALUE", "UNIT", "TARGET", "VERDICT", "NOTE"], cells)
+COLUMNS = ("METRIC", "SIZE", "RESULT", "TARGET", "BASELINE", "RATIO", "VERDICT", "NOTE")
+
+
+def cells(row: Row) -> list[str]:
+    """A row as the text of COLUMNS: the result and baseline with their unit, the ratio as "2.50x"."""
+    unit = f" {row.unit}" if row.unit else ""
+    ratio = row.ratio()
+    return [row.name, row.size or "-", "-" if row.value is None else fmt(row.value) + unit, row.target or "-",
+            "-" if row.baseline is None else fmt(row.baseline) + unit, "-" if ratio is None else f"{fmt(ratio)}x",
+            row.verdict(), row.note or "-"]
+
+
+def table(rows: list[Row], parts: list[str] | None = None) -> str:
+    """The results as the CLI-style table (COLUMNS), led by a PART column when `parts` (one per row) is given."""
+    if parts is None:
+        return render_table(COLUMNS, [cells(r) for r in rows])
+    return render_table(("PART", *COLUMNS), [[p, *cells(r)] for p, r in zip(parts, rows, strict=True)])
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages, rounded to 2 decimals."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def machine() -> str:

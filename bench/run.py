@@ -1,18 +1,22 @@
-"""Carina benchmarks: `python bench/run.py [--quick]` prints one table (never a timed test).
+"""Carina benchmarks: `python bench/run.py [--quick] [--only sim,rq]` prints one table and writes its JSON record.
 
-Parts: (c) simulator scale with synthetic guests, (b) RQ latency and throughput with one real worker,
-(d) create → ACTIVE end to end, (a) gateway latency under gunicorn, (e) memory of the processes.
-Everything runs on free loopback ports in a temporary directory, with real processes
-(redis-server, `python -m onesim`, gunicorn, `worker.py`). --quick keeps it under about a minute.
+Each part is a module of bench/ exposing `rows(workdir: Path, quick: bool) -> list[Row]`; it starts the real
+processes it needs (redis-server, `python -m onesim`, gunicorn, `worker.py`) on free loopback ports in its own
+directory and stops them. A part that raises gives one FAILED row naming it and the error, and the run goes on.
+The record goes to bench/results/<date>-<mode>.json and bench/results/latest-<mode>.json (see bench/record.py).
+Exit status 0 when every figure was measured (SLOW verdicts included: timings on a shared machine vary), 1 when
+a part failed or a figure could not be measured, 2 on bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import shutil
 import sys
 import tempfile
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,70 +24,102 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import rq_bench, sim_bench, stack_bench  # noqa: E402
-from bench.common import Row, machine, rss_mb, table  # noqa: E402
+from bench import record  # noqa: E402
+from bench.common import Row, load_average, machine, table  # noqa: E402
+
+# The parts, in the order they run: modules of bench/ with rows(workdir, quick). Adding one is adding its name.
+PARTS = (
+    "sim_bench",
+    "rq_bench",
+    "stack_bench",
+    "creates_bench",
+    "sim_pool_bench",
+)
 
 
-def _stop(proc) -> None:  # type: ignore[no-untyped-def]
-    """SIGTERM a process we started, SIGKILL if it lingers. Safe to run twice."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except Exception:
-            proc.kill()
-            proc.wait(5)
+def part_name(module: str) -> str:
+    """The short name of a part (its module without `_bench`), as --only takes it."""
+    return module.removesuffix("_bench")
 
 
-def sim_part(workdir: Path, quick: bool) -> list[Row]:
-    rows, proc = sim_bench.run(workdir, quick)
+def select(only: str) -> list[str]:
+    """The modules of PARTS named in `only` (comma-separated short or module names; "" = all), in PARTS order.
+    Raises ValueError naming any unknown one."""
+    wanted = {w.strip() for w in only.split(",") if w.strip()}
+    if not wanted:
+        return list(PARTS)
+    unknown = wanted - {part_name(m) for m in PARTS} - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown part(s) {', '.join(sorted(unknown))}; "
+                         f"choose from {', '.join(part_name(m) for m in PARTS)}")
+    return [m for m in PARTS if m in wanted or part_name(m) in wanted]
+
+
+def run_part(module: str, workdir: Path, quick: bool) -> record.PartResult:
+    """Import bench.<module> and run its rows(); never raises: an error becomes one FAILED row. A part that
+    returns no rows, or a row whose target cannot be read, counts as failed too."""
+    name = part_name(module)
+    result = record.PartResult(name)
+    started = time.perf_counter()
     try:
-        n = 300 if quick else 1000
-        rows.append(Row(f"RSS simulator ({n} VMs, synthetic)", rss_mb(proc.pid), "MiB"))
-    finally:
-        _stop(proc)
-    return rows
+        rows = importlib.import_module(f"bench.{module}").rows(workdir / name, quick)
+        if not rows:
+            raise RuntimeError("returned no rows")
+        for row in rows:
+            if not isinstance(row, Row):
+                raise TypeError(f"returned {type(row).__name__}, not a Row")
+            row.verdict()  # raises ValueError on an unreadable target
+        result.rows = list(rows)
+    except Exception as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+        result.rows = [Row(f"{name} FAILED", None, "", note=result.error)]
+        traceback.print_exc(file=sys.stderr)
+    result.seconds = time.perf_counter() - started
+    return result
 
 
-def rq_part(workdir: Path, quick: bool):  # type: ignore[no-untyped-def]
-    def run(redis_url: str) -> list[Row]:
-        rows, worker = rq_bench.run(redis_url, workdir, quick)
-        _stop(worker)
-        return rows
-    return run
-
-
-PARTS = ("gateway", "rq", "sim", "e2e", "RSS")
-
-
-def _part(row: Row) -> int:
-    """Table order: (a) gateway, (b) RQ, (c) simulator, (d) end to end, (e) memory (stable within a part)."""
-    return next((i for i, word in enumerate(PARTS) if row.name.startswith(word)), len(PARTS))
+def header(rec: dict, seconds: float) -> str:  # type: ignore[type-arg]
+    """The line above the table: mode, date, machine, commit, load."""
+    commit = (rec["commit"] or "?")[:10] + (" (dirty)" if rec["dirty"] else "")
+    start, end = rec["load"]["start"], rec["load"]["end"]
+    return (f"Carina benchmarks ({rec['mode']}), {rec['date']}, {rec['machine']}, commit {commit}, "
+            f"load average {start[0]:.2f} at start / {end[0]:.2f} at end, {seconds:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples and VMs (about a minute)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
+    parser.add_argument("--quick", action="store_true", help="small sizes (what CI runs; a few minutes)")
+    parser.add_argument("--only", default="", help="comma-separated parts to run (default all): "
+                        + ",".join(part_name(m) for m in PARTS))
+    parser.add_argument("--results", type=Path, default=record.RESULTS, help="directory of the JSON records")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (process logs) afterwards")
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="carina-bench-"))
-    started = time.perf_counter()
     try:
-        rows = sim_part(workdir, args.quick)
-        early, stack_rows = stack_bench.run(workdir, args.quick, [rq_part(workdir, args.quick)])
-        rows = sorted(early + rows + stack_rows, key=_part)
-    except Exception as exc:
-        print(f"bench: {type(exc).__name__}: {exc}\nlogs in {workdir}", file=sys.stderr)
-        return 1
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        modules = select(args.only)
+    except ValueError as exc:
+        parser.error(str(exc))
     mode = "quick" if args.quick else "full"
-    print(f"Carina benchmarks ({mode}), {stamp}, {machine()}, {time.perf_counter() - started:.0f} s\n")
-    print(table(rows), end="")
-    if args.keep:
-        print(f"\nlogs: {workdir}")
+    date, load_start, started = datetime.now(UTC), load_average(), time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="carina-bench-"))
+    parts = []
+    for i, module in enumerate(modules, 1):
+        print(f"bench [{i}/{len(modules)}] {part_name(module)} ...", file=sys.stderr, flush=True)
+        parts.append(run_part(module, workdir, args.quick))
+        print(f"bench [{i}/{len(modules)}] {part_name(module)}: {parts[-1].seconds:.0f} s"
+              + (f", FAILED: {parts[-1].error}" if parts[-1].error else ""), file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - started
+    commit, dirty = record.git_commit()
+    rec = record.build(mode, parts, date=date, machine=machine(), commit=commit, dirty=dirty,
+                       load_start=load_start, load_end=load_average(), seconds=seconds)
+    print(header(rec, seconds) + "\n")
+    print(table([r for p in parts for r in p.rows], [p.name for p in parts for _ in p.rows]), end="")
+    own, latest = record.write(rec, args.results)
+    print(f"\nrecord: {own} (and {latest.name})")
+    if args.keep or rec["failed"]:
+        print(f"logs: {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if any(r.value is None for r in rows) else 0
+    return 1 if rec["failed"] else 0
 
 
 if __name__ == "__main__":

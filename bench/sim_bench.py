@@ -1,4 +1,4 @@
-"""(c) The OpenNebula simulator at scale, synthetic guests: allocate N VMs over XML-RPC, time until every
+"""sim: the OpenNebula simulator at scale, synthetic guests: allocate N VMs over XML-RPC, time until every
 one is RUNNING, and the latency of one.vmpool.info with N VMs in the pool."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import Row, latency_rows, timed_ms, wait_until
+from bench.common import Row, latency_rows, rss_mb, stop, timed_ms, wait_until
 from tests.harness import free_port, project_env, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,11 @@ def start(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     args += [f"--delay-{phase}={DELAY}" for phase in ("schedule", "prolog", "boot")]
     with open(workdir / "onesim-scale.log", "ab") as log:
         proc = subprocess.Popen(args, cwd=ROOT, env=project_env(), stdout=log, stderr=subprocess.STDOUT)
-    wait_port(port, timeout=30)
+    try:
+        wait_port(port, timeout=30)
+    except BaseException:
+        stop(proc)
+        raise
     return proc, f"http://127.0.0.1:{port}/RPC2"
 
 
@@ -57,10 +61,9 @@ def running(proxy: xmlrpc.client.ServerProxy) -> int:
     return sum(1 for vm in root.iter("VM") if vm.findtext("STATE") == "3" and vm.findtext("LCM_STATE") == "3")
 
 
-def run(workdir: Path, quick: bool) -> tuple[list[Row], subprocess.Popen[bytes]]:
-    """Rows for allocation rate, time to all RUNNING and vmpool.info latency; the simulator keeps running."""
-    n = 300 if quick else 1000
-    proc, url = start(workdir)
+def measure(url: str, n: int, quick: bool) -> list[Row]:
+    """Rows for allocation rate of n VMs, time until all are RUNNING and vmpool.info latency."""
+    size = f"{n} VMs"
     proxy = xmlrpc.client.ServerProxy(url)
     start_t = time.perf_counter()
     for i in range(n):
@@ -68,9 +71,20 @@ def run(workdir: Path, quick: bool) -> tuple[list[Row], subprocess.Popen[bytes]]
     alloc_s = time.perf_counter() - start_t
     to_running = wait_until(lambda: running(proxy) >= n, timeout=300, every=0.2)
     total = None if to_running is None else alloc_s + to_running
-    rows = [Row(f"sim allocate {n} VMs", n / alloc_s, "VMs/s", "", f"{alloc_s:.1f} s, one client"),
-            Row(f"sim {n} VMs: first allocate -> all RUNNING", total, "s", "",
-                f"boot phases {3 * DELAY:.1f} s/VM")]
-    rows += latency_rows(f"sim vmpool.info at {n} VMs", timed_ms(lambda: _call(proxy, "one.vmpool.info", -2, -1,
-                                                                                    -1, -1), 10 if quick else 30, 2))
-    return rows, proc
+    out = [Row("sim allocate, one client", n / alloc_s, "VMs/s", "", f"{alloc_s:.1f} s", size),
+           Row("sim first allocate -> all RUNNING", total, "s", "", f"boot phases {3 * DELAY:.1f} s/VM", size)]
+    samples = timed_ms(lambda: _call(proxy, "one.vmpool.info", -2, -1, -1, -1), 10 if quick else 30, 2)
+    return out + latency_rows("sim vmpool.info", samples, size=size)
+
+
+def rows(workdir: Path, quick: bool) -> list[Row]:
+    """The part for bench/run.py: a simulator of its own, measure(), then its RSS; the simulator is stopped."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    n = 300 if quick else 1000
+    proc, url = start(workdir)
+    try:
+        out = measure(url, n, quick)
+        out.append(Row("RSS simulator (synthetic guests)", rss_mb(proc.pid), "MiB", size=f"{n} VMs"))
+    finally:
+        stop(proc)
+    return out

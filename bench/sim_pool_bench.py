@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 
 from functions.tables import render_table  # noqa: E402
 
-from bench.common import fmt, machine, rss_mb, wait_until  # noqa: E402
+from bench.common import Row, fmt, machine, rss_mb, wait_until  # noqa: E402
 from tests.harness import free_port, project_env, wait_port  # noqa: E402
 
 AUTH = "oneadmin:onesim"
@@ -244,19 +244,23 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-def run_size(workdir: Path, n: int, quick: bool, clients: list[str]) -> tuple[list[Result], list[str]]:
-    """Start a simulator, fill it with n VMs, measure; (results, notes on setup time and memory)."""
+def run_size(workdir: Path, n: int, quick: bool, clients: list[str]) -> tuple[list[Result], float, float | None]:
+    """Start a simulator, fill it with n VMs, measure; (results, seconds to allocate and run them all, simulator
+    RSS in MiB after the calls). The simulator is stopped."""
     proc, url = start(workdir, n)
     try:
         t0 = time.perf_counter()
         populate(url, n)
         setup = time.perf_counter() - t0
         results = measure(url, n, quick, clients)
-        rss = rss_mb(proc.pid)
-        return results, [f"{n} VMs ({guest_mode(n)} guests): allocated and RUNNING in {setup:.1f} s, "
-                         f"simulator RSS {fmt(rss)} MiB after the calls"]
+        return results, setup, rss_mb(proc.pid)
     finally:
         _stop(proc)
+
+
+def setup_note(n: int, setup: float, rss: float | None) -> str:
+    return (f"{n} VMs ({guest_mode(n)} guests): allocated and RUNNING in {setup:.1f} s, "
+            f"simulator RSS {fmt(rss)} MiB after the calls")
 
 
 def report(results: list[Result]) -> str:
@@ -264,6 +268,34 @@ def report(results: list[Result]) -> str:
     rows = [[r.method.removeprefix("one."), r.size, r.scope, r.returned, f"{r.mb:.1f}",
              *[fmt((r.seconds or {}).get(c)) for c in CLIENTS]] for r in results]
     return render_table(["METHOD", "POOL", "SCOPE", "RETURNED", "MB", *[f"{c} s" for c in CLIENTS]], rows)
+
+
+def pool_rows(results: list[Result]) -> list[Row]:
+    """One row per (call, scope, pool size): the seconds of the `wire` client (the simulator's answer and its
+    transfer: what the simulator costs), the other clients' seconds and the answer's size in the note."""
+    out = []
+    for r in results:
+        secs = r.seconds or {}
+        others = ", ".join(f"{c} {fmt(v)}" for c, v in secs.items() if c != "wire")
+        out.append(Row(f"sim pool {r.method.removeprefix('one.')} ({r.scope})", secs.get("wire"), "s", "",
+                       f"{r.mb:.1f} MB, {r.returned} VMs; clients (s): {others}", f"{r.size // 1000}k VMs"))
+    return out
+
+
+def rows(workdir: Path, quick: bool) -> list[Row]:
+    """The part for bench/run.py: quick 1k VMs (every client) and 10k (wire, lxml: pyone alone would take 30 s);
+    full 1k, 10k and 100k with every client (about 15 minutes, 2.5 GB RAM)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    plan = [(1000, list(CLIENTS)), (10000, ["wire", "lxml"])] if quick else [
+        (n, list(CLIENTS)) for n in (1000, 10000, 100000)]
+    out = []
+    for n, clients in plan:
+        results, setup, rss = run_size(workdir, n, quick, clients)
+        size = f"{n // 1000}k VMs"
+        out.append(Row("sim pool allocatebatch -> all RUNNING", setup, "s", "", f"{guest_mode(n)} guests", size))
+        out += pool_rows(results)
+        out.append(Row("RSS simulator (after the pool calls)", rss, "MiB", "", "", size))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     try:
         for n in sizes:
-            got, note = run_size(workdir, n, args.quick, clients)
+            got, setup, rss = run_size(workdir, n, args.quick, clients)
             results += got
-            notes += note
+            notes.append(setup_note(n, setup, rss))
     except Exception as exc:
         print(f"bench: {type(exc).__name__}: {exc}\nlogs in {workdir}", file=sys.stderr)
         return 1

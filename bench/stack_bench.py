@@ -1,5 +1,5 @@
-"""(a) gateway latency under gunicorn, (d) create → ACTIVE end to end, (e) memory: the whole stack of
-tests/stack.py (redis, simulator, gunicorn, worker.py) with synthetic guests."""
+"""stack: create → ACTIVE end to end, gateway latency under gunicorn, and the memory of the processes: the whole
+stack of tests/stack.py (redis, simulator, gunicorn, one worker.py) with synthetic guests."""
 
 from __future__ import annotations
 
@@ -94,29 +94,29 @@ def callback_round_trips(stack: Stack, client: Client, envid: str, runs: int) ->
             + latency_rows("gateway callback ->queue->applied", applied_ms, "< 30"))
 
 
-def run(workdir: Path, quick: bool, before: list) -> tuple[list[Row], list[Row]]:  # type: ignore[type-arg]
-    """Start the stack, run `before` (callables taking the redis URL) on it, then (d), (a), (e).
-
-    Returns (rows of `before` callables, rows of this part).
-    """
-    rows: list[Row] = []
+def rows(workdir: Path, quick: bool) -> list[Row]:
+    """The part for bench/run.py: start the stack, measure creates to ACTIVE, the gateway's routes and the
+    processes' memory, stop the stack."""
+    out: list[Row] = []
     with BenchStack(workdir / "stack", workers=1, sim_delay=0.2) as stack:
-        early = [row for fn in before for row in fn(stack.redis.url)]
         token = stack.add_service(SERVICE)
         stack.upload_example(token, extra_envs=EXTRA_ENVS)
         client = Client(stack, token)
-        for name, label in (("tomcat", "1+2"), ("tomcat20", "1+20")):
+        envids = []
+        for name, label in (("tomcat", "1+2 VMs"), ("tomcat20", "1+20 VMs")):
             envid, secs = create_to_active(stack, client, name, 180)
-            rows.append(Row(f"e2e create -> ACTIVE, {label} VMs", secs, "s", "", f"env {name}, sim phases 0.2 s"))
+            envids.append(envid)
+            out.append(Row("e2e create -> ACTIVE", secs, "s", "", f"env {name}, sim phases 0.2 s", label))
         runs = 100 if quick else 300
-        rows += latency_rows("gateway GET /envs", timed_ms(lambda: client.call("GET", "/envs"), runs))
-        rows += callback_round_trips(stack, client, "1", 50 if quick else 200)
-        rows.append(Row("RSS RQ worker (worker.py, idle parent)", rss_mb(stack.workers[0].pid), "MiB"))
-        rows.append(Row("RSS simulator (22 VMs, synthetic)", rss_mb(stack.procs["onesim"].pid), "MiB"))
+        out += latency_rows("gateway GET /envs", timed_ms(lambda: client.call("GET", "/envs"), runs),
+                            size="2 envs")
+        out += callback_round_trips(stack, client, envids[0], 50 if quick else 200)
+        out.append(Row("RSS RQ worker (worker.py, idle)", rss_mb(stack.workers[0].pid), "MiB"))
+        out.append(Row("RSS simulator (synthetic guests)", rss_mb(stack.procs["onesim"].pid), "MiB", size="22 VMs"))
         stack.kill_workers()   # the creates below only queue: nothing competes with the gateway
         creates = timed_ms(lambda: client.call("POST", "/configs/solo", 202), 30 if quick else 100, warmup=2)
-        rows += latency_rows("gateway POST /configs/{name} (create)", creates)
+        out += latency_rows("gateway POST /configs/{name} (create, queued only)", creates)
         gateway = [rss_mb(pid) or 0.0 for pid in children(stack.procs["gateway"].pid)]
-        rows.append(Row("RSS gateway worker (gunicorn, max)", max(gateway, default=None), "MiB", "",
-                        f"{len(gateway)} workers"))
-    return early, rows
+        out.append(Row("RSS gateway worker (gunicorn, max)", max(gateway, default=None), "MiB", "",
+                       f"{len(gateway)} workers"))
+    return out
