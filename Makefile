@@ -7,7 +7,7 @@ APT_PKGS := redis-server openssh-server wget curl chromium
 STAMP := $(VENV)/.installed
 GUEST_USER := carina-guest
 
-.PHONY: setup system guest-user demo test lint bench clean
+.PHONY: setup system guest-user demo test lint bench bench-quick clean
 
 setup: system guest-user $(STAMP)
 
@@ -45,7 +45,12 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# Benchmarks (bench/README.md): print a table, write bench/results/<date>-<mode>.json and latest-<mode>.json;
+# exit 1 only when a part failed or a figure could not be measured (a SLOW verdict does not fail).
 bench: setup
+	$(BIN)/python bench/run.py
+
+bench-quick: setup
 	$(BIN)/python bench/run.py --quick
 
 clean:

@@ -17,7 +17,7 @@ from functions.views.tables import render_table
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
-_CLAUSE = re.compile(r"^(ratio\s+)?(<=|>=|<|>)\s*(-?[0-9]+(?:\.[0-9]+)?)$")
+_CLAUSE = re.compile(r"^(ratio\s+)?(<=|>=|<|>)\s*(-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)$")
 
 
 def parse_target(target: str) -> list[tuple[bool, str, float]]:

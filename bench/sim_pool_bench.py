@@ -41,9 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from functions.tables import render_table  # noqa: E402
-
 from bench.common import Row, fmt, machine, rss_mb, wait_until  # noqa: E402
+from functions.views.tables import render_table  # noqa: E402
 from tests.harness import free_port, project_env, wait_port  # noqa: E402
 
 AUTH = "oneadmin:onesim"
