@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 from bench.common import Row, children, latency_rows, rss_mb, timed_ms, wait_until
 from functions.model import tokens
-from functions.store import envstore
+from functions.store import envstore, keys
 from tests.stack import Stack
 
 SERVICE = "bench"
@@ -74,6 +74,25 @@ def create_to_active(stack: Stack, client: Client, name: str, timeout: float) ->
     return envid, None if done is None else time.perf_counter() - start
 
 
+def redis_per_vm(stack: Stack, envid: str, grown: int) -> list[Row]:
+    """Redis bytes per VM of an ACTIVE environment: its own state (env hash, VM records, VM index entries, callback
+    gates; MEMORY USAGE of each key), and the growth of used_memory during its create divided by its VMs."""
+    r = stack.r
+    vms = envstore.get_vms(r, envid)
+    names = [keys.env(envid), keys.env_vms(envid)]
+    names += [keys.vm_index(v.endpoint, v.vmid) for v in vms.values() if v.vmid is not None]
+    names += [k.decode() if isinstance(k, bytes) else k for k in r.scan_iter(match=keys.env(envid) + ":cbgate:*")]
+    state = sum(r.memory_usage(k) or 0 for k in names)
+    events = r.memory_usage(keys.env_events(envid)) or 0
+    n = len(vms)
+    size = f"1+{n - 1} VMs"
+    return [Row("Redis per VM (environment state)", state / n, "B", "<= 2048",
+                f"env hash, VM records, VM index, callback gates ({len(names)} keys); events stream "
+                f"{events / n:.0f} B/VM more (capped at {envstore.EVENT_MAXLEN} entries)", size),
+            Row("Redis per VM (used_memory growth during the create)", grown / n, "B", "",
+                "all of it: state, events of the env and service, RQ jobs and results (expire)", size)]
+
+
 def callback_round_trips(stack: Stack, client: Client, envid: str, runs: int) -> list[Row]:
     """Status callbacks from the master with its real token: the HTTP answer, and until the worker applied it."""
     rec = envstore.get_vms(stack.r, envid)["m"]
@@ -106,9 +125,12 @@ def rows(workdir: Path, quick: bool) -> list[Row]:
         client = Client(stack, token)
         envids = []
         for name, label in (("tomcat", "1+2 VMs"), ("tomcat20", "1+20 VMs")):
+            used = stack.r.info("memory")["used_memory"]
             envid, secs = create_to_active(stack, client, name, 180)
             envids.append(envid)
+            grown = stack.r.info("memory")["used_memory"] - used
             out.append(Row("e2e create -> ACTIVE", secs, "s", "", f"env {name}, sim phases 0.2 s", label))
+        out += redis_per_vm(stack, envids[-1], grown)
         runs = 100 if quick else 300
         out += latency_rows("gateway GET /envs", timed_ms(lambda: client.call("GET", "/envs"), runs),
                             size="2 envs")
