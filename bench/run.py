@@ -11,12 +11,15 @@ a part failed or a figure could not be measured, 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import shutil
+import signal
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,14 +58,39 @@ def select(only: str) -> list[str]:
     return [m for m in PARTS if m in wanted or part_name(m) in wanted]
 
 
-def run_part(module: str, workdir: Path, quick: bool) -> record.PartResult:
-    """Import bench.<module> and run its rows(); never raises: an error becomes one FAILED row. A part that
-    returns no rows, or a row whose target cannot be read, counts as failed too."""
+class PartTimeout(BaseException):
+    """Raised in a part that ran past its time limit (by SIGALRM, so its `finally` blocks stop its processes). A
+    BaseException: a part's `except Exception` (a call it retries or skips) does not swallow it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise PartTimeout in this (main) thread after `seconds` (0: no limit); the previous handler is restored."""
+    if seconds <= 0:
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise PartTimeout(f"still running after {seconds:.0f} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_part(module: str, workdir: Path, quick: bool, limit: float = 0) -> record.PartResult:
+    """Import bench.<module> and run its rows() (within `limit` seconds, 0: none); never raises: an error
+    becomes one FAILED row. A part that returns no rows, or a row whose target cannot be read, counts as failed
+    too."""
     name = part_name(module)
     result = record.PartResult(name)
     started = time.perf_counter()
     try:
-        rows = importlib.import_module(f"bench.{module}").rows(workdir / name, quick)
+        with time_limit(limit):
+            rows = importlib.import_module(f"bench.{module}").rows(workdir / name, quick)
         if not rows:
             raise RuntimeError("returned no rows")
         for row in rows:
@@ -70,7 +98,7 @@ def run_part(module: str, workdir: Path, quick: bool) -> record.PartResult:
                 raise TypeError(f"returned {type(row).__name__}, not a Row")
             row.verdict()  # raises ValueError on an unreadable target
         result.rows = list(rows)
-    except Exception as exc:
+    except (Exception, PartTimeout) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         result.rows = [Row(f"{name} FAILED", None, "", note=result.error)]
         traceback.print_exc(file=sys.stderr)
@@ -93,18 +121,21 @@ def main(argv: list[str] | None = None) -> int:
                         + ",".join(part_name(m) for m in PARTS))
     parser.add_argument("--results", type=Path, default=record.RESULTS, help="directory of the JSON records")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (process logs) afterwards")
+    parser.add_argument("--part-timeout", type=float, default=None, metavar="S",
+                        help="seconds a part may run before it is stopped as FAILED (default 600 quick, 3600 full)")
     args = parser.parse_args(argv)
     try:
         modules = select(args.only)
     except ValueError as exc:
         parser.error(str(exc))
     mode = "quick" if args.quick else "full"
+    limit = args.part_timeout if args.part_timeout is not None else (600 if args.quick else 3600)
     date, load_start, started = datetime.now(UTC), load_average(), time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="carina-bench-"))
     parts = []
     for i, module in enumerate(modules, 1):
         print(f"bench [{i}/{len(modules)}] {part_name(module)} ...", file=sys.stderr, flush=True)
-        parts.append(run_part(module, workdir, args.quick))
+        parts.append(run_part(module, workdir, args.quick, limit))
         print(f"bench [{i}/{len(modules)}] {part_name(module)}: {parts[-1].seconds:.0f} s"
               + (f", FAILED: {parts[-1].error}" if parts[-1].error else ""), file=sys.stderr, flush=True)
     seconds = time.perf_counter() - started
