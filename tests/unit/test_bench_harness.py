@@ -247,3 +247,37 @@ def test_report_main_updates_the_readme_from_a_record(tmp_path: Path) -> None:
     readme.write_text("no markers\n")
     assert report.main([str(rec_path), "--readme", str(readme)]) == 1
     assert readme.read_text() == "no markers\n"
+
+
+def test_main_writes_the_record_and_fails_only_on_failed_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    def slow_but_measured(workdir: Path, quick: bool) -> list[Row]:
+        return [Row("rate", 10.0, "jobs/s", ">= 150", size="1 worker")]
+
+    def boom(workdir: Path, quick: bool) -> list[Row]:
+        raise RuntimeError("no redis-server")
+    _fake_part(monkeypatch, "slowpoke_bench", slow_but_measured)
+    _fake_part(monkeypatch, "boom_bench", boom)
+    monkeypatch.setattr(run, "PARTS", ("slowpoke_bench", "boom_bench"))
+    monkeypatch.setattr(record, "git_commit", lambda root=record.ROOT: ("f" * 40, True))
+    results, work = tmp_path / "results", tmp_path / "work"
+
+    def mkdtemp(prefix: str = "") -> str:
+        work.mkdir(exist_ok=True)
+        return str(work)
+    monkeypatch.setattr(run.tempfile, "mkdtemp", mkdtemp)
+
+    assert run.main(["--quick", "--only", "slowpoke", "--results", str(results)]) == 0   # SLOW does not fail
+    first = record.load(results / "latest-quick.json")
+    assert [(r["part"], r["verdict"]) for r in first["rows"]] == [("slowpoke", "SLOW")]
+    assert (first["mode"], first["commit"], first["dirty"], first["failed"]) == ("quick", "f" * 40, True, 0)
+
+    assert run.main(["--quick", "--results", str(results)]) == 1
+    second = record.load(results / "latest-quick.json")
+    assert [(r["part"], r["name"], r["verdict"]) for r in second["rows"]] == [
+        ("slowpoke", "rate", "SLOW"), ("boom", "boom FAILED", "FAILED")]
+    assert second["parts"][1]["error"] == "RuntimeError: no redis-server" and second["failed"] == 1
+    out = capsys.readouterr().out
+    assert "boom FAILED" in out and "record: " in out and f"logs: {work}" in out   # kept after a failure
+    with pytest.raises(SystemExit):
+        run.main(["--only", "nope", "--results", str(results)])
