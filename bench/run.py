@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -106,7 +107,7 @@ def run_part(module: str, workdir: Path, quick: bool, limit: float = 0) -> recor
     return result
 
 
-def header(rec: dict, seconds: float) -> str:  # type: ignore[type-arg]
+def header(rec: dict[str, Any], seconds: float) -> str:
     """The line above the table: mode, date, machine, commit, load."""
     commit = (rec["commit"] or "?")[:10] + (" (dirty)" if rec["dirty"] else "")
     start, end = rec["load"]["start"], rec["load"]["end"]
@@ -114,7 +115,7 @@ def header(rec: dict, seconds: float) -> str:  # type: ignore[type-arg]
             f"load average {start[0]:.2f} at start / {end[0]:.2f} at end, {seconds:.0f} s")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (what CI runs; a few minutes)")
     parser.add_argument("--only", default="", help="comma-separated parts to run (default all): "
@@ -123,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (process logs) afterwards")
     parser.add_argument("--part-timeout", type=float, default=None, metavar="S",
                         help="seconds a part may run before it is stopped as FAILED (default 600 quick, 3600 full)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected parts, print the table, write the record; the exit status (see the module doc)."""
+    parser = _parser()
     args = parser.parse_args(argv)
     try:
         modules = select(args.only)
@@ -131,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     limit = args.part_timeout if args.part_timeout is not None else (600 if args.quick else 3600)
     date, load_start, started = datetime.now(UTC), load_average(), time.perf_counter()
+    commit, dirty = record.git_commit()   # the code about to run
     workdir = Path(tempfile.mkdtemp(prefix="carina-bench-"))
     parts = []
     for i, module in enumerate(modules, 1):
@@ -139,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench [{i}/{len(modules)}] {part_name(module)}: {parts[-1].seconds:.0f} s"
               + (f", FAILED: {parts[-1].error}" if parts[-1].error else ""), file=sys.stderr, flush=True)
     seconds = time.perf_counter() - started
-    commit, dirty = record.git_commit()
     rec = record.build(mode, parts, date=date, machine=machine(), commit=commit, dirty=dirty,
                        load_start=load_start, load_end=load_average(), seconds=seconds)
     print(header(rec, seconds) + "\n")
