@@ -109,8 +109,9 @@ def callback_round_trips(stack: Stack, client: Client, envid: str, runs: int) ->
         if i >= 5:
             http_ms.append((answered - start) * 1000)
             applied_ms.append((time.perf_counter() - start) * 1000)
-    return (latency_rows("gateway callback (HTTP answer)", http_ms)
-            + latency_rows("gateway callback ->queue->applied", applied_ms, "< 30"))
+    size = "1 VM, one at a time"
+    return (latency_rows("gateway callback (HTTP answer)", http_ms, size=size)
+            + latency_rows("gateway callback ->queue->applied", applied_ms, "< 30", size=size))
 
 
 def rows(workdir: Path, quick: bool) -> list[Row]:
@@ -139,7 +140,7 @@ def rows(workdir: Path, quick: bool) -> list[Row]:
         out.append(Row("RSS simulator (synthetic guests)", rss_mb(stack.procs["onesim"].pid), "MiB", size="22 VMs"))
         stack.kill_workers()   # the creates below only queue: nothing competes with the gateway
         creates = timed_ms(lambda: client.call("POST", "/configs/solo", 202), 30 if quick else 100, warmup=2)
-        out += latency_rows("gateway POST /configs/{name} (create, queued only)", creates)
+        out += latency_rows("gateway POST /configs/{name} (create, queued only)", creates, size="master-only env")
         gateway = [rss_mb(pid) or 0.0 for pid in children(stack.procs["gateway"].pid)]
         out.append(Row("RSS gateway worker (gunicorn, max)", max(gateway, default=None), "MiB", "",
                        f"{len(gateway)} workers"))
