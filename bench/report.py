@@ -79,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="the file to update")
     parser.add_argument("--print", action="store_true", help="print the section instead of updating the file")
     args = parser.parse_args(argv)
-    path = args.record or newest()
-    rec = record.load(path)
+    try:
+        path = args.record or newest()
+        rec = record.load(path)
+    except (OSError, ValueError) as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return 1
     try:
         source = str(path.resolve().relative_to(ROOT))
     except ValueError:

@@ -281,3 +281,11 @@ def test_main_writes_the_record_and_fails_only_on_failed_rows(monkeypatch: pytes
     assert "boom FAILED" in out and "record: " in out and f"logs: {work}" in out   # kept after a failure
     with pytest.raises(SystemExit):
         run.main(["--only", "nope", "--results", str(results)])
+
+
+def test_report_main_without_a_record_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.BEGIN}\n{report.END}\n")
+    assert report.main([str(tmp_path / "missing.json"), "--readme", str(readme)]) == 1
+    assert "missing.json" in capsys.readouterr().err
+    assert readme.read_text() == f"{report.BEGIN}\n{report.END}\n"
