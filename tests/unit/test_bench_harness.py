@@ -289,3 +289,14 @@ def test_report_main_without_a_record_says_so(tmp_path: Path, capsys: pytest.Cap
     assert report.main([str(tmp_path / "missing.json"), "--readme", str(readme)]) == 1
     assert "missing.json" in capsys.readouterr().err
     assert readme.read_text() == f"{report.BEGIN}\n{report.END}\n"
+
+
+def test_newest_is_the_later_of_the_two_latest_records(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        report.newest(tmp_path)
+    full = _record(_parts(), mode="full")
+    quick = {**_record(_parts(), mode="quick"), "date": "2026-12-01T00:00:00Z"}
+    record.write(full, tmp_path)
+    assert report.newest(tmp_path).name == "latest-full.json"
+    record.write(quick, tmp_path)
+    assert report.newest(tmp_path).name == "latest-quick.json"
