@@ -38,8 +38,6 @@ from onesim.sandbox import GUEST_USER
 from tests.stack import Stack, wait_for
 from tests.unit.test_confschema_limits import hostile_rb
 
-pytestmark = pytest.mark.slow
-
 RATE, BURST = 6, 10             # callbacks a minute per VM, and at once (a flood's refill is one per 10 s)
 QUOTA = 96 * 1024               # upload bytes per service (the example files are about 26 KiB)
 FILL = 16 * 1024                # bytes of each file the quota filler uploads (context files are stored base64)
