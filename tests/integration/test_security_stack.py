@@ -6,7 +6,8 @@ The attacks: an unauthenticated Redis client (NOAUTH); a curious guest (a contex
 files and talking to Redis: refused, where guests run as carina-guest); a flooding VM (a valid token, callbacks
 as fast as it can: 429 beyond the burst); a service filling its upload quota (413 stating the usage); a hostile
 configuration (a capped error list, a small answer); a spoofed legacy callback (no token, from an address that is
-not the VM's: 403). Afterwards the healthy environment is unchanged, service B still creates an environment,
+not the VM's: 403); and an outsider browsing the public context repo for what it must not serve (one 404).
+Afterwards the healthy environment is unchanged, service B still creates an environment,
 Redis takes writes, every worker is alive with no FAILED job, and the scheduler still ticks.
 """
 
@@ -183,6 +184,17 @@ def _hostile_config(st: Stack, token: str) -> dict[str, Any]:
     return {"code": code, "size": len(body), "body": json.loads(body)}
 
 
+def _repo(st: Stack) -> dict[str, Any]:
+    """An outsider browsing the public context repo for what it must not serve."""
+    paths = ["/repo/oneenv1/context/config.rb", "/repo/oneenv1/context/example.vm", "/repo/nosuch/context/init.sh",
+             "/repo/oneenv1/context/.hidden", "/repo/oneenv1/context/missing.sh"]
+    answers = {p: _send(st, "GET", p) for p in paths}
+    unrouted = [_send(st, "GET", f"/repo/{svc}/context/..%2Fconfig.rb") for svc in ("oneenv1", "nosuch")]
+    public = _send(st, "GET", "/repo/oneenv1/context/init.sh")
+    return {"refused": {p: (code, body) for p, (code, _, body) in answers.items()}, "public": public[0],
+            "unrouted": [(code, body) for code, _, body in unrouted]}
+
+
 def _spoof(st: Stack, envid: str) -> dict[str, Any]:
     master = envstore.get_vms(st.r, envid)["m"]
     code, _, body = _send(st, "GET", f"/cgi-bin/updateappstatus.sh?service=oneenv1&vmid={master.vmid}"
@@ -239,7 +251,7 @@ def _attack(st: Stack) -> Attacked:
     attacks: dict[str, Callable[[], dict[str, Any]]] = {
         "noauth": lambda: _noauth(st), "flood": lambda: _flood(st, probe),
         "quota": lambda: _fill_quota(st, tokens["mallory"]), "hostile": lambda: _hostile_config(st, tokens["hostile"]),
-        "spoof": lambda: _spoof(st, healthy)}
+        "spoof": lambda: _spoof(st, healthy), "repo": lambda: _repo(st)}
     with ThreadPoolExecutor(len(attacks)) as pool:
         futures = {name: pool.submit(fn) for name, fn in attacks.items()}
         out.seen = {name: f.result(timeout=120) for name, f in futures.items()}
@@ -314,6 +326,16 @@ def test_a_spoofed_legacy_callback_is_refused(attacked: Attacked) -> None:
     assert seen["code"] == 403
     assert seen["body"]["description"] == ("address: a callback without a token is accepted only from the VM's "
                                            "own address (as OpenNebula reports it)")
+
+
+def test_the_context_repo_serves_context_files_only_with_one_404(attacked: Attacked) -> None:
+    seen = attacked.seen["repo"]
+    assert seen["public"] == 200                                     # context files are public, by design
+    bodies = {body for _, body in seen["refused"].values()}
+    assert {code for code, _ in seen["refused"].values()} == {404} and len(bodies) == 1, seen["refused"]
+    assert json.loads(bodies.pop())["description"] == "no such context file"
+    (known, unknown) = seen["unrouted"]                             # an encoded "/" matches no route: the
+    assert known == unknown and known[0] == 404                     # gateway's 404, whatever the service
 
 
 # ------------------------------------------------------------------ nothing else was disturbed
