@@ -104,7 +104,7 @@ class Stack:
                 "--guests", "process", "--ssh-port", str(self.ssh_port),
                 "--workdir", str(self.workdir / "onesim")])
             self.procs["gateway"] = self._spawn("gateway", [
-                str(ROOT / ".venv" / "bin" / "gunicorn"), "-c", "config/gunicorn.conf.py", "-b",
+                str(Path(sys.executable).with_name("gunicorn")), "-c", "config/gunicorn.conf.py", "-b",
                 f"127.0.0.1:{self.port}", "-w", "2", "--threads", "4", "--no-control-socket", "gateway:get_app()"])
             self._wait_up("onesim", self.sim_port)
             self._wait_up("gateway", self.port)

@@ -198,6 +198,13 @@ def watch_state(view: VmView | None) -> str:
 
 
 GOING = "going"    # the watch state of a VM asked to terminate: only its end (or a failure) matters
+EPILOG_LCM = 11    # ACTIVE/EPILOG: the VM's disks are being cleaned up; DONE follows without another action
+
+
+def cleaning_up(view: VmView) -> bool:
+    """Whether a VM is already in its last phase before DONE (a terminate was accepted): asking again is
+    refused by OpenNebula ("wrong state EPILOG"), so it is not asked. Pure."""
+    return view.state == 3 and view.lcm_state == EPILOG_LCM
 
 
 def going_state(view: VmView | None) -> str:
@@ -411,7 +418,8 @@ def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = Fa
             ctx.event(env, "error", f"{rec.role} {rec.slot}: not terminating VM {rec.vmid}: {why}",
                       vmid=str(rec.vmid), slot=rec.slot)
         elif view is not None and not view.gone:
-            surface_refusal(ctx, env, rec.vmid, one.terminate(rec.vmid, hard=hard or view.failed or view.unknown))
+            if not cleaning_up(view):                # OpenNebula accepts no terminate in EPILOG: it ends by itself
+                surface_refusal(ctx, env, rec.vmid, one.terminate(rec.vmid, hard=hard or view.failed or view.unknown))
             if seen is not None:
                 seen[rec.vmid] = going_state(view)
             if rec.state != "removing":

@@ -5,9 +5,9 @@ capacity came back or a request arrived).
 
 `functions.tasks.minute_tick` (the RQ entry the scheduler enqueues every few seconds) acts once per minute
 however many schedulers fire (SET NX on keys.tick). The VM refresh asks OpenNebula once per (service, endpoint)
-for its whole pool and updates each record's `one_state` (runn, unkn, fail, ..., or "missing") and `cpu`
-and `vm_state` / `lcm_state` under the environment's lock (an environment busy with a step is skipped until the
-next minute).
+for its whole pool and updates each record's `one_state` (runn, unkn, fail, ..., or "missing"), `cpu`,
+`vm_state` / `lcm_state` and `one_ip` (the address OpenNebula reports: legacy callbacks must come from it)
+under the environment's lock (an environment busy with a step is skipped until the next minute).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _confirm(one: OneClient | None, vmid: int) -> tuple[bool, VmView | None]:
 
 def _apply_snapshot(r: redis.Redis, envid: str, service: str, views: dict[int, VmView], taken: float,
                     one: OneClient | None = None) -> int:
-    """Write one_state/cpu/vm_state/lcm_state of the environment's records from a pool snapshot; returns
+    """Write one_state/cpu/vm_state/lcm_state/one_ip of the environment's records from a pool snapshot; returns
     records changed. A record absent from the snapshot whose id is above every id in it (it may have been
     allocated after the snapshot, or be the newest VM, vanished) is asked about alone through `one`. A VM id
     whose tags name another owner (a reused id) counts as the record's VM missing."""
@@ -75,8 +75,9 @@ def _apply_snapshot(r: redis.Redis, envid: str, service: str, views: dict[int, V
             state = view.short_status() if view is not None else "missing"
             cpu = view.cpu if view is not None and view.cpu is not None else rec.cpu
             numbers = (view.state, view.lcm_state) if view is not None else (rec.vm_state, rec.lcm_state)
-            if (state, cpu, *numbers) != (rec.one_state, rec.cpu, rec.vm_state, rec.lcm_state):
-                rec.one_state, rec.cpu, (rec.vm_state, rec.lcm_state) = state, cpu, numbers
+            one_ip = view.ip if view is not None and view.ip else rec.one_ip   # legacy callbacks' address
+            if (state, cpu, *numbers, one_ip) != (rec.one_state, rec.cpu, rec.vm_state, rec.lcm_state, rec.one_ip):
+                rec.one_state, rec.cpu, (rec.vm_state, rec.lcm_state), rec.one_ip = state, cpu, numbers, one_ip
                 envstore.put_vm(r, envid, rec)
                 changed += 1
     return changed

@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from functions.engine import loop as engine
-from functions.store import envstore
+from functions.engine import vmops
+from functions.store import envstore, keys, watching
 from onesim import states as S
 from tests.integration.engine_fixtures import Rig, SpyOne, create_ready, open_rig
 from tests.integration.policy_fixtures import env_doc, fail_vm, minute, policy_jobs, settle
@@ -161,3 +162,50 @@ def test_a_vm_running_again_is_kept(rig: Rig) -> None:
     settle(rig, envid)
     assert rig.vms(envid)["s0"].vmid == old.vmid and rig.running(old.vmid)
     assert policy_jobs(rig, envid)[0]["info"] == "nothing recreated (s0 runs again, kept)"
+
+
+def _watched(rig: Rig, envid: str) -> dict[int, str] | None:
+    raw = watching.watched(rig.r).get(envid)
+    return None if raw is None else dict(watching.Entry.from_json(raw).vms)
+
+
+def _no_timed_redrive(rig: Rig, envid: str) -> None:
+    """Nothing polls the environment: no drive job queued, no delayed kick before the operation's deadline."""
+    assert rig.queue.get_jobs() == []
+    due = rig.r.zscore(keys.kick_schedule(), envid)
+    assert due is None or due >= float(rig.env(envid)["deadline"]), (due, rig.env(envid)["deadline"])
+
+
+def test_a_recreate_waits_on_the_watcher_not_a_timed_poll(rig: Rig) -> None:
+    """Issue #15 for RECREATE: while the old VM goes away and while its replacement boots, the drive leaves the
+    environment in the watch set, and a watcher pass that sees the VM change wakes it."""
+    envid = _ready(rig)
+    old = rig.vms(envid)["s1"]
+    fail_vm(rig, old.vmid, "UNKNOWN")
+    minute(rig)
+    minute(rig)
+    (job,) = policy_jobs(rig, envid)
+    assert rig.drive(envid) == "wait"                     # `remove` told to the master, the old VM terminated
+    assert _watched(rig, envid) == {old.vmid: "3.16"}     # as the step saw it: ACTIVE/UNKNOWN
+    _no_timed_redrive(rig, envid)
+    assert rig.watch() == [envid]                         # OpenNebula took the terminate (EPILOG): a change
+    assert rig.drive(envid) == "wait"
+    assert _watched(rig, envid) == {old.vmid: vmops.GOING}
+    assert rig.watch() == []                              # still shutting down: nobody woken
+    rig.tick(1)                                           # DONE
+    assert rig.watch() == [envid]
+    rig.info_calls.clear()
+    assert rig.drive(envid) == "wait"                     # the replacement allocated, PENDING
+    new = rig.vms(envid)["s1"]
+    assert new.vmid != old.vmid and _watched(rig, envid) == {new.vmid: vmops.NEW_VM}
+    assert new.vmid not in rig.info_calls                 # just allocated: nothing to ask
+    _no_timed_redrive(rig, envid)
+    assert rig.watch() == []
+    rig.tick(1)                                           # placed and RUNNING
+    assert rig.watch() == [envid]
+    rig.drive(envid)
+    new = rig.vms(envid)["s1"]
+    assert rig.job(job["jobid"])["status"] == "DONE" and new.state == "announced"
+    assert watching.watched(rig.r) == {}
+    assert rig.ssh.commands()[-2:] == [f"~/master.sh remove {old.ip} 8080", f"~/master.sh add {new.ip} 8080"]
+    assert not [e for e in rig.events(envid) if "refused to terminate" in e]   # not asked again in EPILOG

@@ -13,6 +13,10 @@ old incarnation (`rc_old`: nonce, VM id, IP, origin). The step is level-triggere
    announced `add <ip> <slavedata>` to it (`rc_added`), and app_url is rewritten with the new master's IP.
 
 A boot failure of the new VM ends the job FAIL (the policy judges the slot again after the boot grace).
+
+Waiting on OpenNebula (an old VM going away, a new one booting) returns a Watch (functions.engine.context): the
+watcher wakes the environment when the VM changes, no drive polls it. Waiting on the new master's callback
+returns the time left to the deadline (the callback kicks the drive).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 from functions.cloud import sshexec
 from functions.cloud.one import OneClient, OneError
 from functions.engine import vmops
-from functions.engine.context import POLL, Ctx, Env, Step, deadline_passed, fail, finish
+from functions.engine.context import POLL, Ctx, Env, Step, Watch, deadline_passed, fail, finish, later
 from functions.model import render, specview
 from functions.store import envstore
 from functions.store.envstore import VmRecord
@@ -78,8 +82,10 @@ def _announce(ctx: Ctx, env: Env, master: VmRecord, verb: str, slave: VmRecord) 
     return None
 
 
-def _drop_old(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, master: VmRecord | None) -> str:
-    """Move the old incarnation out: "kept" (it runs again), "waiting" (terminating) or "gone"."""
+def _drop_old(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, master: VmRecord | None,
+              seen: dict[int, str]) -> str:
+    """Move the old incarnation out: "kept" (it runs again), "waiting" (terminating: its watch state is put in
+    `seen`) or "gone"."""
     if rec.state != "removing":
         view = one.info(rec.vmid) if rec.vmid is not None else None
         if view is not None and view.running:
@@ -94,20 +100,30 @@ def _drop_old(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, master: VmRecor
                 ctx.event(env, "error", f"could not announce `{verb} {rec.ip}` to the master: {exc}", slot=rec.slot)
             _note(ctx, env, "rc_removed", rec.slot)
     vmid = rec.vmid
-    if not vmops.terminate(ctx, env, one, rec, hard=True):
+    if not vmops.terminate(ctx, env, one, rec, hard=True, seen=seen):
         return "waiting"
     ctx.event(env, "step", f"{rec.role} {rec.slot}: old VM {vmid} gone, creating its replacement", slot=rec.slot)
     return "gone"
 
 
+def _going(seen: dict[int, str]) -> Step:
+    """The wait for old VMs being terminated: a Watch on them (POLL only if none was seen, which terminate
+    never leaves)."""
+    return Watch(seen) if seen else POLL
+
+
 def _boot(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> Step:
-    """POLL until the new VM runs; None once it does. Raises StepFailed if it will never run."""
-    if rec.state in ("allocating", "allocated"):
-        why = vmops.boot_failure(rec, vmops.observe(ctx, env, one, rec))
+    """A Watch until the new VM runs (one that called back with its address runs); None once it does. Raises
+    StepFailed if it will never run."""
+    if rec.state in ("allocating", "allocated") and not vmops.came_up(ctx, env, rec):
+        if rec.slot in env.fresh:                             # allocated just now: PENDING, nothing to ask
+            return vmops.wait_new(rec)
+        view = vmops.observe(ctx, env, one, rec)
+        why = vmops.boot_failure(rec, view)
         if why:
             raise vmops.StepFailed(f"RECREATE_FAIL: {rec.slot}", f"{rec.role} {rec.slot}: {why}")
-        if rec.state != "running":
-            return POLL
+        if rec.state != "running" and view is not None:
+            return vmops.watch(rec, view)
     return None
 
 
@@ -126,9 +142,10 @@ def _slave(ctx: Ctx, env: Env, one: OneClient, master: VmRecord, slot: str, old:
         return None
     rec = env.vms.get(slot)
     if rec is not None and rec.nonce == old.get("nonce"):
-        state = _drop_old(ctx, env, one, rec, master)
+        seen: dict[int, str] = {}
+        state = _drop_old(ctx, env, one, rec, master, seen)
         if state != "gone":
-            return None if state == "kept" else POLL
+            return None if state == "kept" else _going(seen)
         rec = None
     if rec is None or rec.vmid is None:                  # a new intent, or one a killed worker left
         rec = _allocate(ctx, env, one, slot, old, master.ip)
@@ -171,11 +188,12 @@ def _master(ctx: Ctx, env: Env, one: OneClient, old: dict[str, Any]) -> Step:
     """Replace the master, then re-announce every running slave to it."""
     rec = env.vms.get("m")
     if rec is not None and rec.nonce == old.get("nonce"):
-        state = _drop_old(ctx, env, one, rec, None)
+        seen: dict[int, str] = {}
+        state = _drop_old(ctx, env, one, rec, None, seen)
         if state == "kept":
             return finish(ctx, env, f"master VM {rec.vmid} runs again; nothing recreated")
         if state == "waiting":
-            return POLL
+            return _going(seen)
         rec = None
     if rec is None or rec.vmid is None:                  # a new intent, or one a killed worker left
         rec = _allocate(ctx, env, one, "m", old, "")
@@ -217,7 +235,7 @@ def recreate_step(ctx: Ctx, env: Env) -> Step:
     except vmops.StepFailed as exc:
         return fail(ctx, env, exc.status, exc.why)
     if waits:
-        return min(waits)
+        return later(*waits)
     kept = _listed(env, "rc_kept")
     done = [s for s in slots if s not in kept]
     text = f"recreated {', '.join(done)}" if done else "nothing recreated"
