@@ -6,8 +6,11 @@ Accepted forms (any parameter order; parameters may sit in the path after `&` an
   /cgi-bin/S&vmid=V&envid=E&status=ST   and   /cgi-bin/S&vmid=V&envid=E&newip=IP&name=H   (the guide's form)
 The route validates, authorizes (functions.ops.callbacks.find_caller), throttles (a token bucket per VM:
 settings.callback_rate a minute, callback_burst at once; beyond it 429 JSON with Retry-After and nothing queued),
-queues apply_callback and answers "OK". A report with the same values as the VM's last queued report of its kind
-is answered "OK (duplicate: not queued again)" and not queued: the in-VM wget scripts only need a 2xx.
+appends the callback to the environment's inbox (queueing a drain job, functions.tasks.drain_callbacks, only when
+none is pending: functions.ops.cbinbox) and answers "OK". A report with the same values as the VM's last queued
+report of its kind is answered "OK (duplicate: not queued again)" and not queued: the in-VM wget scripts only need
+a 2xx. Two Redis round trips per accepted callback (callbacks.lookup, callbacks.ingest), plus the enqueue of a
+drain when none was pending.
 """
 
 from __future__ import annotations
@@ -22,8 +25,7 @@ import falcon
 
 from config import logs, metrics
 from functions.model import hostkeys
-from functions.ops import callbacks
-from functions.store import envstore
+from functions.ops import callbacks, cbinbox
 from handlers.deps import Deps
 
 SCRIPTS = {"updatevmstatus.sh": "net", "updateappstatus.sh": "status"}
@@ -132,7 +134,7 @@ def parse_callback(script: str, query: str) -> CallbackRequest:
 
 
 class Callback:
-    """GET /cgi-bin/{script}: validate, authorize, queue apply_callback, answer "OK"."""
+    """GET /cgi-bin/{script}: validate, authorize, append to the env's callback inbox, answer "OK"."""
 
     auth_exempt = True
 
@@ -146,16 +148,17 @@ class Callback:
             metrics.callback("invalid")
             raise
         r = self.deps.redis
-        env = envstore.get_env(r, cb.envid)
-        if env is None:
+        found = callbacks.lookup(r, cb.envid, cb.vmid)
+        if found.service is None:
             metrics.callback("invalid")
             raise falcon.HTTPNotFound(title="Not found", description=f"envid: no environment {cb.envid}")
-        logs.bind(envid=cb.envid, service=env["service"])
+        env = {"envid": cb.envid, "service": found.service}
+        logs.bind(envid=cb.envid, service=found.service)
         try:
-            if cb.params.get("service", env["service"]) != env["service"]:
+            if cb.params.get("service", found.service) != found.service:
                 raise callbacks.CallbackRefused(404, f"envid: no environment {cb.envid} for that service")
             caller = callbacks.find_caller(r, env, cb.vmid, cb.params.get("token"), cb.params.get("status"),
-                                           self.deps.settings.legacy_callbacks, req.remote_addr)
+                                           self.deps.settings.legacy_callbacks, req.remote_addr, found.records)
         except callbacks.CallbackRefused as exc:
             recorded = callbacks.record_refused(r, env, cb.params, exc.message, self.deps.clock)
             metrics.callback("refused" if recorded else "throttled")
@@ -166,13 +169,14 @@ class Callback:
         resp.text = self._queue(env, cb, caller)
 
     def _queue(self, env: dict, cb: CallbackRequest, caller: callbacks.Caller) -> str:
-        """Queue the callback unless the VM is throttled (429) or repeats itself; the answer's text."""
+        """Append the callback to the env's inbox unless the VM is throttled (429) or repeats itself (and queue a
+        drain if none is pending); the answer's text."""
         r, settings = self.deps.redis, self.deps.settings
         rate, burst = settings.callback_rate, settings.callback_burst
         fields = cb.fields
         if not caller.by_token:
             fields.pop("hostkey", None)            # only a token-proven VM may name its host key
-        gate = callbacks.admit(r, cb.envid, caller, cb.kind, fields, self.deps.clock(), rate, burst)
+        gate = callbacks.ingest(r, cb.envid, caller, cb.vmid, cb.kind, fields, self.deps.clock(), rate, burst)
         if gate.verdict == "throttled":
             if gate.note:
                 callbacks.record_throttled(r, env, cb.vmid, caller, rate, burst, self.deps.clock)
@@ -184,8 +188,8 @@ class Callback:
                             f"nothing was queued, retry in {wait} s")
         if gate.verdict == "duplicate":
             return "OK (duplicate: not queued again)"
-        callbacks.enqueue_apply(self.deps.queue, cb.envid, cb.vmid, cb.kind, fields, caller.slot)
-        callbacks.remember(r, cb.envid, caller, cb.kind, fields)
+        if gate.drain:
+            cbinbox.enqueue_drain(self.deps.queue, cb.envid)
         metrics.callback("accepted")
         return "OK"
 

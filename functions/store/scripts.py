@@ -350,6 +350,100 @@ return 1
 """
 
 
+# ---------------------------------------------------------------- callbacks applied in batches (ops.cbinbox)
+
+# What the gateway needs to authorize a VM's callback, in one call: the env's service and the VM records that may be
+# the caller (a prefilter on the record's "vmid"; the gateway still checks the record and the token).
+LUA["callback_lookup"] = """
+-- KEYS[1] env hash, KEYS[2] the env's VM records (hash slot -> JSON); ARGV[1] the callback's vmid (digits).
+-- Returns {service or false, {JSON of the records whose vmid is ARGV[1], then of those with no vmid yet}}.
+local svc = redis.call('HGET', KEYS[1], 'service')
+if not svc then return {false, {}} end
+local hit, free = {}, {}
+for _, text in ipairs(redis.call('HVALS', KEYS[2])) do
+  local v = string.match(text, '"vmid":%s*(%w+)')
+  if v == ARGV[1] then hit[#hit + 1] = text elseif v == 'null' then free[#free + 1] = text end
+end
+for _, text in ipairs(free) do hit[#hit + 1] = text end
+return {svc, hit}
+"""
+
+# A VM's callback at the gateway, in one call: the token bucket and the repeat check of callback_gate, then (queued)
+# append it to the env's inbox, remember it as the last of its kind, and lease a drain unless one is pending.
+LUA["callback_ingest"] = """
+-- KEYS[1] the VM's callback gate, KEYS[2] the env's callback inbox, KEYS[3] the drains schedule; ARGV[1..7] as in
+-- callback_gate (now, tokens a second, burst, kind, canonical values, TTL, seconds between notes), ARGV[8] the
+-- inbox entry (JSON), ARGV[9] envid, ARGV[10] until when a new drain is leased (epoch).
+-- Returns {code, ms, note, drain}: code/ms/note as callback_gate (1: appended and remembered); drain = 1 when no
+-- drain of the env was pending (now one is, leased until ARGV[10]: the caller queues it).
+local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local function num(x) return string.format('%.17g', x) end
+local g = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'noted', 'last:' .. ARGV[4])
+local tokens = tonumber(g[1]) or burst
+local ts = tonumber(g[2]) or now
+if now > ts then
+  tokens = math.min(burst, tokens + (now - ts) * rate)
+  ts = now
+end
+if tokens < 1 - 1e-9 then
+  local note = 0
+  if (not g[3]) or now - tonumber(g[3]) >= tonumber(ARGV[7]) then
+    note = 1
+    redis.call('HSET', KEYS[1], 'noted', num(now))
+  end
+  redis.call('HSET', KEYS[1], 'tokens', num(tokens), 'ts', num(ts))
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  return {0, math.ceil((1 - tokens) / rate * 1000), note, 0}
+end
+redis.call('HSET', KEYS[1], 'tokens', num(math.max(tokens - 1, 0)), 'ts', num(ts))
+if g[4] == ARGV[5] then
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  return {2, 0, 0, 0}
+end
+redis.call('HSET', KEYS[1], 'last:' .. ARGV[4], ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('RPUSH', KEYS[2], ARGV[8])
+local drain = 0
+if not redis.call('ZSCORE', KEYS[3], ARGV[9]) then
+  redis.call('ZADD', KEYS[3], ARGV[10], ARGV[9])
+  drain = 1
+end
+return {1, 0, 0, drain}
+"""
+
+# Commit a drained batch: the changed VM records, the env status, the events, and take the batch off the inbox's
+# head, all or nothing, only while the drain still holds the env lock.
+LUA["callback_commit"] = """
+-- KEYS[1] env lock, KEYS[2] the env's VM records, KEYS[3] env hash, KEYS[4] inbox, KEYS[5] env events, KEYS[6]
+-- service events; ARGV[1] fence (the lock's owner token), ARGV[2] how many entries the batch took from the inbox's
+-- head, ARGV[3] the env's new status ('' = unchanged), ARGV[4] the streams' MAXLEN (approximate), ARGV[5] record
+-- count c, then c slot/JSON pairs, then each event as a JSON array of field, value, field, value...
+-- Returns 1 written; 0 the fence lost the lock (nothing written); 2 the env is gone (the inbox is dropped).
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 0 then redis.call('DEL', KEYS[4]) return 2 end
+local c = tonumber(ARGV[5])
+if c > 0 then redis.call('HSET', KEYS[2], unpack(ARGV, 6, 5 + 2 * c)) end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], 'status', ARGV[3]) end
+for i = 6 + 2 * c, #ARGV do
+  local fields = cjson.decode(ARGV[i])
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
+end
+redis.call('LTRIM', KEYS[4], tonumber(ARGV[2]), -1)
+return 1
+"""
+
+# End a drain: forget the env's pending drain only when its inbox is empty (checked atomically with the removal, so
+# a callback appended meanwhile either is seen here or finds no drain pending and queues one).
+LUA["callback_drain_done"] = """
+-- KEYS[1] the env's callback inbox, KEYS[2] the drains schedule; ARGV[1] envid.
+-- Returns 1 when the inbox was empty and the pending drain was forgotten, 0 when entries wait (drain on).
+if redis.call('LLEN', KEYS[1]) > 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
 _REGISTERED: weakref.WeakKeyDictionary[redis.Redis, dict[str, Script]] = weakref.WeakKeyDictionary()
 
 

@@ -15,7 +15,7 @@ from rq.serializers import JSONSerializer
 
 from config.settings import Settings
 from functions.model import tokens
-from functions.ops import callbacks
+from functions.ops import callbacks, cbinbox
 from functions.store import envstore, keys, runtime, tenants
 from functions.store.envstore import VmRecord
 from functions.store.runtime import JsonQueue
@@ -48,9 +48,18 @@ def _queue(r: redis.Redis) -> JsonQueue:
 
 
 def _queued(r: redis.Redis) -> list[tuple[str, list]]:
-    """Every queued job, in the order a worker takes them (high, callbacks, then drives)."""
+    """Every accepted callback waiting in an environment's inbox, oldest first, as ("callback", [envid, vmid, kind,
+    fields, slot]), then every queued job but inbox drains, in the order a worker takes them (high, callbacks, then
+    drives). Checks that each environment with waiting callbacks has one drain queued (and pending)."""
     queues = runtime.worker_queues(_queue(r))
-    return [(j.func_name, j.args) for q in queues for j in (q.fetch_job(i) for i in q.job_ids)]
+    jobs = [(j.func_name, j.args) for q in queues for j in (q.fetch_job(i) for i in q.job_ids)]
+    drains = [a[0] for f, a in jobs if f == cbinbox.DRAIN]
+    out: list[tuple[str, list]] = []
+    for key in sorted(r.scan_iter(keys.callback_inbox("*"))):
+        envid = key.split(":")[2]
+        assert drains.count(envid) == 1 and r.zscore(keys.callback_drains(), envid) is not None, envid
+        out += [("callback", [envid, e["v"], e["k"], e["f"], e["s"]]) for e in cbinbox.waiting(r, envid)]
+    return out + [(f, a) for f, a in jobs if f != cbinbox.DRAIN]
 
 
 def _run_queue(r: redis.Redis) -> None:
@@ -67,8 +76,7 @@ def test_updatevmstatus_query_form_is_applied_by_a_worker(world):
     url = f"/cgi-bin/updatevmstatus.sh?service=svc1&vmid=8&envid={e}&newip=10.0.0.8&name=tomcat-s&token={t}"
     res = world.client.simulate_get(url)
     assert res.status_code == 200 and res.text == "OK" and res.headers["content-type"].startswith("text/plain")
-    assert _queued(world.r) == [("functions.tasks.apply_callback",
-                                 [e, 8, "net", {"newip": "10.0.0.8", "name": "tomcat-s"}, "s0", 0])]
+    assert _queued(world.r) == [("callback", [e, 8, "net", {"newip": "10.0.0.8", "name": "tomcat-s"}, "s0"])]
     _run_queue(world.r)
     rec = envstore.get_vms(world.r, e)["s0"]
     assert (rec.ip, rec.hostname, rec.status) == ("10.0.0.8", "tomcat-s", "NET_CONFIG_DONE")
@@ -97,8 +105,7 @@ def test_updateappstatus_any_order_sets_env_and_vm_status(world):
 def test_guide_form_with_params_in_the_path(world, path):
     res = world.client.simulate_get(path.format(e=world.envid, t=world.tok[7]))
     assert res.status_code == 200, res.text
-    assert _queued(world.r) == [("functions.tasks.apply_callback",
-                                 [world.envid, 7, "status", {"status": "MASTER_INIT_DONE"}, "m", 0])]
+    assert _queued(world.r) == [("callback", [world.envid, 7, "status", {"status": "MASTER_INIT_DONE"}, "m"])]
 
 
 def test_guide_form_network_callback_and_space_decoding(world):
