@@ -28,6 +28,11 @@ def world(api, redis_server, monkeypatch):
     """Service svc1 with env E: master (vmid 7) and slave s0 (vmid 8); service svc2 exists too.
 
     Queued functions connect from the environment, as a worker started with REDIS_URL does."""
+    return make_world(api, redis_server, monkeypatch)
+
+
+def make_world(api, redis_server, monkeypatch):
+    """The `world` fixture's work (other test modules build their own fixture with it)."""
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     api.service("svc1")
     api.service("svc2")
