@@ -9,8 +9,9 @@ settings.callback_rate a minute, callback_burst at once; beyond it 429 JSON with
 appends the callback to the environment's inbox (queueing a drain job, functions.tasks.drain_callbacks, only when
 none is pending: functions.ops.cbinbox) and answers "OK". A report with the same values as the VM's last queued
 report of its kind is answered "OK (duplicate: not queued again)" and not queued: the in-VM wget scripts only need
-a 2xx. Two Redis round trips per accepted callback (callbacks.lookup, callbacks.ingest), plus the enqueue of a
-drain when none was pending.
+a 2xx. Two Redis round trips per accepted callback (callbacks.lookup, callbacks.ingest), one for a VM this gateway
+process authorized before (callbacks.proven: ingest re-checks its record), plus the enqueue of a drain when none was
+pending.
 """
 
 from __future__ import annotations
@@ -147,6 +148,30 @@ class Callback:
         except falcon.HTTPError:
             metrics.callback("invalid")
             raise
+        resp.content_type = falcon.MEDIA_TEXT
+        token = cb.params.get("token")
+        known = callbacks.proven(cb.envid, cb.vmid, token) if token else None
+        if known is not None and self._fits(cb, known):          # proven before: one round trip
+            logs.bind(envid=cb.envid, service=known.service)
+            answer = self._queue({"envid": cb.envid, "service": known.service}, cb, known.caller, recheck=True)
+            if answer is not None:
+                resp.text = answer
+                return
+            callbacks.unprove(cb.envid, cb.vmid, token or "")
+        env, caller = self._authorize(req, cb)
+        if caller.by_token and token:
+            callbacks.prove(cb.envid, cb.vmid, token, env["service"], caller)
+        resp.text = self._queue(env, cb, caller) or ""
+
+    @staticmethod
+    def _fits(cb: CallbackRequest, known: callbacks.Proven) -> bool:
+        """The remembered caller may send this callback as it is (else the full check says why not)."""
+        status = cb.params.get("status") or ""
+        return cb.params.get("service", known.service) == known.service and not (
+            status.startswith("MASTER_INIT") and known.caller.role != "master")
+
+    def _authorize(self, req: falcon.Request, cb: CallbackRequest) -> tuple[dict, callbacks.Caller]:
+        """The environment ({envid, service}) and the caller, or the 404/403 (recorded as a refusal)."""
         r = self.deps.redis
         found = callbacks.lookup(r, cb.envid, cb.vmid)
         if found.service is None:
@@ -157,26 +182,28 @@ class Callback:
         try:
             if cb.params.get("service", found.service) != found.service:
                 raise callbacks.CallbackRefused(404, f"envid: no environment {cb.envid} for that service")
-            caller = callbacks.find_caller(r, env, cb.vmid, cb.params.get("token"), cb.params.get("status"),
-                                           self.deps.settings.legacy_callbacks, req.remote_addr, found.records)
+            return env, callbacks.find_caller(r, env, cb.vmid, cb.params.get("token"), cb.params.get("status"),
+                                              self.deps.settings.legacy_callbacks, req.remote_addr, found.records)
         except callbacks.CallbackRefused as exc:
             recorded = callbacks.record_refused(r, env, cb.params, exc.message, self.deps.clock)
             metrics.callback("refused" if recorded else "throttled")
             if exc.http_status == 404:
                 raise falcon.HTTPNotFound(title="Not found", description=exc.message) from None
             raise falcon.HTTPForbidden(title="Callback refused", description=exc.message) from None
-        resp.content_type = falcon.MEDIA_TEXT
-        resp.text = self._queue(env, cb, caller)
 
-    def _queue(self, env: dict, cb: CallbackRequest, caller: callbacks.Caller) -> str:
+    def _queue(self, env: dict, cb: CallbackRequest, caller: callbacks.Caller, recheck: bool = False) -> str | None:
         """Append the callback to the env's inbox unless the VM is throttled (429) or repeats itself (and queue a
-        drain if none is pending); the answer's text."""
+        drain if none is pending); the answer's text. None (only with `recheck`): the caller's record changed,
+        nothing was done."""
         r, settings = self.deps.redis, self.deps.settings
         rate, burst = settings.callback_rate, settings.callback_burst
         fields = cb.fields
         if not caller.by_token:
             fields.pop("hostkey", None)            # only a token-proven VM may name its host key
-        gate = callbacks.ingest(r, cb.envid, caller, cb.vmid, cb.kind, fields, self.deps.clock(), rate, burst)
+        gate = callbacks.ingest(r, cb.envid, caller, cb.vmid, cb.kind, fields, self.deps.clock(), rate, burst,
+                                recheck=recheck)
+        if gate.verdict == "recheck":
+            return None
         if gate.verdict == "throttled":
             if gate.note:
                 callbacks.record_throttled(r, env, cb.vmid, caller, rate, burst, self.deps.clock)

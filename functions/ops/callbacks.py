@@ -3,7 +3,9 @@
 In the gateway: `lookup` (one round trip: the env's service and the VM records that may be the caller), then
 `find_caller` (token or legacy address check, no I/O when given the records), then `ingest` (one atomic script:
 a token bucket per VM, a repeat of the last report of a kind not queued again, append to the environment's
-inbox, and whether a drain must be queued: functions.ops.cbinbox applies the inbox in batches).
+inbox, and whether a drain must be queued: functions.ops.cbinbox applies the inbox in batches). A token-proven
+caller is remembered by the process (`prove`); its next callback skips `lookup`: one round trip, `ingest` checking
+that its VM record is still there.
 
 `apply` (jobs queued as functions.tasks.apply_callback before the inbox existed, and their retries) records one
 accepted callback under the environment lock and wakes the lifecycle on MASTER_INIT_*; `admit`/`remember` are the
@@ -94,10 +96,22 @@ class Lookup:
     records: list[VmRecord]
 
 
+_ENDPOINTS: dict[str, str] = {}     # envid -> endpoint (fixed at creation; envids are never reused)
+ENDPOINTS_KEPT = 100_000
+
+
 def lookup(r: redis.Redis, envid: str, vmid: int) -> Lookup:
-    """The environment's service and the candidate VM records of a callback from VM `vmid` (one round trip).
+    """The environment's service and the candidate VM records of a callback from VM `vmid` (one round trip: the
+    VM index names the record once this process knows the env's endpoint, else the records are scanned).
     Read-only."""
-    service, texts = scripts.run(r, "callback_lookup", [keys.env(envid), keys.env_vms(envid)], [str(vmid)])
+    endpoint = _ENDPOINTS.get(envid)
+    index = keys.vm_index(endpoint, vmid) if endpoint else keys.vm_index("", "")
+    service, endpoint, texts = scripts.run(r, "callback_lookup", [keys.env(envid), keys.env_vms(envid), index],
+                                           [str(vmid), envid])
+    if service and endpoint:
+        if len(_ENDPOINTS) >= ENDPOINTS_KEPT:
+            _ENDPOINTS.clear()
+        _ENDPOINTS[envid] = endpoint
     recs = [VmRecord.from_json(t) for t in texts or ()]
     hits = [v for v in recs if v.vmid == vmid]
     return Lookup(service or None, hits + [v for v in recs if v.vmid is None])
@@ -186,19 +200,53 @@ def admit(r: redis.Redis, envid: str, caller: Caller, kind: str, fields: dict[st
 
 
 def ingest(r: redis.Redis, envid: str, caller: Caller, vmid: int, kind: str, fields: dict[str, str], now: float,
-           per_minute: int, burst: int) -> Admission:
+           per_minute: int, burst: int, recheck: bool = False) -> Admission:
     """The gate of `admit` and, when the callback is to be queued, in the same atomic script: append it to the
     environment's inbox and remember it as the VM's last report of its kind. Admission.drain: no drain of the
     environment was pending, the caller must queue one (cbinbox.enqueue_drain; if it dies first, the pump does it
-    once the lease runs out). Every call takes a token."""
+    once the lease runs out). Every call takes a token. `recheck` (a caller authorized earlier, see `proven`): first
+    check that the environment and the caller's VM record (slot, nonce, vmid) are still there, else do nothing and
+    answer Admission("recheck")."""
     entry = json.dumps(Entry(vmid, kind, fields, caller.slot, now).to_wire(), sort_keys=True)
-    keys_ = [keys.callback_gate(envid, caller.slot, caller.nonce), keys.callback_inbox(envid), keys.callback_drains()]
+    keys_ = [keys.callback_gate(envid, caller.slot, caller.nonce), keys.callback_inbox(envid), keys.callback_drains(),
+             keys.env_vms(envid), keys.env(envid)]
     args = [repr(now), repr(per_minute / 60.0), str(burst), kind, _values(kind, fields), str(GATE_TTL),
-            repr(THROTTLE_NOTE_EVERY), entry, envid, repr(time.time() + cbinbox.DRAIN_LEASE)]
+            repr(THROTTLE_NOTE_EVERY), entry, envid, repr(time.time() + cbinbox.DRAIN_LEASE),
+            caller.slot if recheck else "", caller.nonce, str(vmid)]
     code, wait_ms, note, drain = scripts.run(r, "callback_ingest", keys_, args)
     if code == 0:
         return Admission("throttled", retry_after=int(wait_ms) / 1000.0, note=bool(note))
-    return Admission("duplicate" if code == 2 else "queue", drain=bool(drain))
+    return Admission({1: "queue", 2: "duplicate", 3: "recheck"}[int(code)], drain=bool(drain))
+
+
+@dataclass(frozen=True)
+class Proven:
+    """A caller this process authorized by its token, and its environment's service."""
+
+    service: str
+    caller: Caller
+
+
+_PROVEN: dict[tuple[str, int, str], Proven] = {}
+PROVEN_KEPT = 100_000
+
+
+def prove(envid: str, vmid: int, token: str, service: str, caller: Caller) -> None:
+    """Remember that `token` proved `caller` (VM `vmid` of `envid`, of `service`) in this process, so its next
+    callback skips `lookup` (ingest with recheck=True still checks the record is there)."""
+    if len(_PROVEN) >= PROVEN_KEPT:
+        _PROVEN.clear()
+    _PROVEN[(envid, vmid, token)] = Proven(service, caller)
+
+
+def proven(envid: str, vmid: int, token: str) -> Proven | None:
+    """The caller `token` proved before for VM `vmid` of `envid` in this process, or None. No I/O."""
+    return _PROVEN.get((envid, vmid, token))
+
+
+def unprove(envid: str, vmid: int, token: str) -> None:
+    """Forget a remembered caller (its record changed). Safe to run twice."""
+    _PROVEN.pop((envid, vmid, token), None)
 
 
 def remember(r: redis.Redis, envid: str, caller: Caller, kind: str, fields: dict[str, str]) -> None:

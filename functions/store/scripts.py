@@ -352,30 +352,72 @@ return 1
 
 # ---------------------------------------------------------------- callbacks applied in batches (ops.cbinbox)
 
-# What the gateway needs to authorize a VM's callback, in one call: the env's service and the VM records that may be
-# the caller (a prefilter on the record's "vmid"; the gateway still checks the record and the token).
+# What the gateway needs to authorize a VM's callback, in one call: the env's service and endpoint, and the VM
+# records that may be the caller: the one the VM index names (when the caller knew the endpoint: one HGET), else
+# every record whose "vmid" matches or is not set yet (a scan; the gateway still checks the record and the token).
 LUA["callback_lookup"] = """
--- KEYS[1] env hash, KEYS[2] the env's VM records (hash slot -> JSON); ARGV[1] the callback's vmid (digits).
--- Returns {service or false, {JSON of the records whose vmid is ARGV[1], then of those with no vmid yet}}.
-local svc = redis.call('HGET', KEYS[1], 'service')
-if not svc then return {false, {}} end
+-- KEYS[1] env hash, KEYS[2] the env's VM records (hash slot -> JSON), KEYS[3] the VM index entry of (the env's
+-- endpoint, ARGV[1]) when the caller knows the endpoint, else any absent key; ARGV[1] the callback's vmid (digits),
+-- ARGV[2] envid. Returns {service or false, endpoint, {JSON of the records whose vmid is ARGV[1], then of those
+-- with no vmid yet}}. Plain substring searches, for both JSON layouts (a pattern scan costs ~2 us a record).
+local env = redis.call('HMGET', KEYS[1], 'service', 'endpoint')
+if not env[1] then return {false, '', {}} end
+local function has(text, value)
+  for _, sep in ipairs({'": ', '":'}) do
+    local needle = '"vmid' .. sep .. value
+    local i = string.find(text, needle, 1, true)
+    if i then
+      local c = string.sub(text, i + #needle, i + #needle)
+      if c == ',' or c == '}' or c == ' ' then return true end
+    end
+  end
+  return false
+end
+local idx = redis.call('GET', KEYS[3])
+if idx then
+  local sp = string.find(idx, ' ', 1, true)
+  if sp and string.sub(idx, 1, sp - 1) == ARGV[2] then
+    local text = redis.call('HGET', KEYS[2], string.sub(idx, sp + 1))
+    if text and has(text, ARGV[1]) then return {env[1], env[2] or '', {text}} end
+  end
+end
 local hit, free = {}, {}
 for _, text in ipairs(redis.call('HVALS', KEYS[2])) do
-  local v = string.match(text, '"vmid":%s*(%w+)')
-  if v == ARGV[1] then hit[#hit + 1] = text elseif v == 'null' then free[#free + 1] = text end
+  if has(text, ARGV[1]) then hit[#hit + 1] = text elseif has(text, 'null') then free[#free + 1] = text end
 end
 for _, text in ipairs(free) do hit[#hit + 1] = text end
-return {svc, hit}
+return {env[1], env[2] or '', hit}
 """
 
 # A VM's callback at the gateway, in one call: the token bucket and the repeat check of callback_gate, then (queued)
-# append it to the env's inbox, remember it as the last of its kind, and lease a drain unless one is pending.
+# append it to the env's inbox, remember it as the last of its kind, and lease a drain unless one is pending. A
+# gateway that authorized this VM before (and skipped callback_lookup) has the script check first that the VM record
+# it authorized is still there.
 LUA["callback_ingest"] = """
--- KEYS[1] the VM's callback gate, KEYS[2] the env's callback inbox, KEYS[3] the drains schedule; ARGV[1..7] as in
--- callback_gate (now, tokens a second, burst, kind, canonical values, TTL, seconds between notes), ARGV[8] the
--- inbox entry (JSON), ARGV[9] envid, ARGV[10] until when a new drain is leased (epoch).
+-- KEYS[1] the VM's callback gate, KEYS[2] the env's callback inbox, KEYS[3] the drains schedule, KEYS[4] the env's
+-- VM records, KEYS[5] env hash; ARGV[1..7] as in callback_gate (now, tokens a second, burst, kind, canonical values,
+-- TTL, seconds between notes), ARGV[8] the inbox entry (JSON), ARGV[9] envid, ARGV[10] until when a new drain is
+-- leased (epoch), ARGV[11] slot to check ('' = none), ARGV[12] its nonce, ARGV[13] the callback's vmid.
 -- Returns {code, ms, note, drain}: code/ms/note as callback_gate (1: appended and remembered); drain = 1 when no
--- drain of the env was pending (now one is, leased until ARGV[10]: the caller queues it).
+-- drain of the env was pending (now one is, leased until ARGV[10]: the caller queues it); code 3: the env or the
+-- record of ARGV[11] with nonce ARGV[12] and vmid ARGV[13] (or none yet) is gone (nothing done: authorize again).
+if ARGV[11] ~= '' then
+  local text = redis.call('EXISTS', KEYS[5]) == 1 and redis.call('HGET', KEYS[4], ARGV[11])
+  local function has(field, value)
+    for _, sep in ipairs({'": ', '":'}) do
+      local needle = '"' .. field .. sep .. value
+      local i = string.find(text, needle, 1, true)
+      if i then
+        local c = string.sub(text, i + #needle, i + #needle)
+        if c == ',' or c == '}' or c == ' ' then return true end
+      end
+    end
+    return false
+  end
+  if not text or not has('nonce', '"' .. ARGV[12] .. '"') or not (has('vmid', ARGV[13]) or has('vmid', 'null')) then
+    return {3, 0, 0, 0}
+  end
+end
 local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local function num(x) return string.format('%.17g', x) end
 local g = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'noted', 'last:' .. ARGV[4])
