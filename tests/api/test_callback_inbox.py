@@ -256,3 +256,32 @@ def test_a_malformed_inbox_entry_is_dropped_not_applied(world, text):
     _status(world, 8, "GOOD")
     assert cbinbox.drain(world.r, _queue(world.r), world.envid, world.clock) == "drained 2"
     assert _callback_events(world.r, world.envid) == ["VM 8 (s0) status=GOOD"]
+
+
+def test_a_remembered_caller_takes_one_round_trip_and_is_refused_once_its_vm_is_replaced(world):
+    """The gateway remembers a token-proven caller; its next callback is one script call (ingest re-checks the
+    record). A VM record replaced meanwhile (same slot, new incarnation) or a deleted environment is caught by that
+    check: the full authorization answers as it would have (403 / 404)."""
+    e, token = world.envid, world.tok[8]
+    _status(world, 8, "R1")
+    assert callbacks.proven(e, 8, token) is not None
+    calls = world.r.info("commandstats")["cmdstat_evalsha"]["calls"]
+    _status(world, 8, "R2")
+    assert world.r.info("commandstats")["cmdstat_evalsha"]["calls"] == calls + 1          # ingest only
+    rec = envstore.get_vms(world.r, e)["s0"]
+    envstore.put_vm(world.r, e, VmRecord(slot="s0", role="slave", index=0, endpoint="onesim", vmid=8))  # new nonce
+    res = world.client.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=8&envid={e}&status=R3&token={token}")
+    assert res.status_code == 403 and callbacks.proven(e, 8, token) is None
+    assert [a[3]["status"] for _, a in _queued(world.r)] == ["R1", "R2"]
+    envstore.put_vm(world.r, e, rec)                                                   # the old incarnation back
+    _status(world, 8, "R4")
+    envstore.delete_env(world.r, e)
+    res = world.client.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=8&envid={e}&status=R5&token={token}")
+    assert res.status_code == 404
+
+
+def test_a_remembered_slave_still_may_not_report_master_init(world):
+    _status(world, 8, "S1")
+    res = world.client.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=8&envid={world.envid}&status=MASTER_INIT_DONE"
+                                    f"&token={world.tok[8]}")
+    assert res.status_code == 403 and res.json["description"].startswith("status: only the master")
