@@ -9,9 +9,9 @@ settings.callback_rate a minute, callback_burst at once; beyond it 429 JSON with
 appends the callback to the environment's inbox (queueing a drain job, functions.tasks.drain_callbacks, only when
 none is pending: functions.ops.cbinbox) and answers "OK". A report with the same values as the VM's last queued
 report of its kind is answered "OK (duplicate: not queued again)" and not queued: the in-VM wget scripts only need
-a 2xx. Two Redis round trips per accepted callback (callbacks.lookup, callbacks.ingest), one for a VM this gateway
-process authorized before (callbacks.proven: ingest re-checks its record), plus the enqueue of a drain when none was
-pending.
+a 2xx. Redis round trips per accepted callback: one (callbacks.ingest) for a VM whose record this gateway process
+read before (functions.ops.cbroster; ingest re-checks that record), else two (cbroster.lookup first), plus the
+enqueue of a drain when none was pending.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import falcon
 
 from config import logs, metrics
 from functions.model import hostkeys
-from functions.ops import callbacks, cbinbox
+from functions.ops import callbacks, cbinbox, cbroster
 from handlers.deps import Deps
 
 SCRIPTS = {"updatevmstatus.sh": "net", "updateappstatus.sh": "status"}
@@ -150,30 +150,28 @@ class Callback:
             raise
         resp.content_type = falcon.MEDIA_TEXT
         token = cb.params.get("token")
-        known = callbacks.proven(cb.envid, cb.vmid, token) if token else None
-        if known is not None and self._fits(cb, known):          # proven before: one round trip
-            logs.bind(envid=cb.envid, service=known.service)
-            answer = self._queue({"envid": cb.envid, "service": known.service}, cb, known.caller, recheck=True)
+        known = callbacks.known_caller(self.deps.redis, cb.envid, cb.vmid, token) if token else None
+        if known is not None and self._fits(cb, *known):           # a VM this process knows: one round trip
+            logs.bind(envid=cb.envid, service=known[0])
+            answer = self._queue({"envid": cb.envid, "service": known[0]}, cb, known[1], recheck=True)
             if answer is not None:
                 resp.text = answer
                 return
-            callbacks.unprove(cb.envid, cb.vmid, token or "")
+            cbroster.forget(cb.envid, cb.vmid)
         env, caller = self._authorize(req, cb)
-        if caller.by_token and token:
-            callbacks.prove(cb.envid, cb.vmid, token, env["service"], caller)
         resp.text = self._queue(env, cb, caller) or ""
 
     @staticmethod
-    def _fits(cb: CallbackRequest, known: callbacks.Proven) -> bool:
+    def _fits(cb: CallbackRequest, service: str, caller: callbacks.Caller) -> bool:
         """The remembered caller may send this callback as it is (else the full check says why not)."""
         status = cb.params.get("status") or ""
-        return cb.params.get("service", known.service) == known.service and not (
-            status.startswith("MASTER_INIT") and known.caller.role != "master")
+        return cb.params.get("service", service) == service and not (
+            status.startswith("MASTER_INIT") and caller.role != "master")
 
     def _authorize(self, req: falcon.Request, cb: CallbackRequest) -> tuple[dict, callbacks.Caller]:
         """The environment ({envid, service}) and the caller, or the 404/403 (recorded as a refusal)."""
         r = self.deps.redis
-        found = callbacks.lookup(r, cb.envid, cb.vmid)
+        found = cbroster.lookup(r, cb.envid, cb.vmid)
         if found.service is None:
             metrics.callback("invalid")
             raise falcon.HTTPNotFound(title="Not found", description=f"envid: no environment {cb.envid}")

@@ -3,9 +3,9 @@
 In the gateway: `lookup` (one round trip: the env's service and the VM records that may be the caller), then
 `find_caller` (token or legacy address check, no I/O when given the records), then `ingest` (one atomic script:
 a token bucket per VM, a repeat of the last report of a kind not queued again, append to the environment's
-inbox, and whether a drain must be queued: functions.ops.cbinbox applies the inbox in batches). A token-proven
-caller is remembered by the process (`prove`); its next callback skips `lookup`: one round trip, `ingest` checking
-that its VM record is still there.
+inbox, and whether a drain must be queued: functions.ops.cbinbox applies the inbox in batches). The gateway
+process remembers each environment's VMs (functions.ops.cbroster): a callback whose token matches a remembered VM
+(`known_caller`) skips `lookup`: one round trip, `ingest` checking that its VM record is still there.
 
 `apply` (jobs queued as functions.tasks.apply_callback before the inbox existed, and their retries) records one
 accepted callback under the environment lock and wakes the lifecycle on MASTER_INIT_*; `admit`/`remember` are the
@@ -30,7 +30,8 @@ from functions.engine.kick import kick
 from functions.model import tokens
 from functions.model.cbfold import Entry, find_record, fold_one
 from functions.model.clock import Clock
-from functions.ops import cbinbox
+from functions.ops import cbinbox, cbroster
+from functions.ops.cbroster import lookup
 from functions.store import envstore, keys, runtime, scripts
 from functions.store.envstore import VmRecord
 
@@ -85,36 +86,6 @@ def _secret(r: redis.Redis, fresh: bool = False) -> bytes:
     if fresh or r not in _SECRETS:
         _SECRETS[r] = envstore.callback_secret(r)
     return _SECRETS[r]
-
-
-@dataclass
-class Lookup:
-    """What `lookup` read: the environment's service (None: no such environment) and the VM records that may be
-    the caller: those with its vmid first, then those without a vmid yet."""
-
-    service: str | None
-    records: list[VmRecord]
-
-
-_ENDPOINTS: dict[str, str] = {}     # envid -> endpoint (fixed at creation; envids are never reused)
-ENDPOINTS_KEPT = 100_000
-
-
-def lookup(r: redis.Redis, envid: str, vmid: int) -> Lookup:
-    """The environment's service and the candidate VM records of a callback from VM `vmid` (one round trip: the
-    VM index names the record once this process knows the env's endpoint, else the records are scanned).
-    Read-only."""
-    endpoint = _ENDPOINTS.get(envid)
-    index = keys.vm_index(endpoint, vmid) if endpoint else keys.vm_index("", "")
-    service, endpoint, texts = scripts.run(r, "callback_lookup", [keys.env(envid), keys.env_vms(envid), index],
-                                           [str(vmid), envid])
-    if service and endpoint:
-        if len(_ENDPOINTS) >= ENDPOINTS_KEPT:
-            _ENDPOINTS.clear()
-        _ENDPOINTS[envid] = endpoint
-    recs = [VmRecord.from_json(t) for t in texts or ()]
-    hits = [v for v in recs if v.vmid == vmid]
-    return Lookup(service or None, hits + [v for v in recs if v.vmid is None])
 
 
 def _token_slot(r: redis.Redis, envid: str, vmid: int, token: str, records: list[VmRecord]) -> VmRecord:
@@ -204,7 +175,7 @@ def ingest(r: redis.Redis, envid: str, caller: Caller, vmid: int, kind: str, fie
     """The gate of `admit` and, when the callback is to be queued, in the same atomic script: append it to the
     environment's inbox and remember it as the VM's last report of its kind. Admission.drain: no drain of the
     environment was pending, the caller must queue one (cbinbox.enqueue_drain; if it dies first, the pump does it
-    once the lease runs out). Every call takes a token. `recheck` (a caller authorized earlier, see `proven`): first
+    once the lease runs out). Every call takes a token. `recheck` (a caller from `known_caller`): first
     check that the environment and the caller's VM record (slot, nonce, vmid) are still there, else do nothing and
     answer Admission("recheck")."""
     entry = json.dumps(Entry(vmid, kind, fields, caller.slot, now).to_wire(), sort_keys=True)
@@ -219,34 +190,16 @@ def ingest(r: redis.Redis, envid: str, caller: Caller, vmid: int, kind: str, fie
     return Admission({1: "queue", 2: "duplicate", 3: "recheck"}[int(code)], drain=bool(drain))
 
 
-@dataclass(frozen=True)
-class Proven:
-    """A caller this process authorized by its token, and its environment's service."""
-
-    service: str
-    caller: Caller
-
-
-_PROVEN: dict[tuple[str, int, str], Proven] = {}
-PROVEN_KEPT = 100_000
-
-
-def prove(envid: str, vmid: int, token: str, service: str, caller: Caller) -> None:
-    """Remember that `token` proved `caller` (VM `vmid` of `envid`, of `service`) in this process, so its next
-    callback skips `lookup` (ingest with recheck=True still checks the record is there)."""
-    if len(_PROVEN) >= PROVEN_KEPT:
-        _PROVEN.clear()
-    _PROVEN[(envid, vmid, token)] = Proven(service, caller)
-
-
-def proven(envid: str, vmid: int, token: str) -> Proven | None:
-    """The caller `token` proved before for VM `vmid` of `envid` in this process, or None. No I/O."""
-    return _PROVEN.get((envid, vmid, token))
-
-
-def unprove(envid: str, vmid: int, token: str) -> None:
-    """Forget a remembered caller (its record changed). Safe to run twice."""
-    _PROVEN.pop((envid, vmid, token), None)
+def known_caller(r: redis.Redis, envid: str, vmid: int, token: str) -> tuple[str, Caller] | None:
+    """(service, caller) when `token` matches the VM this process remembers as `vmid` of `envid` (cbroster; no I/O
+    but the HMAC), else None. Ingest it with recheck=True: the record may have changed since."""
+    got = cbroster.known(envid, vmid)
+    if got is None:
+        return None
+    service, m = got
+    if not tokens.token_matches(_secret(r), envid, m.slot, m.nonce, token):
+        return None
+    return service, Caller(slot=m.slot, role=m.role, nonce=m.nonce, by_token=True)
 
 
 def remember(r: redis.Redis, envid: str, caller: Caller, kind: str, fields: dict[str, str]) -> None:

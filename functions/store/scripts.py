@@ -353,15 +353,18 @@ return 1
 # ---------------------------------------------------------------- callbacks applied in batches (ops.cbinbox)
 
 # What the gateway needs to authorize a VM's callback, in one call: the env's service and endpoint, and the VM
-# records that may be the caller: the one the VM index names (when the caller knew the endpoint: one HGET), else
-# every record whose "vmid" matches or is not set yet (a scan; the gateway still checks the record and the token).
+# records that may be the caller: every record (ARGV[3] = '1': the gateway learns the env's roster), or the one
+# the VM index names (when the caller knew the endpoint: one HGET), else every record whose "vmid" matches or is not
+# set yet (a scan). The gateway still checks the record and the token.
 LUA["callback_lookup"] = """
--- KEYS[1] env hash, KEYS[2] the env's VM records (hash slot -> JSON), KEYS[3] the VM index entry of (the env's
--- endpoint, ARGV[1]) when the caller knows the endpoint, else any absent key; ARGV[1] the callback's vmid (digits),
--- ARGV[2] envid. Returns {service or false, endpoint, {JSON of the records whose vmid is ARGV[1], then of those
--- with no vmid yet}}. Plain substring searches, for both JSON layouts (a pattern scan costs ~2 us a record).
+-- KEYS[1] env hash, KEYS[2] env's VM records, KEYS[3] VM index entry; ARGV[1] vmid, ARGV[2] envid, ARGV[3] all.
+-- KEYS[2]: hash slot -> JSON; KEYS[3]: the VM index entry of (the env's endpoint, ARGV[1]) when the caller knows the
+-- endpoint, else any absent key; ARGV[1]: the callback's vmid (digits); ARGV[3]: '1' = return every record.
+-- Returns {service or false, endpoint, {JSON of the records whose vmid is ARGV[1], then of those with no vmid yet}}
+-- (or of every record). Plain substring searches, for both JSON layouts (a pattern scan costs ~2 us a record).
 local env = redis.call('HMGET', KEYS[1], 'service', 'endpoint')
 if not env[1] then return {false, '', {}} end
+if ARGV[3] == '1' then return {env[1], env[2] or '', redis.call('HVALS', KEYS[2])} end
 local function has(text, value)
   for _, sep in ipairs({'": ', '":'}) do
     local needle = '"vmid' .. sep .. value
@@ -394,8 +397,9 @@ return {env[1], env[2] or '', hit}
 # gateway that authorized this VM before (and skipped callback_lookup) has the script check first that the VM record
 # it authorized is still there.
 LUA["callback_ingest"] = """
--- KEYS[1] the VM's callback gate, KEYS[2] the env's callback inbox, KEYS[3] the drains schedule, KEYS[4] the env's
--- VM records, KEYS[5] env hash; ARGV[1..7] as in callback_gate (now, tokens a second, burst, kind, canonical values,
+-- KEYS[1] the VM's callback gate, KEYS[2..5] below; ARGV[1..13] below.
+-- KEYS[2] the env's callback inbox, KEYS[3] the drains schedule, KEYS[4] the env's VM records, KEYS[5] env hash;
+-- ARGV[1..7] as in callback_gate (now, tokens a second, burst, kind, canonical values,
 -- TTL, seconds between notes), ARGV[8] the inbox entry (JSON), ARGV[9] envid, ARGV[10] until when a new drain is
 -- leased (epoch), ARGV[11] slot to check ('' = none), ARGV[12] its nonce, ARGV[13] the callback's vmid.
 -- Returns {code, ms, note, drain}: code/ms/note as callback_gate (1: appended and remembered); drain = 1 when no
@@ -456,10 +460,10 @@ return {1, 0, 0, drain}
 # Commit a drained batch: the changed VM records, the env status, the events, and take the batch off the inbox's
 # head, all or nothing, only while the drain still holds the env lock.
 LUA["callback_commit"] = """
--- KEYS[1] env lock, KEYS[2] the env's VM records, KEYS[3] env hash, KEYS[4] inbox, KEYS[5] env events, KEYS[6]
--- service events; ARGV[1] fence (the lock's owner token), ARGV[2] how many entries the batch took from the inbox's
--- head, ARGV[3] the env's new status ('' = unchanged), ARGV[4] the streams' MAXLEN (approximate), ARGV[5] record
--- count c, then c slot/JSON pairs, then each event as a JSON array of field, value, field, value...
+-- KEYS[1] env lock, KEYS[2] the env's VM records, KEYS[3] env hash, KEYS[4] inbox; ARGV[1..5] and the rest below.
+-- KEYS[5] env events, KEYS[6] service events; ARGV[1] fence (the lock's owner token), ARGV[2] how many entries
+-- the batch took from the inbox's head, ARGV[3] the env's new status ('' = unchanged), ARGV[4] the streams' MAXLEN
+-- (approximate), ARGV[5] record count c, then c slot/JSON pairs, then each event as a JSON array of field, value...
 -- Returns 1 written; 0 the fence lost the lock (nothing written); 2 the env is gone (the inbox is dropped).
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[3]) == 0 then redis.call('DEL', KEYS[4]) return 2 end

@@ -259,19 +259,19 @@ def test_a_malformed_inbox_entry_is_dropped_not_applied(world, text):
 
 
 def test_a_remembered_caller_takes_one_round_trip_and_is_refused_once_its_vm_is_replaced(world):
-    """The gateway remembers a token-proven caller; its next callback is one script call (ingest re-checks the
-    record). A VM record replaced meanwhile (same slot, new incarnation) or a deleted environment is caught by that
+    """The gateway remembers the env's VMs; a callback whose token matches one is one script call (ingest re-checks
+    the record). A VM record replaced meanwhile (same slot, new incarnation) or a deleted environment is caught by that
     check: the full authorization answers as it would have (403 / 404)."""
     e, token = world.envid, world.tok[8]
     _status(world, 8, "R1")
-    assert callbacks.proven(e, 8, token) is not None
+    assert callbacks.known_caller(world.r, e, 8, token) is not None
     calls = world.r.info("commandstats")["cmdstat_evalsha"]["calls"]
     _status(world, 8, "R2")
     assert world.r.info("commandstats")["cmdstat_evalsha"]["calls"] == calls + 1          # ingest only
     rec = envstore.get_vms(world.r, e)["s0"]
     envstore.put_vm(world.r, e, VmRecord(slot="s0", role="slave", index=0, endpoint="onesim", vmid=8))  # new nonce
     res = world.client.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=8&envid={e}&status=R3&token={token}")
-    assert res.status_code == 403 and callbacks.proven(e, 8, token) is None
+    assert res.status_code == 403 and callbacks.known_caller(world.r, e, 8, token) is None
     assert [a[3]["status"] for _, a in _queued(world.r)] == ["R1", "R2"]
     envstore.put_vm(world.r, e, rec)                                                   # the old incarnation back
     _status(world, 8, "R4")
