@@ -198,7 +198,7 @@ def ingestion(stack: BenchStack, bare_port: int, paths: list[list[str]], rounds:
     r, size = stack.r, f"{len(paths)} VMs, {2 * len(paths)} callbacks"
     base_rates, rates, lats, base_lats, lags = [], [], [], [], []
     jobs0 = _jobs_done(stack)
-    cpu = {"bare": 0.0, "gateway": 0.0, "redis": 0.0}
+    cpu = {"bare": 0.0, "gateway": 0.0, "redis": 0.0, "worker": 0.0}
     for _ in range(rounds):
         _reset(r)
         before = _cpu(stack)
@@ -207,10 +207,12 @@ def ingestion(stack: BenchStack, bare_port: int, paths: list[list[str]], rounds:
         rate, lat, bad = fire(stack.port, paths)
         after = _cpu(stack)
         answered = time.perf_counter()
+        done = _wait_applied(r, 600)
+        drained = _cpu(stack)
         cpu["bare"] += middle["bare"] - before["bare"]
         cpu["gateway"] += after["gateway"] - middle["gateway"]
-        cpu["redis"] += after["redis"] - middle["redis"]
-        done = _wait_applied(r, 600)
+        cpu["redis"] += drained["redis"] - middle["redis"]
+        cpu["worker"] += drained["worker"] - middle["worker"]
         if bad or base_bad or done is None:
             raise RuntimeError(f"{bad} callback(s) and {base_bad} bare request(s) not answered 200, or not applied")
         base_rates.append(base_rate)
@@ -227,7 +229,8 @@ def ingestion(stack: BenchStack, bare_port: int, paths: list[list[str]], rounds:
             f"gunicorn CPU {per['bare']:.0f} us/req; {PROCS}x{THREADS} keep-alive clients", size),
         Row("callback ingestion throughput", best, "cb/s", f">= {base / 2:.0f}",
             f"{best / base:.2f} x baseline (target >= 0.5); best of {rounds}: {', '.join(f'{x:.0f}' for x in rates)}; "
-            f"gunicorn CPU {per['gateway']:.0f} us/cb, redis-server {per['redis']:.0f} us/cb; worker draining "
+            f"CPU us/cb: gunicorn {per['gateway']:.0f}, redis-server {per['redis']:.0f}, worker {per['worker']:.0f}; "
+            "worker draining "
             f"meanwhile: {jobs:.0f} drain jobs a round, all applied {max(lags):.2f} s after the last answer", size,
             base),
         Row("callback ingestion p99", percentile(lats, 99), "ms", "<= 25",
@@ -248,7 +251,9 @@ def _cpu(stack: BenchStack) -> dict[str, float]:
     def tree(pid: int) -> float:
         return _cpu_s(pid) + sum(_cpu_s(c) for c in children(pid))
     redis_proc = stack.redis.proc
-    return {"bare": tree(stack.procs["bare"].pid), "gateway": tree(stack.procs["gateway"].pid),
+    bare = stack.procs.get("bare")
+    return {"bare": tree(bare.pid) if bare is not None else 0.0, "gateway": tree(stack.procs["gateway"].pid),
+            "worker": sum(_cpu_s(w.pid) for w in stack.workers),
             "redis": _cpu_s(redis_proc.pid) if redis_proc is not None else 0.0}
 
 

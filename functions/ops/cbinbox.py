@@ -58,17 +58,28 @@ def pump_drains(queue: Queue, now: float | None = None, batch: int = 200) -> int
 
 
 def _read(r: redis.Redis, envid: str, now: float) -> tuple[str | None, dict[str, envstore.VmRecord], list[str]]:
-    """One round trip: the env's service (None: gone), its VM records, the inbox's first BATCH entries; and the
-    pending drain's lease pushed on (this drain runs)."""
-    with r.pipeline(transaction=False) as p:
-        p.hget(keys.env(envid), "service")
-        p.hgetall(keys.env_vms(envid))
-        p.lrange(keys.callback_inbox(envid), 0, BATCH - 1)
-        p.zadd(keys.callback_drains(), {envid: now + DRAIN_LEASE}, xx=True, gt=True)
-        service, raw, entries, _ = p.execute()
-    recs = [envstore.VmRecord.from_json(v) for v in raw.values()]
+    """One round trip (script callback_take): the env's service (None: gone), the inbox's first BATCH entries and
+    the VM records they name; and the pending drain's lease pushed on (this drain runs)."""
+    service, texts, raw = scripts.run(
+        r, "callback_take", [keys.callback_inbox(envid), keys.env_vms(envid), keys.env(envid), keys.callback_drains()],
+        [str(BATCH), envid, repr(now + DRAIN_LEASE)])
+    recs = [envstore.VmRecord.from_json(v) for v in raw]
     recs.sort(key=lambda v: (v.role != "master", v.index))
-    return service, {v.slot: v for v in recs}, entries
+    return service or None, {v.slot: v for v in recs}, list(texts)
+
+
+def _complete(r: redis.Redis, envid: str, vms: dict[str, envstore.VmRecord],
+              entries: list[Entry]) -> dict[str, envstore.VmRecord]:
+    """`vms` as read for `entries`, or every record of the env when one entry's slot holds another VM now or is gone
+    (the callback is then matched by its vmid, as callbacks.apply does). An entry without a slot (legacy mode) made
+    callback_take return every record already."""
+    for e in entries:
+        if not e.slot:
+            continue
+        rec = vms.get(e.slot)
+        if rec is None or rec.vmid not in (None, e.vmid):
+            return envstore.get_vms(r, envid)
+    return vms
 
 
 def _entries(texts: list[str]) -> list[Entry]:
@@ -135,7 +146,8 @@ def _drain_locked(r: redis.Redis, queue: Queue, envid: str, fence: str, clock: C
             if scripts.run(r, "callback_drain_done", [keys.callback_inbox(envid), keys.callback_drains()], [envid]):
                 return f"drained {done}", wake
             continue
-        folded = fold_batch(vms, _entries(texts))
+        entries = _entries(texts)
+        folded = fold_batch(_complete(r, envid, vms, entries), entries)
         answer = _commit(r, envid, service, fence, len(texts), folded, clock)
         if answer == 0:
             raise envstore.LockLost(f"env {envid}: lock lost, {len(texts)} callback(s) left in the inbox")

@@ -457,6 +457,32 @@ end
 return {1, 0, 0, drain}
 """
 
+# Take a drain's next batch: the inbox's first entries and only the VM records they name (by the slot each token
+# proved), not every record of the environment; and push the pending drain's lease on (this drain runs).
+LUA["callback_take"] = """
+-- KEYS[1] the env's callback inbox, KEYS[2] the env's VM records, KEYS[3] env hash, KEYS[4] drains; ARGV[1..3] below.
+-- ARGV[1] batch size, ARGV[2] envid, ARGV[3] lease end (epoch: the env's drain entry is pushed on to it if sooner).
+-- Returns {service or false, {the first ARGV[1] entries}, {JSON of the records they name by slot, or of every
+-- record when an entry names no slot}}.
+local svc = redis.call('HGET', KEYS[3], 'service')
+local entries = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local cur = redis.call('ZSCORE', KEYS[4], ARGV[2])
+if cur and tonumber(cur) < tonumber(ARGV[3]) then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2]) end
+if not svc then return {false, entries, {}} end
+local seen, slots = {}, {}
+for _, e in ipairs(entries) do
+  local ok, d = pcall(cjson.decode, e)
+  local s = ok and type(d) == 'table' and d['s']
+  if type(s) ~= 'string' or s == '' then return {svc, entries, redis.call('HVALS', KEYS[2])} end
+  if not seen[s] then seen[s] = true slots[#slots + 1] = s end
+end
+local out = {}
+if #slots > 0 then
+  for _, rec in ipairs(redis.call('HMGET', KEYS[2], unpack(slots))) do if rec then out[#out + 1] = rec end end
+end
+return {svc, entries, out}
+"""
+
 # Commit a drained batch: the changed VM records, the env status, the events, and take the batch off the inbox's
 # head, all or nothing, only while the drain still holds the env lock.
 LUA["callback_commit"] = """
