@@ -92,11 +92,17 @@ def _entries(texts: list[str]) -> list[Entry]:
     return out
 
 
+def record_json(rec: envstore.VmRecord) -> str:
+    """rec.to_json() without dataclasses.asdict's deep copy (~20x faster; every field of a VmRecord is a plain
+    value, so the text is the same, which tests/api/test_callback_inbox.py checks)."""
+    return json.dumps(vars(rec), sort_keys=True)
+
+
 def _commit(r: redis.Redis, envid: str, service: str, fence: str, taken: int, folded: Folded, clock: Clock) -> int:
     """Write a folded batch and take its `taken` entries off the inbox (script callback_commit); its answer."""
     ts, args = str(clock()), []
     for slot, rec in folded.changed.items():
-        args += [slot, rec.to_json()]
+        args += [slot, record_json(rec)]
     for kind, msg, extra in folded.events:
         event = {"ts": ts, "envid": envid, "type": kind, "msg": msg, **extra}
         args.append(json.dumps([x for kv in event.items() for x in kv]))

@@ -285,3 +285,12 @@ def test_a_remembered_slave_still_may_not_report_master_init(world):
     res = world.client.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=8&envid={world.envid}&status=MASTER_INIT_DONE"
                                     f"&token={world.tok[8]}")
     assert res.status_code == 403 and res.json["description"].startswith("status: only the master")
+
+
+@settings(max_examples=50, deadline=None)
+@given(ip=st.text(max_size=20), vmid=st.one_of(st.none(), st.integers(0, 10**9)), cpu=st.floats(allow_nan=False),
+       index=st.integers(0, 1000), status=st.text(max_size=30))
+def test_the_drains_record_json_is_the_records_own(ip, vmid, cpu, index, status):
+    rec = VmRecord(slot=f"s{index}", role="slave", index=index, endpoint="onesim", vmid=vmid, ip=ip, cpu=cpu,
+                   status=status, init="done")
+    assert cbinbox.record_json(rec) == rec.to_json()
