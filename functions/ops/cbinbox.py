@@ -4,9 +4,10 @@ The gateway appends each accepted callback to keys.callback_inbox(env) in the sa
 and dedupes it (callbacks.ingest, script `callback_ingest`), and queues a drain job (functions.tasks.
 drain_callbacks) only when none is pending for that environment: the pending drain is an entry of
 keys.callback_drains, a lease that runs out after DRAIN_LEASE seconds. `drain` takes the env lock, applies what
-waits (oldest first, BATCH at a time: records, env status, events and the removal from the inbox in one fenced
-script, `callback_commit`), and forgets the pending drain only once the inbox is seen empty in the same atomic
-step (`callback_drain_done`): a callback arriving meanwhile is applied by this drain or queues the next one.
+waits (oldest first, BATCH at a time; one fenced script per batch, `callback_step`, writes the batch before, its
+records, env status, events and its removal from the inbox, and takes the next), and forgets the pending drain
+only once the inbox is seen empty in that same atomic step: a callback arriving meanwhile is applied by this drain
+or queues the next one.
 
 Nothing is lost: entries leave the inbox only with their effect written; a drain killed midway (or a gateway
 killed between ingest and enqueue) leaves its lease in keys.callback_drains, and every worker's pump queues the
@@ -57,22 +58,11 @@ def pump_drains(queue: Queue, now: float | None = None, batch: int = 200) -> int
     return len(taken)
 
 
-def _read(r: redis.Redis, envid: str, now: float) -> tuple[str | None, dict[str, envstore.VmRecord], list[str]]:
-    """One round trip (script callback_take): the env's service (None: gone), the inbox's first BATCH entries and
-    the VM records they name; and the pending drain's lease pushed on (this drain runs)."""
-    service, texts, raw = scripts.run(
-        r, "callback_take", [keys.callback_inbox(envid), keys.env_vms(envid), keys.env(envid), keys.callback_drains()],
-        [str(BATCH), envid, repr(now + DRAIN_LEASE)])
-    recs = [envstore.VmRecord.from_json(v) for v in raw]
-    recs.sort(key=lambda v: (v.role != "master", v.index))
-    return service or None, {v.slot: v for v in recs}, list(texts)
-
-
 def _complete(r: redis.Redis, envid: str, vms: dict[str, envstore.VmRecord],
               entries: list[Entry]) -> dict[str, envstore.VmRecord]:
     """`vms` as read for `entries`, or every record of the env when one entry's slot holds another VM now or is gone
     (the callback is then matched by its vmid, as callbacks.apply does). An entry without a slot (legacy mode) made
-    callback_take return every record already."""
+    callback_step return every record already."""
     for e in entries:
         if not e.slot:
             continue
@@ -98,18 +88,24 @@ def record_json(rec: envstore.VmRecord) -> str:
     return json.dumps(vars(rec), sort_keys=True)
 
 
-def _commit(r: redis.Redis, envid: str, service: str, fence: str, taken: int, folded: Folded, clock: Clock) -> int:
-    """Write a folded batch and take its `taken` entries off the inbox (script callback_commit); its answer."""
-    ts, args = str(clock()), []
-    for slot, rec in folded.changed.items():
+def _step(r: redis.Redis, envid: str, fence: str, service: str, taken: int, folded: Folded | None,
+          clock: Clock) -> list[Any]:
+    """Write a folded batch and take its `taken` entries off the inbox, then take the next batch (script
+    callback_step, one round trip); the script's answer."""
+    args: list[str] = []
+    changed = folded.changed if folded is not None else {}
+    for slot, rec in changed.items():
         args += [slot, record_json(rec)]
-    for kind, msg, extra in folded.events:
-        event = {"ts": ts, "envid": envid, "type": kind, "msg": msg, **extra}
-        args.append(json.dumps([x for kv in event.items() for x in kv]))
+    if folded is not None:
+        ts = str(clock())
+        for kind, msg, extra in folded.events:
+            event = {"ts": ts, "envid": envid, "type": kind, "msg": msg, **extra}
+            args.append(json.dumps([x for kv in event.items() for x in kv]))
     keys_ = [keys.env_lock(envid), keys.env_vms(envid), keys.env(envid), keys.callback_inbox(envid),
-             keys.env_events(envid), keys.service_events(service)]
-    head = [fence, str(taken), folded.status or "", str(envstore.EVENT_MAXLEN), str(len(folded.changed))]
-    return int(scripts.run(r, "callback_commit", keys_, head + args))
+             keys.env_events(envid), keys.service_events(service), keys.callback_drains()]
+    head = [fence, str(taken), (folded.status if folded is not None else None) or "", str(envstore.EVENT_MAXLEN),
+            envid, str(BATCH), repr(time.time() + DRAIN_LEASE), str(len(changed))]
+    return list(scripts.run(r, "callback_step", keys_, head + args))
 
 
 def _retry_later(r: redis.Redis, envid: str, now: float) -> None:
@@ -140,30 +136,27 @@ def drain(r: redis.Redis, queue: Queue, envid: str, clock: Clock) -> str:
 
 
 def _drain_locked(r: redis.Redis, queue: Queue, envid: str, fence: str, clock: Clock) -> tuple[str, bool]:
-    """drain's loop, under the env lock `fence`: (its answer, whether a batch asked to wake the lifecycle)."""
-    done, wake = 0, False
+    """drain's loop, under the env lock `fence`: (its answer, whether a batch asked to wake the lifecycle). One
+    script call per batch: it writes the batch before and takes the next one."""
+    done, wake, service, taken, folded = 0, False, "", 0, None
     while True:
-        service, vms, texts = _read(r, envid, time.time())
-        if service is None:
-            r.delete(keys.callback_inbox(envid))
-            r.zrem(keys.callback_drains(), envid)
+        answer = _step(r, envid, fence, service, taken, folded, clock)
+        if answer[0] == 0:
+            raise envstore.LockLost(f"env {envid}: lock lost, {taken} callback(s) left in the inbox")
+        if answer[0] == 2:
             return "gone", wake
-        if not texts:
-            if scripts.run(r, "callback_drain_done", [keys.callback_inbox(envid), keys.callback_drains()], [envid]):
-                return f"drained {done}", wake
-            continue
-        entries = _entries(texts)
-        folded = fold_batch(_complete(r, envid, vms, entries), entries)
-        answer = _commit(r, envid, service, fence, len(texts), folded, clock)
-        if answer == 0:
-            raise envstore.LockLost(f"env {envid}: lock lost, {len(texts)} callback(s) left in the inbox")
-        if answer == 2:
-            r.zrem(keys.callback_drains(), envid)
-            return "gone", wake
-        done, wake = done + len(texts), wake or folded.kick
+        done, wake = done + taken, wake or (folded is not None and folded.kick)
+        if answer[0] == 3:
+            return f"drained {done}", wake
         if done >= MAX_PER_JOB:
             enqueue_drain(queue, envid)
             return "more", wake
+        service, texts, raw = answer[1], answer[2], answer[3]
+        recs = [envstore.VmRecord.from_json(v) for v in raw]
+        recs.sort(key=lambda v: (v.role != "master", v.index))
+        entries = _entries(texts)
+        folded = fold_batch(_complete(r, envid, {v.slot: v for v in recs}, entries), entries)
+        taken = len(texts)
 
 
 def waiting(r: redis.Redis, envid: str) -> list[dict[str, Any]]:

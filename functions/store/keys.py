@@ -298,7 +298,7 @@ def watch_lock() -> str:
 
 def callback_inbox(envid: str) -> str:
     """List, oldest first: the environment's accepted callbacks not applied yet (JSON {v, k, f, s, t}), appended by
-    the gateway's `callback_ingest` script, removed by the drain's `callback_commit` once applied."""
+    the gateway's `callback_ingest` script, removed by the drain's `callback_step` once applied."""
     return f"{PREFIX}env:{envid}:cbinbox"
 
 

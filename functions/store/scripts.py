@@ -457,64 +457,54 @@ end
 return {1, 0, 0, drain}
 """
 
-# Take a drain's next batch: the inbox's first entries and only the VM records they name (by the slot each token
-# proved), not every record of the environment; and push the pending drain's lease on (this drain runs).
-LUA["callback_take"] = """
--- KEYS[1] the env's callback inbox, KEYS[2] the env's VM records, KEYS[3] env hash, KEYS[4] drains; ARGV[1..3] below.
--- ARGV[1] batch size, ARGV[2] envid, ARGV[3] lease end (epoch: the env's drain entry is pushed on to it if sooner).
--- Returns {service or false, {the first ARGV[1] entries}, {JSON of the records they name by slot, or of every
--- record when an entry names no slot}}.
+# One step of a drain, atomically and only while the drain holds the env lock: write the batch it folded (changed
+# VM records, env status, events) and take that batch off the inbox's head, then take the next batch with only the
+# VM records its entries name (by the slot each token proved), or, the inbox being empty, forget the env's pending
+# drain (a callback appended later finds none and queues one).
+LUA["callback_step"] = """
+-- KEYS[1] env lock, KEYS[2] the env's VM records, KEYS[3] env hash, KEYS[4] inbox; ARGV[1..8] and the rest below.
+-- KEYS[5] env events, KEYS[6] service events, KEYS[7] drains schedule. ARGV[1] fence (the lock's owner token),
+-- ARGV[2] how many entries the batch written now took from the inbox's head (0: none), ARGV[3] the env's new
+-- status ('' = unchanged), ARGV[4] the streams' MAXLEN (approximate), ARGV[5] envid, ARGV[6] next batch size,
+-- ARGV[7] lease end (epoch: the pending drain is pushed on to it if sooner), ARGV[8] record count c, then c
+-- slot/JSON pairs, then each event as a JSON array of field, value, field, value...
+-- Returns {1, service, {next entries}, {JSON of the records they name by slot, or of every record when one names
+-- no slot}}; {3} the inbox is empty, the pending drain forgotten; {0} the fence lost the lock (nothing written);
+-- {2} the env is gone (its inbox and pending drain dropped).
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
 local svc = redis.call('HGET', KEYS[3], 'service')
-local entries = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-local cur = redis.call('ZSCORE', KEYS[4], ARGV[2])
-if cur and tonumber(cur) < tonumber(ARGV[3]) then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2]) end
-if not svc then return {false, entries, {}} end
-local seen, slots = {}, {}
-for _, e in ipairs(entries) do
-  local ok, d = pcall(cjson.decode, e)
-  local s = ok and type(d) == 'table' and d['s']
-  if type(s) ~= 'string' or s == '' then return {svc, entries, redis.call('HVALS', KEYS[2])} end
-  if not seen[s] then seen[s] = true slots[#slots + 1] = s end
+if not svc then
+  redis.call('DEL', KEYS[4])
+  redis.call('ZREM', KEYS[7], ARGV[5])
+  return {2}
 end
-local out = {}
-if #slots > 0 then
-  for _, rec in ipairs(redis.call('HMGET', KEYS[2], unpack(slots))) do if rec then out[#out + 1] = rec end end
-end
-return {svc, entries, out}
-"""
-
-# Commit a drained batch: the changed VM records, the env status, the events, and take the batch off the inbox's
-# head, all or nothing, only while the drain still holds the env lock.
-LUA["callback_commit"] = """
--- KEYS[1] env lock, KEYS[2] the env's VM records, KEYS[3] env hash, KEYS[4] inbox; ARGV[1..5] and the rest below.
--- KEYS[5] env events, KEYS[6] service events; ARGV[1] fence (the lock's owner token), ARGV[2] how many entries
--- the batch took from the inbox's head, ARGV[3] the env's new status ('' = unchanged), ARGV[4] the streams' MAXLEN
--- (approximate), ARGV[5] record count c, then c slot/JSON pairs, then each event as a JSON array of field, value...
--- Returns 1 written; 0 the fence lost the lock (nothing written); 2 the env is gone (the inbox is dropped).
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if redis.call('EXISTS', KEYS[3]) == 0 then redis.call('DEL', KEYS[4]) return 2 end
-local c = tonumber(ARGV[5])
-if c > 0 then redis.call('HSET', KEYS[2], unpack(ARGV, 6, 5 + 2 * c)) end
+local c = tonumber(ARGV[8])
+if c > 0 then redis.call('HSET', KEYS[2], unpack(ARGV, 9, 8 + 2 * c)) end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], 'status', ARGV[3]) end
-for i = 6 + 2 * c, #ARGV do
+for i = 9 + 2 * c, #ARGV do
   local fields = cjson.decode(ARGV[i])
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
 end
-redis.call('LTRIM', KEYS[4], tonumber(ARGV[2]), -1)
-return 1
+if tonumber(ARGV[2]) > 0 then redis.call('LTRIM', KEYS[4], tonumber(ARGV[2]), -1) end
+local entries = redis.call('LRANGE', KEYS[4], 0, tonumber(ARGV[6]) - 1)
+if #entries == 0 then
+  redis.call('ZREM', KEYS[7], ARGV[5])
+  return {3}
+end
+local cur = redis.call('ZSCORE', KEYS[7], ARGV[5])
+if cur and tonumber(cur) < tonumber(ARGV[7]) then redis.call('ZADD', KEYS[7], ARGV[7], ARGV[5]) end
+local seen, slots = {}, {}
+for _, e in ipairs(entries) do
+  local ok, d = pcall(cjson.decode, e)
+  local s = ok and type(d) == 'table' and d['s']
+  if type(s) ~= 'string' or s == '' then return {1, svc, entries, redis.call('HVALS', KEYS[2])} end
+  if not seen[s] then seen[s] = true slots[#slots + 1] = s end
+end
+local out = {}
+for _, rec in ipairs(redis.call('HMGET', KEYS[2], unpack(slots))) do if rec then out[#out + 1] = rec end end
+return {1, svc, entries, out}
 """
-
-# End a drain: forget the env's pending drain only when its inbox is empty (checked atomically with the removal, so
-# a callback appended meanwhile either is seen here or finds no drain pending and queues one).
-LUA["callback_drain_done"] = """
--- KEYS[1] the env's callback inbox, KEYS[2] the drains schedule; ARGV[1] envid.
--- Returns 1 when the inbox was empty and the pending drain was forgotten, 0 when entries wait (drain on).
-if redis.call('LLEN', KEYS[1]) > 0 then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-return 1
-"""
-
 
 _REGISTERED: weakref.WeakKeyDictionary[redis.Redis, dict[str, Script]] = weakref.WeakKeyDictionary()
 
