@@ -8,8 +8,7 @@ process remembers each environment's VMs (functions.ops.cbroster): a callback wh
 (`known_caller`) skips `lookup`: one round trip, `ingest` checking that its VM record is still there.
 
 `apply` (jobs queued as functions.tasks.apply_callback before the inbox existed, and their retries) records one
-accepted callback under the environment lock and wakes the lifecycle on MASTER_INIT_*; `admit`/`remember` are the
-gate of that path, kept for it.
+accepted callback under the environment lock and wakes the lifecycle on MASTER_INIT_*.
 """
 
 from __future__ import annotations
@@ -157,22 +156,10 @@ def _values(kind: str, fields: dict[str, str]) -> str:
     return json.dumps([kind, fields], sort_keys=True)
 
 
-def admit(r: redis.Redis, envid: str, caller: Caller, kind: str, fields: dict[str, str], now: float,
-          per_minute: int, burst: int) -> Admission:
-    """Take one token from the VM's bucket (`per_minute` refill, `burst` deep) and compare the report with the
-    last one of its kind queued for this VM. One atomic script; every call takes a token, duplicates too."""
-    key = keys.callback_gate(envid, caller.slot, caller.nonce)
-    args = [repr(now), repr(per_minute / 60.0), str(burst), kind, _values(kind, fields), str(GATE_TTL),
-            repr(THROTTLE_NOTE_EVERY)]
-    code, wait_ms, note = scripts.run(r, "callback_gate", [key], args)
-    if code == 0:
-        return Admission("throttled", retry_after=int(wait_ms) / 1000.0, note=bool(note))
-    return Admission("duplicate" if code == 2 else "queue")
-
-
 def ingest(r: redis.Redis, envid: str, caller: Caller, vmid: int, kind: str, fields: dict[str, str], now: float,
            per_minute: int, burst: int, recheck: bool = False) -> Admission:
-    """The gate of `admit` and, when the callback is to be queued, in the same atomic script: append it to the
+    """Take one token from the VM's bucket (`per_minute` refill, `burst` deep) and compare the report with the
+    last one of its kind queued for this VM; when it is to be queued, in the same atomic script, append it to the
     environment's inbox and remember it as the VM's last report of its kind. Admission.drain: no drain of the
     environment was pending, the caller must queue one (cbinbox.enqueue_drain; if it dies first, the pump does it
     once the lease runs out). Every call takes a token. `recheck` (a caller from `known_caller`): first
@@ -200,15 +187,6 @@ def known_caller(r: redis.Redis, envid: str, vmid: int, token: str) -> tuple[str
     if not tokens.token_matches(_secret(r), envid, m.slot, m.nonce, token):
         return None
     return service, Caller(slot=m.slot, role=m.role, nonce=m.nonce, by_token=True)
-
-
-def remember(r: redis.Redis, envid: str, caller: Caller, kind: str, fields: dict[str, str]) -> None:
-    """Note the report just queued as the VM's last of its kind (a repeat is then not queued again)."""
-    key = keys.callback_gate(envid, caller.slot, caller.nonce)
-    with r.pipeline() as p:
-        p.hset(key, f"last:{kind}", _values(kind, fields))
-        p.expire(key, GATE_TTL)
-        p.execute()
 
 
 def record_throttled(r: redis.Redis, env: dict[str, Any], vmid: int, caller: Caller, per_minute: int, burst: int,

@@ -401,14 +401,14 @@ def test_the_bucket_never_admits_more_than_burst_plus_refill(rdb, gaps, per_minu
     now, admitted = 1000.0, 0
     for i, gap in enumerate(gaps):
         now += gap
-        gate = callbacks.admit(rdb, "1", caller, "status", {"status": f"S{i}"}, now, per_minute, burst)
+        gate = callbacks.ingest(rdb, "1", caller, 7, "status", {"status": f"S{i}"}, now, per_minute, burst)
         admitted += gate.verdict == "queue"
         assert gate.verdict in ("queue", "throttled")
         assert admitted <= burst + per_minute / 60.0 * (now - 1000.0) + 1e-6
     rdb.flushall()
     period = 60.0 / per_minute
-    assert all(callbacks.admit(rdb, "1", caller, "status", {"status": f"T{i}"}, 1000.0 + i * period,
-                               per_minute, burst).verdict == "queue" for i in range(30))
+    assert all(callbacks.ingest(rdb, "1", caller, 7, "status", {"status": f"T{i}"}, 1000.0 + i * period,
+                                per_minute, burst).verdict == "queue" for i in range(30))
 
 
 def test_the_network_callback_carries_the_vms_host_key(world, redis_server, tmp_path):
