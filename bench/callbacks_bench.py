@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import multiprocessing
 import os
 import shutil
@@ -49,7 +50,7 @@ if str(ROOT) not in sys.path:
 import falcon  # noqa: E402
 import redis  # noqa: E402
 
-from bench.common import Row, children, machine, percentile, table  # noqa: E402
+from bench.common import Row, children, machine, percentile, table, wait_until  # noqa: E402
 from bench.stack_bench import BenchStack  # noqa: E402
 from functions.model import tokens  # noqa: E402
 from functions.model.clock import system_clock  # noqa: E402
@@ -278,6 +279,38 @@ def _jobs_done(stack: BenchStack) -> int:
     return total
 
 
+def applied_latency(stack: BenchStack, paths: list[list[str]], runs: int) -> list[Row]:
+    """One status callback at a time (a new status from the next VM), until the worker has written it to the VM
+    record: answer and applied latency."""
+    conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=30)
+    http_ms, applied_ms = [], []
+    for i, pair in enumerate(paths[:runs]):
+        path = pair[1].replace("status=", f"status=APP_LAT_{i}_", 1)
+        query = dict(x.split("=", 1) for x in path.split("?", 1)[1].split("&"))
+        status = query["status"]
+        start = time.perf_counter()
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        answered = time.perf_counter()
+        if resp.status != 200:
+            raise RuntimeError(f"callback answered {resp.status}")
+        slot = str(stack.r.get(keys.vm_index("onesim", query["vmid"]))).split()[1]
+
+        def applied(envid: str = query["envid"], slot: str = slot, status: str = status) -> bool:
+            return json.loads(stack.r.hget(keys.env_vms(envid), slot) or "{}").get("status") == status
+
+        if wait_until(applied, 10, every=0.0005) is None:
+            raise RuntimeError(f"callback {status} not applied within 10 s")
+        http_ms.append((answered - start) * 1000)
+        applied_ms.append((time.perf_counter() - start) * 1000)
+    conn.close()
+    return [Row("callback answer p50, one at a time", percentile(http_ms, 50), "ms", "",
+                f"p95 {percentile(http_ms, 95):.1f} ms, n={runs}"),
+            Row("callback -> applied p50, one at a time", percentile(applied_ms, 50), "ms", "< 30",
+                f"p95 {percentile(applied_ms, 95):.1f} ms, n={runs}; until the worker wrote the VM record")]
+
+
 def rows(workdir: Path, quick: bool, vms: int | None = None) -> list[Row]:
     """Start the stack and the bare baseline, measure, stop; the rows."""
     vms = vms or (500 if quick else 1000)
@@ -298,6 +331,7 @@ def rows(workdir: Path, quick: bool, vms: int | None = None) -> list[Row]:
         _wait_applied(r, 60)
         out = ingestion(stack, bare_port, paths, 2 if quick else 3, keepalive=False)
         out += ingestion(stack, bare_port, paths, 2 if quick else 3, keepalive=True)
+        out += applied_latency(stack, paths, 50 if quick else 100)
         _reset(r)
         jobs0 = _jobs_done(stack)
         cb_rate, cb_cmds = _paused(stack, r, 2 * vms, lambda: fire(stack.port, paths))
