@@ -54,6 +54,7 @@ from bench.common import Row, children, machine, percentile, table, wait_until  
 from bench.stack_bench import BenchStack  # noqa: E402
 from functions.model import tokens  # noqa: E402
 from functions.model.clock import system_clock  # noqa: E402
+from functions.ops import cbinbox  # noqa: E402
 from functions.store import envstore, keys, runtime  # noqa: E402
 from functions.store.envstore import VmRecord  # noqa: E402
 from tests.harness import RedisServer, free_port  # noqa: E402
@@ -353,7 +354,18 @@ def rows(workdir: Path, quick: bool, vms: int | None = None) -> list[Row]:
         old_rate, old_cmds = _paused(stack, r, 2 * vms, old_jobs)
         out.append(Row("callbacks applied per second, 1 worker (one RQ job each, before)", old_rate, "cb/s", "",
                        f"{old_cmds:.1f} Redis cmds per callback; old apply_callback jobs, as queued before", size))
+        out.append(_per_job(stack, 200))
     return out
+
+
+def _per_job(stack: BenchStack, n: int) -> Row:
+    """Drain jobs of an environment with nothing waiting (the worker paused while they are queued): drain jobs per
+    second and Redis commands per job, i.e. RQ's bookkeeping plus Carina's lock, one callback_step and the
+    release (commands inside a script count too)."""
+    queue = runtime.JsonQueue("carina", connection=redis.Redis.from_url(stack.redis.url))
+    rate, cmds = _paused(stack, stack.r, n, lambda: [cbinbox.enqueue_drain(queue, "1") for _ in range(n)])
+    return Row("drain jobs per second, 1 worker (empty inbox)", rate, "jobs/s", ">= 150",
+               f"{cmds:.0f} Redis cmds per job (RQ's own: the rest of {cmds:.0f} - ~9 of Carina's)", f"{n} jobs")
 
 
 def main(argv: list[str] | None = None) -> int:
