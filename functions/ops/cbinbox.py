@@ -5,9 +5,9 @@ and dedupes it (callbacks.ingest, script `callback_ingest`), and queues a drain 
 drain_callbacks) only when none is pending for that environment: the pending drain is an entry of
 keys.callback_drains, a lease that runs out after DRAIN_LEASE seconds. `drain` takes the env lock, applies what
 waits (oldest first, BATCH at a time; one fenced script per batch, `callback_step`, writes the batch before, its
-records, env status, events and its removal from the inbox, and takes the next), waits a little for more (LINGER,
-lock released), and forgets the pending drain only once the inbox is seen empty in the same atomic step
-(`callback_drain_done`): a callback arriving meanwhile is applied by this drain or queues the next one.
+records, env status, events and its removal from the inbox, and takes the next), and forgets the pending drain
+only once the inbox is seen empty in that same atomic step: a callback arriving meanwhile is applied by this drain
+or queues the next one.
 
 Nothing is lost: entries leave the inbox only with their effect written; a drain killed midway (or a gateway
 killed between ingest and enqueue) leaves its lease in keys.callback_drains, and every worker's pump queues the
@@ -36,10 +36,6 @@ DRAIN_LEASE = 30.0      # seconds a queued or running drain is trusted before th
 BATCH = 200             # entries applied per commit
 MAX_PER_JOB = 2000      # entries one drain job applies before it hands over to a fresh job (others get a turn)
 RETRY_MIN, RETRY_MAX = 0.05, 2.0    # seconds before a drain that found the env lock busy tries again
-LINGER = 0.02           # seconds an emptied drain waits (lock released) for more callbacks of its env, unless
-LINGER_POLL = 0.002     # ... other jobs wait; it looks every LINGER_POLL s: a burst takes one job, not one a batch
-MAX_JOB_SECONDS = 5.0   # then a drain hands over to a fresh job (others get a turn)
-_monotonic, _sleep = time.monotonic, time.sleep     # the linger's clock (tests replace them)
 
 
 def enqueue_drain(queue: Queue, envid: str) -> None:
@@ -94,9 +90,9 @@ def record_json(rec: envstore.VmRecord) -> str:
 
 
 def _step(r: redis.Redis, envid: str, fence: str, service: str, taken: int, folded: Folded | None,
-          clock: Clock, keep: bool) -> list[Any]:
+          clock: Clock) -> list[Any]:
     """Write a folded batch and take its `taken` entries off the inbox, then take the next batch (script
-    callback_step, one round trip); the script's answer. `keep`: an empty inbox keeps the pending drain."""
+    callback_step, one round trip); the script's answer."""
     args: list[str] = []
     changed = folded.changed if folded is not None else {}
     for slot, rec in changed.items():
@@ -109,7 +105,7 @@ def _step(r: redis.Redis, envid: str, fence: str, service: str, taken: int, fold
     keys_ = [keys.env_lock(envid), keys.env_vms(envid), keys.env(envid), keys.callback_inbox(envid),
              keys.env_events(envid), keys.service_events(service), keys.callback_drains()]
     head = [fence, str(taken), (folded.status if folded is not None else None) or "", str(envstore.EVENT_MAXLEN),
-            envid, str(BATCH), repr(time.time() + DRAIN_LEASE), str(len(changed)), "1" if keep else "0"]
+            envid, str(BATCH), repr(time.time() + DRAIN_LEASE), str(len(changed))]
     return list(scripts.run(r, "callback_step", keys_, head + args))
 
 
@@ -126,68 +122,36 @@ def _retry_later(r: redis.Redis, envid: str, now: float) -> None:
 
 def drain(r: redis.Redis, queue: Queue, envid: str, clock: Clock) -> str:
     """Apply every callback waiting in the environment's inbox, oldest first; returns "drained N", "retry" (env
-    lock busy: the pump queues it again), "gone" (environment deleted: its inbox dropped) or "more" (MAX_PER_JOB or
-    MAX_JOB_SECONDS reached: a fresh drain is queued). Once the inbox is empty it waits up to LINGER s, the env lock
-    released, for more callbacks of the env (a boot's burst then takes one job), unless other jobs are queued; the
-    pending drain is forgotten only when the inbox is seen empty at the end. A MASTER_INIT_* status wakes the
-    lifecycle as soon as its batch is written and the lock released. Raises envstore.LockLost when the lock was lost
-    midway (nothing of that batch written; the lease brings the drain back). Safe to run twice and concurrently
-    (one holds the lock; the other retries)."""
-    done, started = 0, _monotonic()
+    lock busy: the pump queues it again), "gone" (environment deleted: its inbox dropped) or "more" (MAX_PER_JOB
+    reached: a fresh drain is queued). A MASTER_INIT_* status wakes the lifecycle once the lock is released.
+    Raises envstore.LockLost when the lock was lost midway (nothing of that batch written; the lease brings the
+    drain back). Safe to run twice and concurrently (one holds the lock; the other retries)."""
+    with envstore.env_lock(r, envid) as fence:
+        if not fence:
+            _retry_later(r, envid, time.time())
+            return "retry"
+        answer, wake = _drain_locked(r, queue, envid, fence, clock)
+    if wake:
+        kick(queue, envid)
+    return answer
+
+
+def _drain_locked(r: redis.Redis, queue: Queue, envid: str, fence: str, clock: Clock) -> tuple[str, bool]:
+    """drain's loop, under the env lock `fence`: (its answer, whether a batch asked to wake the lifecycle). One
+    script call per batch: it writes the batch before and takes the next one."""
+    done, wake, service, taken, folded = 0, False, "", 0, None
     while True:
-        with envstore.env_lock(r, envid) as fence:
-            if not fence:
-                _retry_later(r, envid, time.time())
-                return "retry"
-            answer, wake, done = _drain_locked(r, queue, envid, fence, clock, done, keep=LINGER > 0)
-        if wake:
-            kick(queue, envid)
-        if answer != "empty":
-            return answer
-        if not _linger(r, queue, envid) and scripts.run(
-                r, "callback_drain_done", [keys.callback_inbox(envid), keys.callback_drains()], [envid]):
-            return f"drained {done}"
-        if _monotonic() - started >= MAX_JOB_SECONDS:
-            enqueue_drain(queue, envid)
-            return "more"
-
-
-def _linger(r: redis.Redis, queue: Queue, envid: str) -> bool:
-    """Wait up to LINGER s for a callback of the env; True as soon as one waits, False at the end or as soon as
-    another job is queued for the worker. One round trip a look."""
-    names = [q.key for q in runtime.worker_queues(queue)]
-    until = _monotonic() + LINGER
-    while True:
-        with r.pipeline(transaction=False) as p:
-            p.llen(keys.callback_inbox(envid))
-            for name in names:
-                p.llen(name)
-            waiting_here, *others = p.execute()
-        if waiting_here:
-            return True
-        if any(others) or _monotonic() >= until:
-            return False
-        _sleep(LINGER_POLL)
-
-
-def _drain_locked(r: redis.Redis, queue: Queue, envid: str, fence: str, clock: Clock, done: int,
-                  keep: bool) -> tuple[str, bool, int]:
-    """drain's loop, under the env lock `fence`: (its answer: "empty" when the inbox is empty and the drain still
-    pending (`keep`), whether a batch asked to wake the lifecycle, entries applied so far). One script call per
-    batch: it writes the batch before and takes the next one."""
-    wake, service, taken, folded = False, "", 0, None
-    while True:
-        answer = _step(r, envid, fence, service, taken, folded, clock, keep)
+        answer = _step(r, envid, fence, service, taken, folded, clock)
         if answer[0] == 0:
             raise envstore.LockLost(f"env {envid}: lock lost, {taken} callback(s) left in the inbox")
         if answer[0] == 2:
-            return "gone", wake, done
+            return "gone", wake
         done, wake = done + taken, wake or (folded is not None and folded.kick)
-        if answer[0] in (3, 4):
-            return ("empty" if answer[0] == 4 else f"drained {done}"), wake, done
+        if answer[0] == 3:
+            return f"drained {done}", wake
         if done >= MAX_PER_JOB:
             enqueue_drain(queue, envid)
-            return "more", wake, done
+            return "more", wake
         service, texts, raw = answer[1], answer[2], answer[3]
         recs = [envstore.VmRecord.from_json(v) for v in raw]
         recs.sort(key=lambda v: (v.role != "master", v.index))

@@ -462,16 +462,15 @@ return {1, 0, 0, drain}
 # VM records its entries name (by the slot each token proved), or, the inbox being empty, forget the env's pending
 # drain (a callback appended later finds none and queues one).
 LUA["callback_step"] = """
--- KEYS[1] env lock, KEYS[2] the env's VM records, KEYS[3] env hash, KEYS[4] inbox; ARGV[1..9] and the rest below.
+-- KEYS[1] env lock, KEYS[2] the env's VM records, KEYS[3] env hash, KEYS[4] inbox; ARGV[1..8] and the rest below.
 -- KEYS[5] env events, KEYS[6] service events, KEYS[7] drains schedule. ARGV[1] fence (the lock's owner token),
 -- ARGV[2] how many entries the batch written now took from the inbox's head (0: none), ARGV[3] the env's new
 -- status ('' = unchanged), ARGV[4] the streams' MAXLEN (approximate), ARGV[5] envid, ARGV[6] next batch size,
--- ARGV[7] lease end (epoch: the pending drain is pushed on to it if sooner), ARGV[8] record count c, ARGV[9] '1' =
--- keep the pending drain when the inbox is empty, then c slot/JSON pairs, then each event as a JSON array of
--- field, value, field, value... Returns {1, service, {next entries}, {JSON of the records they name by slot, or of
--- every record when one names no slot}}; {3} the inbox is empty, the pending drain forgotten; {4} the inbox is
--- empty, the drain still pending (ARGV[9]); {0} the fence lost the lock (nothing written); {2} the env is gone
--- (its inbox and pending drain dropped).
+-- ARGV[7] lease end (epoch: the pending drain is pushed on to it if sooner), ARGV[8] record count c, then c
+-- slot/JSON pairs, then each event as a JSON array of field, value, field, value...
+-- Returns {1, service, {next entries}, {JSON of the records they name by slot, or of every record when one names
+-- no slot}}; {3} the inbox is empty, the pending drain forgotten; {0} the fence lost the lock (nothing written);
+-- {2} the env is gone (its inbox and pending drain dropped).
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
 local svc = redis.call('HGET', KEYS[3], 'service')
 if not svc then
@@ -480,9 +479,9 @@ if not svc then
   return {2}
 end
 local c = tonumber(ARGV[8])
-if c > 0 then redis.call('HSET', KEYS[2], unpack(ARGV, 10, 9 + 2 * c)) end
+if c > 0 then redis.call('HSET', KEYS[2], unpack(ARGV, 9, 8 + 2 * c)) end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], 'status', ARGV[3]) end
-for i = 10 + 2 * c, #ARGV do
+for i = 9 + 2 * c, #ARGV do
   local fields = cjson.decode(ARGV[i])
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
@@ -490,7 +489,6 @@ end
 if tonumber(ARGV[2]) > 0 then redis.call('LTRIM', KEYS[4], tonumber(ARGV[2]), -1) end
 local entries = redis.call('LRANGE', KEYS[4], 0, tonumber(ARGV[6]) - 1)
 if #entries == 0 then
-  if ARGV[9] == '1' then return {4} end
   redis.call('ZREM', KEYS[7], ARGV[5])
   return {3}
 end
@@ -507,17 +505,6 @@ local out = {}
 for _, rec in ipairs(redis.call('HMGET', KEYS[2], unpack(slots))) do if rec then out[#out + 1] = rec end end
 return {1, svc, entries, out}
 """
-
-# End a drain that kept its pending entry while it waited for more callbacks (without the env lock): forget the
-# pending drain only when the inbox is empty, atomically with that check.
-LUA["callback_drain_done"] = """
--- KEYS[1] the env's callback inbox, KEYS[2] the drains schedule; ARGV[1] envid.
--- Returns 1 when the inbox was empty and the pending drain was forgotten, 0 when entries wait (drain on).
-if redis.call('LLEN', KEYS[1]) > 0 then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-return 1
-"""
-
 
 _REGISTERED: weakref.WeakKeyDictionary[redis.Redis, dict[str, Script]] = weakref.WeakKeyDictionary()
 

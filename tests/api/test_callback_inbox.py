@@ -26,10 +26,7 @@ from tests.api.test_request_atomicity import FaultyRedis, Injected
 
 @pytest.fixture
 def world(api, redis_server, monkeypatch):
-    """test_callbacks' world: env E of svc1, master vmid 7 and slave s0 vmid 8, their tokens in world.tok. Drains
-    here do not wait for more callbacks once empty (cbinbox.LINGER = 0: every drain issues the same commands);
-    the linger has its own tests."""
-    monkeypatch.setattr(cbinbox, "LINGER", 0.0)
+    """test_callbacks' world: env E of svc1, master vmid 7 and slave s0 vmid 8, their tokens in world.tok."""
     return make_world(api, redis_server, monkeypatch)
 
 
@@ -109,15 +106,10 @@ class ArrivingRedis(FaultyRedis):
             self.arrive()
 
 
-@pytest.mark.parametrize("linger", [0.0, 0.01])
-def test_a_callback_arriving_at_any_point_of_a_drain_is_applied(world, monkeypatch, linger):
-    """Also while an emptied drain lingers and at its end (callback_drain_done): the linger's clock advances by
-    the sleeps it asks for, so every drain issues the same commands."""
-    _steps(monkeypatch, linger)
+def test_a_callback_arriving_at_any_point_of_a_drain_is_applied(world, monkeypatch):
     monkeypatch.setattr(cbinbox, "BATCH", 2)
     e = world.envid
-    for point in range(1, 80):
-        _steps(monkeypatch, linger)
+    for point in range(1, 60):
         world.r.delete(keys.callback_inbox(e), keys.callback_drains(), *world.r.keys("carina:env:*:cbgate:*"))
         for q in runtime.worker_queues(_queue(world.r)):
             q.empty()
@@ -302,43 +294,3 @@ def test_the_drains_record_json_is_the_records_own(ip, vmid, cpu, index, status)
     rec = VmRecord(slot=f"s{index}", role="slave", index=index, endpoint="onesim", vmid=vmid, ip=ip, cpu=cpu,
                    status=status, init="done")
     assert cbinbox.record_json(rec) == rec.to_json()
-
-
-def _steps(monkeypatch, linger: float) -> list[float]:
-    """The linger's clock made of the sleeps it asks for (returned: append to advance it), LINGER set."""
-    slept: list[float] = []
-    monkeypatch.setattr(cbinbox, "LINGER", linger)
-    monkeypatch.setattr(cbinbox, "_monotonic", lambda: sum(slept))
-    monkeypatch.setattr(cbinbox, "_sleep", slept.append)
-    return slept
-
-
-def test_a_callback_arriving_while_the_drain_lingers_is_applied_by_the_same_job(world, monkeypatch):
-    """An emptied drain keeps its pending entry and looks for more (lock released): a callback arriving then is not
-    given a job of its own; the drain applies it, then forgets the pending drain once the inbox stays empty."""
-    clock = _steps(monkeypatch, linger=0.05)
-    arrived = []
-
-    def sleep(seconds: float) -> None:                            # the linger's first wait: a callback comes
-        if not arrived:
-            arrived.append(_status(world, 8, "DURING_LINGER"))
-        clock.append(seconds)
-
-    monkeypatch.setattr(cbinbox, "_sleep", sleep)
-    _status(world, 8, "FIRST")
-    cq = runtime.sibling(_queue(world.r), runtime.CALLBACKS)
-    cq.empty()
-    assert cbinbox.drain(world.r, _queue(world.r), world.envid, world.clock) == "drained 2"
-    assert arrived == ["OK"] and cq.count == 0                     # no second job
-    assert _callback_events(world.r, world.envid) == ["VM 8 (s0) status=FIRST", "VM 8 (s0) status=DURING_LINGER"]
-    assert world.r.zscore(keys.callback_drains(), world.envid) is None
-
-
-def test_the_linger_ends_at_once_when_other_jobs_wait(world, monkeypatch):
-    _steps(monkeypatch, linger=60.0)
-    slept: list[float] = []
-    monkeypatch.setattr(cbinbox, "_sleep", slept.append)
-    _status(world, 8, "ONE")
-    runtime.sibling(_queue(world.r), runtime.HIGH).enqueue("functions.views.tables.render_table", ["A"], [])
-    assert cbinbox.drain(world.r, _queue(world.r), world.envid, world.clock) == "drained 1"
-    assert slept == [] and world.r.zscore(keys.callback_drains(), world.envid) is None
