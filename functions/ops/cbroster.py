@@ -71,7 +71,8 @@ def lookup(r: redis.Redis, envid: str, vmid: int) -> Lookup:
     service, endpoint, texts = scripts.run(r, "callback_lookup", [keys.env(envid), keys.env_vms(envid), index],
                                            [str(vmid), envid, "0" if roster else "1"])
     if not service:
-        _ROSTERS.pop(envid, None)
+        gone = _ROSTERS.pop(envid, None)
+        _count[0] -= len(gone.members) if gone is not None else 0
         return Lookup(None, [])
     recs = [VmRecord.from_json(t) for t in texts or ()]
     _learn(envid, service, endpoint or "", recs)
