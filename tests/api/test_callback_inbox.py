@@ -294,3 +294,24 @@ def test_the_drains_record_json_is_the_records_own(ip, vmid, cpu, index, status)
     rec = VmRecord(slot=f"s{index}", role="slave", index=index, endpoint="onesim", vmid=vmid, ip=ip, cpu=cpu,
                    status=status, init="done")
     assert cbinbox.record_json(rec) == rec.to_json()
+
+
+def test_the_gateways_roster_is_bounded_and_forgets_a_deleted_environment(world, monkeypatch):
+    from functions.ops import cbroster
+
+    monkeypatch.setattr(cbroster, "_ROSTERS", {})
+    monkeypatch.setattr(cbroster, "_count", [0])
+    monkeypatch.setattr(cbroster, "MEMBERS_KEPT", 3)
+    assert cbroster.lookup(world.r, world.envid, 8).service == "svc1"
+    assert cbroster.known(world.envid, 7) is not None and cbroster._count == [2]     # the whole roster at once
+    other, _ = envstore.create_env(world.r, "svc1", "t2", {"endpoint": "onesim"}, "CREATE", world.clock)
+    for i, vmid in enumerate((20, 21)):
+        envstore.put_vm(world.r, other, VmRecord(slot=f"s{i}", role="slave", index=i, endpoint="onesim", vmid=vmid))
+    cbroster.lookup(world.r, other, 20)
+    assert cbroster._count == [4] and cbroster.known(other, 21) is not None
+    cbroster.lookup(world.r, "999", 1)                                               # no such env: nothing kept
+    third, _ = envstore.create_env(world.r, "svc1", "t3", {"endpoint": "onesim"}, "CREATE", world.clock)
+    cbroster.lookup(world.r, third, 1)                                               # over the bound: start over
+    assert cbroster.known(world.envid, 7) is None and set(cbroster._ROSTERS) == {third}
+    envstore.delete_env(world.r, third)
+    assert cbroster.lookup(world.r, third, 1).service is None and third not in cbroster._ROSTERS
