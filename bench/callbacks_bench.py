@@ -23,7 +23,28 @@ Redis: AOF with appendfsync everysec, as config/redis.conf.
 Processing: the worker is paused (SIGSTOP) while every callback is ingested, then resumed (SIGCONT): callbacks
 applied per second from the resume until every inbox is empty; the same with one RQ job per callback (the old
 functions.tasks.apply_callback jobs, enqueued directly) for comparison. Redis commands per callback applied: INFO
-commandstats over that span.
+commandstats over that span. Also: single callbacks one at a time until applied, and drain jobs of an empty inbox
+per second (RQ's per-job cost).
+
+Seen 2026-11-30 (2 cores shared with other helpers' test runs, load average 2.5-5; throughput varies +-40 % from
+round to round, the CPU figures less): a connection per callback 0.41-0.53 x the bare route (one run 0.34), keep-
+alive 0.35-0.66 x; p99 19-30 ms keep-alive, 25-60 ms with a connection per callback (the bare route's p99 in the
+same runs: 12-16 and 19-31 ms). CPU per callback: gunicorn 650-900 us (bare route 340-530 us a request),
+redis-server 120-200, worker 175-250. Callback -> applied one at a time p50 3.4-6 ms (31 ms before). Applied per
+second by one worker: 6,000-19,000 callbacks (one RQ job per callback: 120-200; 43 with the forking worker);
+2.4 Redis commands per callback applied (65 with a job per callback). Drain jobs of an empty inbox: 145-300 a
+second, 56 Redis commands each (RQ's bookkeeping; Carina's own: the lock, one callback_step, the release).
+
+What moved it (each measured here): the VM index instead of a scan of the env's records in the lookup script
+(360 -> 11 us of Redis per lookup at 100 VMs an env); the roster (a callback of a VM whose env this gateway process
+has seen is one script call: 1.2 Redis calls per callback instead of 2); the drain reading only the records its
+batch names and writing them with json.dumps(vars(rec)) (VmRecord.to_json's asdict deep copy was 3/4 of the
+drain's CPU); one script per drained batch (write + take next); result_ttl=1 on drain jobs (0 makes RQ delete the
+job at once: 62 instead of 56 commands). Tried and dropped: a drain that lingers 20 ms for more callbacks of its env
+(with several envs' drains queued it stops at once and only adds round trips: worker CPU per callback went up).
+Left: the gateway's cost is now mostly gunicorn's own and redis-py's per call (~40 us of CPU for a script call);
+RQ's ~56 commands and ~2 ms of CPU per job, paid once per drain (about 20 callbacks a job while ingesting, 200
+from a backlog).
 """
 
 from __future__ import annotations
