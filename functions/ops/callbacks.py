@@ -116,11 +116,12 @@ def same_address(a: str | None, b: str) -> bool:
 
 def _legacy_caller(envid: str, vmid: int, remote_addr: str | None, records: list[VmRecord]) -> VmRecord:
     """The VM record of a tokenless callback: an existing VM, called from the address OpenNebula reports for it
-    (the record's one_ip; records from before one_ip existed: their ip). Raises CallbackRefused."""
+    (the record's one_ip, written when Carina asks OpenNebula about the VM, at the latest by the minute's
+    refresh; never the address the VM itself reported). Raises CallbackRefused."""
     rec = next((v for v in records if v.vmid == vmid), None)
     if rec is None:
         raise CallbackRefused(404, f"vmid: no VM {vmid} in environment {envid}")
-    expected = rec.one_ip or rec.ip
+    expected = rec.one_ip
     if not expected:
         raise CallbackRefused(403, f"address: OpenNebula has not reported an address for VM {vmid} yet")
     if not same_address(remote_addr, expected):

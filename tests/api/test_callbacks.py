@@ -300,7 +300,11 @@ def test_legacy_callbacks_come_only_from_the_address_opennebula_reports(world, r
                                           "own address (as OpenNebula reports it)"
     assert legacy.simulate_get(url, remote_addr="10.0.0.8").status_code == 200
     assert legacy.simulate_get(url.replace("APP_X", "APP_Y"), remote_addr="::ffff:10.0.0.8").status_code == 200
-    _set_vm(world, "m", one_ip="", ip="10.0.0.7")                     # a record from before one_ip: its ip
+    _set_vm(world, "m", one_ip="", ip="10.0.0.7")                     # no address from OpenNebula yet: the
+    res = legacy.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=7&envid={e}&status=APP_Z",  # VM's own claim
+                              remote_addr="10.0.0.7")                 # (ip) does not count either
+    assert res.status_code == 403 and res.json["description"].startswith("address: OpenNebula has not reported")
+    _set_vm(world, "m", one_ip="10.0.0.7")
     assert legacy.simulate_get(f"/cgi-bin/updateappstatus.sh?vmid=7&envid={e}&status=APP_Z",
                                remote_addr="10.0.0.7").status_code == 200
     token = world.tok[8]                                              # a token is accepted from anywhere
