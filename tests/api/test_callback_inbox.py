@@ -315,3 +315,33 @@ def test_the_gateways_roster_is_bounded_and_forgets_a_deleted_environment(world,
     assert cbroster.known(world.envid, 7) is None and set(cbroster._ROSTERS) == {third}
     envstore.delete_env(world.r, third)
     assert cbroster.lookup(world.r, third, 1).service is None and third not in cbroster._ROSTERS
+
+
+def test_a_long_inbox_is_handed_to_a_fresh_job(world, monkeypatch):
+    monkeypatch.setattr(cbinbox, "BATCH", 1)
+    monkeypatch.setattr(cbinbox, "MAX_PER_JOB", 2)
+    for i in range(3):
+        _ingest(world, 8, f"L{i}")
+    cq = runtime.sibling(_queue(world.r), runtime.CALLBACKS)
+    cq.empty()
+    assert cbinbox.drain(world.r, _queue(world.r), world.envid, world.clock) == "more"
+    assert cq.count == 1 and world.r.llen(keys.callback_inbox(world.envid)) == 1
+    _drain_until_idle(world)
+    assert _callback_events(world.r, world.envid) == [f"VM 8 (s0) status=L{i}" for i in range(3)]
+
+
+def test_a_drain_that_lost_its_lock_writes_nothing_more_and_leaves_the_rest(world, monkeypatch):
+    """The lock expired under a stalled drain (deleted here before its second batch): the fenced step writes
+    nothing, LockLost is raised, the entries stay and the pending lease brings the drain back."""
+    monkeypatch.setattr(cbinbox, "BATCH", 1)
+    for i in range(2):
+        _ingest(world, 8, f"F{i}")
+    r = ArrivingRedis(connection_pool=world.r.connection_pool)
+    r.fail_at, r.arrive = 3, lambda: world.r.delete(keys.env_lock(world.envid))   # SET lock, step 1, [lost], step 2
+    with pytest.raises(envstore.LockLost):
+        cbinbox.drain(r, _queue(world.r), world.envid, world.clock)
+    assert _callback_events(world.r, world.envid) == []          # the first batch was taken, not yet written
+    assert world.r.llen(keys.callback_inbox(world.envid)) == 2
+    assert world.r.zscore(keys.callback_drains(), world.envid) is not None
+    _drain_until_idle(world)
+    assert _callback_events(world.r, world.envid) == ["VM 8 (s0) status=F0", "VM 8 (s0) status=F1"]
