@@ -43,8 +43,11 @@ def enqueue_drain(queue: Queue, envid: str) -> None:
     before drives). Its result is kept a second (nobody reads it: result_ttl=0 would make RQ delete the job at once,
     ~10 % more Redis commands and CPU per job than letting it expire); a failure is kept a day. Safe to run twice
     (a second drain finds the inbox empty)."""
-    runtime.sibling(queue, runtime.CALLBACKS).enqueue(
-        DRAIN, envid, job_timeout=60, result_ttl=1, failure_ttl=86400, description=f"callbacks of env {envid}")
+    with queue.connection.pipeline() as pipe:       # one round trip (RQ alone makes two)
+        runtime.sibling(queue, runtime.CALLBACKS).enqueue(
+            DRAIN, envid, job_timeout=60, result_ttl=1, failure_ttl=86400, description=f"callbacks of env {envid}",
+            pipeline=pipe)
+        pipe.execute()
 
 
 def pump_drains(queue: Queue, now: float | None = None, batch: int = 200) -> int:
