@@ -40,8 +40,9 @@ What moved it (each measured here): the VM index instead of a scan of the env's 
 has seen is one script call: 1.2 Redis calls per callback instead of 2); the drain reading only the records its
 batch names and writing them with json.dumps(vars(rec)) (VmRecord.to_json's asdict deep copy was 3/4 of the
 drain's CPU); one script per drained batch (write + take next); result_ttl=1 on drain jobs (0 makes RQ delete the
-job at once: 62 instead of 56 commands). Tried and dropped: a drain that lingers 20 ms for more callbacks of its env
-(with several envs' drains queued it stops at once and only adds round trips: worker CPU per callback went up).
+job at once: 62 instead of 56 commands); a drain enqueued in one pipeline (RQ alone: two round trips). Tried and
+dropped: a drain that lingers 20 ms for more callbacks of its env (with several envs' drains queued it stops at
+once and only adds round trips: worker CPU per callback went up).
 Left: the gateway's cost is now mostly gunicorn's own and redis-py's per call (~40 us of CPU for a script call);
 RQ's ~56 commands and ~2 ms of CPU per job, paid once per drain (about 20 callbacks a job while ingesting, 200
 from a backlog).
