@@ -7,9 +7,10 @@ SimpleWorker: Carina's jobs are short, stateless functions; a fork per job cost 
 still enforced (RQ's SIGALRM death penalty: the worker loop runs in the main thread). `--fork` runs RQ's
 forking Worker instead.
 JSON serializer only (no pickle in Redis), RQ's scheduler on (delayed jobs of other modules), a pump
-thread for Carina's delayed drives (lifecycle.pump), callback retries and watcher passes, JSON log lines on
-stderr (config/logs.py), metrics for /metrics (config/metrics.py). At start it re-drives every in-flight
-environment (reconcile.recover_all), so work interrupted by a killed worker or a Redis restart resumes.
+thread for Carina's delayed drives (lifecycle.pump), callback retries, callback inbox drains whose lease ran out
+(ops.cbinbox.pump_drains) and watcher passes, JSON log lines on stderr (config/logs.py), metrics for /metrics
+(config/metrics.py). At start it re-drives every in-flight environment (reconcile.recover_all), so work
+interrupted by a killed worker or a Redis restart resumes.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from functions.engine import kick, loop
 from functions.engine import watch as watcher
 from functions.engine.context import CapacityHook, Ctx, EndHook
 from functions.model.clock import system_clock
-from functions.ops import callbacks, groups, gsched
+from functions.ops import callbacks, cbinbox, groups, gsched
 from functions.store import envstore, gsstore
 from functions.store.runtime import Runtime, connect
 from functions.upkeep import ticks
@@ -59,11 +59,20 @@ def drive(envid: str) -> str:
 
 def apply_callback(envid: str, vmid: int, kind: str, fields: dict[str, str], slot: str = "",
                    attempt: int = 0) -> str:
-    """Record one accepted VM callback (functions.ops.callbacks.apply). Safe to run twice."""
+    """Record one accepted VM callback (functions.ops.callbacks.apply): jobs queued before callbacks went to an
+    inbox per environment (drain_callbacks), and their retries. Safe to run twice."""
     rt = runtime()
     with logs.bound(envid=envid):
         return callbacks.apply(rt.text, rt.queue, str(envid), int(vmid), kind, dict(fields), system_clock,
                                slot or None, int(attempt))
+
+
+def drain_callbacks(envid: str) -> str:
+    """Apply the callbacks waiting in the environment's inbox, in order (functions.ops.cbinbox.drain). Safe to run
+    twice."""
+    rt = runtime()
+    with logs.bound(envid=envid):
+        return cbinbox.drain(rt.text, rt.queue, str(envid), system_clock)
 
 
 def gs_allocate() -> str:

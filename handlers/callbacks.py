@@ -6,8 +6,12 @@ Accepted forms (any parameter order; parameters may sit in the path after `&` an
   /cgi-bin/S&vmid=V&envid=E&status=ST   and   /cgi-bin/S&vmid=V&envid=E&newip=IP&name=H   (the guide's form)
 The route validates, authorizes (functions.ops.callbacks.find_caller), throttles (a token bucket per VM:
 settings.callback_rate a minute, callback_burst at once; beyond it 429 JSON with Retry-After and nothing queued),
-queues apply_callback and answers "OK". A report with the same values as the VM's last queued report of its kind
-is answered "OK (duplicate: not queued again)" and not queued: the in-VM wget scripts only need a 2xx.
+appends the callback to the environment's inbox (queueing a drain job, functions.tasks.drain_callbacks, only when
+none is pending: functions.ops.cbinbox) and answers "OK". A report with the same values as the VM's last queued
+report of its kind is answered "OK (duplicate: not queued again)" and not queued: the in-VM wget scripts only need
+a 2xx. Redis round trips per accepted callback: one (callbacks.ingest) for a VM whose record this gateway process
+read before (functions.ops.cbroster; ingest re-checks that record), else two (cbroster.lookup first), plus the
+enqueue of a drain when none was pending.
 """
 
 from __future__ import annotations
@@ -22,8 +26,7 @@ import falcon
 
 from config import logs, metrics
 from functions.model import hostkeys
-from functions.ops import callbacks
-from functions.store import envstore
+from functions.ops import callbacks, cbinbox, cbroster
 from handlers.deps import Deps
 
 SCRIPTS = {"updatevmstatus.sh": "net", "updateappstatus.sh": "status"}
@@ -132,7 +135,7 @@ def parse_callback(script: str, query: str) -> CallbackRequest:
 
 
 class Callback:
-    """GET /cgi-bin/{script}: validate, authorize, queue apply_callback, answer "OK"."""
+    """GET /cgi-bin/{script}: validate, authorize, append to the env's callback inbox, answer "OK"."""
 
     auth_exempt = True
 
@@ -145,34 +148,60 @@ class Callback:
         except falcon.HTTPError:
             metrics.callback("invalid")
             raise
+        resp.content_type = falcon.MEDIA_TEXT
+        token = cb.params.get("token")
+        known = callbacks.known_caller(self.deps.redis, cb.envid, cb.vmid, token) if token else None
+        if known is not None and self._fits(cb, *known):           # a VM this process knows: one round trip
+            logs.bind(envid=cb.envid, service=known[0])
+            answer = self._queue({"envid": cb.envid, "service": known[0]}, cb, known[1], recheck=True)
+            if answer is not None:
+                resp.text = answer
+                return
+            cbroster.forget(cb.envid, cb.vmid)
+        env, caller = self._authorize(req, cb)
+        resp.text = self._queue(env, cb, caller) or ""
+
+    @staticmethod
+    def _fits(cb: CallbackRequest, service: str, caller: callbacks.Caller) -> bool:
+        """The remembered caller may send this callback as it is (else the full check says why not)."""
+        status = cb.params.get("status") or ""
+        return cb.params.get("service", service) == service and not (
+            status.startswith("MASTER_INIT") and caller.role != "master")
+
+    def _authorize(self, req: falcon.Request, cb: CallbackRequest) -> tuple[dict, callbacks.Caller]:
+        """The environment ({envid, service}) and the caller, or the 404/403 (recorded as a refusal)."""
         r = self.deps.redis
-        env = envstore.get_env(r, cb.envid)
-        if env is None:
+        found = cbroster.lookup(r, cb.envid, cb.vmid)
+        if found.service is None:
             metrics.callback("invalid")
             raise falcon.HTTPNotFound(title="Not found", description=f"envid: no environment {cb.envid}")
-        logs.bind(envid=cb.envid, service=env["service"])
+        env = {"envid": cb.envid, "service": found.service}
+        logs.bind(envid=cb.envid, service=found.service)
         try:
-            if cb.params.get("service", env["service"]) != env["service"]:
+            if cb.params.get("service", found.service) != found.service:
                 raise callbacks.CallbackRefused(404, f"envid: no environment {cb.envid} for that service")
-            caller = callbacks.find_caller(r, env, cb.vmid, cb.params.get("token"), cb.params.get("status"),
-                                           self.deps.settings.legacy_callbacks, req.remote_addr)
+            return env, callbacks.find_caller(r, env, cb.vmid, cb.params.get("token"), cb.params.get("status"),
+                                              self.deps.settings.legacy_callbacks, req.remote_addr, found.records)
         except callbacks.CallbackRefused as exc:
             recorded = callbacks.record_refused(r, env, cb.params, exc.message, self.deps.clock)
             metrics.callback("refused" if recorded else "throttled")
             if exc.http_status == 404:
                 raise falcon.HTTPNotFound(title="Not found", description=exc.message) from None
             raise falcon.HTTPForbidden(title="Callback refused", description=exc.message) from None
-        resp.content_type = falcon.MEDIA_TEXT
-        resp.text = self._queue(env, cb, caller)
 
-    def _queue(self, env: dict, cb: CallbackRequest, caller: callbacks.Caller) -> str:
-        """Queue the callback unless the VM is throttled (429) or repeats itself; the answer's text."""
+    def _queue(self, env: dict, cb: CallbackRequest, caller: callbacks.Caller, recheck: bool = False) -> str | None:
+        """Append the callback to the env's inbox unless the VM is throttled (429) or repeats itself (and queue a
+        drain if none is pending); the answer's text. None (only with `recheck`): the caller's record changed,
+        nothing was done."""
         r, settings = self.deps.redis, self.deps.settings
         rate, burst = settings.callback_rate, settings.callback_burst
         fields = cb.fields
         if not caller.by_token:
             fields.pop("hostkey", None)            # only a token-proven VM may name its host key
-        gate = callbacks.admit(r, cb.envid, caller, cb.kind, fields, self.deps.clock(), rate, burst)
+        gate = callbacks.ingest(r, cb.envid, caller, cb.vmid, cb.kind, fields, self.deps.clock(), rate, burst,
+                                recheck=recheck)
+        if gate.verdict == "recheck":
+            return None
         if gate.verdict == "throttled":
             if gate.note:
                 callbacks.record_throttled(r, env, cb.vmid, caller, rate, burst, self.deps.clock)
@@ -184,8 +213,8 @@ class Callback:
                             f"nothing was queued, retry in {wait} s")
         if gate.verdict == "duplicate":
             return "OK (duplicate: not queued again)"
-        callbacks.enqueue_apply(self.deps.queue, cb.envid, cb.vmid, cb.kind, fields, caller.slot)
-        callbacks.remember(r, cb.envid, caller, cb.kind, fields)
+        if gate.drain:
+            cbinbox.enqueue_drain(self.deps.queue, cb.envid)
         metrics.callback("accepted")
         return "OK"
 

@@ -1,9 +1,14 @@
 """VM callbacks: who may report (per-VM token, or legacy mode), how often, and applying a report to Redis.
 
-`find_caller` runs in the gateway (read-only), then `admit` (a token bucket per VM, and a repeat of the last
-report of a kind is not queued again) and, once queued, `remember`; `apply` (queued as
-functions.tasks.apply_callback) records an accepted callback under the environment lock and wakes the lifecycle
-on MASTER_INIT_*.
+In the gateway: `lookup` (one round trip: the env's service and the VM records that may be the caller), then
+`find_caller` (token or legacy address check, no I/O when given the records), then `ingest` (one atomic script:
+a token bucket per VM, a repeat of the last report of a kind not queued again, append to the environment's
+inbox, and whether a drain must be queued: functions.ops.cbinbox applies the inbox in batches). The gateway
+process remembers each environment's VMs (functions.ops.cbroster): a callback whose token matches a remembered VM
+(`known_caller`) skips `lookup`: one round trip, `ingest` checking that its VM record is still there.
+
+`apply` (jobs queued as functions.tasks.apply_callback before the inbox existed, and their retries) records one
+accepted callback under the environment lock and wakes the lifecycle on MASTER_INIT_*.
 """
 
 from __future__ import annotations
@@ -11,9 +16,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import re
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +27,10 @@ from rq import Queue
 
 from functions.engine.kick import kick
 from functions.model import tokens
+from functions.model.cbfold import Entry, find_record, fold_one
 from functions.model.clock import Clock
+from functions.ops import cbinbox, cbroster
+from functions.ops.cbroster import lookup
 from functions.store import envstore, keys, runtime, scripts
 from functions.store.envstore import VmRecord
 
@@ -66,21 +74,32 @@ class Admission:
     verdict: str
     retry_after: float = 0.0
     note: bool = False
+    drain: bool = False
 
 
-def _token_slot(r: redis.Redis, envid: str, vmid: int, token: str) -> VmRecord:
-    secret = envstore.callback_secret(r)
-    vms = envstore.get_vms(r, envid)
-    rec = next((v for v in vms.values() if v.vmid == vmid), None)
-    if rec is not None:
-        if tokens.token_matches(secret, envid, rec.slot, rec.nonce, token):
-            return rec
-        raise CallbackRefused(403, f"token: does not match VM {vmid} of environment {envid}")
-    # The VM may call back before its id was recorded (worker killed right after allocate): the token
-    # still proves the slot incarnation, whose record has no vmid yet.
-    for rec in vms.values():
-        if rec.vmid is None and tokens.token_matches(secret, envid, rec.slot, rec.nonce, token):
-            return rec
+_SECRETS: weakref.WeakKeyDictionary[redis.Redis, bytes] = weakref.WeakKeyDictionary()
+
+
+def _secret(r: redis.Redis, fresh: bool = False) -> bytes:
+    """The callback HMAC key, read once per client (it never changes once made); `fresh` reads it again."""
+    if fresh or r not in _SECRETS:
+        _SECRETS[r] = envstore.callback_secret(r)
+    return _SECRETS[r]
+
+
+def _token_slot(r: redis.Redis, envid: str, vmid: int, token: str, records: list[VmRecord]) -> VmRecord:
+    for fresh in (False, True):          # a mismatch reads the secret again before refusing
+        secret = _secret(r, fresh)
+        rec = next((v for v in records if v.vmid == vmid), None)
+        if rec is not None:
+            if tokens.token_matches(secret, envid, rec.slot, rec.nonce, token):
+                return rec
+            continue
+        # The VM may call back before its id was recorded (worker killed right after allocate): the token
+        # still proves the slot incarnation, whose record has no vmid yet.
+        for rec in records:
+            if rec.vmid is None and tokens.token_matches(secret, envid, rec.slot, rec.nonce, token):
+                return rec
     raise CallbackRefused(403, f"token: does not match VM {vmid} of environment {envid}")
 
 
@@ -95,11 +114,11 @@ def same_address(a: str | None, b: str) -> bool:
     return x == y
 
 
-def _legacy_caller(r: redis.Redis, envid: str, vmid: int, remote_addr: str | None) -> VmRecord:
+def _legacy_caller(envid: str, vmid: int, remote_addr: str | None, records: list[VmRecord]) -> VmRecord:
     """The VM record of a tokenless callback: an existing VM, called from the address OpenNebula reports for it
     (the record's one_ip, written when Carina asks OpenNebula about the VM, at the latest by the minute's
     refresh; never the address the VM itself reported). Raises CallbackRefused."""
-    rec = envstore.vm_by_id(r, envid, vmid)
+    rec = next((v for v in records if v.vmid == vmid), None)
     if rec is None:
         raise CallbackRefused(404, f"vmid: no VM {vmid} in environment {envid}")
     expected = rec.one_ip
@@ -112,20 +131,23 @@ def _legacy_caller(r: redis.Redis, envid: str, vmid: int, remote_addr: str | Non
 
 
 def find_caller(r: redis.Redis, env: dict[str, Any], vmid: int, token: str | None, status: str | None,
-                legacy: bool, remote_addr: str | None = None) -> Caller:
+                legacy: bool, remote_addr: str | None = None, records: list[VmRecord] | None = None) -> Caller:
     """Authorize a callback for VM `vmid` of `env`; raises CallbackRefused (403/404). Read-only.
 
     With a token it must match that VM's record (from any address). Without one it is refused unless `legacy`,
     and then accepted only for an existing VM of the environment calling from its own address (`remote_addr`,
     as the gateway sees it, must be the one OpenNebula reports). MASTER_INIT_* is accepted only from the master.
+    `records`: the candidates `lookup` read (default: read them now).
     """
     envid = env["envid"]
+    if records is None:
+        records = lookup(r, envid, vmid).records
     if token:
-        rec = _token_slot(r, envid, vmid, token)
+        rec = _token_slot(r, envid, vmid, token, records)
     elif not legacy:
         raise CallbackRefused(403, "token: callback token required")
     else:
-        rec = _legacy_caller(r, envid, vmid, remote_addr)
+        rec = _legacy_caller(envid, vmid, remote_addr, records)
     if status and status.startswith("MASTER_INIT") and rec.role != "master":
         raise CallbackRefused(403, f"status: only the master reports {status.split(':')[0]}")
     return Caller(slot=rec.slot, role=rec.role, nonce=rec.nonce, by_token=bool(token))
@@ -135,26 +157,37 @@ def _values(kind: str, fields: dict[str, str]) -> str:
     return json.dumps([kind, fields], sort_keys=True)
 
 
-def admit(r: redis.Redis, envid: str, caller: Caller, kind: str, fields: dict[str, str], now: float,
-          per_minute: int, burst: int) -> Admission:
+def ingest(r: redis.Redis, envid: str, caller: Caller, vmid: int, kind: str, fields: dict[str, str], now: float,
+           per_minute: int, burst: int, recheck: bool = False) -> Admission:
     """Take one token from the VM's bucket (`per_minute` refill, `burst` deep) and compare the report with the
-    last one of its kind queued for this VM. One atomic script; every call takes a token, duplicates too."""
-    key = keys.callback_gate(envid, caller.slot, caller.nonce)
+    last one of its kind queued for this VM; when it is to be queued, in the same atomic script, append it to the
+    environment's inbox and remember it as the VM's last report of its kind. Admission.drain: no drain of the
+    environment was pending, the caller must queue one (cbinbox.enqueue_drain; if it dies first, the pump does it
+    once the lease runs out). Every call takes a token. `recheck` (a caller from `known_caller`): first
+    check that the environment and the caller's VM record (slot, nonce, vmid) are still there, else do nothing and
+    answer Admission("recheck")."""
+    entry = json.dumps(Entry(vmid, kind, fields, caller.slot, now).to_wire(), sort_keys=True)
+    keys_ = [keys.callback_gate(envid, caller.slot, caller.nonce), keys.callback_inbox(envid), keys.callback_drains(),
+             keys.env_vms(envid), keys.env(envid)]
     args = [repr(now), repr(per_minute / 60.0), str(burst), kind, _values(kind, fields), str(GATE_TTL),
-            repr(THROTTLE_NOTE_EVERY)]
-    code, wait_ms, note = scripts.run(r, "callback_gate", [key], args)
+            repr(THROTTLE_NOTE_EVERY), entry, envid, repr(time.time() + cbinbox.DRAIN_LEASE),
+            caller.slot if recheck else "", caller.nonce, str(vmid)]
+    code, wait_ms, note, drain = scripts.run(r, "callback_ingest", keys_, args)
     if code == 0:
         return Admission("throttled", retry_after=int(wait_ms) / 1000.0, note=bool(note))
-    return Admission("duplicate" if code == 2 else "queue")
+    return Admission({1: "queue", 2: "duplicate", 3: "recheck"}[int(code)], drain=bool(drain))
 
 
-def remember(r: redis.Redis, envid: str, caller: Caller, kind: str, fields: dict[str, str]) -> None:
-    """Note the report just queued as the VM's last of its kind (a repeat is then not queued again)."""
-    key = keys.callback_gate(envid, caller.slot, caller.nonce)
-    with r.pipeline() as p:
-        p.hset(key, f"last:{kind}", _values(kind, fields))
-        p.expire(key, GATE_TTL)
-        p.execute()
+def known_caller(r: redis.Redis, envid: str, vmid: int, token: str) -> tuple[str, Caller] | None:
+    """(service, caller) when `token` matches the VM this process remembers as `vmid` of `envid` (cbroster; no I/O
+    but the HMAC), else None. Ingest it with recheck=True: the record may have changed since."""
+    got = cbroster.known(envid, vmid)
+    if got is None:
+        return None
+    service, m = got
+    if not tokens.token_matches(_secret(r), envid, m.slot, m.nonce, token):
+        return None
+    return service, Caller(slot=m.slot, role=m.role, nonce=m.nonce, by_token=True)
 
 
 def record_throttled(r: redis.Redis, env: dict[str, Any], vmid: int, caller: Caller, per_minute: int, burst: int,
@@ -195,7 +228,8 @@ RETRY_LEASE = 30.0
 
 
 def pump_retries(queue: Queue, now: float | None = None, batch: int = 200) -> int:
-    """Enqueue every callback retry that is due (real time unless `now`); returns how many.
+    """Enqueue every callback retry that is due (real time unless `now`), and every inbox drain due again
+    (cbinbox.pump_drains); returns how many.
 
     Safe to run twice and from several workers at once: a taken entry is leased, enqueued, then removed,
     so each retry runs at least once (a second run of apply is harmless) and none is lost.
@@ -212,19 +246,7 @@ def pump_retries(queue: Queue, now: float | None = None, batch: int = 200) -> in
         else:
             _enqueue_now(queue, envid, vmid, kind, fields, slot, attempt)
         conn.zrem(keys.callback_retries(), member)
-    return len(taken)
-
-
-INIT_RE = {"master": re.compile(r"MASTER_INIT_(DONE|FAIL)"), "slave": re.compile(r"SLAVE_[0-9]+_INIT_(DONE|FAIL)")}
-
-
-def init_verdict(status: str, rec: VmRecord) -> str:
-    """"done" / "fail:<status>" when `status` is this VM's own init report (MASTER_INIT_* from the master,
-    SLAVE_<n>_INIT_* from a slave; a `:reason` may follow), else "". Pure."""
-    match = INIT_RE[rec.role].fullmatch(status.split(":", 1)[0])
-    if match is None:
-        return ""
-    return "done" if match.group(1) == "DONE" else f"fail:{status}"
+    return len(taken) + cbinbox.pump_drains(queue, now)
 
 
 def _record(r: redis.Redis, envid: str, vmid: int, kind: str, fields: dict[str, str],
@@ -233,26 +255,12 @@ def _record(r: redis.Redis, envid: str, vmid: int, kind: str, fields: dict[str, 
 
     Returns the record and a remark for the event: a host key is kept only from the first network callback that
     carries one (a later, different one is ignored and said so: a changed key is never silently accepted)."""
-    vms = envstore.get_vms(r, envid)
-    rec = vms.get(slot) if slot else None
-    if rec is None or rec.vmid not in (None, vmid):
-        rec = next((v for v in vms.values() if v.vmid == vmid), None)
+    rec = find_record(envstore.get_vms(r, envid), vmid, slot)
     if rec is None:
         return None, ""
-    remark = ""
-    if kind == "net":
-        rec.ip = fields["newip"]
-        rec.hostname = fields.get("name", rec.hostname)
-        rec.status = "NET_CONFIG_DONE"
-        key = fields.get("hostkey", "")
-        if key and not rec.hostkey:
-            rec.hostkey, remark = key, " (host key reported)"
-        elif key and key != rec.hostkey:
-            remark = " (host key differs from the one reported first: ignored)"
-    else:
-        rec.status = fields["status"]
-        rec.init = rec.init or init_verdict(fields["status"], rec)
-        envstore.update_env(r, envid, status=fields["status"])
+    remark, status = fold_one(rec, kind, fields)
+    if status is not None:
+        envstore.update_env(r, envid, status=status)
     envstore.put_vm(r, envid, rec, fence=fence)
     return rec, remark
 

@@ -29,6 +29,8 @@ State model (hashes are the source of truth, streams are the event log):
 - hostkeys:            hash "<service> <proxy URL> <vmid> <nonce>" -> pinned SSH host key (type base64)
 - callback_secret:     string HMAC key for per-VM callback tokens
 - callback_gate(e, slot, nonce): hash with TTL, a VM's callback rate limit and its last queued reports
+- callback_inbox(e):   list of accepted callbacks of the environment not yet applied (oldest first)
+- callback_drains:     sorted set envid -> when its inbox drain is due again (a drain queued, leased or retried)
 - tick(name, minute):  string, SET NX per minute so several schedulers fire once
 - inflight:            set of envids with unfinished work (re-driven on start and every minute)
 - group(g):            hash of one environment group (members, dependencies, jobs, per-member spec and envid)
@@ -171,7 +173,7 @@ def callback_refusals(envid: str, minute: int) -> str:
 
 def callback_gate(envid: str, slot: str, nonce: str) -> str:
     """Hash with TTL, one per VM incarnation: its callback token bucket (tokens, ts, throttled) and the values of
-    the last callback of each kind queued for it (last:net, last:status), run by the `callback_gate` script."""
+    the last callback of each kind queued for it (last:net, last:status), run by the `callback_ingest` script."""
     return f"{PREFIX}env:{envid}:cbgate:{slot}:{nonce}"
 
 
@@ -289,3 +291,19 @@ def watch_seen() -> str:
 def watch_lock() -> str:
     """String owner token with TTL: held by the watcher pass running now (one at a time)."""
     return f"{PREFIX}watch:lock"
+
+
+# ---------------------------------------------------------------- callbacks applied in batches (ops.cbinbox)
+
+
+def callback_inbox(envid: str) -> str:
+    """List, oldest first: the environment's accepted callbacks not applied yet (JSON {v, k, f, s, t}), appended by
+    the gateway's `callback_ingest` script, removed by the drain's `callback_step` once applied."""
+    return f"{PREFIX}env:{envid}:cbinbox"
+
+
+def callback_drains() -> str:
+    """Sorted set envid -> epoch: the environment has a drain of its inbox queued or running until then (a lease:
+    when it passes, every worker's pump queues the drain again, so a killed drain loses nothing); a drain that
+    found the env lock busy sets its retry time here. The drain removes the entry once the inbox is empty."""
+    return f"{PREFIX}callback_drains"

@@ -15,7 +15,7 @@ from rq.serializers import JSONSerializer
 
 from config.settings import Settings
 from functions.model import tokens
-from functions.ops import callbacks
+from functions.ops import callbacks, cbinbox
 from functions.store import envstore, keys, runtime, tenants
 from functions.store.envstore import VmRecord
 from functions.store.runtime import JsonQueue
@@ -28,6 +28,11 @@ def world(api, redis_server, monkeypatch):
     """Service svc1 with env E: master (vmid 7) and slave s0 (vmid 8); service svc2 exists too.
 
     Queued functions connect from the environment, as a worker started with REDIS_URL does."""
+    return make_world(api, redis_server, monkeypatch)
+
+
+def make_world(api, redis_server, monkeypatch):
+    """The `world` fixture's work (other test modules build their own fixture with it)."""
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     api.service("svc1")
     api.service("svc2")
@@ -48,9 +53,18 @@ def _queue(r: redis.Redis) -> JsonQueue:
 
 
 def _queued(r: redis.Redis) -> list[tuple[str, list]]:
-    """Every queued job, in the order a worker takes them (high, callbacks, then drives)."""
+    """Every accepted callback waiting in an environment's inbox, oldest first, as ("callback", [envid, vmid, kind,
+    fields, slot]), then every queued job but inbox drains, in the order a worker takes them (high, callbacks, then
+    drives). Checks that each environment with waiting callbacks has one drain queued (and pending)."""
     queues = runtime.worker_queues(_queue(r))
-    return [(j.func_name, j.args) for q in queues for j in (q.fetch_job(i) for i in q.job_ids)]
+    jobs = [(j.func_name, j.args) for q in queues for j in (q.fetch_job(i) for i in q.job_ids)]
+    drains = [a[0] for f, a in jobs if f == cbinbox.DRAIN]
+    out: list[tuple[str, list]] = []
+    for key in sorted(r.scan_iter(keys.callback_inbox("*"))):
+        envid = key.split(":")[2]
+        assert drains.count(envid) == 1 and r.zscore(keys.callback_drains(), envid) is not None, envid
+        out += [("callback", [envid, e["v"], e["k"], e["f"], e["s"]]) for e in cbinbox.waiting(r, envid)]
+    return out + [(f, a) for f, a in jobs if f != cbinbox.DRAIN]
 
 
 def _run_queue(r: redis.Redis) -> None:
@@ -67,8 +81,7 @@ def test_updatevmstatus_query_form_is_applied_by_a_worker(world):
     url = f"/cgi-bin/updatevmstatus.sh?service=svc1&vmid=8&envid={e}&newip=10.0.0.8&name=tomcat-s&token={t}"
     res = world.client.simulate_get(url)
     assert res.status_code == 200 and res.text == "OK" and res.headers["content-type"].startswith("text/plain")
-    assert _queued(world.r) == [("functions.tasks.apply_callback",
-                                 [e, 8, "net", {"newip": "10.0.0.8", "name": "tomcat-s"}, "s0", 0])]
+    assert _queued(world.r) == [("callback", [e, 8, "net", {"newip": "10.0.0.8", "name": "tomcat-s"}, "s0"])]
     _run_queue(world.r)
     rec = envstore.get_vms(world.r, e)["s0"]
     assert (rec.ip, rec.hostname, rec.status) == ("10.0.0.8", "tomcat-s", "NET_CONFIG_DONE")
@@ -97,8 +110,7 @@ def test_updateappstatus_any_order_sets_env_and_vm_status(world):
 def test_guide_form_with_params_in_the_path(world, path):
     res = world.client.simulate_get(path.format(e=world.envid, t=world.tok[7]))
     assert res.status_code == 200, res.text
-    assert _queued(world.r) == [("functions.tasks.apply_callback",
-                                 [world.envid, 7, "status", {"status": "MASTER_INIT_DONE"}, "m", 0])]
+    assert _queued(world.r) == [("callback", [world.envid, 7, "status", {"status": "MASTER_INIT_DONE"}, "m"])]
 
 
 def test_guide_form_network_callback_and_space_decoding(world):
@@ -393,14 +405,14 @@ def test_the_bucket_never_admits_more_than_burst_plus_refill(rdb, gaps, per_minu
     now, admitted = 1000.0, 0
     for i, gap in enumerate(gaps):
         now += gap
-        gate = callbacks.admit(rdb, "1", caller, "status", {"status": f"S{i}"}, now, per_minute, burst)
+        gate = callbacks.ingest(rdb, "1", caller, 7, "status", {"status": f"S{i}"}, now, per_minute, burst)
         admitted += gate.verdict == "queue"
         assert gate.verdict in ("queue", "throttled")
         assert admitted <= burst + per_minute / 60.0 * (now - 1000.0) + 1e-6
     rdb.flushall()
     period = 60.0 / per_minute
-    assert all(callbacks.admit(rdb, "1", caller, "status", {"status": f"T{i}"}, 1000.0 + i * period,
-                               per_minute, burst).verdict == "queue" for i in range(30))
+    assert all(callbacks.ingest(rdb, "1", caller, 7, "status", {"status": f"T{i}"}, 1000.0 + i * period,
+                                per_minute, burst).verdict == "queue" for i in range(30))
 
 
 def test_the_network_callback_carries_the_vms_host_key(world, redis_server, tmp_path):
