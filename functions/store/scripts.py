@@ -365,8 +365,8 @@ return {env[1], env[2] or '', hit}
 # drain unless one is pending. A gateway that authorized this VM before (and skipped callback_lookup) has the script
 # check first that the VM record it authorized is still there.
 LUA["callback_ingest"] = """
--- KEYS[1] the VM's callback gate, KEYS[2] the env's callback inbox, KEYS[3] the drains schedule, KEYS[4] the env's
--- VM records, KEYS[5] env hash.
+-- KEYS[1] the VM's callback gate, KEYS[2..5] and ARGV[1..13] below.
+-- KEYS[2] the env's callback inbox, KEYS[3] the drains schedule, KEYS[4] the env's VM records, KEYS[5] env hash.
 -- ARGV[1] now (s), ARGV[2] tokens a second, ARGV[3] burst, ARGV[4] kind, ARGV[5] the callback's values (canonical
 -- JSON), ARGV[6] the gate's TTL (s), ARGV[7] seconds between two "throttled" notes, ARGV[8] the inbox entry
 -- (JSON), ARGV[9] envid, ARGV[10] until when a new drain is leased (epoch), ARGV[11] slot to check ('' = none),
