@@ -38,6 +38,7 @@ PARTS = (
     "stack_bench",
     "creates_bench",
     "sim_pool_bench",
+    "callbacks_bench",
 )
 
 
