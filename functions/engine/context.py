@@ -125,6 +125,7 @@ class Ctx:
     clock: Clock = system_clock
     one_factory: Callable[[str, str], OneClient] = OneClient
     ssh: Callable[..., tuple[sshexec.SshResult, str]] = sshexec.run_remote
+    ssh_batch: sshexec.Batch | None = None     # None: sshexec.run_batch, or `ssh` one command at a time if replaced
     clients: dict[str, OneClient] = field(default_factory=dict)
     on_end: Sequence[EndHook] = ()
     capacity: CapacityHook | None = None
@@ -138,6 +139,13 @@ class Ctx:
     def del_vm(self, env: Env, slot: str) -> None:
         """Forget a VM record, fenced like put_vm."""
         envstore.del_vm(self.r, env.envid, slot, fence=self.fence or None)
+
+    def batch_ssh(self) -> sshexec.Batch:
+        """How a step runs several commands on one VM: `ssh_batch` if set; else sshexec.run_batch (one connection)
+        with the real `ssh`, or a stand-in `ssh` (a test's) called once per command."""
+        if self.ssh_batch is not None:
+            return self.ssh_batch
+        return sshexec.run_batch if self.ssh is sshexec.run_remote else sshexec.one_by_one(self.ssh)
 
     def install(self) -> str:
         """This installation's id (tags every VM), read once per context."""

@@ -1,4 +1,5 @@
-"""VM-level steps shared by create, scale and remove: render, allocate (intent first), observe, announce, terminate.
+"""VM-level steps shared by create, scale and remove: render, allocate (intent first), observe, terminate (telling
+the master: functions.engine.announce).
 
 Every function here runs under the environment lock (one writer). Each OpenNebula side effect is preceded by a
 written intent (a VmRecord in state "allocating" with its nonce), and a replay of an "allocating" record first
@@ -12,11 +13,10 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from functions.cloud import sshexec
 from functions.cloud.one import OneClient, VmView
 from functions.engine.context import Watch
-from functions.model import hostkeys, ownership, render, specview, tokens
-from functions.store import envstore, gsstore, keys, tenants, watching
+from functions.model import ownership, render, specview, tokens
+from functions.store import envstore, gsstore, keys, watching
 from functions.store.envstore import VmRecord
 
 if TYPE_CHECKING:
@@ -352,49 +352,6 @@ def pin_id(env: Env, rec: VmRecord) -> str:
     """Whose host key a pin is: the service, the endpoint's URL, the VM id and the slot incarnation's nonce (a
     reused VM id or another service's endpoint of the same name never shares a pin)."""
     return f"{env.service} {specview.proxy(env.spec)} {rec.vmid} {rec.nonce}"
-
-
-def master_command(ctx: Ctx, env: Env, master: VmRecord, verb: str, slave: VmRecord) -> None:
-    """SSH to the master as adminuser and run `~/<master script> <verb> <slave ip> <slavedata>`.
-
-    The master's host key must be the pinned one; before there is a pin, the key the master reported in its
-    token-proven network callback (so the very first connection is checked), else any key (trust on first use).
-    The first successful connection pins the key and records how (VmRecord.hostkey_pin, an event). Raises
-    sshexec.SshFailed (retry later), HostKeyMismatch (never accepted) or StepFailed on a non-zero exit. Runs the
-    command again if called again (the master scripts' add/remove are idempotent).
-    """
-    script = str(env.cfg.get("master_context_script") or "")
-    if not script:
-        return
-    command = sshexec.script_command(script, [verb, slave.ip, str(env.cfg.get("slavedata") or "")])
-    private_pem, _ = tenants.service_keypair(ctx.r, env.service)
-    assert master.vmid is not None
-    known = envstore.pinned_hostkey(ctx.r, pin_id(env, master))
-    result, seen = ctx.ssh(master.ip, ctx.settings.ssh_port, str(env.cfg.get("adminuser") or "root"),
-                           private_pem, command, known_key=known or master.hostkey or None,
-                           timeout=ctx.settings.ssh_timeout)
-    if known is None:
-        _pin(ctx, env, master, seen)
-    if result.rc != 0:
-        raise sshexec.SshFailed(f"`{verb}` on the master exited {result.rc}: {(result.err or result.out)[-200:]}")
-    ctx.event(env, "step", f"master: {verb} {slave.ip} {env.cfg.get('slavedata') or ''}".rstrip(),
-              slot=slave.slot)
-
-
-def _pin(ctx: Ctx, env: Env, master: VmRecord, seen: str) -> None:
-    """Pin the key the master just showed (never replacing a pin) and record whether the callback vouched for
-    it. Safe to run twice."""
-    how = "callback" if master.hostkey else "first-use"
-    if envstore.pin_hostkey(ctx.r, pin_id(env, master), seen) != seen or master.hostkey_pin:
-        return
-    master.hostkey_pin = how
-    ctx.put_vm(env, master)
-    env.vms[master.slot] = master
-    if how == "callback":
-        msg = f"master: host key pinned from callback ({hostkeys.fingerprint(seen)})"
-    else:
-        msg = f"master: host key pinned on first use ({hostkeys.fingerprint(seen)}; its callback carried none)"
-    ctx.event(env, "hostkey", msg, vmid=str(master.vmid), slot=master.slot, how=how)
 
 
 def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = False,
