@@ -90,6 +90,7 @@ def _handshake(host: str, port: int, known_key: str | None, deadline: _Deadline)
         sock = socket.create_connection((host, port), timeout=deadline.left())
     except OSError as exc:
         raise SshFailed(f"connect {host}:{port}: {exc}") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # small SSH messages: no Nagle / delayed-ACK stalls
     transport = paramiko.Transport(sock)
     transport.banner_timeout = transport.handshake_timeout = deadline.left()
     if key_type is not None:
