@@ -49,8 +49,10 @@ def _per_endpoint(entry: dict, key: str, endpoint: str, role: str) -> str:
     return str(value)
 
 
-def render_vm(ctx: Ctx, env: Env, rec: VmRecord, master_ip: str = "", num_slaves: int = 0) -> str:
-    """The allocate text for `rec` (role master or slave). Pure apart from reading the callback secret.
+def render_vm(ctx: Ctx, env: Env, rec: VmRecord, master_ip: str = "", num_slaves: int = 0,
+              secret: bytes | None = None) -> str:
+    """The allocate text for `rec` (role master or slave). Pure apart from reading the callback secret (unless
+    `secret`, envstore.callback_secret, is given).
 
     Raises RenderError / SpecError naming the culprit.
     """
@@ -70,7 +72,8 @@ def render_vm(ctx: Ctx, env: Env, rec: VmRecord, master_ip: str = "", num_slaves
         values.update({"MASTER": master_ip, "APP_PACKAGE": str(cfg.get("app_package") or "")})
     pairs = render.context_pairs(str(cfg.get(f"{role}_context_var") or ""), role, master_ip=master_ip,
                                  index=rec.index, num_slaves=num_slaves, deps=specview.deps(env.spec))
-    token = tokens.vm_token(envstore.callback_secret(ctx.r), env.envid, rec.slot, rec.nonce)
+    secret = envstore.callback_secret(ctx.r) if secret is None else secret
+    token = tokens.vm_token(secret, env.envid, rec.slot, rec.nonce)
     extra = {"CARINA_TOKEN": token, "CARINA_ROLE": role, "CARINA_SLOT": rec.slot}
     return render.render_vm(specview.vm_text(env.spec, role), values, pairs, context_extra=extra,
                             tags=expected_tags(ctx, env, rec), placement=cfg.get("placement_policy"))
@@ -115,7 +118,7 @@ def _adopt(ctx: Ctx, env: Env, rec: VmRecord, vmid: int, how: str) -> VmRecord:
     return rec
 
 
-def _granted(ctx: Ctx, env: Env, rec: VmRecord) -> None:
+def grant(ctx: Ctx, env: Env, rec: VmRecord) -> None:
     """Ask Ctx.capacity whether the new VM may be allocated now; if not, say why (env info, phase, one event per
     reason) and raise WaitCapacity."""
     why = ctx.capacity(ctx, env, rec) if ctx.capacity is not None else None
@@ -154,7 +157,7 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
         rec = VmRecord(slot=slot, role=role, index=index, endpoint=env.endpoint, created=ctx.clock(),
                        origin=op_origin(env) if origin is None else origin)
         text = render_vm(ctx, env, rec, master_ip, num_slaves)       # render errors before any intent
-        _granted(ctx, env, rec)
+        grant(ctx, env, rec)
         ctx.put_vm(env, rec)
     else:
         adopted = adopt_tagged(ctx, env, one, rec)
@@ -166,7 +169,7 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
     try:
         return _adopt(ctx, env, rec, vmid, "allocated")
     except envstore.LockLost:
-        _drop_unrecorded(ctx, env, one, slot, vmid)
+        drop_unrecorded(ctx, env, one, slot, vmid)
         raise
 
 
@@ -179,7 +182,7 @@ def adopt_tagged(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmRecord 
     return _adopt(ctx, env, rec, found[0].vmid, "found by its tags after a restart") if found else None
 
 
-def _drop_unrecorded(ctx: Ctx, env: Env, one: OneClient, slot: str, vmid: int) -> None:
+def drop_unrecorded(ctx: Ctx, env: Env, one: OneClient, slot: str, vmid: int) -> None:
     """The lock was lost between the intent and recording the VM just allocated (a stalled drive): the new
     holder allocated or adopted the slot's VM itself, so this one is nobody's. Terminate it, unless the new
     holder adopted this very VM. Safe to run twice."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functions.cloud import sshexec
 from functions.cloud.one import OneClient, OneError, OneUnavailable
-from functions.engine import announce, vmops
+from functions.engine import announce, bulk, vmops
 from functions.engine.context import Ctx, Env, Step, deadline_passed, fail, finish, later
 from functions.model import render, specview
 from functions.store import envstore
@@ -119,8 +119,15 @@ def create_step(ctx: Ctx, env: Env) -> Step:
     if master is None:
         return wait
     desired = int(env.num("desired_slaves"))
-    short: vmops.WaitCapacity | None = None
-    for i in range(desired):
+    try:                                         # the new slaves at once (Redis work batched), then any intent left
+        short = bulk.allocate_new(ctx, env, one, [(f"s{i}", "slave", i) for i in range(desired)],
+                                  master_ip=master.ip, num_slaves=desired)
+    except bulk.SlotFailed as exc:
+        return fail(ctx, env, f"SLAVE_CREATE_FAIL: {exc.cause}", f"slave {exc.slot}: {exc.cause}")
+    for i in range(desired):                     # intents a killed drive left (adopted by tag, else allocated)
+        rec = env.vms.get(f"s{i}")
+        if rec is None or rec.vmid is not None:
+            continue
         try:
             vmops.ensure_allocated(ctx, env, one, f"s{i}", "slave", i, master_ip=master.ip, num_slaves=desired)
         except vmops.WaitCapacity as exc:       # ask for every slave at once, then wait for the grants
