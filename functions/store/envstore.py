@@ -321,6 +321,19 @@ def env_lock(r: redis.Redis, envid: str, ttl: float = LOCK_TTL) -> Iterator[str]
         scripts.run(r, "release_if_owner", [key], [token])
 
 
+RERUN_TTL = 60        # seconds a rerun request lives (its asker also left a delayed kick: nothing is lost)
+
+
+def want_rerun(r: redis.Redis, envid: str) -> None:
+    """Ask whoever holds the environment's lock to run another drive as soon as it is done. Safe to run twice."""
+    r.set(keys.env_rerun(envid), "1", ex=RERUN_TTL)
+
+
+def take_rerun(r: redis.Redis, envid: str) -> bool:
+    """True (once) if another drive asked for a rerun while this holder had the lock; clears the request."""
+    return bool(r.getdel(keys.env_rerun(envid)))
+
+
 def _keep_lock(r: redis.Redis, key: str, token: str, ms: int, stop: threading.Event) -> None:
     """Renew the lock every ms/4 while `token` owns it; ends when stopped or the lock was lost."""
     while not stop.wait(ms / 4000):
