@@ -241,9 +241,10 @@ def _poll(chan: paramiko.Channel, run: _Running, timeout: float, where: str) -> 
 
 def _run_channels(transport: paramiko.Transport, commands: Sequence[str], timeout: float, channels: int,
                   where: str) -> list[Outcome]:
-    """Each command on its own exec channel, at most `channels` at once, each within `timeout` s of its start.
-    A command that could not start or finish gets its SshFailed; the others are not affected unless the
-    connection itself is lost (then every command not finished gets that failure)."""
+    """Each command on its own exec channel, at most `channels` at once (fewer once the server refuses a channel
+    while others are open: its MaxSessions), each within `timeout` s of its start. A command that could not
+    start or finish gets its SshFailed; the others are not affected unless the connection itself is lost (then
+    every command not finished gets that failure)."""
     results: list[Outcome | None] = [None] * len(commands)
     pending = deque(range(len(commands)))
     active: dict[paramiko.Channel, _Running] = {}
@@ -252,6 +253,13 @@ def _run_channels(transport: paramiko.Transport, commands: Sequence[str], timeou
             i = pending.popleft()
             try:
                 chan, run = _open(transport, commands[i], i, timeout)
+            except paramiko.ChannelException as exc:
+                if active:                    # the server allows fewer sessions at once (MaxSessions): use fewer
+                    pending.appendleft(i)
+                    channels = len(active)
+                    break
+                results[i] = SshFailed(f"ssh to {where}: {type(exc).__name__}: {exc}")
+                continue
             except (paramiko.SSHException, OSError, EOFError, SshFailed) as exc:
                 results[i] = SshFailed(f"ssh to {where}: {type(exc).__name__}: {exc}")
                 continue

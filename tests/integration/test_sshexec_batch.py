@@ -151,3 +151,20 @@ def test_one_by_one_runs_a_stand_in_per_command_and_expects_the_first_key_after(
     assert isinstance(outcomes[0], SshFailed) and outcomes[1:] == [SshResult(0, "", "")] * 2
     assert seen == "ssh-ed25519 AAAA"
     assert calls == [("down", None), ("a", None), ("b", "ssh-ed25519 AAAA")]
+
+
+def test_a_server_allowing_fewer_sessions_gets_fewer_channels_not_failures(master: Master,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like OpenSSH's MaxSessions 2: a third session is refused while two are open; the batch goes on with two."""
+    from onesim import sshd
+
+    def at_most_two(self: sshd._Interface, kind: str, chanid: int) -> int:
+        live = [c for c in self.transport._channels.values() if not c.closed]       # noqa: SLF001
+        return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED if len(live) >= 2 else paramiko.OPEN_SUCCEEDED
+
+    monkeypatch.setattr(sshd._Interface, "check_channel_request", at_most_two)
+    master.slow = 0.05
+    commands = [f"add 10.0.0.{i} sleep" for i in range(8)]
+    outcomes, _ = batch(master, commands, channels=8)
+    assert all(isinstance(o, SshResult) and o.rc == 0 for o in outcomes), outcomes
+    assert sorted(master.ran) == sorted(commands) and master.most <= 2 and master.auths == 1
