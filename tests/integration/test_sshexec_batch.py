@@ -86,8 +86,8 @@ def test_runs_every_command_over_one_connection_in_order(master: Master) -> None
 
 
 def test_channels_bound_how_many_commands_run_at_once(master: Master) -> None:
-    master.slow = 0.05
-    commands = [f"add 10.0.0.{i} sleep" for i in range(12)]
+    master.slow = 0.3                      # long enough that the channels opened one after the other overlap
+    commands = [f"add 10.0.0.{i} sleep" for i in range(8)]
     outcomes, _ = batch(master, commands, channels=4)
     assert all(isinstance(o, SshResult) and o.rc == 0 for o in outcomes)
     assert sorted(master.ran) == sorted(commands) and master.auths == 1
