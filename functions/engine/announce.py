@@ -59,6 +59,7 @@ def tell_master(ctx: Ctx, env: Env, master: VmRecord, verb: str,
     if known is None and seen:
         _pin(ctx, env, master, seen)
     out: list[sshexec.SshFailed | None] = []
+    events: list[tuple[str, str, dict[str, str]]] = []
     for slave, outcome in zip(slaves, outcomes, strict=True):
         if isinstance(outcome, sshexec.SshFailed):
             out.append(outcome)
@@ -67,7 +68,8 @@ def tell_master(ctx: Ctx, env: Env, master: VmRecord, verb: str,
             out.append(sshexec.SshFailed(f"`{verb}` on the master exited {outcome.rc}: {tail}"))
         else:
             out.append(None)
-            ctx.event(env, "step", f"master: {verb} {slave.ip} {data}".rstrip(), slot=slave.slot)
+            events.append(("step", f"master: {verb} {slave.ip} {data}".rstrip(), {"slot": slave.slot}))
+    ctx.events(env, events)
     return out
 
 
@@ -117,10 +119,21 @@ def _boot(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> Progress | None:
     return None if rec.state == "running" else Progress(wait=vmops.watch(rec, view))
 
 
+def _mark_called_back(ctx: Ctx, env: Env, recs: Sequence[VmRecord]) -> None:
+    """vmops.came_up for every booting record that called back, written at once (records, then events)."""
+    ups = [r for r in recs if r.state in ("allocating", "allocated") and vmops.called_back(r)]
+    for rec in ups:
+        rec.state = "running"
+    ctx.put_vms(env, ups)
+    ctx.events(env, [vmops.came_up_event(rec) for rec in ups])
+
+
 def bring_up(ctx: Ctx, env: Env, one: OneClient, master: VmRecord, recs: Sequence[VmRecord]) -> dict[str, Progress]:
     """Move each slave on: boot, then `add` on the master (all the running ones over one connection), marking
     the announced ones. When a slave will never run, nothing is announced (the caller ends the operation).
-    Returns each slave's Progress by slot. Safe to run twice (an announced slave is left alone)."""
+    Returns each slave's Progress by slot. Safe to run twice (an announced slave is left alone). The records'
+    writes are batched: the ones that called back, then the announced ones, one fenced call each."""
+    _mark_called_back(ctx, env, recs)
     out: dict[str, Progress] = {}
     ready: list[VmRecord] = []
     for rec in recs:
@@ -133,9 +146,11 @@ def bring_up(ctx: Ctx, env: Env, one: OneClient, master: VmRecord, recs: Sequenc
             ready.append(rec)
         else:
             out[rec.slot] = Progress()
+    told: list[VmRecord] = []
     for rec, failed in zip(ready, tell_master(ctx, env, master, "add", ready), strict=True):
         if failed is None:
             rec.state = "announced"
-            ctx.put_vm(env, rec)
+            told.append(rec)
         out[rec.slot] = Progress(ssh=failed)
+    ctx.put_vms(env, told)
     return out

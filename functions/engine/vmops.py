@@ -317,17 +317,28 @@ def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
     return view
 
 
-def came_up(ctx: Ctx, env: Env, rec: VmRecord) -> bool:
+def called_back(rec: VmRecord) -> bool:
     """True if the VM has called back with its address (its network callback, or a later status one with the
-    address known): it booted, whatever OpenNebula shows yet, so there is nothing to ask it. Marks a booting
+    address known): it booted, whatever OpenNebula shows yet. Pure."""
+    return rec.vmid is not None and bool(rec.ip) and rec.status not in ("", "VM_CREATE")
+
+
+def came_up_event(rec: VmRecord) -> tuple[str, str, dict[str, str]]:
+    """The event (kind, msg, extra) of a booting record marked running because it called back. Pure."""
+    return "step", f"{rec.role} {rec.slot}: VM {rec.vmid} RUNNING at {rec.ip} (it called back)", {
+        "vmid": str(rec.vmid), "slot": rec.slot}
+
+
+def came_up(ctx: Ctx, env: Env, rec: VmRecord) -> bool:
+    """True if the VM has called back (called_back): there is nothing to ask OpenNebula. Marks a booting
     record running (once, with an event). Safe to run twice."""
-    if rec.vmid is None or not rec.ip or rec.status in ("", "VM_CREATE"):
+    if not called_back(rec):
         return False
     if rec.state in ("allocating", "allocated"):
         rec.state = "running"
         ctx.put_vm(env, rec)
-        ctx.event(env, "step", f"{rec.role} {rec.slot}: VM {rec.vmid} RUNNING at {rec.ip} (it called back)",
-                  vmid=str(rec.vmid), slot=rec.slot)
+        kind, msg, extra = came_up_event(rec)
+        ctx.event(env, kind, msg, **extra)
     return True
 
 
