@@ -6,11 +6,12 @@ The stack is bench.creates_bench.CreateStack (redis-server, the simulator with s
 lifecycle delays on a roomy inventory, gunicorn, `worker.py` x 1 as the Procfile runs it); templates of 0.1 CPU.
 
 - create 1+100 → DONE (after one warm-up create of 1+2, so the worker's first-job costs, imports and
-  connections, are not counted): wall time from just before `POST /configs/c100` to the CREATE job's status DONE (polled
-  in Redis every 2 ms), every slave then announced (checked: 100 `add` commands in the simulator's synthetic
-  SSH log and every slave record `announced`). Baseline, in the same run and on the same simulator: a bare
-  script allocating the same number of VMs (1 + 100, the same template size) one `one.vm.allocate` at a time
-  with one pyone client, then polling `one.vmpool.info` on their id range until all are RUNNING.
+  connections, are not counted): wall time from just before `POST /configs/c100` to the CREATE job's status
+  DONE (polled in Redis every 2 ms), every slave then announced (checked: 100 `add` commands in the simulator's
+  synthetic SSH log and every slave record `announced`); the note splits it by the create's events. Baseline,
+  in the same run and on the same simulator: a bare script allocating the same number of VMs (1 + 100, the
+  same template size) one `one.vm.allocate` at a time with one pyone client, then polling `one.vmpool.info`
+  on their id range until all are RUNNING.
 - reaction MASTER_INIT_DONE → first slave allocate: for each of N creates of a 1+2 environment, one after
   the other, the time from the gateway receiving the master's MASTER_INIT_DONE callback to the first slave's
   `one.vm.allocate` reaching the simulator. Both ends are wall clocks (time.time) of processes on this
