@@ -59,6 +59,7 @@ class Settings:
     boot_grace: int = 300               # seconds a new VM is not judged broken by the policies (recreate)
     job_retention: int = 10000          # jobs and events kept per service / environment
     ssh_timeout: float = 20.0
+    ssh_channels: int = 8               # commands run at once on one SSH connection to a master (1: one by one)
     queue_name: str = "carina"
     metrics_token: str = field(default="", repr=False)   # a scrape token for /metrics (besides the admin's)
     callback_rate: int = 60             # callbacks a minute per VM (token bucket refill) ...
@@ -90,6 +91,7 @@ class Settings:
             drain_time_default=_int(env, "CARINA_DRAIN_TIME", 30),
             boot_grace=_int(env, "CARINA_BOOT_GRACE", 300),
             job_retention=_int(env, "CARINA_JOB_RETENTION", 10000),
+            ssh_channels=_positive(env, "CARINA_SSH_CHANNELS", 8),
             queue_name=env.get("CARINA_QUEUE") or "carina",
             metrics_token=env.get("CARINA_METRICS_TOKEN", "").strip(),
             callback_rate=_positive(env, "CARINA_CALLBACK_RATE", 60),

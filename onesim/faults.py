@@ -9,6 +9,8 @@ Methods (first parameter the session, answers as OpenNebula's):
   onesim.vm.allocatebatch(session, [template...], hold)  one.vm.allocate for each (at most 10000), in one
                                            call: the ids; stops at the first bad template (those before stay)
   onesim.sim.monitor(session)              every RUNNING VM takes a monitoring sample now: how many did
+  onesim.sim.allocations(session, since)   [[arrival wall time, VM id], ...] of the one.vm.allocate calls that
+                                           reached the simulator at or after `since` (the last 10000 kept)
 CLI: ``python -m onesim fault [--url U] [--auth A] vm-fail ID KIND | setcpu ID PCT | setdelay NAME S |
 fill on|off | down S``.
 """
@@ -91,6 +93,9 @@ def register(api: Api) -> None:
             m.record_monitoring(vm)
         return len(running)
 
+    def allocations(u: UserSpec, since: float) -> list[list[float | int]]:
+        return [[at, vmid] for at, vmid in list(api.allocations) if at >= since]
+
     api.add("onesim.vm.fail", "is", 2, fail)
     api.add("onesim.vm.setcpu", "id", 2, setcpu)
     api.add("onesim.sim.setdelay", "sd", 2, setdelay)
@@ -98,6 +103,7 @@ def register(api: Api) -> None:
     api.add("onesim.sim.down", "d", 1, down)
     api.add("onesim.vm.allocatebatch", "ab", 2, allocatebatch)
     api.add("onesim.sim.monitor", "", 0, monitor)
+    api.add("onesim.sim.allocations", "d", 1, allocations)
 
 
 def _parser() -> argparse.ArgumentParser:

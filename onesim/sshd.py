@@ -251,6 +251,7 @@ class SshServer:
         except OSError:
             return
         conn.setblocking(True)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # as sshd: small messages sent at once
         sessions = self._sessions.setdefault(key, set())
         sessions.difference_update([t for t in sessions if not t.is_active()])
         try:

@@ -161,18 +161,22 @@ def _view(vm: Any, cpu: float | None) -> VmView:
 
 
 class _TimedTransport(RequestsTransport):
-    """pyone's requests transport with a per-request timeout (instead of a global socket default)."""
+    """pyone's requests transport with a per-request timeout (instead of a global socket default) and one
+    requests.Session for the client's calls (building a session per call cost ~1.3 ms; a server that keeps
+    connections alive is also spared a connect, and a TLS handshake, per call). No retries: a POST that failed
+    may have been acted on (an allocate), so a failure is OneUnavailable as before."""
 
     def __init__(self, timeout: float, https: bool) -> None:
         super().__init__()
         self.timeout = timeout
         self.set_https(https)
         self.set_https_verify(True)
+        self.session = requests.Session()
 
     def request(self, host: str, handler: str, request_body: bytes, verbose: bool = False) -> Any:
         url = self._build_url(host, handler)
-        resp = requests.post(url, data=request_body, headers=self.headers, verify=self.https_verify,
-                             timeout=self.timeout)
+        resp = self.session.post(url, data=request_body, headers=self.headers, verify=self.https_verify,
+                                 timeout=self.timeout)
         if resp.status_code >= 400:
             raise xmlrpc.client.ProtocolError(url, resp.status_code, resp.reason, {})
         return self.parse_response(resp)

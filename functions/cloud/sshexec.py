@@ -1,4 +1,6 @@
-"""Run one command on a VM over SSH (paramiko) with a pinned host key, quoted arguments and one overall timeout.
+"""Run commands on a VM over SSH (paramiko) with a pinned host key, quoted arguments and timeouts: one command
+per connection (`run_remote`), or many on ONE connection (`run_batch`: one key exchange and authentication,
+then an exec channel per command, a few at a time).
 
 No AutoAddPolicy/WarningPolicy: the host key is checked by hand right after the key exchange, before any
 authentication. The expected key is `<type> <base64>` or a `SHA256:` fingerprint (functions.model.hostkeys).
@@ -13,7 +15,9 @@ import select
 import shlex
 import socket
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import paramiko
 
@@ -23,6 +27,7 @@ from functions.model import hostkeys
 OUTPUT_CAP = 64 * 1024
 _KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
 _RSA_KEX_TYPES = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")
+CHANNELS = 8          # exec channels open at once on one connection (OpenSSH's MaxSessions defaults to 10)
 
 
 class SshFailed(Exception):
@@ -85,6 +90,7 @@ def _handshake(host: str, port: int, known_key: str | None, deadline: _Deadline)
         sock = socket.create_connection((host, port), timeout=deadline.left())
     except OSError as exc:
         raise SshFailed(f"connect {host}:{port}: {exc}") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # small SSH messages: no Nagle / delayed-ACK stalls
     transport = paramiko.Transport(sock)
     transport.banner_timeout = transport.handshake_timeout = deadline.left()
     if key_type is not None:
@@ -153,15 +159,9 @@ def _run_remote(host: str, port: int, user: str, private_pem: str, command: str,
                 known_key: str | None, timeout: float) -> tuple[SshResult, str]:
     if timeout <= 0:
         raise ValueError("timeout: must be positive")
-    pkey = load_private_key(private_pem)
     deadline = _Deadline(timeout)
-    transport, seen = _handshake(host, port, known_key, deadline)
+    transport, seen = _connect(host, port, user, private_pem, known_key, deadline)
     try:
-        transport.auth_timeout = deadline.left()
-        try:
-            transport.auth_publickey(user, pkey)
-        except paramiko.AuthenticationException as exc:
-            raise SshFailed(f"ssh auth as {user!r} on {host}:{port} failed: {exc}") from None
         chan = transport.open_session(timeout=deadline.left())
         chan.settimeout(deadline.left())
         chan.exec_command(command)
@@ -170,3 +170,162 @@ def _run_remote(host: str, port: int, user: str, private_pem: str, command: str,
         raise SshFailed(f"ssh to {host}:{port}: {type(exc).__name__}: {exc}") from None
     finally:
         transport.close()
+
+Outcome = SshResult | SshFailed        # one command's result in a batch: what it returned, or why it did not run
+Batch = Callable[..., tuple[list[Outcome], str]]
+
+
+def _connect(host: str, port: int, user: str, private_pem: str, known_key: str | None,
+             deadline: _Deadline) -> tuple[paramiko.Transport, str]:
+    """Key exchange (pin checked), then public-key auth; the open transport and the host key seen."""
+    pkey = load_private_key(private_pem)
+    transport, seen = _handshake(host, port, known_key, deadline)
+    try:
+        transport.auth_timeout = deadline.left()
+        transport.auth_publickey(user, pkey)
+    except paramiko.AuthenticationException as exc:
+        transport.close()
+        raise SshFailed(f"ssh auth as {user!r} on {host}:{port} failed: {exc}") from None
+    except (paramiko.SSHException, OSError, EOFError, SshFailed) as exc:
+        transport.close()
+        raise SshFailed(f"ssh to {host}:{port}: {type(exc).__name__}: {exc}") from None
+    return transport, seen
+
+
+@dataclass
+class _Running:
+    index: int
+    deadline: _Deadline
+    out: bytearray = field(default_factory=bytearray)
+    err: bytearray = field(default_factory=bytearray)
+
+
+def _drain(chan: paramiko.Channel, run: _Running) -> bool:
+    """Read what the channel has (capped); True once its command exited and everything was read."""
+    while chan.recv_ready():
+        run.out += chan.recv(32768)[: max(0, OUTPUT_CAP - len(run.out))]
+    while chan.recv_stderr_ready():
+        run.err += chan.recv_stderr(32768)[: max(0, OUTPUT_CAP - len(run.err))]
+    return chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready()
+
+
+def _open(transport: paramiko.Transport, command: str, index: int, timeout: float) -> tuple[paramiko.Channel, _Running]:
+    run = _Running(index, _Deadline(timeout))
+    chan = transport.open_session(timeout=run.deadline.left())
+    chan.exec_command(command)
+    return chan, run
+
+
+def _finish(chan: paramiko.Channel, run: _Running, where: str) -> Outcome:
+    chan.close()
+    rc = chan.recv_exit_status()
+    if rc == -1:                      # closed without an exit status: the connection or the channel was lost
+        return SshFailed(f"ssh to {where}: the channel closed before the command's exit status")
+    return SshResult(rc, run.out.decode("utf-8", "replace"), run.err.decode("utf-8", "replace"))
+
+
+def _poll(chan: paramiko.Channel, run: _Running, timeout: float, where: str) -> Outcome | None:
+    """The command's outcome once it exited (or failed, or passed its deadline: the channel is closed then);
+    None while it runs."""
+    try:
+        if _drain(chan, run) or chan.closed:
+            return _finish(chan, run, where)
+        if run.deadline.end > time.monotonic():
+            return None
+        outcome: Outcome = SshFailed(f"timed out after {timeout:g}s")
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        outcome = SshFailed(f"ssh to {where}: {type(exc).__name__}: {exc}")
+    chan.close()
+    return outcome
+
+
+def _run_channels(transport: paramiko.Transport, commands: Sequence[str], timeout: float, channels: int,
+                  where: str) -> list[Outcome]:
+    """Each command on its own exec channel, at most `channels` at once (fewer once the server refuses a channel
+    while others are open: its MaxSessions), each within `timeout` s of its start. A command that could not
+    start or finish gets its SshFailed; the others are not affected unless the connection itself is lost (then
+    every command not finished gets that failure)."""
+    results: list[Outcome | None] = [None] * len(commands)
+    pending = deque(range(len(commands)))
+    active: dict[paramiko.Channel, _Running] = {}
+    while pending or active:
+        while pending and len(active) < channels and transport.is_active():
+            i = pending.popleft()
+            try:
+                chan, run = _open(transport, commands[i], i, timeout)
+            except paramiko.ChannelException as exc:
+                if active:                    # the server allows fewer sessions at once (MaxSessions): use fewer
+                    pending.appendleft(i)
+                    channels = len(active)
+                    break
+                results[i] = SshFailed(f"ssh to {where}: {type(exc).__name__}: {exc}")
+                continue
+            except (paramiko.SSHException, OSError, EOFError, SshFailed) as exc:
+                results[i] = SshFailed(f"ssh to {where}: {type(exc).__name__}: {exc}")
+                continue
+            active[chan] = run
+        if not active:
+            break
+        select.select(list(active), [], [], 0.1)
+        for chan, run in list(active.items()):
+            outcome = _poll(chan, run, timeout, where)
+            if outcome is not None:
+                results[run.index] = outcome
+                del active[chan]
+    lost = SshFailed(f"ssh to {where}: the connection was lost")
+    return [lost if r is None else r for r in results]
+
+
+def run_batch(host: str, port: int, user: str, private_pem: str, commands: Sequence[str], *,
+              known_key: str | None, timeout: float, channels: int = CHANNELS) -> tuple[list[Outcome], str]:
+    """Run each of `commands` as `user` on host:port over ONE connection (one key exchange, one authentication,
+    then one exec channel per command, at most `channels` at once, in order of the list); return each command's
+    outcome (an SshResult, or the SshFailed why it did not run or finish) and the host key seen.
+
+    Raises HostKeyMismatch (before authenticating: nothing ran) or SshFailed when the connection, the key
+    exchange or the authentication fails within `timeout` s (nothing ran). Each command then has `timeout` s
+    from its start. Changes nothing locally; running it twice runs every command twice. Each command's
+    duration and outcome go to the metrics, like run_remote's.
+    """
+    if timeout <= 0 or channels < 1:
+        raise ValueError("timeout and channels: must be positive")
+    started = time.monotonic()
+    if not commands:
+        return [], ""
+    try:
+        transport, seen = _connect(host, port, user, private_pem, known_key, _Deadline(timeout))
+    except HostKeyMismatch:
+        metrics.ssh_command(time.monotonic() - started, "hostkey")
+        raise
+    except SshFailed:
+        metrics.ssh_command(time.monotonic() - started, "failed")
+        raise
+    try:
+        results = _run_channels(transport, commands, timeout, channels, f"{host}:{port}")
+    finally:
+        transport.close()
+    each = (time.monotonic() - started) / len(commands)
+    for r in results:
+        metrics.ssh_command(each, "failed" if isinstance(r, SshFailed) else "ok" if r.rc == 0 else "exit")
+    return results, seen
+
+
+def one_by_one(run_one: Callable[..., tuple[SshResult, str]]) -> Batch:
+    """A run_batch built from a one-command runner with run_remote's signature (a test's stand-in): each
+    command in turn; after the first connection that succeeded, the key it showed is the expected one."""
+    def batch(host: str, port: int, user: str, private_pem: str, commands: Sequence[str], *,
+              known_key: str | None, timeout: float, channels: int = CHANNELS) -> tuple[list[Outcome], str]:
+        out: list[Outcome] = []
+        seen = ""
+        for command in commands:
+            try:
+                result, seen = run_one(host, port, user, private_pem, command,
+                                       known_key=known_key or seen or None, timeout=timeout)
+            except HostKeyMismatch:
+                raise
+            except SshFailed as exc:
+                out.append(exc)
+                continue
+            out.append(result)
+        return out, seen
+    return batch

@@ -125,6 +125,7 @@ class Ctx:
     clock: Clock = system_clock
     one_factory: Callable[[str, str], OneClient] = OneClient
     ssh: Callable[..., tuple[sshexec.SshResult, str]] = sshexec.run_remote
+    ssh_batch: sshexec.Batch | None = None     # None: sshexec.run_batch, or `ssh` one command at a time if replaced
     clients: dict[str, OneClient] = field(default_factory=dict)
     on_end: Sequence[EndHook] = ()
     capacity: CapacityHook | None = None
@@ -135,9 +136,20 @@ class Ctx:
         """Write a VM record, fenced by the env lock this step holds (LockLost if it was lost)."""
         envstore.put_vm(self.r, env.envid, rec, fence=self.fence or None)
 
+    def put_vms(self, env: Env, recs: Sequence[VmRecord]) -> None:
+        """put_vm for several records in one fenced call (all or none; LockLost if the lock was lost)."""
+        envstore.put_vms(self.r, env.envid, recs, fence=self.fence or None)
+
     def del_vm(self, env: Env, slot: str) -> None:
         """Forget a VM record, fenced like put_vm."""
         envstore.del_vm(self.r, env.envid, slot, fence=self.fence or None)
+
+    def batch_ssh(self) -> sshexec.Batch:
+        """How a step runs several commands on one VM: `ssh_batch` if set; else sshexec.run_batch (one connection)
+        with the real `ssh`, or a stand-in `ssh` (a test's) called once per command."""
+        if self.ssh_batch is not None:
+            return self.ssh_batch
+        return sshexec.run_batch if self.ssh is sshexec.run_remote else sshexec.one_by_one(self.ssh)
 
     def install(self) -> str:
         """This installation's id (tags every VM), read once per context."""
@@ -148,6 +160,12 @@ class Ctx:
     def event(self, env: Env, kind: str, msg: str, **extra: str) -> None:
         envstore.add_event(self.r, env.envid, env.service, kind, msg, self.clock, **extra)
         (log.warning if kind == "error" else log.info)("env %s: %s", env.envid, msg)
+
+    def events(self, env: Env, events: Sequence[tuple[str, str, dict[str, str]]]) -> None:
+        """`event` for several (kind, msg, extra) events, written in one round trip."""
+        envstore.add_events(self.r, env.envid, env.service, events, self.clock)
+        for kind, msg, _ in events:
+            (log.warning if kind == "error" else log.info)("env %s: %s", env.envid, msg)
 
     def one(self, env: Env) -> OneClient:
         """The OneClient for the env's endpoint: spec proxy + oneauth from the service's stored config."""

@@ -137,31 +137,46 @@ def held_lock(r: redis.Redis, envid: str) -> AbstractContextManager[str]:
 def step(ctx: Ctx, envid: str) -> str:
     """Drive the environment as far as it can go now, then schedule the next drive if needed.
 
-    Takes the env lock (busy: retry shortly); every VM record and job end it writes is fenced by that lock,
-    so a drive paused past the lock's TTL stops ("lost") instead of writing over the new holder. Unexpected
-    errors are recorded as events and retried with backoff, never lost. Safe to run any number of times,
-    concurrently.
+    Takes the env lock; every VM record and job end it writes is fenced by that lock, so a drive paused past
+    the lock's TTL stops ("lost") instead of writing over the new holder. A drive that finds the lock taken
+    asks the holder to rerun (envstore.want_rerun: a drive holding it kicks a new drive at once when it is done,
+    so what made this drive run is never missed for long), tries once more (the holder may have just let go),
+    and leaves a delayed kick in case the holder does not rerun (a callback holds it briefly). Unexpected errors
+    are recorded as events and retried with backoff, never lost. Safe to run any number of times, concurrently.
     """
+    result = _step_locked(ctx, envid)
+    if result is None:
+        envstore.want_rerun(ctx.r, envid)
+        result = _step_locked(ctx, envid)
+    if result is None:
+        lifecycle.kick(ctx.queue, envid, BUSY_RETRY)
+        return "busy"
+    nxt, outcome = result
+    if envstore.take_rerun(ctx.r, envid):     # a drive came while this one held the lock: run again now
+        nxt = 0.0
+    if nxt is not None:
+        lifecycle.kick(ctx.queue, envid, nxt)
+    return outcome
+
+
+def _step_locked(ctx: Ctx, envid: str) -> tuple[float | None, str] | None:
+    """run_steps under the env lock: (when to come back, outcome), or None if another holder has the lock."""
     with held_lock(ctx.r, envid) as fence:
         if not fence:
-            lifecycle.kick(ctx.queue, envid, BUSY_RETRY)
-            return "busy"
+            return None
         ctx.fence = fence
         try:
-            nxt, result = run_steps(ctx, envid)
+            return run_steps(ctx, envid)
         except envstore.LockLost as exc:          # paused past the lock's TTL: the new holder carries on
             log.warning("env %s: %s; stopping this drive", envid, exc)
-            return "lost"
+            return None, "lost"
         except Exception as exc:  # noqa: BLE001 - a bug must not lose the environment
             log.exception("env %s: step crashed", envid)
             env = load(ctx.r, envid)
             if env is None:
-                return "gone"
+                return None, "gone"
             ctx.event(env, "error", f"internal error: {type(exc).__name__}: {exc}")
-            nxt, result = _backoff_internal(ctx, env), "error"
-    if nxt is not None:
-        lifecycle.kick(ctx.queue, envid, nxt)
-    return result
+            return _backoff_internal(ctx, env), "error"
 
 
 def _backoff_internal(ctx: Ctx, env: Env) -> float:

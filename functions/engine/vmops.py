@@ -1,4 +1,5 @@
-"""VM-level steps shared by create, scale and remove: render, allocate (intent first), observe, announce, terminate.
+"""VM-level steps shared by create, scale and remove: render, allocate (intent first), observe, terminate (telling
+the master: functions.engine.announce).
 
 Every function here runs under the environment lock (one writer). Each OpenNebula side effect is preceded by a
 written intent (a VmRecord in state "allocating" with its nonce), and a replay of an "allocating" record first
@@ -12,11 +13,10 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from functions.cloud import sshexec
 from functions.cloud.one import OneClient, VmView
 from functions.engine.context import Watch
-from functions.model import hostkeys, ownership, render, specview, tokens
-from functions.store import envstore, gsstore, keys, tenants, watching
+from functions.model import ownership, render, specview, tokens
+from functions.store import envstore, gsstore, keys, watching
 from functions.store.envstore import VmRecord
 
 if TYPE_CHECKING:
@@ -49,8 +49,10 @@ def _per_endpoint(entry: dict, key: str, endpoint: str, role: str) -> str:
     return str(value)
 
 
-def render_vm(ctx: Ctx, env: Env, rec: VmRecord, master_ip: str = "", num_slaves: int = 0) -> str:
-    """The allocate text for `rec` (role master or slave). Pure apart from reading the callback secret.
+def render_vm(ctx: Ctx, env: Env, rec: VmRecord, master_ip: str = "", num_slaves: int = 0,
+              secret: bytes | None = None) -> str:
+    """The allocate text for `rec` (role master or slave). Pure apart from reading the callback secret (unless
+    `secret`, envstore.callback_secret, is given).
 
     Raises RenderError / SpecError naming the culprit.
     """
@@ -70,7 +72,8 @@ def render_vm(ctx: Ctx, env: Env, rec: VmRecord, master_ip: str = "", num_slaves
         values.update({"MASTER": master_ip, "APP_PACKAGE": str(cfg.get("app_package") or "")})
     pairs = render.context_pairs(str(cfg.get(f"{role}_context_var") or ""), role, master_ip=master_ip,
                                  index=rec.index, num_slaves=num_slaves, deps=specview.deps(env.spec))
-    token = tokens.vm_token(envstore.callback_secret(ctx.r), env.envid, rec.slot, rec.nonce)
+    secret = envstore.callback_secret(ctx.r) if secret is None else secret
+    token = tokens.vm_token(secret, env.envid, rec.slot, rec.nonce)
     extra = {"CARINA_TOKEN": token, "CARINA_ROLE": role, "CARINA_SLOT": rec.slot}
     return render.render_vm(specview.vm_text(env.spec, role), values, pairs, context_extra=extra,
                             tags=expected_tags(ctx, env, rec), placement=cfg.get("placement_policy"))
@@ -115,7 +118,7 @@ def _adopt(ctx: Ctx, env: Env, rec: VmRecord, vmid: int, how: str) -> VmRecord:
     return rec
 
 
-def _granted(ctx: Ctx, env: Env, rec: VmRecord) -> None:
+def grant(ctx: Ctx, env: Env, rec: VmRecord) -> None:
     """Ask Ctx.capacity whether the new VM may be allocated now; if not, say why (env info, phase, one event per
     reason) and raise WaitCapacity."""
     why = ctx.capacity(ctx, env, rec) if ctx.capacity is not None else None
@@ -154,7 +157,7 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
         rec = VmRecord(slot=slot, role=role, index=index, endpoint=env.endpoint, created=ctx.clock(),
                        origin=op_origin(env) if origin is None else origin)
         text = render_vm(ctx, env, rec, master_ip, num_slaves)       # render errors before any intent
-        _granted(ctx, env, rec)
+        grant(ctx, env, rec)
         ctx.put_vm(env, rec)
     else:
         adopted = adopt_tagged(ctx, env, one, rec)
@@ -166,7 +169,7 @@ def ensure_allocated(ctx: Ctx, env: Env, one: OneClient, slot: str, role: str, i
     try:
         return _adopt(ctx, env, rec, vmid, "allocated")
     except envstore.LockLost:
-        _drop_unrecorded(ctx, env, one, slot, vmid)
+        drop_unrecorded(ctx, env, one, slot, vmid)
         raise
 
 
@@ -179,7 +182,7 @@ def adopt_tagged(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmRecord 
     return _adopt(ctx, env, rec, found[0].vmid, "found by its tags after a restart") if found else None
 
 
-def _drop_unrecorded(ctx: Ctx, env: Env, one: OneClient, slot: str, vmid: int) -> None:
+def drop_unrecorded(ctx: Ctx, env: Env, one: OneClient, slot: str, vmid: int) -> None:
     """The lock was lost between the intent and recording the VM just allocated (a stalled drive): the new
     holder allocated or adopted the slot's VM itself, so this one is nobody's. Terminate it, unless the new
     holder adopted this very VM. Safe to run twice."""
@@ -321,17 +324,28 @@ def observe(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord) -> VmView | None:
     return view
 
 
-def came_up(ctx: Ctx, env: Env, rec: VmRecord) -> bool:
+def called_back(rec: VmRecord) -> bool:
     """True if the VM has called back with its address (its network callback, or a later status one with the
-    address known): it booted, whatever OpenNebula shows yet, so there is nothing to ask it. Marks a booting
+    address known): it booted, whatever OpenNebula shows yet. Pure."""
+    return rec.vmid is not None and bool(rec.ip) and rec.status not in ("", "VM_CREATE")
+
+
+def came_up_event(rec: VmRecord) -> tuple[str, str, dict[str, str]]:
+    """The event (kind, msg, extra) of a booting record marked running because it called back. Pure."""
+    return "step", f"{rec.role} {rec.slot}: VM {rec.vmid} RUNNING at {rec.ip} (it called back)", {
+        "vmid": str(rec.vmid), "slot": rec.slot}
+
+
+def came_up(ctx: Ctx, env: Env, rec: VmRecord) -> bool:
+    """True if the VM has called back (called_back): there is nothing to ask OpenNebula. Marks a booting
     record running (once, with an event). Safe to run twice."""
-    if rec.vmid is None or not rec.ip or rec.status in ("", "VM_CREATE"):
+    if not called_back(rec):
         return False
     if rec.state in ("allocating", "allocated"):
         rec.state = "running"
         ctx.put_vm(env, rec)
-        ctx.event(env, "step", f"{rec.role} {rec.slot}: VM {rec.vmid} RUNNING at {rec.ip} (it called back)",
-                  vmid=str(rec.vmid), slot=rec.slot)
+        kind, msg, extra = came_up_event(rec)
+        ctx.event(env, kind, msg, **extra)
     return True
 
 
@@ -359,49 +373,6 @@ def pin_id(env: Env, rec: VmRecord) -> str:
     """Whose host key a pin is: the service, the endpoint's URL, the VM id and the slot incarnation's nonce (a
     reused VM id or another service's endpoint of the same name never shares a pin)."""
     return f"{env.service} {specview.proxy(env.spec)} {rec.vmid} {rec.nonce}"
-
-
-def master_command(ctx: Ctx, env: Env, master: VmRecord, verb: str, slave: VmRecord) -> None:
-    """SSH to the master as adminuser and run `~/<master script> <verb> <slave ip> <slavedata>`.
-
-    The master's host key must be the pinned one; before there is a pin, the key the master reported in its
-    token-proven network callback (so the very first connection is checked), else any key (trust on first use).
-    The first successful connection pins the key and records how (VmRecord.hostkey_pin, an event). Raises
-    sshexec.SshFailed (retry later), HostKeyMismatch (never accepted) or StepFailed on a non-zero exit. Runs the
-    command again if called again (the master scripts' add/remove are idempotent).
-    """
-    script = str(env.cfg.get("master_context_script") or "")
-    if not script:
-        return
-    command = sshexec.script_command(script, [verb, slave.ip, str(env.cfg.get("slavedata") or "")])
-    private_pem, _ = tenants.service_keypair(ctx.r, env.service)
-    assert master.vmid is not None
-    known = envstore.pinned_hostkey(ctx.r, pin_id(env, master))
-    result, seen = ctx.ssh(master.ip, ctx.settings.ssh_port, str(env.cfg.get("adminuser") or "root"),
-                           private_pem, command, known_key=known or master.hostkey or None,
-                           timeout=ctx.settings.ssh_timeout)
-    if known is None:
-        _pin(ctx, env, master, seen)
-    if result.rc != 0:
-        raise sshexec.SshFailed(f"`{verb}` on the master exited {result.rc}: {(result.err or result.out)[-200:]}")
-    ctx.event(env, "step", f"master: {verb} {slave.ip} {env.cfg.get('slavedata') or ''}".rstrip(),
-              slot=slave.slot)
-
-
-def _pin(ctx: Ctx, env: Env, master: VmRecord, seen: str) -> None:
-    """Pin the key the master just showed (never replacing a pin) and record whether the callback vouched for
-    it. Safe to run twice."""
-    how = "callback" if master.hostkey else "first-use"
-    if envstore.pin_hostkey(ctx.r, pin_id(env, master), seen) != seen or master.hostkey_pin:
-        return
-    master.hostkey_pin = how
-    ctx.put_vm(env, master)
-    env.vms[master.slot] = master
-    if how == "callback":
-        msg = f"master: host key pinned from callback ({hostkeys.fingerprint(seen)})"
-    else:
-        msg = f"master: host key pinned on first use ({hostkeys.fingerprint(seen)}; its callback carried none)"
-    ctx.event(env, "hostkey", msg, vmid=str(master.vmid), slot=master.slot, how=how)
 
 
 def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = False,

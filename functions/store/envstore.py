@@ -12,7 +12,7 @@ import logging
 import secrets
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -321,6 +321,19 @@ def env_lock(r: redis.Redis, envid: str, ttl: float = LOCK_TTL) -> Iterator[str]
         scripts.run(r, "release_if_owner", [key], [token])
 
 
+RERUN_TTL = 60        # seconds a rerun request lives (its asker also left a delayed kick: nothing is lost)
+
+
+def want_rerun(r: redis.Redis, envid: str) -> None:
+    """Ask whoever holds the environment's lock to run another drive as soon as it is done. Safe to run twice."""
+    r.set(keys.env_rerun(envid), "1", ex=RERUN_TTL)
+
+
+def take_rerun(r: redis.Redis, envid: str) -> bool:
+    """True (once) if another drive asked for a rerun while this holder had the lock; clears the request."""
+    return bool(r.getdel(keys.env_rerun(envid)))
+
+
 def _keep_lock(r: redis.Redis, key: str, token: str, ms: int, stop: threading.Event) -> None:
     """Renew the lock every ms/4 while `token` owns it; ends when stopped or the lock was lost."""
     while not stop.wait(ms / 4000):
@@ -347,6 +360,17 @@ def put_vm(r: redis.Redis, envid: str, rec: VmRecord, fence: str | None = None) 
     elif not scripts.run(r, "hset_if_owner", [keys.env_lock(envid), keys.env_vms(envid)],
                          [fence, rec.slot, rec.to_json()]):
         raise LockLost(f"env {envid}: lock lost, VM record {rec.slot} not written")
+
+
+def put_vms(r: redis.Redis, envid: str, recs: Sequence[VmRecord], fence: str | None = None) -> None:
+    """put_vm for several records in one atomic call (all or none). Safe to run twice."""
+    if not recs:
+        return
+    pairs = [x for rec in recs for x in (rec.slot, rec.to_json())]
+    if fence is None:
+        r.hset(keys.env_vms(envid), mapping=dict(zip(pairs[::2], pairs[1::2], strict=True)))
+    elif not scripts.run(r, "hset_if_owner", [keys.env_lock(envid), keys.env_vms(envid)], [fence, *pairs]):
+        raise LockLost(f"env {envid}: lock lost, VM records {', '.join(rec.slot for rec in recs)} not written")
 
 
 def get_vms(r: redis.Redis, envid: str) -> dict[str, VmRecord]:
@@ -386,6 +410,23 @@ def add_event(r: redis.Redis, envid: str, service: str, kind: str, msg: str, clo
     with r.pipeline() as p:
         p.xadd(keys.env_events(envid), fields, maxlen=EVENT_MAXLEN, approximate=True)
         p.xadd(keys.service_events(service), fields, maxlen=EVENT_MAXLEN, approximate=True)
+        p.exists(keys.env(envid))
+        env_exists = p.execute()[-1]
+    if not env_exists:
+        r.expire(keys.env_events(envid), DELETED_EVENTS_TTL, nx=True)
+
+
+def add_events(r: redis.Redis, envid: str, service: str, events: Sequence[tuple[str, str, dict[str, str]]],
+               clock: Clock) -> None:
+    """add_event for several (kind, msg, extra) events of one environment, in order, in one round trip."""
+    if not events:
+        return
+    ts = str(clock())
+    with r.pipeline() as p:
+        for kind, msg, extra in events:
+            fields = {"ts": ts, "envid": envid, "type": kind, "msg": msg, **{k: str(v) for k, v in extra.items()}}
+            p.xadd(keys.env_events(envid), fields, maxlen=EVENT_MAXLEN, approximate=True)
+            p.xadd(keys.service_events(service), fields, maxlen=EVENT_MAXLEN, approximate=True)
         p.exists(keys.env(envid))
         env_exists = p.execute()[-1]
     if not env_exists:

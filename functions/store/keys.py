@@ -161,6 +161,11 @@ def inflight() -> str:
     return f"{PREFIX}inflight"
 
 
+def env_rerun(envid: str) -> str:
+    """String with TTL: a drive found the environment's lock taken and asks its holder to kick a drive when done."""
+    return f"{PREFIX}env:{envid}:rerun"
+
+
 def env_kick(envid: str) -> str:
     """String: due time (epoch) of the drive job already queued for the environment (kick dedupe), with TTL."""
     return f"{PREFIX}env:{envid}:kick"

@@ -106,9 +106,10 @@ return 1
 # Fenced writes: change a hash only while ARGV[1] still owns the environment lock KEYS[1] (a holder that lost
 # its lock during a long pause never writes after the new holder started).
 LUA["hset_if_owner"] = """
--- KEYS[1] env lock, KEYS[2] hash; ARGV[1] owner token, ARGV[2] field, ARGV[3] value. Returns 1 if written.
+-- KEYS[1] env lock, KEYS[2] hash; ARGV[1] owner token, ARGV[2..] field, value[, field, value ...].
+-- Returns 1 if written (every pair), 0 if nothing was.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
 return 1
 """
 

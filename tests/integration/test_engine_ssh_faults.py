@@ -61,6 +61,8 @@ class FailingMaster:
         self.public = tenants.service_keypair(rig.r, SERVICE)[1].split()[1]
         self.key = load_host_key(generate_host_key())
         self.ran: list[str] = []
+        self.logins = 0
+        self.fail_ips: set[str] = set()                      # "ok" mode: `add`/`remove` of these IPs exit 3
         self.dropper: Dropper | None = None
         self.ip = ""
 
@@ -82,6 +84,7 @@ class FailingMaster:
             wait_port(self.port, host=ip)
 
     def _authorize(self, user: str, key: paramiko.PKey) -> bool:
+        self.logins += 1
         return user == "root" and key.get_base64() == self.public
 
     def _refuse(self, user: str, key: paramiko.PKey) -> bool:
@@ -89,6 +92,8 @@ class FailingMaster:
 
     def _ok(self, command: str) -> ExecResult:
         self.ran.append(command)
+        if command.split()[2:3] and command.split()[2] in self.fail_ips:
+            return ExecResult(b"", b"backend pool is full\n", 3)
         return ExecResult(b"", b"", 0)
 
     def _exit(self, command: str) -> ExecResult:
@@ -250,3 +255,31 @@ def test_scaledown_removes_anyway_when_the_master_cannot_be_told(rig: Rig, maste
     assert sorted(rig.vms(envid)) == ["m", "s0"] and rig.sim_vm(s1.vmid).state == S.DONE
     assert len(_errors(rig, envid)) == 1                     # tried once, not on every drive
     assert master.ran[2:] == ([f"~/master.sh remove {s1.ip} 8080"] if mode == "exit" else [])
+
+
+def test_create_announces_every_slave_over_one_connection_and_retries_only_the_one_that_failed(
+        rig: Rig, master: FailingMaster) -> None:
+    envid, jobid = rig.create(num_slaves=3, master_setup_time=0)
+    rig.drive(envid)
+    rig.tick()
+    rig.drive(envid)
+    master.set(rig.vms(envid)["m"].ip, "ok")
+    rig.callback(envid, "m", "MASTER_INIT_DONE")
+    rig.drive(envid)                                         # the three slaves allocated
+    ips = {slot: rig.sim_vm(rec.vmid).ip() for slot, rec in rig.vms(envid).items() if slot != "m"}
+    master.fail_ips = {ips["s1"]}
+    rig.tick()
+    assert rig.drive(envid) == "wait"
+    assert master.logins == 1                                # one connection for the three announces
+    assert sorted(master.ran) == sorted(f"~/master.sh add {ip} 8080" for ip in ips.values())
+    vms = rig.vms(envid)
+    assert (vms["s0"].state, vms["s1"].state, vms["s2"].state) == ("announced", "running", "announced")
+    why = "`add` on the master exited 3: backend pool is full\n"
+    assert [m for m in _errors(rig, envid) if m.startswith("announce")] == [
+        f"announce s1 to the master failed, retrying: {why}"]
+    assert rig.job(jobid)["status"] == "RUNNING"
+    master.fail_ips.clear()
+    rig.clock.advance(2)
+    assert rig.drive(envid) == "idle"
+    assert rig.job(jobid)["status"] == "DONE" and rig.vms(envid)["s1"].state == "announced"
+    assert master.ran[3:] == [f"~/master.sh add {ips['s1']} 8080"] and master.logins == 2   # only s1 again

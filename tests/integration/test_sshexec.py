@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from functions.cloud.sshexec import HostKeyMismatch, SshFailed, run_remote, script_command
+from functions.cloud.sshexec import HostKeyMismatch, SshFailed, SshResult, run_batch, run_remote, script_command
 from tests.harness import free_port, wait_port
 from tests.stack import wait_for
 
@@ -163,3 +163,29 @@ def test_script_command_shape() -> None:
     for bad in ("", "/etc/passwd", "../x.sh", "a/../../x"):
         with pytest.raises(ValueError, match="script"):
             script_command(bad, [])
+
+
+def test_a_batch_runs_every_command_over_one_connection(sshd: Sshd, tmp_path: Path) -> None:
+    """run_batch against OpenSSH: one authentication (sshd logs one `Accepted publickey` for the batch), each
+    command's own output and exit status, at most `channels` sessions at once (OpenSSH's MaxSessions is 10)."""
+    log = sshd.dir / "sshd.log"
+    before = log.read_text().count("Accepted publickey")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    commands = [f"echo {i}; touch {marks}/{i}; sleep 0.2; exit {i % 3}" for i in range(20)]
+    outcomes, seen = run_batch("127.0.0.1", sshd.port, USER, sshd.client_pem, commands, known_key=sshd.host_pub,
+                               timeout=10, channels=8)
+    assert seen == sshd.host_pub
+    assert [(o.rc, o.out) for o in outcomes if isinstance(o, SshResult)] == [(i % 3, f"{i}\n") for i in range(20)]
+    assert sorted(p.name for p in marks.iterdir()) == sorted(str(i) for i in range(20))
+    accepted = wait_for(lambda: log.read_text().count("Accepted publickey") - before, 10, "sshd to log the login")
+    assert accepted == 1
+
+
+def test_a_batch_to_a_changed_host_key_runs_nothing(sshd: Sshd, tmp_path: Path) -> None:
+    _, other_pub = _keygen(tmp_path / "other")
+    marker = tmp_path / "ran"
+    with pytest.raises(HostKeyMismatch):
+        run_batch("127.0.0.1", sshd.port, USER, sshd.client_pem, [f"touch {marker}"] * 3, known_key=other_pub,
+                  timeout=10)
+    assert not marker.exists()

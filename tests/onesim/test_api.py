@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import xmlrpc.client
 
 import pyone
@@ -200,3 +201,16 @@ def test_answer_arrays_on_the_wire(sim: Sim) -> None:
     with urllib.request.urlopen(urllib.request.Request(sim.handle.url, body, {"Content-Type": "text/xml"})) as r:
         text = r.read().decode()
     assert "<i8>0</i8>" in text and "<int>1024</int>" in text and "<boolean>0</boolean>" in text
+
+
+def test_allocations_lists_when_each_allocate_arrived(sim: Sim, one: pyone.OneServer) -> None:
+    before = time.time()
+    first = one.vm.allocate(VM_TMPL, False)
+    assert raw(sim, "one.vm.allocate", "NAME = ", False)[0] is False         # a refused allocate is not listed
+    second = one.vm.allocate(VM_TMPL, True)
+    after = time.time()
+    seen = ok(raw(sim, "onesim.sim.allocations", before))
+    assert [vmid for _, vmid in seen] == [first, second]                      # type: ignore[union-attr]
+    assert all(before <= at <= after for at, _ in seen)                       # type: ignore[union-attr]
+    assert seen[0][0] <= seen[1][0]                                           # type: ignore[index]
+    assert ok(raw(sim, "onesim.sim.allocations", after + 1)) == []

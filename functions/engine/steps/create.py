@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functions.cloud import sshexec
 from functions.cloud.one import OneClient, OneError, OneUnavailable
-from functions.engine import vmops
+from functions.engine import announce, bulk, vmops
 from functions.engine.context import Ctx, Env, Step, deadline_passed, fail, finish, later
 from functions.model import render, specview
 from functions.store import envstore
@@ -92,29 +92,22 @@ def _master(ctx: Ctx, env: Env, one: OneClient) -> tuple[VmRecord | None, Step]:
     return master, None
 
 
-def _slave(ctx: Ctx, env: Env, one: OneClient, master: VmRecord, rec: VmRecord) -> Step:
-    """Move one slave on: boot → announce. Returns None once it is announced; raises StepFailed."""
-    if rec.state in ("allocating", "allocated") and not vmops.came_up(ctx, env, rec):
-        if rec.slot in env.fresh:                             # allocated just now: PENDING, nothing to ask
-            return vmops.wait_new(rec)
-        view = vmops.observe(ctx, env, one, rec)
-        why = vmops.boot_failure(rec, view)
-        if why:
-            raise vmops.StepFailed(f"SLAVE_CREATE_FAIL: {rec.slot}", f"slave {rec.slot}: {why}")
-        if rec.state != "running":
-            return vmops.watch(rec, view)
-    if rec.state == "running":
-        try:
-            vmops.master_command(ctx, env, master, "add", rec)
-        except sshexec.HostKeyMismatch as exc:
-            why = f"announce {rec.slot}: {exc}"
-            raise vmops.StepFailed("SLAVE_CREATE_FAIL: master host key changed", why) from None
-        except sshexec.SshFailed as exc:
-            ctx.event(env, "error", f"announce {rec.slot} to the master failed, retrying: {exc}", slot=rec.slot)
-            return SSH_RETRY
-        rec.state = "announced"
-        ctx.put_vm(env, rec)
-    return None
+def _slaves(ctx: Ctx, env: Env, one: OneClient, master: VmRecord, desired: int) -> Step:
+    """Move every slave on (boot, then `add` over one SSH connection); None once all are announced. Raises
+    StepFailed when a slave will never run or the master's host key changed; a failed announce retries."""
+    progress = announce.bring_up(ctx, env, one, master, [env.vms[f"s{i}"] for i in range(desired)])
+    waits: list[Step] = []
+    for slot, p in progress.items():
+        if p.failed:
+            raise vmops.StepFailed(f"SLAVE_CREATE_FAIL: {slot}", f"slave {slot}: {p.failed}")
+        if isinstance(p.ssh, sshexec.HostKeyMismatch):
+            raise vmops.StepFailed("SLAVE_CREATE_FAIL: master host key changed", f"announce {slot}: {p.ssh}")
+        if p.ssh is not None:
+            ctx.event(env, "error", f"announce {slot} to the master failed, retrying: {p.ssh}", slot=slot)
+            waits.append(SSH_RETRY)
+        elif p.wait is not None:
+            waits.append(p.wait)
+    return later(*waits) if waits else None
 
 
 def create_step(ctx: Ctx, env: Env) -> Step:
@@ -126,8 +119,15 @@ def create_step(ctx: Ctx, env: Env) -> Step:
     if master is None:
         return wait
     desired = int(env.num("desired_slaves"))
-    short: vmops.WaitCapacity | None = None
-    for i in range(desired):
+    try:                                         # the new slaves at once (Redis work batched), then any intent left
+        short = bulk.allocate_new(ctx, env, one, [(f"s{i}", "slave", i) for i in range(desired)],
+                                  master_ip=master.ip, num_slaves=desired)
+    except bulk.SlotFailed as exc:
+        return fail(ctx, env, f"SLAVE_CREATE_FAIL: {exc.cause}", f"slave {exc.slot}: {exc.cause}")
+    for i in range(desired):                     # intents a killed drive left (adopted by tag, else allocated)
+        rec = env.vms.get(f"s{i}")
+        if rec is None or rec.vmid is not None:
+            continue
         try:
             vmops.ensure_allocated(ctx, env, one, f"s{i}", "slave", i, master_ip=master.ip, num_slaves=desired)
         except vmops.WaitCapacity as exc:       # ask for every slave at once, then wait for the grants
@@ -137,11 +137,11 @@ def create_step(ctx: Ctx, env: Env) -> Step:
     if short is not None:
         raise short
     try:
-        waits = [w for w in (_slave(ctx, env, one, master, env.vms[f"s{i}"]) for i in range(desired)) if w is not None]
+        wait = _slaves(ctx, env, one, master, desired)
     except vmops.StepFailed as exc:
         return fail(ctx, env, exc.status, exc.why)
-    if waits:
-        return later(*waits)
+    if wait is not None:
+        return wait
     return _complete(ctx, env, master, desired)
 
 

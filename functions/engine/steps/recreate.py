@@ -26,7 +26,7 @@ from typing import Any
 
 from functions.cloud import sshexec
 from functions.cloud.one import OneClient, OneError
-from functions.engine import vmops
+from functions.engine import announce, vmops
 from functions.engine.context import POLL, Ctx, Env, Step, Watch, deadline_passed, fail, finish, later
 from functions.model import render, specview
 from functions.store import envstore
@@ -73,7 +73,7 @@ def _old(env: Env) -> dict[str, dict[str, Any]]:
 def _announce(ctx: Ctx, env: Env, master: VmRecord, verb: str, slave: VmRecord) -> Step:
     """Tell the master `verb <ip>`; None when done, SSH_RETRY to try again. Raises StepFailed on a changed key."""
     try:
-        vmops.master_command(ctx, env, master, verb, slave)
+        announce.master_command(ctx, env, master, verb, slave)
     except sshexec.HostKeyMismatch as exc:
         raise vmops.StepFailed("RECREATE_FAIL: master host key changed", f"{verb} {slave.slot}: {exc}") from None
     except sshexec.SshFailed as exc:
@@ -95,7 +95,7 @@ def _drop_old(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, master: VmRecor
         if master is not None and rec.role == "slave" and rec.ip and rec.slot not in _listed(env, "rc_removed"):
             verb = str(env.cfg.get("scaledown_verb") or "remove")
             try:
-                vmops.master_command(ctx, env, master, verb, rec)
+                announce.master_command(ctx, env, master, verb, rec)
             except sshexec.SshFailed as exc:        # a changed host key included: nothing ran on the master
                 ctx.event(env, "error", f"could not announce `{verb} {rec.ip}` to the master: {exc}", slot=rec.slot)
             _note(ctx, env, "rc_removed", rec.slot)
@@ -184,6 +184,23 @@ def _master_ready(ctx: Ctx, env: Env, master: VmRecord) -> Step:
     return None
 
 
+def _reannounce(ctx: Ctx, env: Env, master: VmRecord) -> Step:
+    """`add` every running slave not yet told to the new master (one SSH connection); None once all were.
+    Raises StepFailed on a changed key; SSH_RETRY when one failed (the others are noted as told)."""
+    todo = [s for s in env.slaves() if s.state in ("running", "announced") and s.ip
+            and s.one_state not in BROKEN_SHORT and s.slot not in _listed(env, "rc_added")]
+    retry = False
+    for slave, exc in zip(todo, announce.tell_master(ctx, env, master, "add", todo), strict=True):
+        if isinstance(exc, sshexec.HostKeyMismatch):
+            raise vmops.StepFailed("RECREATE_FAIL: master host key changed", f"add {slave.slot}: {exc}")
+        if exc is not None:
+            ctx.event(env, "error", f"`add {slave.ip}` on the master failed, retrying: {exc}", slot=slave.slot)
+            retry = True
+        else:
+            _note(ctx, env, "rc_added", slave.slot)
+    return SSH_RETRY if retry else None
+
+
 def _master(ctx: Ctx, env: Env, one: OneClient, old: dict[str, Any]) -> Step:
     """Replace the master, then re-announce every running slave to it."""
     rec = env.vms.get("m")
@@ -202,13 +219,9 @@ def _master(ctx: Ctx, env: Env, one: OneClient, old: dict[str, Any]) -> Step:
         wait = _master_ready(ctx, env, rec)
     if wait is not None:
         return wait
-    for slave in env.slaves():
-        if (slave.state in ("running", "announced") and slave.ip and slave.one_state not in BROKEN_SHORT
-                and slave.slot not in _listed(env, "rc_added")):
-            wait = _announce(ctx, env, rec, "add", slave)
-            if wait is not None:
-                return wait
-            _note(ctx, env, "rc_added", slave.slot)
+    wait = _reannounce(ctx, env, rec)
+    if wait is not None:
+        return wait
     url = render.app_url(str(env.cfg.get("app_url") or ""), rec.ip)
     return finish(ctx, env, f"recreated the master (VM {old.get('vmid')} -> VM {rec.vmid})"
                   + (f", {len(_listed(env, 'rc_added'))} slave(s) announced to it" if env.slaves() else ""),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from functions.cloud import sshexec
 from functions.cloud.one import OneClient, OneError
-from functions.engine import vmops
+from functions.engine import announce, vmops
 from functions.engine.context import Ctx, Env, Step, Watch, deadline_passed, fail, finish
 from functions.model import render, specview
 from functions.store import envstore, gsstore
@@ -54,31 +54,23 @@ def scaleup_step(ctx: Ctx, env: Env) -> Step:
                                      num_slaves=int(env.num("desired_slaves")))
     except (render.RenderError, specview.SpecError, OneError) as exc:
         return _rollback(ctx, env, one, env.vms.get(slot), f"slave {slot}: {exc}")
-    if rec.state in ("allocating", "allocated") and not vmops.came_up(ctx, env, rec):
-        if slot in env.fresh:                                 # allocated just now: PENDING, nothing to ask
-            return vmops.wait_new(rec)
-        view = vmops.observe(ctx, env, one, rec)
-        why = vmops.boot_failure(rec, view)
-        if why:
-            return _rollback(ctx, env, one, rec, f"slave {slot}: {why}")
-        if rec.state != "running":
-            return vmops.watch(rec, view)
-    if rec.state == "running":
-        try:
-            vmops.master_command(ctx, env, master, "add", rec)
-        except sshexec.HostKeyMismatch as exc:
-            ctx.event(env, "error", f"announce {slot} to the master refused: {exc}")
-            return fail(ctx, env, "SLAVE_SCALEUP_FAIL: master host key changed", f"slave {slot} not announced: {exc}")
-        except sshexec.SshFailed as exc:
-            tries = int(env.num("ssh_tries")) + 1
-            ctx.event(env, "error", f"announce {slot} to the master failed ({tries}/{SSH_ATTEMPTS}): {exc}")
-            if tries < SSH_ATTEMPTS:
-                envstore.update_env(ctx.r, env.envid, ssh_tries=tries)
-                return SSH_RETRY
-            return finish(ctx, env, f"slave {slot} added but not announced: {exc}",
-                          status=f"SLAVE_SCALEUP_FAIL: ssh to master failed: {exc}"[:200])
-        rec.state = "announced"
-        ctx.put_vm(env, rec)
+    progress = announce.bring_up(ctx, env, one, master, [rec])[slot]
+    if progress.failed:
+        return _rollback(ctx, env, one, rec, f"slave {slot}: {progress.failed}")
+    if progress.wait is not None:
+        return progress.wait
+    exc = progress.ssh
+    if isinstance(exc, sshexec.HostKeyMismatch):
+        ctx.event(env, "error", f"announce {slot} to the master refused: {exc}")
+        return fail(ctx, env, "SLAVE_SCALEUP_FAIL: master host key changed", f"slave {slot} not announced: {exc}")
+    if exc is not None:
+        tries = int(env.num("ssh_tries")) + 1
+        ctx.event(env, "error", f"announce {slot} to the master failed ({tries}/{SSH_ATTEMPTS}): {exc}")
+        if tries < SSH_ATTEMPTS:
+            envstore.update_env(ctx.r, env.envid, ssh_tries=tries)
+            return SSH_RETRY
+        return finish(ctx, env, f"slave {slot} added but not announced: {exc}",
+                      status=f"SLAVE_SCALEUP_FAIL: ssh to master failed: {exc}"[:200])
     return finish(ctx, env, f"added slave {slot} (VM {rec.vmid}, {rec.ip})", status="SLAVE_SCALEUP_SUCCESS")
 
 
@@ -100,7 +92,7 @@ def scaledown_step(ctx: Ctx, env: Env) -> Step:
         verb = str(env.cfg.get("scaledown_verb") or "remove")
         if master is not None and master.ip and rec.ip and master.state in ("running", "announced"):
             try:
-                vmops.master_command(ctx, env, master, verb, rec)
+                announce.master_command(ctx, env, master, verb, rec)
             except sshexec.HostKeyMismatch as exc:
                 return fail(ctx, env, "SLAVE_SCALEDOWN_FAIL: master host key changed", f"{slot}: {exc}")
             except sshexec.SshFailed as exc:
