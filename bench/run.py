@@ -39,6 +39,7 @@ PARTS = (
     "creates_bench",
     "sim_pool_bench",
     "callbacks_bench",
+    "create_bench",
 )
 
 
