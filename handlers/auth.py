@@ -41,9 +41,6 @@ class AuthMiddleware:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         logs.clear()      # log lines of this request carry its own service/envid/jobid only
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool) -> None:
-        logs.clear()      # and nothing of it leaks to what this thread logs next
-
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict) -> None:
         req.context.service = None
         req.context.admin = False
