@@ -33,6 +33,7 @@ def lines(out: io.StringIO) -> list[dict]:
 
 
 def test_a_record_is_one_json_line_with_the_bound_context():
+    logs.clear()         # a request handled earlier on this thread leaves its fields bound for gunicorn's access line
     logger, out = capture()
     with logs.bound(envid="12", service="oneenv1"):
         with logs.bound(jobid="40"):
