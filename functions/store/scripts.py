@@ -154,6 +154,63 @@ end
 return out
 """
 
+# The minute refresh, first read: per environment where its VMs live and their OpenNebula ids (taken from the
+# JSON records by pattern: records are flat objects, a quoted "vmid" key only occurs as the key itself).
+LUA["observe_ids"] = """
+-- KEYS[1], KEYS[2] env hash, its VM records (and so on per env); no ARGV. Returns per env: its service, endpoint,
+-- proxy (or, without a proxy field, its spec JSON, "" if none) and its VM ids joined by ",".
+local out = {}
+for i = 1, #KEYS, 2 do
+  local e = redis.call('HMGET', KEYS[i], 'service', 'endpoint', 'proxy')
+  out[#out + 1] = e[1] or ''
+  out[#out + 1] = e[2] or ''
+  out[#out + 1] = e[3] or (redis.call('HGET', KEYS[i], 'spec') or '')
+  local ids = {}
+  for _, rec in ipairs(redis.call('HVALS', KEYS[i + 1])) do
+    local id = string.match(rec, '"vmid":%s*(%d+)')
+    if id then ids[#ids + 1] = id end
+  end
+  out[#out + 1] = table.concat(ids, ',')
+end
+return out
+"""
+
+# The minute refresh, second read: each environment's VM records as stored, unless a step holds its lock.
+LUA["observe_read"] = """
+-- KEYS[1], KEYS[2] env lock, its VM records (and so on per env); no ARGV. Returns per env one array: {} when the lock
+-- is held, else slot, record, slot, record, ...
+local out = {}
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then out[#out + 1] = {}
+  else out[#out + 1] = redis.call('HGETALL', KEYS[i + 1]) end
+end
+return out
+"""
+
+# The minute refresh's write: each changed VM record replaced only if it is still the one read (same SHA-1)
+# and no step holds the environment's lock (a step's writes always win; the next minute looks again).
+LUA["observe_write"] = """
+-- KEYS[1], KEYS[2] env lock, its VM records (and so on per env); ARGV[1] JSON: per env a list of
+-- [slot, SHA-1 of the record read, new record]. Returns per env the records written, -1 if the lock was held.
+local items = cjson.decode(ARGV[1])
+local out = {}
+for i = 1, #KEYS, 2 do
+  local n = -1
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    n = 0
+    for _, w in ipairs(items[(i + 1) / 2]) do
+      local cur = redis.call('HGET', KEYS[i + 1], w[1])
+      if cur and redis.sha1hex(cur) == w[2] then
+        redis.call('HSET', KEYS[i + 1], w[1], w[3])
+        n = n + 1
+      end
+    end
+  end
+  out[#out + 1] = n
+end
+return out
+"""
+
 # Write the policy state of many environments, each only if its policy_status and pol_minute are still the
 # values the policy pass read (compare-and-set: a racing create end or a second pass never gets overwritten).
 LUA["policy_write"] = """

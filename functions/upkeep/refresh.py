@@ -1,0 +1,180 @@
+"""The minute's VM refresh: what OpenNebula says about every VM Carina created, written into its record.
+
+Per (proxy, credentials) — however many services and environments share them — a fixed few calls
+(functions.cloud.one.OneClient.observe): `one.vmpool.infoset` of exactly Carina's VM ids there (short bodies:
+STATE, LCM_STATE, STIME) and `one.vmpool.monitoring` (the last CPU of every VM). Each record gets `one_state`
+(runn, unkn, fail, ..., or "missing" for a VM OpenNebula no longer has or has DONE), `vm_state` /
+`lcm_state` and `cpu`; only records whose observation changed are written, by compare-and-set
+(functions.store.observed: a record changed since read, or an environment a step holds, is left for the
+next minute).
+
+Ownership: a VM id may be reused (a reset cloud, another installation). A record's VM is checked against its
+USER_TEMPLATE tags (functions.model.ownership) the first time it is seen and whenever the VM at that id is
+another one (its STIME changed): one `infoset` with full bodies of just those ids (`OneClient.owners`, in
+slices of OWNER_SLICE). A VM whose tags name another owner counts as missing; a match is remembered in the
+record's `checked` ("<vmid>@<STIME>"), so a steady minute asks for no full body at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from functions.cloud.one import OneClient, OneError, OneUnavailable, VmView
+from functions.model import ownership
+from functions.model.clock import Clock, system_clock
+from functions.store import envstore, observed, tenants
+from functions.store.keys import service_envs
+
+log = logging.getLogger("carina.refresh")
+
+CHUNK = 500                      # environments read, judged and written per round trip
+OWNER_SLICE = 2000               # VM ids per full-body infoset (bounds the answer: ~6 KB a VM)
+Changes = dict[str, list[tuple[str, str, str]]]      # envid -> [(slot, digest of the record read, new JSON)]
+
+
+@dataclass
+class _Group:
+    """The environments observed through one (proxy, credentials)."""
+
+    envs: list[observed.EnvWhere] = field(default_factory=list)
+
+    def vmids(self) -> list[int]:
+        return sorted({v for env in self.envs for v in env.vmids})
+
+
+@dataclass
+class _Pending:
+    """A record whose VM's tags must be checked before it is written."""
+
+    envid: str
+    service: str
+    slot: str
+    digest: str
+    rec: dict[str, Any]
+    view: VmView
+
+
+def observation(rec: dict[str, Any], view: VmView | None, cpu: float | None) -> dict[str, Any] | None:
+    """The record with what OpenNebula says (`view` None: the VM is missing; `cpu` None: no new figure), or
+    None when nothing changed. A DONE VM is missing; a missing VM keeps its last numbers and CPU. Pure."""
+    if view is None or view.gone:
+        state, numbers, new_cpu = "missing", (rec.get("vm_state", -1), rec.get("lcm_state", -1)), rec.get("cpu", -1)
+    else:
+        state, numbers = view.short_status(), (view.state, view.lcm_state)
+        new_cpu = cpu if cpu is not None else rec.get("cpu", -1)
+    if (state, new_cpu, *numbers) == (rec.get("one_state"), rec.get("cpu"), rec.get("vm_state"), rec.get("lcm_state")):
+        return None
+    return dict(rec, one_state=state, cpu=new_cpu, vm_state=numbers[0], lcm_state=numbers[1])
+
+
+def judgeable(rec: Any, taken: float) -> bool:
+    """A record the snapshot can judge: it has a VM id, is not mid-allocate, was allocated before `taken`."""
+    return (isinstance(rec, dict) and type(rec.get("vmid")) is int and rec.get("state") != "allocating"
+            and isinstance(rec.get("created", 0), int | float) and rec.get("created", 0) <= taken)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _groups(r: redis.Redis) -> dict[tuple[str, str], _Group]:
+    """(proxy, credentials) -> the environments with VMs observed through them (credentials from each
+    service's current configuration of the env's endpoint; the proxy from the env's create-time spec)."""
+    groups: dict[tuple[str, str], _Group] = {}
+    for service in tenants.service_names(r):
+        envids = [str(e) for e in r.zrange(service_envs(service), 0, -1)]
+        if not envids:
+            continue
+        conf = tenants.get_config(r, service) or {}
+        for env in observed.where_and_ids(r, envids):
+            auth = ((conf.get("ENDPOINT") or {}).get(env.endpoint) or {}).get("oneauth")
+            if env.vmids and env.proxy and auth and env.service == service:
+                groups.setdefault((env.proxy, str(auth)), _Group()).envs.append(env)
+    return groups
+
+
+def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: dict[str, dict[str, str]], views: dict[int, VmView],
+                 cpu: dict[int, float], taken: float, pending: list[_Pending]) -> Changes:
+    """The writes of a chunk's records; records whose VM must first prove its tags go to `pending`."""
+    changes: Changes = {}
+    for env in envs:
+        for slot, raw in stored.get(env.envid, {}).items():
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            if not judgeable(rec, taken):
+                continue
+            vmid = rec["vmid"]
+            view = views.get(vmid)
+            if view is not None and not view.gone and rec.get("checked") != f"{vmid}@{view.stime}":
+                pending.append(_Pending(env.envid, env.service, slot, observed.digest(raw), rec, view))
+                continue
+            new = observation(rec, view, cpu.get(vmid))
+            if new is not None:
+                changes.setdefault(env.envid, []).append((slot, observed.digest(raw), json.dumps(new, sort_keys=True)))
+    return changes
+
+
+def _settle(r: redis.Redis, one: OneClient, pending: list[_Pending], cpu: dict[int, float]) -> Changes:
+    """Check the tags of the pending records' VMs (full bodies, OWNER_SLICE ids a call) and make their writes:
+    a VM of another owner (or gone meanwhile) is missing; a match is remembered in `checked`. A slice
+    OpenNebula did not answer is left for the next minute."""
+    install = envstore.known_installation_id(r)
+    changes: Changes = {}
+    for part in _chunks(pending, OWNER_SLICE):
+        try:
+            owners = one.owners([p.view.vmid for p in part])
+        except (OneUnavailable, OneError) as exc:
+            log.warning("refresh: tags of %d VMs at %s: %s", len(part), one.proxy, exc)
+            continue
+        for p in part:
+            rec, found = p.rec, owners.get(p.view.vmid)
+            tags = ownership.vm_tags(p.service, install, p.envid, p.slot, str(rec.get("nonce") or ""),
+                                     str(rec.get("role") or ""))
+            if found is not None and found.stime == p.view.stime and not ownership.mismatch(found.user_template, tags):
+                new = observation(rec, p.view, cpu.get(p.view.vmid)) or dict(rec)
+                new["checked"] = f"{p.view.vmid}@{p.view.stime}"
+            else:
+                new = observation(rec, None, None)
+            if new is not None:
+                changes.setdefault(p.envid, []).append((p.slot, p.digest, json.dumps(new, sort_keys=True)))
+    return changes
+
+
+def _count(done: dict[str, int], stats: dict[str, int]) -> None:
+    stats["changed"] += sum(n for n in done.values() if n > 0)
+    stats["busy"] += sum(1 for n in done.values() if n < 0)
+
+
+def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
+                one_factory: Callable[[str, str], OneClient] = OneClient) -> dict[str, Any]:
+    """Refresh every judgeable VM record (see the module). Returns counts: endpoints observed, records
+    changed, environments busy (a step held them), errors (endpoints that did not answer). Safe to run twice."""
+    stats = {"endpoints": 0, "changed": 0, "busy": 0, "errors": 0, "calls": 0}
+    for (proxy, auth), group in _groups(r).items():
+        one = one_factory(proxy, auth)
+        taken = clock()
+        try:
+            views, cpu = one.observe(group.vmids())
+        except (OneUnavailable, OneError) as exc:
+            log.warning("refresh: endpoint %s: %s", proxy, exc)
+            stats["errors"] += 1
+            continue
+        stats["endpoints"] += 1
+        stats["calls"] += 2
+        pending: list[_Pending] = []
+        for chunk in _chunks(group.envs, CHUNK):
+            stored = observed.records(r, [env.envid for env in chunk])
+            _count(observed.write(r, _judge_chunk(chunk, stored, views, cpu, taken, pending)), stats)
+        if pending:
+            stats["calls"] += (len(pending) + OWNER_SLICE - 1) // OWNER_SLICE
+            _count(observed.write(r, _settle(r, one, pending, cpu)), stats)
+    return stats
