@@ -9,6 +9,7 @@ Pure (lxml only): no network, no Redis.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -39,6 +40,30 @@ def _value(node: etree._Element) -> tuple[str, str]:
     return str(inner.tag), inner.text or ""
 
 
+# A successful answer up to its second value's text: [true, "<...escaped XML...>", ...]
+_OK_HEAD = re.compile(rb"\s*(?:<\?xml[^>]*\?>)?\s*<methodResponse>\s*<params>\s*<param>\s*<value>\s*<array>\s*"
+                      rb"<data>\s*<value>\s*<boolean>1</boolean>\s*</value>\s*<value>(<string>)?")
+_ENTITIES = ((b"&lt;", b"<"), (b"&gt;", b">"), (b"&quot;", b'"'), (b"&apos;", b"'"), (b"&amp;", b"&"))
+
+
+def ok_xml(body: bytes) -> bytes | None:
+    """The XML of a successful answer whose value is an XML string, as UTF-8 bytes, cut out of the envelope
+    and unescaped without parsing the envelope (an escaped string holds no '<': its end is the first closing
+    tag); None when the answer is not of that shape or uses character references (then: `envelope`)."""
+    head = _OK_HEAD.match(body)
+    if head is None:
+        return None
+    end = body.find(b"</string>" if head.group(1) else b"</value>", head.end())
+    if end < 0:
+        return None
+    text = body[head.end():end]
+    if b"&#" in text or not text.lstrip().startswith(b"&lt;"):
+        return None
+    for entity, char in _ENTITIES:
+        text = text.replace(entity, char)
+    return text
+
+
 def envelope(body: bytes) -> tuple[bool, str, int]:
     """(ok, value, code) of an XML-RPC answer of OpenNebula's shape. A fault is (False, its string, -1)."""
     try:
@@ -61,12 +86,13 @@ def envelope(body: bytes) -> tuple[bool, str, int]:
     return flag == "1", text, code
 
 
-def document(text: str) -> etree._Element:
-    """The root element of an answer's XML text."""
-    if not text.startswith("<"):
+def document(text: str | bytes) -> etree._Element:
+    """The root element of an answer's XML text (str, or UTF-8 bytes)."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    if not data.lstrip().startswith(b"<"):
         raise ParseError("value: not XML")
     try:
-        return etree.fromstring(text.encode("utf-8"), _PARSER)
+        return etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as exc:
         raise ParseError(f"value: {exc}") from None
 
@@ -89,8 +115,13 @@ def vm_rows(pool: etree._Element, wanted: Sequence[int] | None = None, tags: boo
         cols = [pool.xpath(f"VM/{name}/text()") for name in ("ID", "STATE", "LCM_STATE", "STIME")]
         count = len(pool)
         if all(len(c) == count for c in cols):
-            rows = [VmRow(_int(i), _int(s), _int(lcm, 0), _int(st, 0), {}) for i, s, lcm, st in zip(*cols, strict=True)]
-            return [row for row in rows if keep is None or row.vmid in keep]
+            try:
+                ints = [list(map(int, c)) for c in cols]
+            except ValueError:
+                raise ParseError("a VM's ID, STATE, LCM_STATE or STIME is not an integer") from None
+            empty: dict[str, str] = {}
+            return [VmRow(i, s, lcm, st, empty) for i, s, lcm, st in zip(*ints, strict=True)
+                    if keep is None or i in keep]
     out = []
     for vm in pool.iterchildren("VM"):
         vmid = _int(vm.findtext("ID"))

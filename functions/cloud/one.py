@@ -352,6 +352,9 @@ class OneClient:
         started, failed = time.monotonic(), None
         try:
             body = self._server.raw_request(f"one.{method}", (self._session, *args))
+            fast = fastxml.ok_xml(body)
+            if fast is not None:
+                return fastxml.document(fast)
             ok, value, code = fastxml.envelope(body)
             if not ok:
                 failed = "refused"

@@ -65,7 +65,7 @@ def where_and_ids(r: redis.Redis, envids: Sequence[str]) -> list[EnvWhere]:
     for i, envid in enumerate(envids):
         service, endpoint, proxy, ids = (_s(x) for x in replies[4 * i:4 * i + 4])
         out.append(EnvWhere(envid, service, endpoint, _proxy_of(proxy, cache),
-                            tuple(int(v) for v in ids.split(",") if v)))
+                            tuple(map(int, ids.split(","))) if ids else ()))
     return out
 
 

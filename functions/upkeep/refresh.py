@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from functions.store.keys import service_envs
 log = logging.getLogger("carina.refresh")
 
 CHUNK = 500                      # environments read, judged and written per round trip
+OBSERVERS = 4                    # endpoints observed at once (threads)
 OWNER_SLICE = 2000               # VM ids per full-body infoset (bounds the answer: ~6 KB a VM)
 Changes = dict[str, list[tuple[str, str, str]]]      # envid -> [(slot, digest of the record read, new JSON)]
 
@@ -154,24 +156,42 @@ def _count(done: dict[str, int], stats: dict[str, int]) -> None:
     stats["busy"] += sum(1 for n in done.values() if n < 0)
 
 
+def _observe_all(groups: dict[tuple[str, str], _Group], one_factory: Callable[[str, str], OneClient],
+                 clock: Clock) -> dict[tuple[str, str], tuple[OneClient, float, Any]]:
+    """Each group's observation (OneClient.observe), all endpoints asked at once (one thread each, at most
+    OBSERVERS: the answers are parsed by lxml, which runs outside the GIL). Value: (client, time taken, the
+    (views, cpu) pair or the exception it raised)."""
+    def one_group(key: tuple[str, str], group: _Group) -> tuple[OneClient, float, Any]:
+        one = one_factory(*key)
+        taken = clock()
+        try:
+            return one, taken, one.observe(group.vmids())
+        except (OneUnavailable, OneError) as exc:
+            return one, taken, exc
+    if len(groups) <= 1:
+        return {key: one_group(key, group) for key, group in groups.items()}
+    with ThreadPoolExecutor(max_workers=min(OBSERVERS, len(groups)), thread_name_prefix="observe") as pool:
+        futures = {key: pool.submit(one_group, key, group) for key, group in groups.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
 def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
                 one_factory: Callable[[str, str], OneClient] = OneClient) -> dict[str, Any]:
     """Refresh every judgeable VM record (see the module). Returns counts: endpoints observed, records
-    changed, environments busy (a step held them), errors (endpoints that did not answer). Safe to run twice."""
+    changed, environments busy (a step held them), errors (endpoints that did not answer), XML-RPC calls.
+    Safe to run twice."""
     stats = {"endpoints": 0, "changed": 0, "busy": 0, "errors": 0, "calls": 0}
-    for (proxy, auth), group in _groups(r).items():
-        one = one_factory(proxy, auth)
-        taken = clock()
-        try:
-            views, cpu = one.observe(group.vmids())
-        except (OneUnavailable, OneError) as exc:
-            log.warning("refresh: endpoint %s: %s", proxy, exc)
+    groups = _groups(r)
+    for key, (one, taken, seen) in _observe_all(groups, one_factory, clock).items():
+        if isinstance(seen, Exception):
+            log.warning("refresh: endpoint %s: %s", key[0], seen)
             stats["errors"] += 1
             continue
+        views, cpu = seen
         stats["endpoints"] += 1
         stats["calls"] += 2
         pending: list[_Pending] = []
-        for chunk in _chunks(group.envs, CHUNK):
+        for chunk in _chunks(groups[key].envs, CHUNK):
             stored = observed.records(r, [env.envid for env in chunk])
             _count(observed.write(r, _judge_chunk(chunk, stored, views, cpu, taken, pending)), stats)
         if pending:
