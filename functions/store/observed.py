@@ -69,16 +69,18 @@ def where_and_ids(r: redis.Redis, envids: Sequence[str]) -> list[EnvWhere]:
     return out
 
 
-def records(r: redis.Redis, envids: Sequence[str]) -> dict[str, dict[str, str]]:
-    """envid -> {slot: record JSON as stored} of each env no step holds (held ones absent). Read-only."""
+HELD = "held"
+
+
+def records(r: redis.Redis, envids: Sequence[str]) -> dict[str, dict[str, str] | str]:
+    """envid -> {slot: record JSON as stored} of each env, or HELD for an env a step holds. Read-only."""
     with r.pipeline(transaction=False) as p:
         for chunk in _chunks(envids, PER_CALL):
             scripts.run(p, "observe_read", [k for envid in chunk for k in (keys.env_lock(envid), keys.env_vms(envid))])
         replies = [x for part in p.execute() for x in part]
-    out = {}
+    out: dict[str, dict[str, str] | str] = {}
     for envid, flat in zip(envids, replies, strict=True):
-        if flat:
-            out[envid] = {_s(flat[j]): _s(flat[j + 1]) for j in range(0, len(flat), 2)}
+        out[envid] = {_s(flat[j]): _s(flat[j + 1]) for j in range(0, len(flat), 2)} if flat != 0 else HELD
     return out
 
 

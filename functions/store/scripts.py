@@ -177,11 +177,11 @@ return out
 
 # The minute refresh, second read: each environment's VM records as stored, unless a step holds its lock.
 LUA["observe_read"] = """
--- KEYS[1], KEYS[2] env lock, its VM records (and so on per env); no ARGV. Returns per env one array: {} when the lock
--- is held, else slot, record, slot, record, ...
+-- KEYS[1], KEYS[2] env lock, its VM records (and so on per env); no ARGV. Returns per env: 0 when the lock
+-- is held, else an array slot, record, slot, record, ...
 local out = {}
 for i = 1, #KEYS, 2 do
-  if redis.call('EXISTS', KEYS[i]) == 1 then out[#out + 1] = {}
+  if redis.call('EXISTS', KEYS[i]) == 1 then out[#out + 1] = 0
   else out[#out + 1] = redis.call('HGETALL', KEYS[i + 1]) end
 end
 return out

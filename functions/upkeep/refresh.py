@@ -102,12 +102,13 @@ def _groups(r: redis.Redis) -> dict[tuple[str, str], _Group]:
     return groups
 
 
-def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: dict[str, dict[str, str]], views: dict[int, VmView],
+def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: dict[str, dict[str, str] | str], views: dict[int, VmView],
                  cpu: dict[int, float], taken: float, pending: list[_Pending]) -> Changes:
     """The writes of a chunk's records; records whose VM must first prove its tags go to `pending`."""
     changes: Changes = {}
     for env in envs:
-        for slot, raw in stored.get(env.envid, {}).items():
+        found = stored.get(env.envid)
+        for slot, raw in (found.items() if isinstance(found, dict) else ()):
             try:
                 rec = json.loads(raw)
             except ValueError:
@@ -193,6 +194,7 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
         pending: list[_Pending] = []
         for chunk in _chunks(groups[key].envs, CHUNK):
             stored = observed.records(r, [env.envid for env in chunk])
+            stats["busy"] += sum(1 for v in stored.values() if v == observed.HELD)
             _count(observed.write(r, _judge_chunk(chunk, stored, views, cpu, taken, pending)), stats)
         if pending:
             stats["calls"] += (len(pending) + OWNER_SLICE - 1) // OWNER_SLICE
