@@ -80,7 +80,12 @@ def records(r: redis.Redis, envids: Sequence[str]) -> dict[str, dict[str, str] |
         replies = [x for part in p.execute() for x in part]
     out: dict[str, dict[str, str] | str] = {}
     for envid, flat in zip(envids, replies, strict=True):
-        out[envid] = {_s(flat[j]): _s(flat[j + 1]) for j in range(0, len(flat), 2)} if flat != 0 else HELD
+        if flat == 0:
+            out[envid] = HELD
+        elif flat and type(flat[0]) is str:
+            out[envid] = dict(zip(flat[::2], flat[1::2], strict=True))
+        else:
+            out[envid] = {_s(flat[j]): _s(flat[j + 1]) for j in range(0, len(flat), 2)}
     return out
 
 

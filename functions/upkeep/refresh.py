@@ -65,20 +65,24 @@ class _Pending:
 def observation(rec: dict[str, Any], view: VmView | None, cpu: float | None) -> dict[str, Any] | None:
     """The record with what OpenNebula says (`view` None: the VM is missing; `cpu` None: no new figure), or
     None when nothing changed. A DONE VM is missing; a missing VM keeps its last numbers and CPU. Pure."""
-    if view is None or view.gone:
-        state, numbers, new_cpu = "missing", (rec.get("vm_state", -1), rec.get("lcm_state", -1)), rec.get("cpu", -1)
+    get = rec.get
+    if view is None or view.state == 6:
+        state, vm_state, lcm_state, new_cpu = "missing", get("vm_state", -1), get("lcm_state", -1), get("cpu", -1)
     else:
-        state, numbers = view.short_status(), (view.state, view.lcm_state)
-        new_cpu = cpu if cpu is not None else rec.get("cpu", -1)
-    if (state, new_cpu, *numbers) == (rec.get("one_state"), rec.get("cpu"), rec.get("vm_state"), rec.get("lcm_state")):
+        state, vm_state, lcm_state = view.short_status(), view.state, view.lcm_state
+        new_cpu = cpu if cpu is not None else get("cpu", -1)
+    if (state == get("one_state") and new_cpu == get("cpu") and vm_state == get("vm_state")
+            and lcm_state == get("lcm_state")):
         return None
-    return dict(rec, one_state=state, cpu=new_cpu, vm_state=numbers[0], lcm_state=numbers[1])
+    return dict(rec, one_state=state, cpu=new_cpu, vm_state=vm_state, lcm_state=lcm_state)
 
 
 def judgeable(rec: Any, taken: float) -> bool:
     """A record the snapshot can judge: it has a VM id, is not mid-allocate, was allocated before `taken`."""
-    return (isinstance(rec, dict) and type(rec.get("vmid")) is int and rec.get("state") != "allocating"
-            and isinstance(rec.get("created", 0), int | float) and rec.get("created", 0) <= taken)
+    if type(rec) is not dict or type(rec.get("vmid")) is not int or rec.get("state") == "allocating":
+        return False
+    created = rec.get("created", 0)
+    return type(created) in (int, float) and created <= taken
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -122,7 +126,7 @@ def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: dict[str, dict[str, 
                 continue
             new = observation(rec, view, cpu.get(vmid))
             if new is not None:
-                changes.setdefault(env.envid, []).append((slot, observed.digest(raw), json.dumps(new, sort_keys=True)))
+                changes.setdefault(env.envid, []).append((slot, observed.digest(raw), json.dumps(new)))
     return changes
 
 
@@ -148,7 +152,7 @@ def _settle(r: redis.Redis, one: OneClient, pending: list[_Pending], cpu: dict[i
             else:
                 new = observation(rec, None, None)
             if new is not None:
-                changes.setdefault(p.envid, []).append((p.slot, p.digest, json.dumps(new, sort_keys=True)))
+                changes.setdefault(p.envid, []).append((p.slot, p.digest, json.dumps(new)))
     return changes
 
 
