@@ -1,16 +1,18 @@
 """What the minute's VM refresh reads and writes in Redis, in batches of environments per round trip.
 
 `where_and_ids` says for each environment where its VMs live (service, endpoint, proxy) and their OpenNebula
-ids; `records` reads the VM records as stored (raw JSON) of the environments no step holds; `write` replaces
-changed records by compare-and-set (the SHA-1 of the record read; skipped while a step holds the env lock).
+ids; `records` reads the few fields the refresh compares (extracted from the JSON records in Redis) of the
+environments no step holds; `write` replaces just the observed fields (FIELDS) of changed records in place, by
+compare-and-set on those fields (skipped while a step holds the env lock).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -70,40 +72,83 @@ def where_and_ids(r: redis.Redis, envids: Sequence[str]) -> list[EnvWhere]:
 
 
 HELD = "held"
+FIELDS = ("vmid", "one_state", "cpu", "vm_state", "lcm_state", "checked")   # what the refresh writes
+_SAFE = re.compile(r"[A-Za-z0-9.@+-]*")
 
 
-def records(r: redis.Redis, envids: Sequence[str]) -> dict[str, dict[str, str] | str]:
-    """envid -> {slot: record JSON as stored} of each env, or HELD for an env a step holds. Read-only."""
+@dataclass(frozen=True)
+class Seen:
+    """A VM record's fields the refresh needs, as stored (JSON value text; "" when the record lacks one)."""
+
+    slot: str
+    vmid: str
+    state: str
+    created: str
+    checked: str
+    one_state: str
+    cpu: str
+    vm_state: str
+    lcm_state: str
+
+    def six(self) -> tuple[str, str, str, str, str, str]:
+        """The written fields (FIELDS) as read."""
+        return self.vmid, self.one_state, self.cpu, self.vm_state, self.lcm_state, self.checked
+
+
+def records(r: redis.Redis, envids: Sequence[str]) -> dict[str, list[Seen] | str]:
+    """envid -> its records' Seen fields (extracted in Redis: the records never cross the wire), or HELD for
+    an env a step holds. One pipelined round trip. Read-only."""
     with r.pipeline(transaction=False) as p:
         for chunk in _chunks(envids, PER_CALL):
             scripts.run(p, "observe_read", [k for envid in chunk for k in (keys.env_lock(envid), keys.env_vms(envid))])
         replies = [x for part in p.execute() for x in part]
-    out: dict[str, dict[str, str] | str] = {}
+    out: dict[str, list[Seen] | str] = {}
     for envid, flat in zip(envids, replies, strict=True):
         if flat == 0:
             out[envid] = HELD
-        elif flat and type(flat[0]) is str:
-            out[envid] = dict(zip(flat[::2], flat[1::2], strict=True))
-        else:
-            out[envid] = {_s(flat[j]): _s(flat[j + 1]) for j in range(0, len(flat), 2)}
+            continue
+        if flat and type(flat[0]) is not str:
+            flat = [_s(x) for x in flat]
+        out[envid] = [Seen(*flat[j:j + 9]) for j in range(0, len(flat), 9)]
     return out
 
 
-def digest(text: str) -> str:
-    """The SHA-1 (hex) a write compares the stored record with (Redis's redis.sha1hex of the same bytes)."""
-    return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+def full_records(r: redis.Redis, wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(envid, slot) -> the decoded record (absent when gone or unreadable), pipelined. Read-only."""
+    with r.pipeline(transaction=False) as p:
+        for envid, slot in wanted:
+            p.hget(keys.env_vms(envid), slot)
+        found = p.execute()
+    out = {}
+    for key, text in zip(wanted, found, strict=True):
+        try:
+            rec = json.loads(text) if text else None
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict):
+            out[key] = rec
+    return out
 
 
-def write(r: redis.Redis, changes: dict[str, list[tuple[str, str, str]]]) -> dict[str, int]:
-    """Replace records: envid -> [(slot, digest of the record read, new record JSON)]. Each record is written
-    only if it is unchanged since read and no step holds the env's lock. Returns envid -> records written
-    (-1: lock held). Safe to run twice (the second finds the digests changed)."""
+Write = tuple[str, tuple[str, ...], tuple[str, ...]]     # slot, the six FIELDS as read, as they become
+
+
+def write(r: redis.Redis, changes: dict[str, list[Write]]) -> dict[str, int]:
+    """Replace the FIELDS of records in place: envid -> [(slot, six values as read, six new values)] (JSON
+    value text: numbers, or letters/digits/.@+- for strings). A record is written only if its FIELDS still
+    read as given and no step holds the env's lock; its other fields stay as stored. Returns envid -> records
+    written (-1: lock held). Safe to run twice (the second finds the fields changed)."""
+    for items in changes.values():
+        for _, old, new in items:
+            if len(old) != len(FIELDS) or len(new) != len(FIELDS) or not all(_SAFE.fullmatch(v) for v in new):
+                raise ValueError(f"observed.write: bad values {new!r}")
     envids = [e for e, items in changes.items() if items]
     out: dict[str, int] = {}
     with r.pipeline(transaction=False) as p:
         for chunk in _chunks(envids, PER_CALL):
             names = [k for envid in chunk for k in (keys.env_lock(envid), keys.env_vms(envid))]
-            scripts.run(p, "observe_write", names, [json.dumps([changes[envid] for envid in chunk])])
+            payload = [[[slot, list(old), list(new)] for slot, old, new in changes[envid]] for envid in chunk]
+            scripts.run(p, "observe_write", names, [json.dumps(payload)])
         for chunk, done in zip(_chunks(envids, PER_CALL), p.execute(), strict=True):
             out.update(zip(chunk, (int(n) for n in done), strict=True))
     return out

@@ -175,23 +175,51 @@ end
 return out
 """
 
-# The minute refresh, second read: each environment's VM records as stored, unless a step holds its lock.
+# The minute refresh reads and edits only the observed fields of the VM records (flat JSON objects written by
+# json.dumps: a quoted key followed by ':' only occurs as a key, string values have their quotes escaped).
 LUA["observe_read"] = """
 -- KEYS[1], KEYS[2] env lock, its VM records (and so on per env); no ARGV. Returns per env: 0 when the lock
--- is held, else an array slot, record, slot, record, ...
+-- is held, else per record 9 strings: slot, vmid, state, created, checked, one_state, cpu, vm_state, lcm_state
+-- ("" for a field the record lacks).
+local function num(rec, name) return string.match(rec, '"' .. name .. '":%s*([^,}%s]*)') or '' end
+local function str(rec, name) return string.match(rec, '"' .. name .. '":%s*"([^"]*)"') or '' end
 local out = {}
 for i = 1, #KEYS, 2 do
   if redis.call('EXISTS', KEYS[i]) == 1 then out[#out + 1] = 0
-  else out[#out + 1] = redis.call('HGETALL', KEYS[i + 1]) end
+  else
+    local flat, row = redis.call('HGETALL', KEYS[i + 1]), {}
+    for j = 1, #flat, 2 do
+      local rec = flat[j + 1]
+      for _, v in ipairs({flat[j], num(rec, 'vmid'), str(rec, 'state'), num(rec, 'created'), str(rec, 'checked'),
+                          str(rec, 'one_state'), num(rec, 'cpu'), num(rec, 'vm_state'), num(rec, 'lcm_state')}) do
+        row[#row + 1] = v
+      end
+    end
+    out[#out + 1] = row
+  end
 end
 return out
 """
 
-# The minute refresh's write: each changed VM record replaced only if it is still the one read (same SHA-1)
-# and no step holds the environment's lock (a step's writes always win; the next minute looks again).
+# The minute refresh's write: the observed fields of a record replaced in place (every other field as stored
+# now), only if vmid and the observed fields still read what the refresh read and no step holds the env lock.
 LUA["observe_write"] = """
 -- KEYS[1], KEYS[2] env lock, its VM records (and so on per env); ARGV[1] JSON: per env a list of
--- [slot, SHA-1 of the record read, new record]. Returns per env the records written, -1 if the lock was held.
+-- [slot, [vmid, one_state, cpu, vm_state, lcm_state, checked] as read, the same six as they become] (values
+-- are letters, digits and . @ + - only). Returns per env the records written, -1 if the lock was held.
+local NAMES = {'vmid', 'one_state', 'cpu', 'vm_state', 'lcm_state', 'checked'}
+local QUOTED = {false, true, false, false, false, true}
+local function get(rec, k)
+  if QUOTED[k] then return string.match(rec, '"' .. NAMES[k] .. '":%s*"([^"]*)"') or '' end
+  return string.match(rec, '"' .. NAMES[k] .. '":%s*([^,}%s]*)') or ''
+end
+local function put(rec, k, value)
+  local text, pat = value, '("' .. NAMES[k] .. '":%s*)[^,}%s]*'
+  if QUOTED[k] then text, pat = '"' .. value .. '"', '("' .. NAMES[k] .. '":%s*)"[^"]*"' end
+  local out, n = string.gsub(rec, pat, '%1' .. text, 1)
+  if n == 0 then out = string.sub(rec, 1, -2) .. ', "' .. NAMES[k] .. '": ' .. text .. '}' end
+  return out
+end
 local items = cjson.decode(ARGV[1])
 local out = {}
 for i = 1, #KEYS, 2 do
@@ -199,9 +227,16 @@ for i = 1, #KEYS, 2 do
   if redis.call('EXISTS', KEYS[i]) == 0 then
     n = 0
     for _, w in ipairs(items[(i + 1) / 2]) do
-      local cur = redis.call('HGET', KEYS[i + 1], w[1])
-      if cur and redis.sha1hex(cur) == w[2] then
-        redis.call('HSET', KEYS[i + 1], w[1], w[3])
+      local rec = redis.call('HGET', KEYS[i + 1], w[1])
+      local same = rec ~= false
+      for k = 1, #NAMES do
+        if same and get(rec, k) ~= w[2][k] then same = false end
+      end
+      if same then
+        for k = 1, #NAMES do
+          if w[3][k] ~= w[2][k] then rec = put(rec, k, w[3][k]) end
+        end
+        redis.call('HSET', KEYS[i + 1], w[1], rec)
         n = n + 1
       end
     end

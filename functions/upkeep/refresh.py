@@ -17,7 +17,6 @@ record's `checked` ("<vmid>@<STIME>"), so a steady minute asks for no full body 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,7 @@ log = logging.getLogger("carina.refresh")
 CHUNK = 500                      # environments read, judged and written per round trip
 OBSERVERS = 4                    # endpoints observed at once (threads)
 OWNER_SLICE = 2000               # VM ids per full-body infoset (bounds the answer: ~6 KB a VM)
-Changes = dict[str, list[tuple[str, str, str]]]      # envid -> [(slot, digest of the record read, new JSON)]
+Changes = dict[str, list[observed.Write]]            # envid -> [(slot, FIELDS as read, FIELDS as they become)]
 
 
 @dataclass
@@ -56,33 +55,40 @@ class _Pending:
 
     envid: str
     service: str
-    slot: str
-    digest: str
-    rec: dict[str, Any]
+    seen: observed.Seen
     view: VmView
 
 
-def observation(rec: dict[str, Any], view: VmView | None, cpu: float | None) -> dict[str, Any] | None:
-    """The record with what OpenNebula says (`view` None: the VM is missing; `cpu` None: no new figure), or
-    None when nothing changed. A DONE VM is missing; a missing VM keeps its last numbers and CPU. Pure."""
-    get = rec.get
+def observation(seen: observed.Seen, view: VmView | None, cpu: float | None,
+                checked: str | None = None) -> tuple[str, ...] | None:
+    """The record's FIELDS (observed.FIELDS, JSON value text) with what OpenNebula says (`view` None: the VM
+    is missing; `cpu` None: no new figure; `checked`: a new ownership mark), or None when nothing changed. A
+    DONE VM is missing; a missing VM keeps its last numbers and CPU. Pure."""
+    old = seen.six()
     if view is None or view.state == 6:
-        state, vm_state, lcm_state, new_cpu = "missing", get("vm_state", -1), get("lcm_state", -1), get("cpu", -1)
+        new = (old[0], "missing", *old[2:5], old[5] if checked is None else checked)
     else:
-        state, vm_state, lcm_state = view.short_status(), view.state, view.lcm_state
-        new_cpu = cpu if cpu is not None else get("cpu", -1)
-    if (state == get("one_state") and new_cpu == get("cpu") and vm_state == get("vm_state")
-            and lcm_state == get("lcm_state")):
+        cpu_text = old[2]
+        if cpu is not None and _float(cpu_text) != cpu:
+            cpu_text = repr(float(cpu))
+        new = (old[0], view.short_status(), cpu_text, str(view.state), str(view.lcm_state),
+               old[5] if checked is None else checked)
+    return None if new == old else new
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
         return None
-    return dict(rec, one_state=state, cpu=new_cpu, vm_state=vm_state, lcm_state=lcm_state)
 
 
-def judgeable(rec: Any, taken: float) -> bool:
+def judgeable(seen: observed.Seen, taken: float) -> bool:
     """A record the snapshot can judge: it has a VM id, is not mid-allocate, was allocated before `taken`."""
-    if type(rec) is not dict or type(rec.get("vmid")) is not int or rec.get("state") == "allocating":
+    if not seen.vmid.isdigit() or seen.state == "allocating":
         return False
-    created = rec.get("created", 0)
-    return type(created) in (int, float) and created <= taken
+    created = _float(seen.created or "0")
+    return created is not None and created <= taken
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -106,27 +112,24 @@ def _groups(r: redis.Redis) -> dict[tuple[str, str], _Group]:
     return groups
 
 
-def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: dict[str, dict[str, str] | str], views: dict[int, VmView],
-                 cpu: dict[int, float], taken: float, pending: list[_Pending]) -> Changes:
+def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: dict[str, list[observed.Seen] | str],
+                 views: dict[int, VmView], cpu: dict[int, float], taken: float,
+                 pending: list[_Pending]) -> Changes:
     """The writes of a chunk's records; records whose VM must first prove its tags go to `pending`."""
     changes: Changes = {}
     for env in envs:
         found = stored.get(env.envid)
-        for slot, raw in (found.items() if isinstance(found, dict) else ()):
-            try:
-                rec = json.loads(raw)
-            except ValueError:
+        for seen in (found if isinstance(found, list) else ()):
+            if not judgeable(seen, taken):
                 continue
-            if not judgeable(rec, taken):
-                continue
-            vmid = rec["vmid"]
+            vmid = int(seen.vmid)
             view = views.get(vmid)
-            if view is not None and not view.gone and rec.get("checked") != f"{vmid}@{view.stime}":
-                pending.append(_Pending(env.envid, env.service, slot, observed.digest(raw), rec, view))
+            if view is not None and view.state != 6 and seen.checked != f"{vmid}@{view.stime}":
+                pending.append(_Pending(env.envid, env.service, seen, view))
                 continue
-            new = observation(rec, view, cpu.get(vmid))
+            new = observation(seen, view, cpu.get(vmid))
             if new is not None:
-                changes.setdefault(env.envid, []).append((slot, observed.digest(raw), json.dumps(new)))
+                changes.setdefault(env.envid, []).append((seen.slot, seen.six(), new))
     return changes
 
 
@@ -142,17 +145,19 @@ def _settle(r: redis.Redis, one: OneClient, pending: list[_Pending], cpu: dict[i
         except (OneUnavailable, OneError) as exc:
             log.warning("refresh: tags of %d VMs at %s: %s", len(part), one.proxy, exc)
             continue
+        recs = observed.full_records(r, [(p.envid, p.seen.slot) for p in part])
         for p in part:
-            rec, found = p.rec, owners.get(p.view.vmid)
-            tags = ownership.vm_tags(p.service, install, p.envid, p.slot, str(rec.get("nonce") or ""),
+            rec, found = recs.get((p.envid, p.seen.slot)), owners.get(p.view.vmid)
+            if rec is None:
+                continue
+            tags = ownership.vm_tags(p.service, install, p.envid, p.seen.slot, str(rec.get("nonce") or ""),
                                      str(rec.get("role") or ""))
             if found is not None and found.stime == p.view.stime and not ownership.mismatch(found.user_template, tags):
-                new = observation(rec, p.view, cpu.get(p.view.vmid)) or dict(rec)
-                new["checked"] = f"{p.view.vmid}@{p.view.stime}"
+                new = observation(p.seen, p.view, cpu.get(p.view.vmid), f"{p.view.vmid}@{p.view.stime}")
             else:
-                new = observation(rec, None, None)
+                new = observation(p.seen, None, None)
             if new is not None:
-                changes.setdefault(p.envid, []).append((p.slot, p.digest, json.dumps(new)))
+                changes.setdefault(p.envid, []).append((p.seen.slot, p.seen.six(), new))
     return changes
 
 

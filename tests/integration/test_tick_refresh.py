@@ -5,6 +5,7 @@ step holds left alone, records rewritten only when the observation changed (real
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 import redis
 
 from functions.cloud.one import OneClient
-from functions.store import envstore, observed
+from functions.store import envstore, keys, observed
 from functions.upkeep import ticks
 from onesim import lifecycle as simlife
 from onesim import states as S
@@ -123,13 +124,34 @@ def test_an_environment_a_step_holds_is_left_for_the_next_minute(rig: Rig) -> No
     assert rig.vms(envid)["m"].cpu == 77.0
 
 
-def test_a_record_changed_since_read_is_not_overwritten(rig: Rig) -> None:
+def test_only_the_observed_fields_are_written_and_only_if_unchanged_since_read(rig: Rig) -> None:
     envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
-    raw = observed.records(rig.r, [envid])[envid]["m"]  # type: ignore[index]
+    (seen,) = [s for s in observed.records(rig.r, [envid])[envid] if s.slot == "m"]  # type: ignore[union-attr]
     rec = rig.vms(envid)["m"]
     rec.status = "CHANGED_MEANWHILE"
-    envstore.put_vm(rig.r, envid, rec)                                     # a callback wrote it after the read
-    done = observed.write(rig.r, {envid: [("m", observed.digest(raw), '{"stale": true}')]})
-    assert done == {envid: 0} and rig.vms(envid)["m"].status == "CHANGED_MEANWHILE"
-    fresh = observed.records(rig.r, [envid])[envid]["m"]  # type: ignore[index]
-    assert observed.write(rig.r, {envid: [("m", observed.digest(fresh), fresh)]}) == {envid: 1}
+    envstore.put_vm(rig.r, envid, rec)                     # a callback wrote another field after the read
+    new = (seen.vmid, "unkn", "12.5", "3", "16", f"{seen.vmid}@1")
+    assert observed.write(rig.r, {envid: [("m", seen.six(), new)]}) == {envid: 1}
+    after = rig.vms(envid)["m"]
+    assert (after.status, after.one_state, after.cpu, after.lcm_state, after.checked) == \
+        ("CHANGED_MEANWHILE", "unkn", 12.5, 16, f"{seen.vmid}@1")
+    assert after.nonce == rec.nonce and after.ip == rec.ip
+
+    rec = after
+    rec.one_state = "missing"                              # the engine judged the VM meanwhile
+    envstore.put_vm(rig.r, envid, rec)
+    stale = observed.write(rig.r, {envid: [("m", new, (seen.vmid, "runn", "1.0", "3", "3", new[5]))]})
+    assert stale == {envid: 0} and rig.vms(envid)["m"].one_state == "missing"
+    with pytest.raises(ValueError):
+        observed.write(rig.r, {envid: [("m", new, (seen.vmid, 'x", "evil": "1', "1", "3", "3", ""))]})
+
+
+def test_a_record_without_a_checked_field_gets_one(rig: Rig) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    data = json.loads(rig.r.hget(keys.env_vms(envid), "s0"))
+    del data["checked"]                                    # written before the field existed
+    rig.r.hset(keys.env_vms(envid), "s0", json.dumps(data, sort_keys=True))
+    refresh(rig)
+    after = json.loads(rig.r.hget(keys.env_vms(envid), "s0"))
+    assert after["checked"] == f"{data['vmid']}@{rig.sim_vm(data['vmid']).stime}"
+    assert {k: v for k, v in after.items() if k != "checked"} == dict(data, one_state="runn")
