@@ -104,6 +104,15 @@ def _int(text: str | None, default: int = -1) -> int:
         raise ParseError(f"not an integer: {text[:20]!r}") from None
 
 
+# Columns of a pool by XPath (in C); they line up when no child of the pool is odd (not a VM, or a VM
+# without exactly one of each field with a text).
+_COLUMNS = [etree.XPath(f"VM/{name}/text()") for name in ("ID", "STATE", "LCM_STATE", "STIME")]
+_ODD = etree.XPath("count(*[not(self::VM) or count(ID/text()) != 1 or count(STATE/text()) != 1"
+                   " or count(LCM_STATE/text()) != 1 or count(STIME/text()) != 1])")
+_MON_ID, _MON_CPU = etree.XPath("MONITORING/ID/text()"), etree.XPath("MONITORING/CPU/text()")
+_MON_ODD = etree.XPath("count(*[not(self::MONITORING) or count(ID/text()) != 1 or count(CPU/text()) != 1])")
+
+
 def vm_rows(pool: etree._Element, wanted: Sequence[int] | None = None, tags: bool = False) -> list[VmRow]:
     """The VMs of a `<VM_POOL>` (short or full bodies), only the ids in `wanted` when given; with `tags`, each
     one's USER_TEMPLATE (text attributes). Columns by XPath (one pass each, in C) when every VM has each
@@ -112,15 +121,13 @@ def vm_rows(pool: etree._Element, wanted: Sequence[int] | None = None, tags: boo
         raise ParseError(f"expected VM_POOL, got {pool.tag}")
     keep = set(wanted) if wanted is not None else None
     if not tags:
-        cols = [pool.xpath(f"VM/{name}/text()") for name in ("ID", "STATE", "LCM_STATE", "STIME")]
-        count = len(pool)
-        if all(len(c) == count for c in cols):
+        if _ODD(pool) == 0:              # every child is a VM with each of the four once: columns line up
             try:
-                ints = [list(map(int, c)) for c in cols]
+                cols = [list(map(int, column(pool))) for column in _COLUMNS]
             except ValueError:
                 raise ParseError("a VM's ID, STATE, LCM_STATE or STIME is not an integer") from None
             empty: dict[str, str] = {}
-            return [VmRow(i, s, lcm, st, empty) for i, s, lcm, st in zip(*ints, strict=True)
+            return [VmRow(i, s, lcm, st, empty) for i, s, lcm, st in zip(*cols, strict=True)
                     if keep is None or i in keep]
     out = []
     for vm in pool.iterchildren("VM"):
@@ -141,13 +148,11 @@ def monitored_cpu(data: etree._Element) -> dict[int, float]:
     an ID or a finite CPU are left out."""
     if data.tag != "MONITORING_DATA":
         raise ParseError(f"expected MONITORING_DATA, got {data.tag}")
-    ids = data.xpath("MONITORING[ID and CPU]/ID/text()")
-    cpus = data.xpath("MONITORING[ID and CPU]/CPU/text()")
     out: dict[int, float] = {}
-    if len(ids) != len(cpus):            # a record with two IDs or CPUs (not OpenNebula's schema): record by record
+    if _MON_ODD(data) == 0:              # every record has one ID and one CPU: the columns line up
+        pairs = list(zip(_MON_ID(data), _MON_CPU(data), strict=True))
+    else:                                # some record lacks one (or is not of the schema): record by record
         pairs = [(m.findtext("ID"), m.findtext("CPU")) for m in data.iterchildren("MONITORING")]
-    else:
-        pairs = list(zip(ids, cpus, strict=True))
     for vmid, cpu in pairs:
         try:
             value = float(cpu) if cpu is not None else math.nan

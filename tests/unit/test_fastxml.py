@@ -91,3 +91,9 @@ def test_the_envelope_shortcut_reads_what_the_full_parse_reads(names: list[str])
     assert ok and text == pool
     assert fast is not None and fast.decode("utf-8") == pool
     assert fastxml.vm_rows(fastxml.document(fast), tags=True) == fastxml.vm_rows(fastxml.document(text), tags=True)
+
+
+def test_a_pool_whose_columns_do_not_line_up_is_read_vm_by_vm() -> None:
+    odd = ("<VM_POOL><VM><ID>1</ID><STATE>3</STATE><LCM_STATE>3</LCM_STATE></VM>"
+           "<VM><ID>2</ID><STATE>3</STATE><LCM_STATE>16</LCM_STATE><STIME>5</STIME><STIME>6</STIME></VM></VM_POOL>")
+    assert [(r.vmid, r.lcm_state, r.stime) for r in _rows(odd)] == [(1, 3, 0), (2, 16, 5)]
