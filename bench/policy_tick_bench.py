@@ -16,11 +16,13 @@ event stream (and the service's), job and VM index keys are copied for every env
 addresses and nonces replaced; the policies of each kind come from the uploaded configuration). Memory =
 INFO used_memory after the copies minus before, per VM and per environment.
 
-Minutes measured: a first tick (every VM's tags checked once: full bodies) is reported but not the target;
-then two steady minutes, each after every VM got a new monitoring sample with a new CPU (as OpenNebula does
-between two ticks, so every record's CPU changes). Each row: wall seconds of the tick (refresh + policies),
-and in its note the CPU seconds of this process, redis-server and the simulators, the XML-RPC calls and the
-Redis commands. Sizes: 1k, 10k, 20k environments (`--quick`: 1k and 2k). Target: 10k ≤ 2 s, 20k ≤ 2.2 × 10k.
+Minutes measured: a first tick (every VM's tags checked once: full bodies, at most 20,000 per endpoint a
+minute, then as many minutes as it takes) is reported but not the target; then two steady minutes, each
+after every VM got a new monitoring sample with a new CPU (as OpenNebula does between two ticks, so every
+record's CPU changes); the faster one is the row. Each row: wall seconds of the tick (refresh + policies),
+and in its note the CPU seconds of this process, redis-server and the simulators, the XML-RPC calls, the
+Redis round trips and commands (INFO commandstats, commands run inside Lua included). Sizes: 1k, 10k, 20k
+environments (`--quick`: 1k and 2k). Target: 10k ≤ 2 s, 20k ≤ 2.2 × 10k.
 """
 
 from __future__ import annotations
@@ -172,7 +174,13 @@ def measure(workdir: Path, n_envs: int, template: tick_fill.Template) -> tuple[d
         queue = JsonQueue("bench", connection=raw)
         clock = FakeClock(tick_fill.T0 + 5)
         out = {"first": tick_once(r, queue, clock, sims)}
-        print(f"  {n_envs}: first {out['first'].wall:.2f} s {out['first'].policy}", file=sys.stderr)
+        print(f"  {n_envs}: first {out['first'].wall:.2f} s {out['first'].refresh}", file=sys.stderr)
+        unchecked = out["first"].refresh.get("unchecked", 0)
+        while unchecked:                 # tag checks past the per-minute budget: finish them first
+            clock.advance(60)
+            more = tick_once(r, queue, clock, sims)
+            unchecked = more.refresh.get("unchecked", 0)
+            print(f"  {n_envs}: more tag checks {more.wall:.2f} s {more.refresh}", file=sys.stderr)
         for name in ("steady", "steady2"):
             clock.advance(60)
             tick_fill.new_samples(sims, placed, rng)

@@ -159,6 +159,7 @@ def _view(vm: Any, cpu: float | None) -> VmView:
         vmid=int(vm.ID), name=str(vm.NAME or ""), state=int(vm.STATE if vm.STATE is not None else -1),
         lcm_state=int(vm.LCM_STATE or 0), ip=_first_ip(vm.TEMPLATE), host=_last_host(vm), cpu=cpu,
         user_template={str(k): str(v) for k, v in utmpl.items() if isinstance(v, str | int | float)},
+        stime=int(getattr(vm, "STIME", None) or 0),
     )
 
 

@@ -36,6 +36,7 @@ log = logging.getLogger("carina.refresh")
 CHUNK = 500                      # environments read, judged and written per round trip
 OBSERVERS = 4                    # endpoints observed at once (threads)
 OWNER_SLICE = 2000               # VM ids per full-body infoset (bounds the answer: ~6 KB a VM)
+OWNER_SLICES = 10                # full-body calls per endpoint and minute at most (the rest: next minute)
 Changes = dict[str, list[observed.Write]]            # envid -> [(slot, FIELDS as read, FIELDS as they become)]
 
 
@@ -134,12 +135,13 @@ def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: dict[str, list[obser
 
 
 def _settle(r: redis.Redis, one: OneClient, pending: list[_Pending], cpu: dict[int, float]) -> Changes:
-    """Check the tags of the pending records' VMs (full bodies, OWNER_SLICE ids a call) and make their writes:
-    a VM of another owner (or gone meanwhile) is missing; a match is remembered in `checked`. A slice
-    OpenNebula did not answer is left for the next minute."""
+    """Check the tags of the pending records' VMs (full bodies, OWNER_SLICE ids a call, at most OWNER_SLICES
+    calls) and make their writes: a VM of another owner (or gone meanwhile) is missing; a match is remembered
+    in `checked`. Records past the budget, or of a slice OpenNebula did not answer, are left unwritten for the
+    next minute (after an upgrade every record is checked once: the budget spreads that over minutes)."""
     install = envstore.known_installation_id(r)
     changes: Changes = {}
-    for part in _chunks(pending, OWNER_SLICE):
+    for part in _chunks(pending[:OWNER_SLICE * OWNER_SLICES], OWNER_SLICE):
         try:
             owners = one.owners([p.view.vmid for p in part])
         except (OneUnavailable, OneError) as exc:
@@ -188,9 +190,10 @@ def _observe_all(groups: dict[tuple[str, str], _Group], one_factory: Callable[[s
 def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
                 one_factory: Callable[[str, str], OneClient] = OneClient) -> dict[str, Any]:
     """Refresh every judgeable VM record (see the module). Returns counts: endpoints observed, records
-    changed, environments busy (a step held them), errors (endpoints that did not answer), XML-RPC calls.
+    changed, environments busy (a step held them), errors (endpoints that did not answer), XML-RPC calls,
+    records left unchecked for the next minute (past the full-body budget).
     Safe to run twice."""
-    stats = {"endpoints": 0, "changed": 0, "busy": 0, "errors": 0, "calls": 0}
+    stats = {"endpoints": 0, "changed": 0, "busy": 0, "errors": 0, "calls": 0, "unchecked": 0}
     groups = _groups(r)
     for key, (one, taken, seen) in _observe_all(groups, one_factory, clock).items():
         if isinstance(seen, Exception):
@@ -206,6 +209,7 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
             stats["busy"] += sum(1 for v in stored.values() if v == observed.HELD)
             _count(observed.write(r, _judge_chunk(chunk, stored, views, cpu, taken, pending)), stats)
         if pending:
-            stats["calls"] += (len(pending) + OWNER_SLICE - 1) // OWNER_SLICE
+            stats["calls"] += min(OWNER_SLICES, (len(pending) + OWNER_SLICE - 1) // OWNER_SLICE)
+            stats["unchecked"] += max(0, len(pending) - OWNER_SLICE * OWNER_SLICES)
             _count(observed.write(r, _settle(r, one, pending, cpu)), stats)
     return stats

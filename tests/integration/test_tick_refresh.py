@@ -14,6 +14,7 @@ import redis
 
 from functions.cloud.one import OneClient
 from functions.store import envstore, keys, observed
+from functions.upkeep import refresh as refresh_mod
 from functions.upkeep import ticks
 from onesim import lifecycle as simlife
 from onesim import states as S
@@ -155,3 +156,14 @@ def test_a_record_without_a_checked_field_gets_one(rig: Rig) -> None:
     after = json.loads(rig.r.hget(keys.env_vms(envid), "s0"))
     assert after["checked"] == f"{data['vmid']}@{rig.sim_vm(data['vmid']).stime}"
     assert {k: v for k, v in after.items() if k != "checked"} == dict(data, one_state="runn")
+
+
+def test_tag_checks_past_the_budget_wait_for_the_next_minute(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=2)
+    monkeypatch.setattr(refresh_mod, "OWNER_SLICE", 2)
+    monkeypatch.setattr(refresh_mod, "OWNER_SLICES", 1)
+    first = refresh(rig)
+    assert first["unchecked"] == 1 and Counted.calls.count("vmpool.infoset") == 2
+    assert sum(1 for rec in rig.vms(envid).values() if rec.checked) == 2
+    second = refresh(rig)
+    assert second["unchecked"] == 0 and all(rec.checked for rec in rig.vms(envid).values())
