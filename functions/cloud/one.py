@@ -30,6 +30,7 @@ log = logging.getLogger("carina.one")
 
 AUTHENTICATION, AUTHORIZATION, NO_EXISTS, ACTION = 0x100, 0x200, 0x400, 0x800
 ALL_USERS, NOT_DONE = -2, -1
+INFOSET_SLICE = 10_000     # VM ids per one.vmpool.infoset call of the minute refresh
 
 # STATE and LCM_STATE short codes as `onevm list` prints them (the original parsed these).
 _STATE_SHORT = {0: "init", 1: "pend", 2: "hold", 4: "stop", 5: "susp", 6: "done", 7: "fail", 8: "poff",
@@ -328,16 +329,21 @@ class OneClient:
         return {v.vmid: v for v in (_view(vm, None) for vm in getattr(vms, "VM", None) or []) if v.vmid in wanted}
 
     def observe(self, vmids: Iterable[int]) -> tuple[dict[int, VmView], dict[int, float]]:
-        """What the minute tick needs of Carina's own VMs, in two calls whatever their number: their states
-        (one.vmpool.infoset of exactly these ids, short bodies: ID, STATE, LCM_STATE, STIME; DONE VMs included,
-        ids OpenNebula does not know absent) and the last monitored CPU of every VM (one.vmpool.monitoring,
-        last record each). Parsed by lxml, not pyone (100k bodies a minute). No tags: see `owners`. Read-only."""
+        """What the minute tick needs of Carina's own VMs: their states (one.vmpool.infoset of exactly these
+        ids, short bodies: ID, STATE, LCM_STATE, STIME; DONE VMs included, ids OpenNebula does not know absent),
+        INFOSET_SLICE ids a call (an answer of 10,000 short bodies is ~19 MB: this bounds the memory a call
+        takes), and the last monitored CPU of every VM (one.vmpool.monitoring, one call, last record each).
+        Parsed by lxml, not pyone (100k bodies a minute). No tags: see `owners`. Read-only."""
         ids = sorted({int(v) for v in vmids})
         if not ids:
             return {}, {}
-        pool = self._raw("vmpool.infoset", ",".join(map(str, ids)), False)
-        mon = self._raw("vmpool.monitoring", ALL_USERS, 0)
-        return {row.vmid: _row_view(row) for row in fastxml.vm_rows(pool, ids)}, fastxml.monitored_cpu(mon)
+        views: dict[int, VmView] = {}
+        for start in range(0, len(ids), INFOSET_SLICE):
+            part = ids[start:start + INFOSET_SLICE]
+            pool = self._raw("vmpool.infoset", ",".join(map(str, part)), False)
+            views.update((row.vmid, _row_view(row)) for row in fastxml.vm_rows(pool, part))
+            del pool
+        return views, fastxml.monitored_cpu(self._raw("vmpool.monitoring", ALL_USERS, 0))
 
     def owners(self, vmids: Iterable[int]) -> dict[int, VmView]:
         """vmid -> VmView with USER_TEMPLATE (the ownership tags) and STIME of these VMs, one infoset call with

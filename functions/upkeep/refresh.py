@@ -2,7 +2,8 @@
 
 Per (proxy, credentials) — however many services and environments share them — a fixed few calls
 (functions.cloud.one.OneClient.observe): `one.vmpool.infoset` of exactly Carina's VM ids there (short bodies:
-STATE, LCM_STATE, STIME) and `one.vmpool.monitoring` (the last CPU of every VM). Each record gets `one_state`
+STATE, LCM_STATE, STIME; one call per 10,000 ids, to bound the memory an answer takes) and
+`one.vmpool.monitoring` (the last CPU of every VM). Each record gets `one_state`
 (runn, unkn, fail, ..., or "missing" for a VM OpenNebula no longer has or has DONE), `vm_state` /
 `lcm_state` and `cpu`; only records whose observation changed are written, by compare-and-set
 (functions.store.observed: a record changed since read, or an environment a step holds, is left for the
@@ -34,7 +35,7 @@ from functions.store.keys import service_envs
 log = logging.getLogger("carina.refresh")
 
 CHUNK = 500                      # environments read, judged and written per round trip
-OBSERVERS = 4                    # endpoints observed at once (threads)
+OBSERVERS = 2                    # endpoints observed at once (threads: parsing runs outside the GIL, 2 cores)
 OWNER_SLICE = 2000               # VM ids per full-body infoset (bounds the answer: ~6 KB a VM)
 OWNER_SLICES = 10                # full-body calls per endpoint and minute at most (the rest: next minute)
 Changes = dict[str, list[observed.Write]]            # envid -> [(slot, FIELDS as read, FIELDS as they become)]

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 
+from functions.cloud import one as one_mod
 from functions.cloud.one import OneClient
 from functions.store import envstore, keys, observed
 from functions.upkeep import refresh as refresh_mod
@@ -167,3 +168,13 @@ def test_tag_checks_past_the_budget_wait_for_the_next_minute(rig: Rig, monkeypat
     assert sum(1 for rec in rig.vms(envid).values() if rec.checked) == 2
     second = refresh(rig)
     assert second["unchecked"] == 0 and all(rec.checked for rec in rig.vms(envid).values())
+
+
+def test_many_ids_are_asked_in_slices(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=2)
+    refresh(rig)
+    monkeypatch.setattr(one_mod, "INFOSET_SLICE", 2)
+    rig.rpc().onesim.vm.fail(rig.sim.auth, rig.vms(envid)["s1"].vmid, "UNKNOWN")
+    refresh(rig)
+    assert Counted.calls == ["vmpool.infoset", "vmpool.infoset", "vmpool.monitoring"]
+    assert [rig.vms(envid)[s].one_state for s in ("m", "s0", "s1")] == ["runn", "runn", "unkn"]
