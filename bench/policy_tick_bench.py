@@ -69,7 +69,9 @@ class Minute:
 
     def note(self) -> str:
         acts = sum(v for k, v in self.policy.items() if k.startswith("action_"))
-        return (f"cpu: python {self.cpu_self:.2f} s, redis {self.cpu_redis:.2f} s, sims {self.cpu_sims:.2f} s; "
+        return (f"refresh {self.wall - self.policy.get('seconds', 0):.2f} s + policies "
+                f"{self.policy.get('seconds', 0):.2f} s; "
+                f"cpu: python {self.cpu_self:.2f} s, redis {self.cpu_redis:.2f} s, sims {self.cpu_sims:.2f} s; "
                 f"{self.rpc_calls} XML-RPC calls, {self.redis_trips} Redis round trips "
                 f"({sum(self.redis_cmds.values())} cmds: {self._top()}); "
                 f"{self.refresh.get('changed', 0)} records changed, {acts} actions, "
