@@ -130,9 +130,9 @@ class _Counting:
         counter = self
 
         class Counted(OneClient):
-            def _raw(self, method: str, *args: Any) -> Any:
+            def _raw(self, method: str, *args: Any, **kw: Any) -> Any:
                 counter.calls += 1
-                return super()._raw(method, *args)
+                return super()._raw(method, *args, **kw)
 
             def _call(self, method: str, *args: Any) -> Any:
                 counter.calls += 1

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 
+from functions.cloud import fastxml
 from functions.cloud import one as one_mod
 from functions.cloud.one import OneClient
 from functions.store import envstore, keys, observed
@@ -32,9 +33,9 @@ class Counted(OneClient):
 
     calls: list[str] = []
 
-    def _raw(self, method: str, *args: Any) -> Any:
+    def _raw(self, method: str, *args: Any, **kw: Any) -> Any:
         Counted.calls.append(method)
-        return super()._raw(method, *args)
+        return super()._raw(method, *args, **kw)
 
     def _call(self, method: str, *args: Any) -> Any:
         Counted.calls.append(method)
@@ -178,3 +179,13 @@ def test_many_ids_are_asked_in_slices(rig: Rig, monkeypatch: pytest.MonkeyPatch)
     refresh(rig)
     assert Counted.calls == ["vmpool.infoset", "vmpool.infoset", "vmpool.monitoring"]
     assert [rig.vms(envid)[s].one_state for s in ("m", "s0", "s1")] == ["runn", "runn", "unkn"]
+
+
+def test_the_simulators_infoset_answer_is_read_from_the_wire(rig: Rig) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=2)
+    ids = sorted(rec.vmid for rec in rig.vms(envid).values() if rec.vmid is not None)
+    client = OneClient(rig.sim.url, rig.sim.auth)
+    body = client._server.raw_request("one.vmpool.infoset", (rig.sim.auth, ",".join(map(str, ids)), False))
+    fast = fastxml.short_rows(body, ids)
+    assert fast is not None and [r.vmid for r in fast] == ids
+    assert fast == fastxml.vm_rows(fastxml.document(fastxml.envelope(body)[1]), ids)

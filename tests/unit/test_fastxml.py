@@ -97,3 +97,34 @@ def test_a_pool_whose_columns_do_not_line_up_is_read_vm_by_vm() -> None:
     odd = ("<VM_POOL><VM><ID>1</ID><STATE>3</STATE><LCM_STATE>3</LCM_STATE></VM>"
            "<VM><ID>2</ID><STATE>3</STATE><LCM_STATE>16</LCM_STATE><STIME>5</STIME><STIME>6</STIME></VM></VM_POOL>")
     assert [(r.vmid, r.lcm_state, r.stime) for r in _rows(odd)] == [(1, 3, 0), (2, 16, 5)]
+
+
+names = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=12)
+
+
+@given(st.lists(st.tuples(names, names, st.sampled_from([(3, 3), (3, 16), (6, 0), (1, 0)])), max_size=5))
+def test_short_rows_from_the_wire_read_what_lxml_reads(vms: list[tuple[str, str, tuple[int, int]]]) -> None:
+    pool = "<VM_POOL>" + "".join(_short(i, s, lcm, name=n, label=lab.replace("]]>", ""))
+                                 for i, (n, lab, (s, lcm)) in enumerate(vms)) + "</VM_POOL>"
+    fast = fastxml.short_rows(_answer(pool))
+    assert fast is not None and fast == _rows(pool)
+
+
+def test_a_vm_head_inside_a_cdata_value_is_not_a_vm() -> None:
+    forged = "<VM><ID>9</ID><UID>0</UID><STATE>3</STATE><LCM_STATE>3</LCM_STATE><STIME>1</STIME></VM>"
+    pool = "<VM_POOL>" + _short(1, 3, 16, label=forged) + _short(2, 3, 3, label="</VM>" + forged) + "</VM_POOL>"
+    assert [(r.vmid, r.lcm_state) for r in fastxml.short_rows(_answer(pool)) or []] == [(1, 16), (2, 3)]
+    assert fastxml.short_rows(_answer(pool), [2]) == [r for r in _rows(pool) if r.vmid == 2]
+
+
+def test_short_rows_leave_odd_answers_to_lxml() -> None:
+    good = "<VM_POOL>" + _short(1, 3, 3) + "</VM_POOL>"
+    assert fastxml.short_rows(_answer(good)) == _rows(good)
+    assert fastxml.short_rows(_answer("<VM_POOL/>")) == []
+    assert fastxml.short_rows(_answer("[one.vmpool.infoset] denied", ok=False, code=512)) is None
+    assert fastxml.short_rows(_answer("<VM_POOL>" + _short(1, 3, 3) * 2 + "</VM_POOL>")) is None    # id twice
+    no_stime = good.replace("<STIME>1001</STIME>", "")
+    assert fastxml.short_rows(_answer(no_stime)) is None
+    assert fastxml.short_rows(_answer(good).replace(b"&lt;LCM_STATE&gt;", b"&#60;LCM_STATE&gt;")) is None
+    assert fastxml.short_rows(_answer("<HOST_POOL/>")) is None
+    assert fastxml.short_rows(_answer(good.replace("<VM_POOL>", "<VM_POOL><!-- <VM> -->"))) is None
