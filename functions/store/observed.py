@@ -135,9 +135,10 @@ Write = tuple[str, tuple[str, ...], tuple[str, ...]]     # slot, the six FIELDS 
 
 def write(r: redis.Redis, changes: dict[str, list[Write]]) -> dict[str, int]:
     """Replace the FIELDS of records in place: envid -> [(slot, six values as read, six new values)] (JSON
-    value text: numbers, or letters/digits/.@+- for strings). A record is written only if its FIELDS still
-    read as given and no step holds the env's lock; its other fields stay as stored. Returns envid -> records
-    written (-1: lock held). Safe to run twice (the second finds the fields changed)."""
+    value text: numbers, or letters/digits/.@+- for strings). A record is written only if its vmid and every
+    field that changes still read as given and no step holds the env's lock; its other fields stay as stored.
+    Returns envid -> records written (-1: lock held). Safe to run twice (the second finds the fields
+    changed)."""
     for items in changes.values():
         for _, old, new in items:
             if len(old) != len(FIELDS) or len(new) != len(FIELDS) or not all(_SAFE.fullmatch(v) for v in new):

@@ -202,7 +202,8 @@ return out
 """
 
 # The minute refresh's write: the observed fields of a record replaced in place (every other field as stored
-# now), only if vmid and the observed fields still read what the refresh read and no step holds the env lock.
+# now), only if its vmid and each field written still read what the refresh read and no step holds the env
+# lock (a field another writer changed meanwhile is never overwritten; fields not written are not compared).
 LUA["observe_write"] = """
 -- KEYS[1], KEYS[2] env lock, its VM records (and so on per env); ARGV[1] JSON: per env a list of
 -- [slot, [vmid, one_state, cpu, vm_state, lcm_state, checked] as read, the same six as they become] (values
@@ -230,7 +231,7 @@ for i = 1, #KEYS, 2 do
       local rec = redis.call('HGET', KEYS[i + 1], w[1])
       local same = rec ~= false
       for k = 1, #NAMES do
-        if same and get(rec, k) ~= w[2][k] then same = false end
+        if same and (k == 1 or w[3][k] ~= w[2][k]) and get(rec, k) ~= w[2][k] then same = false end
       end
       if same then
         for k = 1, #NAMES do
