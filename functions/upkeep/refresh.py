@@ -5,9 +5,9 @@ Per (proxy, credentials) â€” however many services and environments share them â
 STATE, LCM_STATE, STIME; one call per 10,000 ids, to bound the memory an answer takes) and
 `one.vmpool.monitoring` (the last CPU of every VM). Each record gets `one_state`
 (runn, unkn, fail, ..., or "missing" for a VM OpenNebula no longer has or has DONE), `vm_state` /
-`lcm_state` and `cpu`; only records whose observation changed are written, by compare-and-set
-(functions.store.observed: a record changed since read, or an environment a step holds, is left for the
-next minute).
+`lcm_state` and `cpu`. Records never cross the wire: Redis hands over the few fields compared and edits
+only the fields that changed, in place, by compare-and-set on them (functions.store.observed: a field another
+writer changed since the read, or an environment a step holds, is left for the next minute).
 
 Ownership: a VM id may be reused (a reset cloud, another installation). A record's VM is checked against its
 USER_TEMPLATE tags (functions.model.ownership) the first time it is seen and whenever the VM at that id is
@@ -29,13 +29,12 @@ import redis
 from functions.cloud.one import OneClient, OneError, OneUnavailable, VmView
 from functions.model import ownership
 from functions.model.clock import Clock, system_clock
-from functions.store import envstore, observed, tenants
-from functions.store.keys import service_envs
+from functions.store import envstore, observed, policystore, tenants
 
 log = logging.getLogger("carina.refresh")
 
 CHUNK = 500                      # environments read, judged and written per round trip
-OBSERVERS = 2                    # endpoints observed at once (threads: parsing runs outside the GIL, 2 cores)
+OBSERVERS = 2                    # endpoints observed at once (threads: one answer read while another arrives)
 OWNER_SLICE = 2000               # VM ids per full-body infoset (bounds the answer: ~6 KB a VM)
 OWNER_SLICES = 10                # full-body calls per endpoint and minute at most (the rest: next minute)
 Changes = dict[str, list[observed.Write]]            # envid -> [(slot, FIELDS as read, FIELDS as they become)]
@@ -103,7 +102,7 @@ def _groups(r: redis.Redis) -> dict[tuple[str, str], _Group]:
     service's current configuration of the env's endpoint; the proxy from the env's create-time spec)."""
     groups: dict[tuple[str, str], _Group] = {}
     for service in tenants.service_names(r):
-        envids = [str(e) for e in r.zrange(service_envs(service), 0, -1)]
+        envids = policystore.service_envids(r, service)
         if not envids:
             continue
         conf = tenants.get_config(r, service) or {}
@@ -171,8 +170,8 @@ def _count(done: dict[str, int], stats: dict[str, int]) -> None:
 
 def _observe_all(groups: dict[tuple[str, str], _Group], one_factory: Callable[[str, str], OneClient],
                  clock: Clock) -> dict[tuple[str, str], tuple[OneClient, float, Any]]:
-    """Each group's observation (OneClient.observe), all endpoints asked at once (one thread each, at most
-    OBSERVERS: the answers are parsed by lxml, which runs outside the GIL). Value: (client, time taken, the
+    """Each group's observation (OneClient.observe), OBSERVERS endpoints asked at once (threads: OpenNebula
+    renders one answer while another is read; lxml parses outside the GIL). Value: (client, time taken, the
     (views, cpu) pair or the exception it raised)."""
     def one_group(key: tuple[str, str], group: _Group) -> tuple[OneClient, float, Any]:
         one = one_factory(*key)
