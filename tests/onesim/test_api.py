@@ -200,3 +200,10 @@ def test_answer_arrays_on_the_wire(sim: Sim) -> None:
     with urllib.request.urlopen(urllib.request.Request(sim.handle.url, body, {"Content-Type": "text/xml"})) as r:
         text = r.read().decode()
     assert "<i8>0</i8>" in text and "<int>1024</int>" in text and "<boolean>0</boolean>" in text
+
+
+def test_setcpubatch_sets_each_vms_cpu_in_one_call(sim: Sim, one: pyone.OneServer, running: int) -> None:
+    assert ok(raw(sim, "onesim.vm.setcpubatch", [running, 987654], [12.5, 50])) == 1     # unknown ids skipped
+    last = validate(ok(raw(sim, "one.vmpool.monitoring", -2, 0)), "monitoring_data.xsd", "MONITORING_DATA")
+    assert [(m.findtext("ID"), m.findtext("CPU")) for m in last] == [(str(running), "12.5")]
+    assert raw(sim, "onesim.vm.setcpubatch", [running], [1, 2])[0] is False               # lengths differ
