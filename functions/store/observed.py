@@ -1,9 +1,9 @@
 """What the minute's VM refresh reads and writes in Redis, in batches of environments per round trip.
 
-`where_and_ids` says for each environment where its VMs live (service, endpoint, proxy) and their OpenNebula
-ids; `records` reads the few fields the refresh compares (extracted from the JSON records in Redis) of the
-environments no step holds; `write` replaces just the observed fields (FIELDS) of changed records in place, by
-compare-and-set on those fields (skipped while a step holds the env lock).
+`where_and_records` says for each environment where its VMs live (service, endpoint, proxy) and reads the
+few fields of its VM records the refresh compares (extracted from the JSON in Redis: records never cross the
+wire), unless a step holds the environment; `write` replaces just the observed fields (FIELDS) of changed
+records in place, by compare-and-set on those fields (skipped while a step holds the env lock).
 """
 
 from __future__ import annotations
@@ -55,22 +55,6 @@ def _proxy_of(text: str, cache: dict[str, str]) -> str:
     return cache[text]
 
 
-def where_and_ids(r: redis.Redis, envids: Sequence[str]) -> list[EnvWhere]:
-    """Service, endpoint, proxy and VM ids of each env (one pipelined round trip of Lua calls). Read-only.
-    A deleted env comes back with an empty service and no ids."""
-    with r.pipeline(transaction=False) as p:
-        for chunk in _chunks(envids, PER_CALL):
-            scripts.run(p, "observe_ids", [k for envid in chunk for k in (keys.env(envid), keys.env_vms(envid))])
-        replies = [x for part in p.execute() for x in part]
-    cache: dict[str, str] = {}
-    out = []
-    for i, envid in enumerate(envids):
-        service, endpoint, proxy, ids = (_s(x) for x in replies[4 * i:4 * i + 4])
-        out.append(EnvWhere(envid, service, endpoint, _proxy_of(proxy, cache),
-                            tuple(map(int, ids.split(","))) if ids else ()))
-    return out
-
-
 HELD = "held"
 FIELDS = ("vmid", "one_state", "cpu", "vm_state", "lcm_state", "checked")   # what the refresh writes
 _SAFE = re.compile(r"[A-Za-z0-9.@+-]*")
@@ -101,7 +85,10 @@ def records(r: redis.Redis, envids: Sequence[str]) -> dict[str, list[Seen] | str
     with r.pipeline(transaction=False) as p:
         for chunk in _chunks(envids, PER_CALL):
             scripts.run(p, "observe_read", [k for envid in chunk for k in (keys.env_lock(envid), keys.env_vms(envid))])
-        replies = [x for part in p.execute() for x in part]
+        return _seen(envids, [x for part in p.execute() for x in part])
+
+
+def _seen(envids: Sequence[str], replies: Sequence[Any]) -> dict[str, list[Seen] | str]:
     out: dict[str, list[Seen] | str] = {}
     for envid, flat in zip(envids, replies, strict=True):
         if flat == 0:
@@ -111,6 +98,29 @@ def records(r: redis.Redis, envids: Sequence[str]) -> dict[str, list[Seen] | str
             flat = [_s(x) for x in flat]
         out[envid] = [Seen(*flat[j:j + 9]) for j in range(0, len(flat), 9)]
     return out
+
+
+def where_and_records(r: redis.Redis, envids: Sequence[str]) -> tuple[list[EnvWhere], dict[str, list[Seen] | str]]:
+    """Where each env's VMs live (service, endpoint, proxy; its VM ids from its records) and its records'
+    Seen fields (or HELD), in one pipelined round trip of Lua calls. Read-only. A deleted env comes back with
+    an empty service and no records."""
+    with r.pipeline(transaction=False) as p:
+        for chunk in _chunks(envids, PER_CALL):
+            scripts.run(p, "observe_where", [keys.env(envid) for envid in chunk])
+        for chunk in _chunks(envids, PER_CALL):
+            scripts.run(p, "observe_read", [k for envid in chunk for k in (keys.env_lock(envid), keys.env_vms(envid))])
+        parts = p.execute()
+    calls = (len(envids) + PER_CALL - 1) // PER_CALL
+    where = [_s(x) for part in parts[:calls] for x in part]
+    stored = _seen(envids, [x for part in parts[calls:] for x in part])
+    cache: dict[str, str] = {}
+    out = []
+    for i, envid in enumerate(envids):
+        service, endpoint, proxy = where[3 * i:3 * i + 3]
+        seen = stored[envid]
+        ids = tuple(int(x.vmid) for x in seen if x.vmid.isdigit()) if isinstance(seen, list) else ()
+        out.append(EnvWhere(envid, service, endpoint, _proxy_of(proxy, cache), ids))
+    return out, stored
 
 
 def full_records(r: redis.Redis, wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -154,23 +154,16 @@ end
 return out
 """
 
-# The minute refresh, first read: per environment where its VMs live and their OpenNebula ids (taken from the
-# JSON records by pattern: records are flat objects, a quoted "vmid" key only occurs as the key itself).
-LUA["observe_ids"] = """
--- KEYS[1], KEYS[2] env hash, its VM records (and so on per env); no ARGV. Returns per env: its service, endpoint,
--- proxy (or, without a proxy field, its spec JSON, "" if none) and its VM ids joined by ",".
+# The minute refresh: where each environment's VMs live.
+LUA["observe_where"] = """
+-- KEYS[1], KEYS[2], ... env hashes; no ARGV. Returns per env: its service, endpoint and proxy (or, without a
+-- proxy field, its spec JSON; "" if none).
 local out = {}
-for i = 1, #KEYS, 2 do
+for i = 1, #KEYS do
   local e = redis.call('HMGET', KEYS[i], 'service', 'endpoint', 'proxy')
   out[#out + 1] = e[1] or ''
   out[#out + 1] = e[2] or ''
   out[#out + 1] = e[3] or (redis.call('HGET', KEYS[i], 'spec') or '')
-  local ids = {}
-  for _, rec in ipairs(redis.call('HVALS', KEYS[i + 1])) do
-    local id = string.match(rec, '"vmid":%s*(%d+)')
-    if id then ids[#ids + 1] = id end
-  end
-  out[#out + 1] = table.concat(ids, ',')
 end
 return out
 """

@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from functions.cloud.one import OneClient, OneError, OneUnavailable, VmView
+from functions.cloud.one import INFOSET_SLICE, OneClient, OneError, OneUnavailable, VmView
 from functions.model import ownership
 from functions.model.clock import Clock, system_clock
 from functions.store import envstore, observed, policystore, tenants
@@ -38,6 +38,7 @@ OBSERVERS = 2                    # endpoints observed at once (threads: one answ
 OWNER_SLICE = 2000               # VM ids per full-body infoset (bounds the answer: ~6 KB a VM)
 OWNER_SLICES = 10                # full-body calls per endpoint and minute at most (the rest: next minute)
 Changes = dict[str, list[observed.Write]]            # envid -> [(slot, FIELDS as read, FIELDS as they become)]
+Stored = dict[str, list[observed.Seen] | str]        # envid -> its records' fields as read, or observed.HELD
 
 
 @dataclass
@@ -97,23 +98,28 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start:start + size]
 
 
-def _groups(r: redis.Redis) -> dict[tuple[str, str], _Group]:
+def _groups(r: redis.Redis) -> tuple[dict[tuple[str, str], _Group], Stored]:
     """(proxy, credentials) -> the environments with VMs observed through them (credentials from each
-    service's current configuration of the env's endpoint; the proxy from the env's create-time spec)."""
+    service's current configuration of the env's endpoint; the proxy from the env's create-time spec), and
+    every env's records as read (observed.Seen lists, or HELD), all read before OpenNebula is asked."""
     groups: dict[tuple[str, str], _Group] = {}
+    stored: Stored = {}
     for service in tenants.service_names(r):
         envids = policystore.service_envids(r, service)
         if not envids:
             continue
         conf = tenants.get_config(r, service) or {}
-        for env in observed.where_and_ids(r, envids):
-            auth = ((conf.get("ENDPOINT") or {}).get(env.endpoint) or {}).get("oneauth")
-            if env.vmids and env.proxy and auth and env.service == service:
-                groups.setdefault((env.proxy, str(auth)), _Group()).envs.append(env)
-    return groups
+        for start in range(0, len(envids), CHUNK * 4):
+            where, seen = observed.where_and_records(r, envids[start:start + CHUNK * 4])
+            stored.update(seen)
+            for env in where:
+                auth = ((conf.get("ENDPOINT") or {}).get(env.endpoint) or {}).get("oneauth")
+                if env.vmids and env.proxy and auth and env.service == service:
+                    groups.setdefault((env.proxy, str(auth)), _Group()).envs.append(env)
+    return groups, stored
 
 
-def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: dict[str, list[observed.Seen] | str],
+def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: Stored,
                  views: dict[int, VmView], cpu: dict[int, float], taken: float,
                  pending: list[_Pending]) -> Changes:
     """The writes of a chunk's records; records whose VM must first prove its tags go to `pending`."""
@@ -194,7 +200,8 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
     records left unchecked for the next minute (past the full-body budget).
     Safe to run twice."""
     stats = {"endpoints": 0, "changed": 0, "busy": 0, "errors": 0, "calls": 0, "unchecked": 0}
-    groups = _groups(r)
+    groups, stored = _groups(r)
+    stats["busy"] = sum(1 for v in stored.values() if v == observed.HELD)
     for key, (one, taken, seen) in _observe_all(groups, one_factory, clock).items():
         if isinstance(seen, Exception):
             log.warning("refresh: endpoint %s: %s", key[0], seen)
@@ -202,11 +209,9 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
             continue
         views, cpu = seen
         stats["endpoints"] += 1
-        stats["calls"] += 2
+        stats["calls"] += 1 + (len(groups[key].vmids()) + INFOSET_SLICE - 1) // INFOSET_SLICE
         pending: list[_Pending] = []
         for chunk in _chunks(groups[key].envs, CHUNK):
-            stored = observed.records(r, [env.envid for env in chunk])
-            stats["busy"] += sum(1 for v in stored.values() if v == observed.HELD)
             _count(observed.write(r, _judge_chunk(chunk, stored, views, cpu, taken, pending)), stats)
         if pending:
             stats["calls"] += min(OWNER_SLICES, (len(pending) + OWNER_SLICE - 1) // OWNER_SLICE)
