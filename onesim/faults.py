@@ -11,6 +11,8 @@ Methods (first parameter the session, answers as OpenNebula's):
   onesim.sim.monitor(session)              every RUNNING VM takes a monitoring sample now: how many did
   onesim.sim.allocations(session, since)   [[arrival wall time, VM id], ...] of the one.vm.allocate calls that
                                            reached the simulator at or after `since` (the last 10000 kept)
+  onesim.vm.setcpubatch(session, [id...], [pct...])  setcpu for each pair (at most 10000 a call), in one call:
+                                           how many were set; unknown ids are skipped
 CLI: ``python -m onesim fault [--url U] [--auth A] vm-fail ID KIND | setcpu ID PCT | setdelay NAME S |
 fill on|off | down S``.
 """
@@ -87,6 +89,16 @@ def register(api: Api) -> None:
                 raise S.OneError(exc.code, f"template {i}: {exc.message}", exc.obj_id) from None
         return ids
 
+    def setcpubatch(u: UserSpec, ids: list, pcts: list) -> int:
+        if len(ids) != len(pcts) or len(ids) > MAX_BATCH:
+            raise S.OneError(S.RPC_API, f"ids and pcts: as many of each, at most {MAX_BATCH}")
+        done = 0
+        for vmid, pct in zip(ids, pcts, strict=True):
+            if isinstance(vmid, int) and vmid in m.vms:
+                setcpu(u, vmid, pct)
+                done += 1
+        return done
+
     def monitor(u: UserSpec) -> int:
         running = [vm for _, vm in sorted(m.vms.items()) if (vm.state, vm.lcm) == L.RUNNING]
         for vm in running:
@@ -104,6 +116,7 @@ def register(api: Api) -> None:
     api.add("onesim.vm.allocatebatch", "ab", 2, allocatebatch)
     api.add("onesim.sim.monitor", "", 0, monitor)
     api.add("onesim.sim.allocations", "d", 1, allocations)
+    api.add("onesim.vm.setcpubatch", "aa", 2, setcpubatch)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -38,6 +38,22 @@ def _compiled(text: str) -> CompiledExpr | ExprError:
         return exc
 
 
+class Clean(dict[str, float]):
+    """Expression variables made usable once (numbers only, aliases also under their target name): `check`
+    takes them as they are, so an environment's several expressions clean its variables once."""
+
+
+def cleaned(values: Mapping[str, Any]) -> Clean:
+    """`values` without the non-numbers, each alias also under the name it stands for. Pure."""
+    out = Clean()
+    for key, value in values.items():
+        number = _number(value)
+        if number is not None:
+            out[key] = number
+            out[ALIASES.get(key, key)] = number
+    return out
+
+
 def check(text: Any, values: Mapping[str, float]) -> Outcome:
     """Evaluate expression `text` with `values`. Never raises: any problem is false with an error. Pure."""
     if not isinstance(text, str):
@@ -45,7 +61,7 @@ def check(text: Any, values: Mapping[str, float]) -> Outcome:
     compiled = _compiled(text)
     if isinstance(compiled, ExprError):
         return Outcome(False, f"bad expression `{text}`: {compiled}")
-    clean = {ALIASES.get(k, k): n for k, n in ((k, _number(v)) for k, v in values.items()) if n is not None}
+    clean = values if type(values) is Clean else cleaned(values)
     bad = sorted(n for n in compiled.names if n in clean and not math.isfinite(clean[n]))
     if bad:
         return Outcome(False, f"`{text}` is false: no usable value for {', '.join(bad)}")
@@ -56,6 +72,14 @@ def check(text: Any, values: Mapping[str, float]) -> Outcome:
     if result.error:
         return Outcome(False, f"`{text}` is false: {result.error}")
     return Outcome(result.value, None)
+
+
+@lru_cache(maxsize=4096)
+def _inside(spec: str, zone: str, minute: int) -> bool:
+    """Whether window `spec` (readable) holds the minute (epoch minutes; a window's bounds are whole minutes).
+    Cached: every environment with the same window asks the same question in a minute."""
+    window = _window(spec, zone)
+    return isinstance(window, Window) and window.contains(datetime.fromtimestamp(minute * 60, tz=UTC), zone)
 
 
 @lru_cache(maxsize=1024)
@@ -77,7 +101,7 @@ def first_window(windows: Any, now: float, tz: Any) -> tuple[tuple[str, int] | N
         return None, ["no windows"]
     zone = tz if isinstance(tz, str) and tz else "UTC"
     try:
-        moment = datetime.fromtimestamp(now, tz=UTC)
+        datetime.fromtimestamp(now, tz=UTC)
     except (OverflowError, OSError, ValueError):
         return None, [f"bad clock value {now!r}"]
     for name, window in windows.items():
@@ -90,6 +114,6 @@ def first_window(windows: Any, now: float, tz: Any) -> tuple[tuple[str, int] | N
         if isinstance(parsed, WindowSyntaxError):
             problems.append(f"window {name}: {parsed}")
             continue
-        if parsed.contains(moment):
+        if _inside(spec, zone, int(now // 60)):
             return (str(name), max(1, low)), problems
     return None, problems

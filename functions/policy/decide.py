@@ -49,7 +49,7 @@ from typing import Any
 
 from functions.policy import elasticity, failover
 from functions.policy.actions import FAILBACK, RECREATE, SCALEDOWN, Action, recreate_targets, scaledown_slot
-from functions.policy.conditions import check
+from functions.policy.conditions import check, cleaned
 from functions.policy.state import PolicyState
 from functions.policy.vmclass import VmObs, judged, metrics, variables
 
@@ -238,8 +238,9 @@ def decide(inputs: EnvInputs, state: PolicyState, now: float, minute: int | None
     if minute <= state.minute:
         return Decision(None, state, (), evaluated=False)
     vms = [judged(vm, now, inputs.grace) for vm in inputs.vms]
-    values = variables(vms)
-    base = replace(state, minute=minute, metrics=metrics(values))
+    raw_values = variables(vms)
+    base = replace(state, minute=minute, metrics=metrics(raw_values))
+    values = cleaned(raw_values)
     if state.status == "INIT":
         return Decision(None, base)
     tick = _Tick(state.status, state.up, state.down, state.recreate, state.failover, state.failback)

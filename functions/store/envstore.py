@@ -67,6 +67,7 @@ class VmRecord:
     vm_state: int = -1
     lcm_state: int = -1
     sched: str = ""             # why OpenNebula has not placed the PENDING VM (its SCHED_MESSAGE), if it says
+    checked: str = ""           # "<vmid>@<STIME>" of the VM whose ownership tags the minute refresh last matched
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -114,7 +115,8 @@ def env_fields(envid: str, service: str, name: str, spec: dict[str, Any], jobid:
                groupid: str = "-1") -> dict[str, Any]:
     """The hash of a new environment (status INIT, its create job `jobid` current). Pure."""
     return {"envid": envid, "service": service, "name": name, "status": "INIT", "policy_status": "INIT",
-            "app_url": "", "groupid": groupid, "endpoint": spec.get("endpoint", ""), "spec": json.dumps(spec),
+            "app_url": "", "groupid": groupid, "endpoint": spec.get("endpoint", ""),
+            "proxy": str(spec.get("proxy") or spec.get("endpoint_proxy") or ""), "spec": json.dumps(spec),
             "phase": "new", "phase_since": now, "created": now, "job": jobid, "info": "", "metrics": "",
             "desired_slaves": int(spec.get("num_slaves", 0))}
 

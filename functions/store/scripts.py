@@ -155,6 +155,92 @@ end
 return out
 """
 
+# The minute refresh: where each environment's VMs live.
+LUA["observe_where"] = """
+-- KEYS[1], KEYS[2], ... env hashes; no ARGV. Returns per env: its service, endpoint and proxy (or, without a
+-- proxy field, its spec JSON; "" if none).
+local out = {}
+for i = 1, #KEYS do
+  local e = redis.call('HMGET', KEYS[i], 'service', 'endpoint', 'proxy')
+  out[#out + 1] = e[1] or ''
+  out[#out + 1] = e[2] or ''
+  out[#out + 1] = e[3] or (redis.call('HGET', KEYS[i], 'spec') or '')
+end
+return out
+"""
+
+# The minute refresh reads and edits only the observed fields of the VM records (flat JSON objects written by
+# json.dumps: a quoted key followed by ':' only occurs as a key, string values have their quotes escaped).
+LUA["observe_read"] = """
+-- KEYS[1], KEYS[2] env lock, its VM records (and so on per env); no ARGV. Returns per env: 0 when the lock
+-- is held, else per record 9 strings: slot, vmid, state, created, checked, one_state, cpu, vm_state, lcm_state
+-- ("" for a field the record lacks).
+local function num(rec, name) return string.match(rec, '"' .. name .. '":%s*([^,}%s]*)') or '' end
+local function str(rec, name) return string.match(rec, '"' .. name .. '":%s*"([^"]*)"') or '' end
+local out = {}
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then out[#out + 1] = 0
+  else
+    local flat, row = redis.call('HGETALL', KEYS[i + 1]), {}
+    for j = 1, #flat, 2 do
+      local rec = flat[j + 1]
+      for _, v in ipairs({flat[j], num(rec, 'vmid'), str(rec, 'state'), num(rec, 'created'), str(rec, 'checked'),
+                          str(rec, 'one_state'), num(rec, 'cpu'), num(rec, 'vm_state'), num(rec, 'lcm_state')}) do
+        row[#row + 1] = v
+      end
+    end
+    out[#out + 1] = row
+  end
+end
+return out
+"""
+
+# The minute refresh's write: the observed fields of a record replaced in place (every other field as stored
+# now), only if its vmid and each field written still read what the refresh read and no step holds the env
+# lock (a field another writer changed meanwhile is never overwritten; fields not written are not compared).
+LUA["observe_write"] = """
+-- KEYS[1], KEYS[2] env lock, its VM records (and so on per env); ARGV[1] JSON: per env a list of
+-- [slot, [vmid, one_state, cpu, vm_state, lcm_state, checked] as read, the same six as they become] (values
+-- are letters, digits and . @ + - only). Returns per env the records written, -1 if the lock was held.
+local NAMES = {'vmid', 'one_state', 'cpu', 'vm_state', 'lcm_state', 'checked'}
+local QUOTED = {false, true, false, false, false, true}
+local function get(rec, k)
+  if QUOTED[k] then return string.match(rec, '"' .. NAMES[k] .. '":%s*"([^"]*)"') or '' end
+  return string.match(rec, '"' .. NAMES[k] .. '":%s*([^,}%s]*)') or ''
+end
+local function put(rec, k, value)
+  local text, pat = value, '("' .. NAMES[k] .. '":%s*)[^,}%s]*'
+  if QUOTED[k] then text, pat = '"' .. value .. '"', '("' .. NAMES[k] .. '":%s*)"[^"]*"' end
+  local out, n = string.gsub(rec, pat, '%1' .. text, 1)
+  if n == 0 then out = string.sub(rec, 1, -2) .. ', "' .. NAMES[k] .. '": ' .. text .. '}' end
+  return out
+end
+local items = cjson.decode(ARGV[1])
+local out = {}
+for i = 1, #KEYS, 2 do
+  local n = -1
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    n = 0
+    for _, w in ipairs(items[(i + 1) / 2]) do
+      local rec = redis.call('HGET', KEYS[i + 1], w[1])
+      local same = rec ~= false
+      for k = 1, #NAMES do
+        if same and (k == 1 or w[3][k] ~= w[2][k]) and get(rec, k) ~= w[2][k] then same = false end
+      end
+      if same then
+        for k = 1, #NAMES do
+          if w[3][k] ~= w[2][k] then rec = put(rec, k, w[3][k]) end
+        end
+        redis.call('HSET', KEYS[i + 1], w[1], rec)
+        n = n + 1
+      end
+    end
+  end
+  out[#out + 1] = n
+end
+return out
+"""
+
 # Write the policy state of many environments, each only if its policy_status and pol_minute are still the
 # values the policy pass read (compare-and-set: a racing create end or a second pass never gets overwritten).
 LUA["policy_write"] = """

@@ -214,3 +214,8 @@ def test_allocations_lists_when_each_allocate_arrived(sim: Sim, one: pyone.OneSe
     assert all(before <= at <= after for at, _ in seen)                       # type: ignore[union-attr]
     assert seen[0][0] <= seen[1][0]                                           # type: ignore[index]
     assert ok(raw(sim, "onesim.sim.allocations", after + 1)) == []
+def test_setcpubatch_sets_each_vms_cpu_in_one_call(sim: Sim, one: pyone.OneServer, running: int) -> None:
+    assert ok(raw(sim, "onesim.vm.setcpubatch", [running, 987654], [12.5, 50])) == 1     # unknown ids skipped
+    last = validate(ok(raw(sim, "one.vmpool.monitoring", -2, 0)), "monitoring_data.xsd", "MONITORING_DATA")
+    assert [(m.findtext("ID"), m.findtext("CPU")) for m in last] == [(str(running), "12.5")]
+    assert raw(sim, "onesim.vm.setcpubatch", [running], [1, 2])[0] is False               # lengths differ

@@ -1,0 +1,191 @@
+"""The minute refresh (functions.upkeep.refresh) against the real simulator over XML-RPC: states and CPU from
+`one.vmpool.infoset` of Carina's ids + `one.vmpool.monitoring`, a fixed number of calls per endpoint, MISSING
+for a VM OpenNebula no longer has (or has DONE) and for a VM id whose tags name another owner, environments a
+step holds left alone, records rewritten only when the observation changed (real Redis)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from functions.cloud import fastxml
+from functions.cloud import one as one_mod
+from functions.cloud.one import OneClient
+from functions.store import envstore, keys, observed
+from functions.upkeep import refresh as refresh_mod
+from functions.upkeep import ticks
+from onesim import lifecycle as simlife
+from onesim import states as S
+from tests.integration.engine_fixtures import Rig, create_ready, open_rig
+
+
+@pytest.fixture
+def rig(rdb: redis.Redis) -> Iterator[Rig]:
+    yield from open_rig(rdb)
+
+
+class Counted(OneClient):
+    """The real client; notes every XML-RPC method it calls."""
+
+    calls: list[str] = []
+
+    def _raw(self, method: str, *args: Any, **kw: Any) -> Any:
+        Counted.calls.append(method)
+        return super()._raw(method, *args, **kw)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        Counted.calls.append(method)
+        return super()._call(method, *args)
+
+
+def refresh(rig: Rig) -> dict[str, Any]:
+    Counted.calls = []
+    return ticks.refresh_vms(rig.r, rig.clock, lambda url, auth: Counted(url, auth))
+
+
+def retag(rig: Rig, vmid: int | None, **tags: str) -> None:
+    vm = rig.sim_vm(vmid)
+    with rig.sim.model.lock:
+        for name, value in tags.items():
+            rig.sim.model.set_user_attr(vm, name, value)
+
+
+def test_states_and_cpu_are_observed_in_a_fixed_few_calls(rig: Rig) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=2)
+    vms = rig.vms(envid)
+    rig.rpc().onesim.vm.setcpu(rig.sim.auth, vms["m"].vmid, 42.5)
+    rig.rpc().onesim.vm.fail(rig.sim.auth, vms["s0"].vmid, "UNKNOWN")
+    first = refresh(rig)
+    assert sorted(Counted.calls) == ["vmpool.infoset", "vmpool.infoset", "vmpool.monitoring"]  # 1 with tags
+    after = rig.vms(envid)
+    assert (after["m"].one_state, after["m"].cpu, after["m"].vm_state, after["m"].lcm_state) == ("runn", 42.5, 3, 3)
+    assert (after["s0"].one_state, after["s0"].vm_state, after["s0"].lcm_state) == ("unkn", 3, 16)
+    assert after["s1"].one_state == "runn"
+    assert all(rec.checked == f"{rec.vmid}@{rig.sim_vm(rec.vmid).stime}" for rec in after.values())
+    assert first["changed"] >= 2 and first["endpoints"] == 1 and first["errors"] == 0
+
+    again = refresh(rig)                                                   # nothing new: nothing written
+    assert sorted(Counted.calls) == ["vmpool.infoset", "vmpool.monitoring"] and again["changed"] == 0
+    assert rig.vms(envid) == after
+
+
+def test_a_vm_gone_from_opennebula_or_done_is_missing(rig: Rig) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=2)
+    vms = rig.vms(envid)
+    refresh(rig)
+    rig.rpc().onesim.vm.fail(rig.sim.auth, vms["s0"].vmid, "vanish")     # not in the infoset answer at all
+    rig.rpc().one.vm.action(rig.sim.auth, "terminate-hard", vms["s1"].vmid)
+    for _ in range(5):
+        with rig.sim.model.lock:
+            simlife.tick(rig.sim.model)
+    assert rig.sim_vm(vms["s1"].vmid).state == S.DONE                      # infoset still answers DONE VMs
+    refresh(rig)
+    after = rig.vms(envid)
+    assert after["s0"].one_state == "missing" and after["s1"].one_state == "missing"
+    assert after["s0"].vm_state == 3 and after["s0"].cpu == vms["s0"].cpu  # the last numbers are kept
+    assert after["m"].one_state == "runn"
+
+
+def test_a_vm_id_with_another_owners_tags_is_missing(rig: Rig) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    vms = rig.vms(envid)
+    retag(rig, vms["m"].vmid, CARINA_ENVID="99", CARINA_NONCE="someone-else")
+    refresh(rig)
+    after = rig.vms(envid)
+    assert after["m"].one_state == "missing" and after["m"].checked == ""
+    assert after["s0"].one_state == "runn" and after["s0"].checked
+
+
+def test_another_vm_at_a_checked_id_is_checked_again(rig: Rig) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    refresh(rig)
+    slave = rig.vms(envid)["s0"]
+    assert slave.one_state == "runn" and slave.checked
+    vm = rig.sim_vm(slave.vmid)                                            # a reset cloud: same id, new VM
+    with rig.sim.model.lock:
+        vm.stime += 3600
+    retag(rig, slave.vmid, CARINA_ENVID="77", CARINA_NONCE="other")
+    refresh(rig)
+    assert "vmpool.infoset" in Counted.calls and Counted.calls.count("vmpool.infoset") == 2
+    assert rig.vms(envid)["s0"].one_state == "missing"
+
+
+def test_an_environment_a_step_holds_is_left_for_the_next_minute(rig: Rig) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    refresh(rig)
+    vms = rig.vms(envid)
+    rig.rpc().onesim.vm.setcpu(rig.sim.auth, vms["m"].vmid, 77.0)
+    with envstore.env_lock(rig.r, envid) as token:
+        assert token
+        stats = refresh(rig)
+        assert stats["busy"] == 1 and rig.vms(envid)["m"].cpu == vms["m"].cpu
+    refresh(rig)
+    assert rig.vms(envid)["m"].cpu == 77.0
+
+
+def test_only_the_observed_fields_are_written_and_only_if_unchanged_since_read(rig: Rig) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    (seen,) = [s for s in observed.records(rig.r, [envid])[envid] if s.slot == "m"]  # type: ignore[union-attr]
+    rec = rig.vms(envid)["m"]
+    rec.status = "CHANGED_MEANWHILE"
+    envstore.put_vm(rig.r, envid, rec)                     # a callback wrote another field after the read
+    new = (seen.vmid, "unkn", "12.5", "3", "16", f"{seen.vmid}@1")
+    assert observed.write(rig.r, {envid: [("m", seen.six(), new)]}) == {envid: 1}
+    after = rig.vms(envid)["m"]
+    assert (after.status, after.one_state, after.cpu, after.lcm_state, after.checked) == \
+        ("CHANGED_MEANWHILE", "unkn", 12.5, 16, f"{seen.vmid}@1")
+    assert after.nonce == rec.nonce and after.ip == rec.ip
+
+    rec = after
+    rec.one_state = "missing"                              # the engine judged the VM meanwhile
+    envstore.put_vm(rig.r, envid, rec)
+    stale = observed.write(rig.r, {envid: [("m", new, (seen.vmid, "runn", "1.0", "3", "3", new[5]))]})
+    assert stale == {envid: 0} and rig.vms(envid)["m"].one_state == "missing"
+    with pytest.raises(ValueError):
+        observed.write(rig.r, {envid: [("m", new, (seen.vmid, 'x", "evil": "1', "1", "3", "3", ""))]})
+
+
+def test_a_record_without_a_checked_field_gets_one(rig: Rig) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    data = json.loads(rig.r.hget(keys.env_vms(envid), "s0"))
+    del data["checked"]                                    # written before the field existed
+    rig.r.hset(keys.env_vms(envid), "s0", json.dumps(data, sort_keys=True))
+    refresh(rig)
+    after = json.loads(rig.r.hget(keys.env_vms(envid), "s0"))
+    assert after["checked"] == f"{data['vmid']}@{rig.sim_vm(data['vmid']).stime}"
+    assert {k: v for k, v in after.items() if k != "checked"} == dict(data, one_state="runn")
+
+
+def test_tag_checks_past_the_budget_wait_for_the_next_minute(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=2)
+    monkeypatch.setattr(refresh_mod, "OWNER_SLICE", 2)
+    monkeypatch.setattr(refresh_mod, "OWNER_SLICES", 1)
+    first = refresh(rig)
+    assert first["unchecked"] == 1 and Counted.calls.count("vmpool.infoset") == 2
+    assert sum(1 for rec in rig.vms(envid).values() if rec.checked) == 2
+    second = refresh(rig)
+    assert second["unchecked"] == 0 and all(rec.checked for rec in rig.vms(envid).values())
+
+
+def test_many_ids_are_asked_in_slices(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=2)
+    refresh(rig)
+    monkeypatch.setattr(one_mod, "INFOSET_SLICE", 2)
+    rig.rpc().onesim.vm.fail(rig.sim.auth, rig.vms(envid)["s1"].vmid, "UNKNOWN")
+    refresh(rig)
+    assert Counted.calls == ["vmpool.infoset", "vmpool.infoset", "vmpool.monitoring"]
+    assert [rig.vms(envid)[s].one_state for s in ("m", "s0", "s1")] == ["runn", "runn", "unkn"]
+
+
+def test_the_simulators_infoset_answer_is_read_from_the_wire(rig: Rig) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=2)
+    ids = sorted(rec.vmid for rec in rig.vms(envid).values() if rec.vmid is not None)
+    client = OneClient(rig.sim.url, rig.sim.auth)
+    body = client._server.raw_request("one.vmpool.infoset", (rig.sim.auth, ",".join(map(str, ids)), False))
+    fast = fastxml.short_rows(body, ids)
+    assert fast is not None and [r.vmid for r in fast] == ids
+    assert fast == fastxml.vm_rows(fastxml.document(fastxml.envelope(body)[1]), ids)
