@@ -23,13 +23,15 @@ class ParseError(Exception):
 
 
 class VmRow(NamedTuple):
-    """One VM of a pool answer: its id, STATE, LCM_STATE, STIME and (full bodies only) USER_TEMPLATE."""
+    """One VM of a pool answer: its id, STATE, LCM_STATE, STIME and (full bodies only) USER_TEMPLATE and the
+    first NIC's IP ("" when it has none)."""
 
     vmid: int
     state: int
     lcm_state: int
     stime: int
     user_template: dict[str, str]
+    ip: str = ""
 
 
 def _value(node: etree._Element) -> tuple[str, str]:
@@ -147,8 +149,8 @@ _MON_ODD = etree.XPath("count(*[not(self::MONITORING) or count(ID/text()) != 1 o
 
 def vm_rows(pool: etree._Element, wanted: Sequence[int] | None = None, tags: bool = False) -> list[VmRow]:
     """The VMs of a `<VM_POOL>` (short or full bodies), only the ids in `wanted` when given; with `tags`, each
-    one's USER_TEMPLATE (text attributes). Columns by XPath (one pass each, in C) when every VM has each
-    field once, else VM by VM."""
+    one's USER_TEMPLATE (text attributes) and first NIC's IP. Columns by XPath (one pass each, in C) when every
+    VM has each field once, else VM by VM."""
     if pool.tag != "VM_POOL":
         raise ParseError(f"expected VM_POOL, got {pool.tag}")
     keep = set(wanted) if wanted is not None else None
@@ -167,11 +169,13 @@ def vm_rows(pool: etree._Element, wanted: Sequence[int] | None = None, tags: boo
         if keep is not None and vmid not in keep:
             continue
         utmpl: dict[str, str] = {}
+        ip = ""
         if tags:
             node = vm.find("USER_TEMPLATE")
             utmpl = {str(c.tag): c.text or "" for c in (node if node is not None else ()) if len(c) == 0}
+            ip = (vm.findtext("TEMPLATE/NIC/IP") or "").strip()
         out.append(VmRow(vmid, _int(vm.findtext("STATE")), _int(vm.findtext("LCM_STATE"), 0),
-                         _int(vm.findtext("STIME"), 0), utmpl))
+                         _int(vm.findtext("STIME"), 0), utmpl, ip))
     return out
 
 

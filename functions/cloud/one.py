@@ -165,7 +165,7 @@ def _view(vm: Any, cpu: float | None) -> VmView:
 
 
 def _row_view(row: fastxml.VmRow) -> VmView:
-    return VmView(row.vmid, "", row.state, row.lcm_state, None, None, None, row.user_template, row.stime)
+    return VmView(row.vmid, "", row.state, row.lcm_state, row.ip or None, None, None, row.user_template, row.stime)
 
 
 class _TimedTransport(RequestsTransport):

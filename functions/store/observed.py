@@ -56,8 +56,8 @@ def _proxy_of(text: str, cache: dict[str, str]) -> str:
 
 
 HELD = "held"
-FIELDS = ("vmid", "one_state", "cpu", "vm_state", "lcm_state", "checked")   # what the refresh writes
-_SAFE = re.compile(r"[A-Za-z0-9.@+-]*")
+FIELDS = ("vmid", "one_state", "cpu", "vm_state", "lcm_state", "checked", "one_ip")   # what the refresh writes
+_SAFE = re.compile(r"[A-Za-z0-9.:@+-]*")
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,11 @@ class Seen:
     cpu: str
     vm_state: str
     lcm_state: str
+    one_ip: str
 
-    def six(self) -> tuple[str, str, str, str, str, str]:
+    def written(self) -> tuple[str, ...]:
         """The written fields (FIELDS) as read."""
-        return self.vmid, self.one_state, self.cpu, self.vm_state, self.lcm_state, self.checked
+        return self.vmid, self.one_state, self.cpu, self.vm_state, self.lcm_state, self.checked, self.one_ip
 
 
 def records(r: redis.Redis, envids: Sequence[str]) -> dict[str, list[Seen] | str]:
@@ -96,7 +97,7 @@ def _seen(envids: Sequence[str], replies: Sequence[Any]) -> dict[str, list[Seen]
             continue
         if flat and type(flat[0]) is not str:
             flat = [_s(x) for x in flat]
-        out[envid] = [Seen(*flat[j:j + 9]) for j in range(0, len(flat), 9)]
+        out[envid] = [Seen(*flat[j:j + 10]) for j in range(0, len(flat), 10)]
     return out
 
 
@@ -140,12 +141,12 @@ def full_records(r: redis.Redis, wanted: Sequence[tuple[str, str]]) -> dict[tupl
     return out
 
 
-Write = tuple[str, tuple[str, ...], tuple[str, ...]]     # slot, the six FIELDS as read, as they become
+Write = tuple[str, tuple[str, ...], tuple[str, ...]]     # slot, the FIELDS as read, as they become
 
 
 def write(r: redis.Redis, changes: dict[str, list[Write]]) -> dict[str, int]:
-    """Replace the FIELDS of records in place: envid -> [(slot, six values as read, six new values)] (JSON
-    value text: numbers, or letters/digits/.@+- for strings). A record is written only if its vmid and every
+    """Replace the FIELDS of records in place: envid -> [(slot, FIELDS as read, FIELDS as they become)]
+    (JSON value text: numbers, or letters/digits/.:@+- for strings). A record is written only if its vmid and every
     field that changes still read as given and no step holds the env's lock; its other fields stay as stored.
     Returns envid -> records written (-1: lock held). Safe to run twice (the second finds the fields
     changed)."""

@@ -173,8 +173,8 @@ return out
 # json.dumps: a quoted key followed by ':' only occurs as a key, string values have their quotes escaped).
 LUA["observe_read"] = """
 -- KEYS[1], KEYS[2] env lock, its VM records (and so on per env); no ARGV. Returns per env: 0 when the lock
--- is held, else per record 9 strings: slot, vmid, state, created, checked, one_state, cpu, vm_state, lcm_state
--- ("" for a field the record lacks).
+-- is held, else per record 10 strings: slot, vmid, state, created, checked, one_state, cpu, vm_state, lcm_state,
+-- one_ip ("" for a field the record lacks).
 local function num(rec, name) return string.match(rec, '"' .. name .. '":%s*([^,}%s]*)') or '' end
 local function str(rec, name) return string.match(rec, '"' .. name .. '":%s*"([^"]*)"') or '' end
 local out = {}
@@ -185,7 +185,8 @@ for i = 1, #KEYS, 2 do
     for j = 1, #flat, 2 do
       local rec = flat[j + 1]
       for _, v in ipairs({flat[j], num(rec, 'vmid'), str(rec, 'state'), num(rec, 'created'), str(rec, 'checked'),
-                          str(rec, 'one_state'), num(rec, 'cpu'), num(rec, 'vm_state'), num(rec, 'lcm_state')}) do
+                          str(rec, 'one_state'), num(rec, 'cpu'), num(rec, 'vm_state'), num(rec, 'lcm_state'),
+                          str(rec, 'one_ip')}) do
         row[#row + 1] = v
       end
     end
@@ -200,10 +201,10 @@ return out
 # lock (a field another writer changed meanwhile is never overwritten; fields not written are not compared).
 LUA["observe_write"] = """
 -- KEYS[1], KEYS[2] env lock, its VM records (and so on per env); ARGV[1] JSON: per env a list of
--- [slot, [vmid, one_state, cpu, vm_state, lcm_state, checked] as read, the same six as they become] (values
--- are letters, digits and . @ + - only). Returns per env the records written, -1 if the lock was held.
-local NAMES = {'vmid', 'one_state', 'cpu', 'vm_state', 'lcm_state', 'checked'}
-local QUOTED = {false, true, false, false, false, true}
+-- [slot, [vmid, one_state, cpu, vm_state, lcm_state, checked, one_ip] as read, the same seven as they become]
+-- (values are letters, digits and . : @ + - only). Returns per env the records written, -1 if the lock was held.
+local NAMES = {'vmid', 'one_state', 'cpu', 'vm_state', 'lcm_state', 'checked', 'one_ip'}
+local QUOTED = {false, true, false, false, false, true, true}
 local function get(rec, k)
   if QUOTED[k] then return string.match(rec, '"' .. NAMES[k] .. '":%s*"([^"]*)"') or '' end
   return string.match(rec, '"' .. NAMES[k] .. '":%s*([^,}%s]*)') or ''

@@ -13,7 +13,9 @@ Ownership: a VM id may be reused (a reset cloud, another installation). A record
 USER_TEMPLATE tags (functions.model.ownership) the first time it is seen and whenever the VM at that id is
 another one (its STIME changed): one `infoset` with full bodies of just those ids (`OneClient.owners`, in
 slices of OWNER_SLICE). A VM whose tags name another owner counts as missing; a match is remembered in the
-record's `checked` ("<vmid>@<STIME>"), so a steady minute asks for no full body at all.
+record's `checked` ("<vmid>@<STIME>"), so a steady minute asks for no full body at all. The same full body gives
+the record's `one_ip` (the first NIC's IP as OpenNebula reports it: the only address a legacy callback is accepted
+from); a record still without one is checked again (within the same budget) until it has one.
 """
 
 from __future__ import annotations
@@ -64,17 +66,19 @@ class _Pending:
 def observation(seen: observed.Seen, view: VmView | None, cpu: float | None,
                 checked: str | None = None) -> tuple[str, ...] | None:
     """The record's FIELDS (observed.FIELDS, JSON value text) with what OpenNebula says (`view` None: the VM
-    is missing; `cpu` None: no new figure; `checked`: a new ownership mark), or None when nothing changed. A
-    DONE VM is missing; a missing VM keeps its last numbers and CPU. Pure."""
-    old = seen.six()
+    is missing; `cpu` None: no new figure; `checked`: a new ownership mark; the view's IP, when it carries one,
+    becomes `one_ip`: full bodies do, short ones not), or None when nothing changed. A DONE VM is missing; a
+    missing VM keeps its last numbers, CPU and address. Pure."""
+    old = seen.written()
+    mark = old[5] if checked is None else checked
     if view is None or view.state == 6:
-        new = (old[0], "missing", *old[2:5], old[5] if checked is None else checked)
+        new = (old[0], "missing", *old[2:5], mark, old[6])
     else:
         cpu_text = old[2]
         if cpu is not None and _float(cpu_text) != cpu:
             cpu_text = repr(float(cpu))
-        new = (old[0], view.short_status(), cpu_text, str(view.state), str(view.lcm_state),
-               old[5] if checked is None else checked)
+        new = (old[0], view.short_status(), cpu_text, str(view.state), str(view.lcm_state), mark,
+               view.ip or old[6])
     return None if new == old else new
 
 
@@ -131,12 +135,13 @@ def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: Stored,
                 continue
             vmid = int(seen.vmid)
             view = views.get(vmid)
-            if view is not None and view.state != 6 and seen.checked != f"{vmid}@{view.stime}":
+            unchecked = seen.checked != f"{vmid}@{view.stime}" if view is not None else False
+            if view is not None and view.state != 6 and (unchecked or not seen.one_ip):
                 pending.append(_Pending(env.envid, env.service, seen, view))
                 continue
             new = observation(seen, view, cpu.get(vmid))
             if new is not None:
-                changes.setdefault(env.envid, []).append((seen.slot, seen.six(), new))
+                changes.setdefault(env.envid, []).append((seen.slot, seen.written(), new))
     return changes
 
 
@@ -161,11 +166,11 @@ def _settle(r: redis.Redis, one: OneClient, pending: list[_Pending], cpu: dict[i
             tags = ownership.vm_tags(p.service, install, p.envid, p.seen.slot, str(rec.get("nonce") or ""),
                                      str(rec.get("role") or ""))
             if found is not None and found.stime == p.view.stime and not ownership.mismatch(found.user_template, tags):
-                new = observation(p.seen, p.view, cpu.get(p.view.vmid), f"{p.view.vmid}@{p.view.stime}")
+                new = observation(p.seen, found, cpu.get(p.view.vmid), f"{p.view.vmid}@{p.view.stime}")
             else:
                 new = observation(p.seen, None, None)
             if new is not None:
-                changes.setdefault(p.envid, []).append((p.seen.slot, p.seen.six(), new))
+                changes.setdefault(p.envid, []).append((p.seen.slot, p.seen.written(), new))
     return changes
 
 

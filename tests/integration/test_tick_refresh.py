@@ -133,20 +133,20 @@ def test_only_the_observed_fields_are_written_and_only_if_unchanged_since_read(r
     rec = rig.vms(envid)["m"]
     rec.status = "CHANGED_MEANWHILE"
     envstore.put_vm(rig.r, envid, rec)                     # a callback wrote another field after the read
-    new = (seen.vmid, "unkn", "12.5", "3", "16", f"{seen.vmid}@1")
-    assert observed.write(rig.r, {envid: [("m", seen.six(), new)]}) == {envid: 1}
+    new = (seen.vmid, "unkn", "12.5", "3", "16", f"{seen.vmid}@1", "10.0.0.9")
+    assert observed.write(rig.r, {envid: [("m", seen.written(), new)]}) == {envid: 1}
     after = rig.vms(envid)["m"]
-    assert (after.status, after.one_state, after.cpu, after.lcm_state, after.checked) == \
-        ("CHANGED_MEANWHILE", "unkn", 12.5, 16, f"{seen.vmid}@1")
+    assert (after.status, after.one_state, after.cpu, after.lcm_state, after.checked, after.one_ip) == \
+        ("CHANGED_MEANWHILE", "unkn", 12.5, 16, f"{seen.vmid}@1", "10.0.0.9")
     assert after.nonce == rec.nonce and after.ip == rec.ip
 
     rec = after
     rec.one_state = "missing"                              # the engine judged the VM meanwhile
     envstore.put_vm(rig.r, envid, rec)
-    stale = observed.write(rig.r, {envid: [("m", new, (seen.vmid, "runn", "1.0", "3", "3", new[5]))]})
+    stale = observed.write(rig.r, {envid: [("m", new, (seen.vmid, "runn", "1.0", "3", "3", new[5], new[6]))]})
     assert stale == {envid: 0} and rig.vms(envid)["m"].one_state == "missing"
     with pytest.raises(ValueError):
-        observed.write(rig.r, {envid: [("m", new, (seen.vmid, 'x", "evil": "1', "1", "3", "3", ""))]})
+        observed.write(rig.r, {envid: [("m", new, (seen.vmid, 'x", "evil": "1', "1", "3", "3", "", ""))]})
 
 
 def test_a_record_without_a_checked_field_gets_one(rig: Rig) -> None:
