@@ -40,6 +40,7 @@ PARTS = (
     "sim_pool_bench",
     "callbacks_bench",
     "create_bench",
+    "policy_tick_bench",
 )
 
 
