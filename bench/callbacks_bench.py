@@ -55,10 +55,8 @@ import http.client
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -72,7 +70,7 @@ if str(ROOT) not in sys.path:
 import falcon  # noqa: E402
 import redis  # noqa: E402
 
-from bench.common import Row, children, machine, percentile, table, wait_until  # noqa: E402
+from bench.common import Row, children, percentile, standalone, wait_until  # noqa: E402
 from bench.stack_bench import BenchStack  # noqa: E402
 from functions.model import tokens  # noqa: E402
 from functions.model.clock import system_clock  # noqa: E402
@@ -396,21 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vms", type=int, default=None, help="VMs (default 1000, quick 500)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="carina-callbacks-"))
-    started = time.perf_counter()
-    try:
-        out = rows(workdir, args.quick, args.vms)
-    except Exception as exc:
-        print(f"bench: {type(exc).__name__}: {exc}\nlogs in {workdir}", file=sys.stderr)
-        return 1
-    print(f"Carina callbacks benchmark, {machine()}, {time.perf_counter() - started:.0f} s, "
-          f"load {Path('/proc/loadavg').read_text().split()[0]}\n")
-    print(table(out), end="")
-    if args.keep:
-        print(f"\nlogs: {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if any(r.value is None for r in out) else 0
+    return standalone("callbacks", "carina-callbacks-", args.keep, lambda w: rows(w, args.quick, args.vms))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -212,3 +215,24 @@ def machine() -> str:
     except (OSError, StopIteration, ValueError):
         mem_kb = 0
     return f"{os.cpu_count()} cores, {model}, {mem_kb / 1024 / 1024:.1f} GiB RAM"
+
+
+def standalone(title: str, prefix: str, keep: bool, measure: Callable[[Path], list[Row]]) -> int:
+    """A benchmark script's run: `measure` in a fresh work directory, the table printed under a title line
+    (machine, seconds, load), the directory removed unless `keep`. Exit status 1 when it raised or a figure is
+    missing, else 0."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    started = time.perf_counter()
+    try:
+        out = measure(workdir)
+    except Exception as exc:
+        print(f"bench: {type(exc).__name__}: {exc}\nlogs in {workdir}", file=sys.stderr)
+        return 1
+    print(f"Carina {title} benchmark, {machine()}, {time.perf_counter() - started:.0f} s, "
+          f"load {Path('/proc/loadavg').read_text().split()[0]}\n")
+    print(table(out), end="")
+    if keep:
+        print(f"\nlogs: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if any(r.value is None for r in out) else 0

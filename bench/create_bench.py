@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -42,7 +40,7 @@ if str(ROOT) not in sys.path:
 
 import pyone  # noqa: E402
 
-from bench.common import Row, latency_rows, machine, table  # noqa: E402
+from bench.common import Row, latency_rows, standalone  # noqa: E402
 from bench.creates_bench import INVENTORY, TINY, CreateStack  # noqa: E402
 from bench.stack_bench import Client  # noqa: E402
 from functions.store import envstore  # noqa: E402
@@ -201,20 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="carina-create-"))
-    started = time.perf_counter()
-    try:
-        out = rows(workdir, args.quick, args.workers)
-    except Exception as exc:
-        print(f"bench: {type(exc).__name__}: {exc}\nlogs in {workdir}", file=sys.stderr)
-        return 1
-    print(f"Carina create benchmark, {machine()}, {time.perf_counter() - started:.0f} s\n")
-    print(table(out), end="")
-    if args.keep:
-        print(f"\nlogs: {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if any(r.value is None for r in out) else 0
+    return standalone("create", "carina-create-", args.keep, lambda w: rows(w, args.quick, args.workers))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from bench.common import Row, children, machine, table  # noqa: E402
+from bench.common import Row, children, standalone  # noqa: E402
 from functions.store import keys, runtime  # noqa: E402
 from tests.harness import RedisServer  # noqa: E402
 from tests.stack import Stack  # noqa: E402
@@ -308,25 +306,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fork", action="store_true", help="forking workers (worker.py --fork)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="carina-creates-"))
-    started = time.perf_counter()
-    rows: list[Row] = []
-    try:
+
+    def measure(workdir: Path) -> list[Row]:
+        out: list[Row] = []
         if not args.only_issue:
             counts = [int(x) for x in args.workers.split(",") if x]
-            rows += rate_rows(workdir, args.envs, counts, args.fork, args.profile)
+            out += rate_rows(workdir, args.envs, counts, args.fork, args.profile)
         if args.issue or args.only_issue:
-            rows += issue_rows(workdir, args.envs)
-    except Exception as exc:
-        print(f"bench: {type(exc).__name__}: {exc}\nlogs in {workdir}", file=sys.stderr)
-        return 1
-    print(f"Carina creates benchmark, {machine()}, {time.perf_counter() - started:.0f} s\n")
-    print(table(rows), end="")
-    if args.keep:
-        print(f"\nlogs: {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if any(r.value is None for r in rows) else 0
+            out += issue_rows(workdir, args.envs)
+        return out
+
+    return standalone("creates", "carina-creates-", args.keep, measure)
 
 
 if __name__ == "__main__":
