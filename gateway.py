@@ -17,6 +17,7 @@ from handlers import callbacks, configs, envs, events, health, metrics, openapi,
 from handlers.auth import AuthMiddleware
 from handlers.deps import Deps
 from handlers.errors import install_error_handlers
+from handlers.media import install_json
 
 ROUTE_MODULES = (health, services, scheduler, configs, repo, envs, events, callbacks, metrics, openapi, ui)
 
@@ -27,6 +28,7 @@ def create_app(settings: Settings, clock: Clock = system_clock) -> falcon.App:
     deps = Deps(settings=settings, redis=rt.text, raw=rt.raw, queue=rt.queue, clock=clock)
     app = falcon.App(middleware=[AuthMiddleware(deps)])
     app.req_options.strip_url_path_trailing_slash = True
+    install_json(app)
     install_error_handlers(app)
     for module in ROUTE_MODULES:
         module.add_routes(app, deps)

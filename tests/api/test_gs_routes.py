@@ -170,3 +170,22 @@ def test_without_a_global_configuration_the_tables_are_empty(api: Api) -> None:
     res = api.client.simulate_get("/requests", headers=bearer(token, **TEXT))
     assert res.text.splitlines()[0].split() == ["ID", "ENVID", "SERVICE", "MEM", "VCPUS", "STATUS", "POOL"]
     assert api.client.simulate_get("/services", headers=bearer(token)).json[0]["vcpusallocated"] == 0
+
+
+def test_a_refusal_quoting_a_lone_surrogate_is_still_a_json_answer(api: Api) -> None:
+    """Schemathesis found it: a YAML key written as "\\uda77" decodes to a lone surrogate; the refusal quoting it
+    could not be encoded as UTF-8 and the gateway answered 500 with no body."""
+    api.service("svc1", "silver")
+    res = _upload(api, '{"\\uda77\\udf74f": [{}, {}], "2": [{"x": false}], "": []}', kind="yaml")
+    assert res.status_code == 422, res.text
+    assert res.headers["content-type"].startswith("application/json")
+    assert "\\uda77" in res.text and res.json["errors"]                 # the key, escaped, in valid JSON
+    res = _upload(api, "SERVICES: {caf\u00e9: {priority: silver, maxcpus: 1, maxmemory: 1}}", kind="yaml")
+    assert "caf\u00e9" in res.text                                       # other text stays plain UTF-8
+
+
+def test_dumps_escapes_only_what_utf8_cannot_carry() -> None:
+    from handlers.media import dumps
+
+    assert dumps({"k": "caf\u00e9"}) == '{"k": "caf\u00e9"}'
+    assert dumps({"k": "\udab7"}) == '{"k": "\\udab7"}'
