@@ -93,6 +93,7 @@ def run_part(module: str, workdir: Path, quick: bool, limit: float = 0) -> recor
     result = record.PartResult(name)
     started = time.perf_counter()
     try:
+        (workdir / name).mkdir(parents=True, exist_ok=True)         # each part's own directory, made here
         with time_limit(limit):
             rows = importlib.import_module(f"bench.{module}").rows(workdir / name, quick)
         if not rows:

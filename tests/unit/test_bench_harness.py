@@ -199,6 +199,7 @@ def test_a_part_gets_its_own_directory_and_the_mode(monkeypatch: pytest.MonkeyPa
 
     def ok(workdir: Path, quick: bool) -> list[Row]:
         seen.append((workdir, quick))
+        assert workdir.is_dir()                   # the harness makes each part's directory (a part may mkdtemp in it)
         return [Row("x", 1.0, "s", "< 2")]
     _fake_part(monkeypatch, "ok_bench", ok)
     result = run.run_part("ok_bench", tmp_path, True)
