@@ -82,8 +82,8 @@ def redis_per_vm(stack: Stack, envid: str, grown: int) -> list[Row]:
     names = [keys.env(envid), keys.env_vms(envid)]
     names += [keys.vm_index(v.endpoint, v.vmid) for v in vms.values() if v.vmid is not None]
     names += [k.decode() if isinstance(k, bytes) else k for k in r.scan_iter(match=keys.env(envid) + ":cbgate:*")]
-    state = sum(r.memory_usage(k) or 0 for k in names)
-    events = r.memory_usage(keys.env_events(envid)) or 0
+    state = sum(r.memory_usage(k, samples=0) or 0 for k in names)
+    events = r.memory_usage(keys.env_events(envid), samples=0) or 0
     n = len(vms)
     size = f"1+{n - 1} VMs"
     return [Row("Redis per VM (environment state)", state / n, "B", "<= 2048",
