@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import Row, fmt, machine, rss_mb, wait_until  # noqa: E402
+from bench.common import Row, fmt, machine, rss_mb, stop, wait_until  # noqa: E402
 from functions.views.tables import render_table  # noqa: E402
 from tests.harness import free_port, project_env, wait_port  # noqa: E402
 
@@ -233,16 +233,6 @@ def measure(url: str, n: int, quick: bool, clients: list[str]) -> list[Result]:
     return out
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def run_size(workdir: Path, n: int, quick: bool, clients: list[str]) -> tuple[list[Result], float, float | None]:
     """Start a simulator, fill it with n VMs, measure; (results, seconds to allocate and run them all, simulator
     RSS in MiB after the calls). The simulator is stopped."""
@@ -254,7 +244,7 @@ def run_size(workdir: Path, n: int, quick: bool, clients: list[str]) -> tuple[li
         results = measure(url, n, quick, clients)
         return results, setup, rss_mb(proc.pid)
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def setup_note(n: int, setup: float, rss: float | None) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import redis
 import yaml
 
 from bench.common import wait_until
+from bench.sim_pool_bench import guest_mode, inventory
 from functions.conf.schema import load_config
 from functions.store import keys, tenants
 from tests.harness import RedisServer, free_port, project_env, wait_port
@@ -130,23 +130,6 @@ def capture_template(workdir: Path) -> Template:
 
 
 # ---------------------------------------------------------------- simulators
-
-
-def inventory(path: Path, n: int) -> Path:
-    """Hosts with room for n VMs of CPU 0.1 and one network with n + 100 addresses (as bench/sim_pool_bench)."""
-    cores = max(16, int(n * 0.1 / 8 * 1.2) + 1)
-    data = {"hosts": [{"name": f"bench{i}", "cores": cores, "memory_mb": 64 * n + 65536} for i in range(8)],
-            "networks": [{"id": 0, "name": "benchnet", "bridge": "lo", "ip_start": "127.1.0.1", "size": n + 100,
-                          "gateway": "127.0.0.1", "dns": "127.0.0.1", "mask": "255.0.0.0"}],
-            "images": [{"id": 0, "name": "debian12", "size_mb": 2048}]}
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def guest_mode(n: int) -> str:
-    """synthetic, unless n SSH listeners (one socket each) would not fit under the open-files limit."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return "synthetic" if soft == resource.RLIM_INFINITY or n + 1000 < soft else "none"
 
 
 def start_sims(workdir: Path, n_envs: int) -> list[Sim]:

@@ -408,14 +408,7 @@ def add_event(r: redis.Redis, envid: str, service: str, kind: str, msg: str, clo
 
     An event for an environment already deleted (a late writer) keeps its stream on the deleted streams' expiry.
     """
-    fields = {"ts": str(clock()), "envid": envid, "type": kind, "msg": msg, **{k: str(v) for k, v in extra.items()}}
-    with r.pipeline() as p:
-        p.xadd(keys.env_events(envid), fields, maxlen=EVENT_MAXLEN, approximate=True)
-        p.xadd(keys.service_events(service), fields, maxlen=EVENT_MAXLEN, approximate=True)
-        p.exists(keys.env(envid))
-        env_exists = p.execute()[-1]
-    if not env_exists:
-        r.expire(keys.env_events(envid), DELETED_EVENTS_TTL, nx=True)
+    add_events(r, envid, service, [(kind, msg, {k: str(v) for k, v in extra.items()})], clock)
 
 
 def add_events(r: redis.Redis, envid: str, service: str, events: Sequence[tuple[str, str, dict[str, str]]],
