@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from functions.store.envstore import VmRecord
 
-INIT_RE = {"master": re.compile(r"MASTER_INIT_(DONE|FAIL)"), "slave": re.compile(r"SLAVE_[0-9]+_INIT_(DONE|FAIL)")}
+# A slave's index may be empty: the guide's tomcat-slave.sh reports SLAVE__INIT_DONE (its context has no SLAVE_ID);
+# the callback is already proven to come from this slave, so the index adds nothing.
+INIT_RE = {"master": re.compile(r"MASTER_INIT_(DONE|FAIL)"), "slave": re.compile(r"SLAVE_[0-9]*_INIT_(DONE|FAIL)")}
 KINDS = ("net", "status")
 
 
 def init_verdict(status: str, rec: VmRecord) -> str:
     """"done" / "fail:<status>" when `status` is this VM's own init report (MASTER_INIT_* from the master,
-    SLAVE_<n>_INIT_* from a slave; a `:reason` may follow), else "". Pure."""
+    SLAVE_<n>_INIT_* or SLAVE__INIT_* from a slave; a `:reason` may follow), else "". Pure."""
     match = INIT_RE[rec.role].fullmatch(status.split(":", 1)[0])
     if match is None:
         return ""

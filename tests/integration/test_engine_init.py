@@ -47,3 +47,13 @@ def test_slave_init_fail_is_recorded_on_the_slave(rig: Rig) -> None:
     vms = rig.vms(envid)
     assert vms["s1"].init == "fail:SLAVE_1_INIT_FAIL:disk" and vms["s0"].init == ""
     assert vms["m"].init == "done"
+
+
+def test_a_slave_init_report_without_its_index_is_that_slaves_verdict(rig: Rig) -> None:
+    """The guide's tomcat-slave.sh has no SLAVE_ID and reports SLAVE__INIT_DONE: still the slave's own report."""
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=2)
+    rig.callback(envid, "s0", "SLAVE__INIT_DONE")
+    rig.callback(envid, "s1", "SLAVE__INIT_FAIL:disk")
+    rig.callback(envid, "s1", "SLAVE_1_INIT_DONE")           # the first verdict stays
+    vms = rig.vms(envid)
+    assert (vms["s0"].init, vms["s1"].init) == ("done", "fail:SLAVE__INIT_FAIL:disk")

@@ -257,8 +257,8 @@ def _attack(st: Stack) -> Attacked:
     flooder, flooder_job = _create(st, tokens["mallory"], "lone")
     _done(st, healthy_job)
     _done(st, flooder_job)
-    wait_for(lambda: all(v.one_ip for v in envstore.get_vms(st.r, healthy).values()), 90,
-             "OpenNebula's addresses recorded on the healthy env's VMs", stack=st)
+    wait_for(lambda: all(v.one_ip and v.init == "done" for v in envstore.get_vms(st.r, healthy).values()), 90,
+             "every healthy VM's init report applied and OpenNebula's address recorded", stack=st)
     out = Attacked(st, tokens, healthy, flooder, _snapshot(st, tokens["oneenv1"], healthy))
     attacks: dict[str, Callable[[], dict[str, Any]]] = {
         "noauth": lambda: _noauth(st), "flood": lambda: _flood(st, flooder),
