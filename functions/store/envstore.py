@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from functions.model.clock import Clock
-from functions.store import keys, scripts
+from functions.store import keys, observed, scripts
 
 log = logging.getLogger("carina.envstore")
 
@@ -156,7 +156,7 @@ def delete_env(r: redis.Redis, envid: str, clock: Clock | None = None) -> str | 
         if env:
             p.zrem(keys.service_envs(env["service"]), envid)
         p.getdel(keys.env_op(envid))
-        p.delete(keys.env(envid), keys.env_vms(envid))
+        p.delete(keys.env(envid), keys.env_vms(envid), keys.env_cpu(envid))
         p.srem(keys.inflight(), envid)
         p.expire(keys.env_events(envid), DELETED_EVENTS_TTL)
         holder = p.execute()[1 if env else 0]
@@ -376,9 +376,17 @@ def put_vms(r: redis.Redis, envid: str, recs: Sequence[VmRecord], fence: str | N
 
 
 def get_vms(r: redis.Redis, envid: str) -> dict[str, VmRecord]:
-    """slot -> record, masters first then slaves by index."""
-    raw = r.hgetall(keys.env_vms(envid))
+    """slot -> record, masters first then slaves by index; each with the last CPU figure of its own VM from
+    env_cpu, when the minute refresh stored one (functions.store.observed)."""
+    with r.pipeline(transaction=False) as p:
+        p.hgetall(keys.env_vms(envid))
+        p.hgetall(keys.env_cpu(envid))
+        raw, cpu = p.execute()
     recs = [VmRecord.from_json(v) for v in raw.values()]
+    for rec in recs:
+        figure = observed.cpu_text(cpu.get(rec.slot), rec.vmid) if cpu and rec.vmid is not None else ""
+        if figure:
+            rec.cpu = float(figure)
     recs.sort(key=lambda v: (v.role != "master", v.index))
     return {v.slot: v for v in recs}
 

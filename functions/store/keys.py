@@ -19,6 +19,8 @@ State model (hashes are the source of truth, streams are the event log):
 - env(e):              hash of one environment (service, name, status, ...; the policy state: policy_status,
                        info, metrics, policy_source, pol_* counters, see functions/policy/state.py)
 - env_vms(e):          hash slot -> JSON of the VM record (endpoint, vmid, role, ip, ...)
+- env_cpu(e):          hash slot -> "<vmid> <cpu>", the VM's last CPU from the minute refresh (apart from the
+                       record: it changes every minute for every VM), expires when no refresh renews it
 - vm_index(ep, vmid):  string "envid slot" for callbacks that know only the VM id
 - env_op(e):           string jobid of the running create/scale/remove (the 409 guard)
 - env_lock(e):         string owner token with TTL (one writer per environment)
@@ -110,6 +112,10 @@ def env(envid: str) -> str:
 
 def env_vms(envid: str) -> str:
     return f"{PREFIX}env:{envid}:vms"
+
+
+def env_cpu(envid: str) -> str:
+    return f"{PREFIX}env:{envid}:cpu"
 
 
 def vm_index(endpoint: str, vmid: int | str) -> str:

@@ -15,10 +15,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis
 
 from functions.model.clock import Clock
-from functions.store import envstore, keys, scripts
+from functions.store import envstore, keys, observed, scripts
 
 READ_CALL = 250                    # environments per Lua read call (Redis stays responsive between calls)
 
@@ -40,8 +41,9 @@ def service_envids(r: redis.Redis, service: str) -> list[str]:
 
 
 def read_envs(r: redis.Redis, envids: Sequence[str], fields: Sequence[str], per_call: int = READ_CALL) -> list[EnvRead]:
-    """The requested fields, VM records and op guard of each env: one pipelined round trip of read-only Lua
-    calls (scripts "policy_read", `per_call` envs each, three replies per env). Read-only.
+    """The requested fields, VM records (each with its VM's CPU figure from env_cpu) and op guard of each env:
+    one pipelined round trip of read-only Lua calls (scripts "policy_read", `per_call` envs each, three replies
+    per env) and of the envs' env_cpu hashes. Read-only.
 
     An env deleted meanwhile comes back with every field None and no VMs; an unreadable record is skipped.
     """
@@ -50,17 +52,35 @@ def read_envs(r: redis.Redis, envids: Sequence[str], fields: Sequence[str], per_
             names = [k for envid in envids[start:start + per_call]
                      for k in (keys.env(envid), keys.env_vms(envid), keys.env_op(envid))]
             scripts.run(p, "policy_read", names, list(fields))
-        replies = [x for part in p.execute() for x in part]
+        for envid in envids:
+            p.hgetall(keys.env_cpu(envid))
+        parts = p.execute()
+    calls = (len(envids) + per_call - 1) // per_call
+    replies = [x for part in parts[:calls] for x in part]
     out = []
     for i, envid in enumerate(envids):
         values, vms, holder = replies[3 * i:3 * i + 3]
         try:
-            records = json.loads(vms)
-        except ValueError:                       # a record that is not JSON: read them one by one
+            records = orjson.loads(vms)
+        except orjson.JSONDecodeError:           # a record that is not JSON: read them one by one
             records = _records_one_by_one(r, envid)
-        out.append(EnvRead(envid, dict(zip(fields, json.loads(values), strict=True)),
-                           [rec for rec in records if isinstance(rec, dict)], str(holder) or None))
+        records = [rec for rec in records if isinstance(rec, dict)]
+        _join_cpu(records, parts[calls + i])
+        out.append(EnvRead(envid, dict(zip(fields, orjson.loads(values), strict=True)), records,
+                           str(holder) or None))
     return out
+
+
+def _join_cpu(records: list[dict[str, Any]], cpu: dict[Any, Any]) -> None:
+    """Give each decoded record the CPU figure env_cpu holds for its own VM (changes the dicts)."""
+    if not cpu:
+        return
+    for rec in records:
+        slot = rec.get("slot")
+        entry = cpu.get(slot) if slot in cpu else cpu.get(str(slot).encode())
+        figure = observed.cpu_text(entry, rec.get("vmid")) if rec.get("vmid") is not None else ""
+        if figure:
+            rec["cpu"] = float(figure)
 
 
 def _records_one_by_one(r: redis.Redis, envid: str) -> list[Any]:

@@ -155,66 +155,35 @@ end
 return out
 """
 
-# The minute refresh: where each environment's VMs live.
-LUA["observe_where"] = """
--- KEYS[1], KEYS[2], ... env hashes; no ARGV. Returns per env: its service, endpoint and proxy (or, without a
--- proxy field, its spec JSON; "" if none).
-local out = {}
-for i = 1, #KEYS do
-  local e = redis.call('HMGET', KEYS[i], 'service', 'endpoint', 'proxy')
-  out[#out + 1] = e[1] or ''
-  out[#out + 1] = e[2] or ''
-  out[#out + 1] = e[3] or (redis.call('HGET', KEYS[i], 'spec') or '')
-end
-return out
-"""
-
-# The minute refresh reads and edits only the observed fields of the VM records (flat JSON objects written by
-# json.dumps: a quoted key followed by ':' only occurs as a key, string values have their quotes escaped).
-LUA["observe_read"] = """
--- KEYS[1], KEYS[2] env lock, its VM records (and so on per env); no ARGV. Returns per env: 0 when the lock
--- is held, else per record 10 strings: slot, vmid, state, created, checked, one_state, cpu, vm_state, lcm_state,
--- one_ip ("" for a field the record lacks).
-local function num(rec, name) return string.match(rec, '"' .. name .. '":%s*([^,}%s]*)') or '' end
-local function str(rec, name) return string.match(rec, '"' .. name .. '":%s*"([^"]*)"') or '' end
-local out = {}
-for i = 1, #KEYS, 2 do
-  if redis.call('EXISTS', KEYS[i]) == 1 then out[#out + 1] = 0
-  else
-    local flat, row = redis.call('HGETALL', KEYS[i + 1]), {}
-    for j = 1, #flat, 2 do
-      local rec = flat[j + 1]
-      for _, v in ipairs({flat[j], num(rec, 'vmid'), str(rec, 'state'), num(rec, 'created'), str(rec, 'checked'),
-                          str(rec, 'one_state'), num(rec, 'cpu'), num(rec, 'vm_state'), num(rec, 'lcm_state'),
-                          str(rec, 'one_ip')}) do
-        row[#row + 1] = v
-      end
-    end
-    out[#out + 1] = row
-  end
-end
-return out
-"""
-
-# The minute refresh's write: the observed fields of a record replaced in place (every other field as stored
-# now), only if its vmid and each field written still read what the refresh read and no step holds the env
-# lock (a field another writer changed meanwhile is never overwritten; fields not written are not compared).
+# The minute refresh's write: the observed fields of a VM record (a flat JSON object written by json.dumps: a
+# quoted key followed by ':' only occurs as a key, string values have their quotes escaped) replaced in place
+# (every other field as stored now), only if its vmid and each field written still read what the refresh read
+# and no step holds the env lock (a field another writer changed meanwhile is never overwritten; fields not
+# written are not compared). A field is found by a plain search for its quoted key, its value by a match
+# anchored right after it (not a pattern tried at every position).
 LUA["observe_write"] = """
 -- KEYS[1], KEYS[2] env lock, its VM records (and so on per env); ARGV[1] JSON: per env a list of
--- [slot, [vmid, one_state, cpu, vm_state, lcm_state, checked, one_ip] as read, the same seven as they become]
+-- [slot, [vmid, one_state, vm_state, lcm_state, checked, one_ip] as read, the same six as they become]
 -- (values are letters, digits and . : @ + - only). Returns per env the records written, -1 if the lock was held.
-local NAMES = {'vmid', 'one_state', 'cpu', 'vm_state', 'lcm_state', 'checked', 'one_ip'}
-local QUOTED = {false, true, false, false, false, true, true}
+local NAMES = {'vmid', 'one_state', 'vm_state', 'lcm_state', 'checked', 'one_ip'}
+local QUOTED = {false, true, false, false, true, true}
+local function span(rec, k)
+  local _, e = string.find(rec, '"' .. NAMES[k] .. '":', 1, true)
+  if not e then return nil end
+  if QUOTED[k] then return string.match(rec, '^%s*()"[^"]*"()', e + 1) end
+  return string.match(rec, '^%s*()[^,}%s]*()', e + 1)
+end
 local function get(rec, k)
-  if QUOTED[k] then return string.match(rec, '"' .. NAMES[k] .. '":%s*"([^"]*)"') or '' end
-  return string.match(rec, '"' .. NAMES[k] .. '":%s*([^,}%s]*)') or ''
+  local vs, ve = span(rec, k)
+  if not vs then return '' end
+  if QUOTED[k] then return string.sub(rec, vs + 1, ve - 2) end
+  return string.sub(rec, vs, ve - 1)
 end
 local function put(rec, k, value)
-  local text, pat = value, '("' .. NAMES[k] .. '":%s*)[^,}%s]*'
-  if QUOTED[k] then text, pat = '"' .. value .. '"', '("' .. NAMES[k] .. '":%s*)"[^"]*"' end
-  local out, n = string.gsub(rec, pat, '%1' .. text, 1)
-  if n == 0 then out = string.sub(rec, 1, -2) .. ', "' .. NAMES[k] .. '": ' .. text .. '}' end
-  return out
+  local text = QUOTED[k] and ('"' .. value .. '"') or value
+  local vs, ve = span(rec, k)
+  if not vs then return string.sub(rec, 1, -2) .. ', "' .. NAMES[k] .. '": ' .. text .. '}' end
+  return string.sub(rec, 1, vs - 1) .. text .. string.sub(rec, ve)
 end
 local items = cjson.decode(ARGV[1])
 local out = {}

@@ -5,9 +5,10 @@ Per (proxy, credentials) â€” however many services and environments share them â
 STATE, LCM_STATE, STIME; one call per 10,000 ids, to bound the memory an answer takes) and
 `one.vmpool.monitoring` (the last CPU of every VM). Each record gets `one_state`
 (runn, unkn, fail, ..., or "missing" for a VM OpenNebula no longer has or has DONE), `vm_state` /
-`lcm_state` and `cpu`. Records never cross the wire: Redis hands over the few fields compared and edits
-only the fields that changed, in place, by compare-and-set on them (functions.store.observed: a field another
-writer changed since the read, or an environment a step holds, is left for the next minute).
+`lcm_state`, and its CPU figure goes to the env's env_cpu hash (it changes every minute: records are rewritten
+only when a state changes). Records are edited in Redis, only the fields that changed, in place, by
+compare-and-set on them (functions.store.observed: a field another writer changed since the read, or an
+environment a step holds, is left for the next minute).
 
 Ownership: a VM id may be reused (a reset cloud, another installation). A record's VM is checked against its
 USER_TEMPLATE tags (functions.model.ownership) the first time it is seen and whenever the VM at that id is
@@ -40,6 +41,7 @@ OBSERVERS = 2                    # endpoints observed at once (threads: one answ
 OWNER_SLICE = 2000               # VM ids per full-body infoset (bounds the answer: ~6 KB a VM)
 OWNER_SLICES = 10                # full-body calls per endpoint and minute at most (the rest: next minute)
 Changes = dict[str, list[observed.Write]]            # envid -> [(slot, FIELDS as read, FIELDS as they become)]
+Figures = dict[str, dict[str, str]]                  # envid -> {slot: env_cpu entry}
 Stored = dict[str, list[observed.Seen] | str]        # envid -> its records' fields as read, or observed.HELD
 
 
@@ -63,23 +65,26 @@ class _Pending:
     view: VmView
 
 
-def observation(seen: observed.Seen, view: VmView | None, cpu: float | None,
-                checked: str | None = None) -> tuple[str, ...] | None:
+def observation(seen: observed.Seen, view: VmView | None, checked: str | None = None) -> tuple[str, ...] | None:
     """The record's FIELDS (observed.FIELDS, JSON value text) with what OpenNebula says (`view` None: the VM
-    is missing; `cpu` None: no new figure; `checked`: a new ownership mark; the view's IP, when it carries one,
-    becomes `one_ip`: full bodies do, short ones not), or None when nothing changed. A DONE VM is missing; a
-    missing VM keeps its last numbers, CPU and address. Pure."""
+    is missing; `checked`: a new ownership mark; the view's IP, when it carries one, becomes `one_ip`: full
+    bodies do, short ones not), or None when nothing changed. A DONE VM is missing; a missing VM keeps its last
+    numbers and address. Pure."""
     old = seen.written()
-    mark = old[5] if checked is None else checked
+    mark = old[4] if checked is None else checked
     if view is None or view.state == 6:
-        new = (old[0], "missing", *old[2:5], mark, old[6])
+        new = (old[0], "missing", old[2], old[3], mark, old[5])
     else:
-        cpu_text = old[2]
-        if cpu is not None and _float(cpu_text) != cpu:
-            cpu_text = repr(float(cpu))
-        new = (old[0], view.short_status(), cpu_text, str(view.state), str(view.lcm_state), mark,
-               view.ip or old[6])
+        new = (old[0], view.short_status(), str(view.state), str(view.lcm_state), mark, view.ip or old[5])
     return None if new == old else new
+
+
+def cpu_figure(seen: observed.Seen, view: VmView | None, cpu: float | None) -> str | None:
+    """The env_cpu entry of the VM's new CPU figure, or None when there is none or it did not change (a
+    missing or DONE VM keeps its last figure). Pure."""
+    if view is None or view.state == 6 or cpu is None or _float(seen.cpu) == cpu:
+        return None
+    return observed.cpu_entry(seen.vmid, repr(float(cpu)))
 
 
 def _float(text: str) -> float | None:
@@ -125,9 +130,11 @@ def _groups(r: redis.Redis) -> tuple[dict[tuple[str, str], _Group], Stored]:
 
 def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: Stored,
                  views: dict[int, VmView], cpu: dict[int, float], taken: float,
-                 pending: list[_Pending]) -> Changes:
-    """The writes of a chunk's records; records whose VM must first prove its tags go to `pending`."""
+                 pending: list[_Pending]) -> tuple[Changes, Figures]:
+    """The writes of a chunk's records and CPU figures; records whose VM must first prove its tags go to
+    `pending`."""
     changes: Changes = {}
+    figures: Figures = {}
     for env in envs:
         found = stored.get(env.envid)
         for seen in (found if isinstance(found, list) else ()):
@@ -139,19 +146,27 @@ def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: Stored,
             if view is not None and view.state != 6 and (unchecked or not seen.one_ip):
                 pending.append(_Pending(env.envid, env.service, seen, view))
                 continue
-            new = observation(seen, view, cpu.get(vmid))
-            if new is not None:
-                changes.setdefault(env.envid, []).append((seen.slot, seen.written(), new))
-    return changes
+            _note(changes, figures, env.envid, seen, observation(seen, view), cpu_figure(seen, view, cpu.get(vmid)))
+    return changes, figures
 
 
-def _settle(r: redis.Redis, one: OneClient, pending: list[_Pending], cpu: dict[int, float]) -> Changes:
+def _note(changes: Changes, figures: Figures, envid: str, seen: observed.Seen, new: tuple[str, ...] | None,
+          figure: str | None) -> None:
+    if new is not None:
+        changes.setdefault(envid, []).append((seen.slot, seen.written(), new))
+    if figure is not None:
+        figures.setdefault(envid, {})[seen.slot] = figure
+
+
+def _settle(r: redis.Redis, one: OneClient, pending: list[_Pending],
+            cpu: dict[int, float]) -> tuple[Changes, Figures]:
     """Check the tags of the pending records' VMs (full bodies, OWNER_SLICE ids a call, at most OWNER_SLICES
     calls) and make their writes: a VM of another owner (or gone meanwhile) is missing; a match is remembered
     in `checked`. Records past the budget, or of a slice OpenNebula did not answer, are left unwritten for the
     next minute (after an upgrade every record is checked once: the budget spreads that over minutes)."""
     install = envstore.known_installation_id(r)
     changes: Changes = {}
+    figures: Figures = {}
     for part in _chunks(pending[:OWNER_SLICE * OWNER_SLICES], OWNER_SLICE):
         try:
             owners = one.owners([p.view.vmid for p in part])
@@ -166,17 +181,21 @@ def _settle(r: redis.Redis, one: OneClient, pending: list[_Pending], cpu: dict[i
             tags = ownership.vm_tags(p.service, install, p.envid, p.seen.slot, str(rec.get("nonce") or ""),
                                      str(rec.get("role") or ""))
             if found is not None and found.stime == p.view.stime and not ownership.mismatch(found.user_template, tags):
-                new = observation(p.seen, found, cpu.get(p.view.vmid), f"{p.view.vmid}@{p.view.stime}")
+                _note(changes, figures, p.envid, p.seen, observation(p.seen, found, f"{p.view.vmid}@{p.view.stime}"),
+                      cpu_figure(p.seen, found, cpu.get(p.view.vmid)))
             else:
-                new = observation(p.seen, None, None)
-            if new is not None:
-                changes.setdefault(p.envid, []).append((p.seen.slot, p.seen.written(), new))
-    return changes
+                _note(changes, figures, p.envid, p.seen, observation(p.seen, None), None)
+    return changes, figures
 
 
-def _count(done: dict[str, int], stats: dict[str, int]) -> None:
+def _write(r: redis.Redis, changes: Changes, figures: Figures, stats: dict[str, int]) -> None:
+    """Write the records that changed (compare-and-set; an env a step now holds is counted busy) and the CPU
+    figures of the envs not held."""
+    done = observed.write(r, changes)
     stats["changed"] += sum(n for n in done.values() if n > 0)
     stats["busy"] += sum(1 for n in done.values() if n < 0)
+    observed.write_cpu(r, {envid: got for envid, got in figures.items() if done.get(envid, 0) >= 0})
+    stats["cpu"] += sum(len(got) for got in figures.values())
 
 
 def _observe_all(groups: dict[tuple[str, str], _Group], one_factory: Callable[[str, str], OneClient],
@@ -201,10 +220,10 @@ def _observe_all(groups: dict[tuple[str, str], _Group], one_factory: Callable[[s
 def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
                 one_factory: Callable[[str, str], OneClient] = OneClient) -> dict[str, Any]:
     """Refresh every judgeable VM record (see the module). Returns counts: endpoints observed, records
-    changed, environments busy (a step held them), errors (endpoints that did not answer), XML-RPC calls,
-    records left unchecked for the next minute (past the full-body budget).
+    changed, CPU figures written, environments busy (a step held them), errors (endpoints that did not
+    answer), XML-RPC calls, records left unchecked for the next minute (past the full-body budget).
     Safe to run twice."""
-    stats = {"endpoints": 0, "changed": 0, "busy": 0, "errors": 0, "calls": 0, "unchecked": 0}
+    stats = {"endpoints": 0, "changed": 0, "cpu": 0, "busy": 0, "errors": 0, "calls": 0, "unchecked": 0}
     groups, stored = _groups(r)
     stats["busy"] = sum(1 for v in stored.values() if v == observed.HELD)
     for key, (one, taken, seen) in _observe_all(groups, one_factory, clock).items():
@@ -217,9 +236,9 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
         stats["calls"] += 1 + (len(groups[key].vmids()) + INFOSET_SLICE - 1) // INFOSET_SLICE
         pending: list[_Pending] = []
         for chunk in _chunks(groups[key].envs, CHUNK):
-            _count(observed.write(r, _judge_chunk(chunk, stored, views, cpu, taken, pending)), stats)
+            _write(r, *_judge_chunk(chunk, stored, views, cpu, taken, pending), stats)
         if pending:
             stats["calls"] += min(OWNER_SLICES, (len(pending) + OWNER_SLICE - 1) // OWNER_SLICE)
             stats["unchecked"] += max(0, len(pending) - OWNER_SLICE * OWNER_SLICES)
-            _count(observed.write(r, _settle(r, one, pending, cpu)), stats)
+            _write(r, *_settle(r, one, pending, cpu), stats)
     return stats

@@ -133,20 +133,20 @@ def test_only_the_observed_fields_are_written_and_only_if_unchanged_since_read(r
     rec = rig.vms(envid)["m"]
     rec.status = "CHANGED_MEANWHILE"
     envstore.put_vm(rig.r, envid, rec)                     # a callback wrote another field after the read
-    new = (seen.vmid, "unkn", "12.5", "3", "16", f"{seen.vmid}@1", "10.0.0.9")
+    new = (seen.vmid, "unkn", "3", "16", f"{seen.vmid}@1", "10.0.0.9")
     assert observed.write(rig.r, {envid: [("m", seen.written(), new)]}) == {envid: 1}
     after = rig.vms(envid)["m"]
-    assert (after.status, after.one_state, after.cpu, after.lcm_state, after.checked, after.one_ip) == \
-        ("CHANGED_MEANWHILE", "unkn", 12.5, 16, f"{seen.vmid}@1", "10.0.0.9")
+    assert (after.status, after.one_state, after.lcm_state, after.checked, after.one_ip) == \
+        ("CHANGED_MEANWHILE", "unkn", 16, f"{seen.vmid}@1", "10.0.0.9")
     assert after.nonce == rec.nonce and after.ip == rec.ip
 
     rec = after
     rec.one_state = "missing"                              # the engine judged the VM meanwhile
     envstore.put_vm(rig.r, envid, rec)
-    stale = observed.write(rig.r, {envid: [("m", new, (seen.vmid, "runn", "1.0", "3", "3", new[5], new[6]))]})
+    stale = observed.write(rig.r, {envid: [("m", new, (seen.vmid, "runn", "3", "3", new[4], new[5]))]})
     assert stale == {envid: 0} and rig.vms(envid)["m"].one_state == "missing"
     with pytest.raises(ValueError):
-        observed.write(rig.r, {envid: [("m", new, (seen.vmid, 'x", "evil": "1', "1", "3", "3", "", ""))]})
+        observed.write(rig.r, {envid: [("m", new, (seen.vmid, 'x", "evil": "1', "3", "3", "", ""))]})
 
 
 def test_a_record_without_a_checked_field_gets_one(rig: Rig) -> None:
@@ -189,3 +189,22 @@ def test_the_simulators_infoset_answer_is_read_from_the_wire(rig: Rig) -> None:
     fast = fastxml.short_rows(body, ids)
     assert fast is not None and [r.vmid for r in fast] == ids
     assert fast == fastxml.vm_rows(fastxml.document(fastxml.envelope(body)[1]), ids)
+
+
+def test_a_new_cpu_figure_goes_to_env_cpu_and_leaves_the_records_as_they_are(rig: Rig) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    refresh(rig)
+    vms = rig.vms(envid)
+    texts = rig.r.hgetall(keys.env_vms(envid))
+    rig.rpc().onesim.vm.setcpu(rig.sim.auth, vms["s0"].vmid, 61.25)
+    stats = refresh(rig)
+    assert stats["changed"] == 0 and stats["cpu"] == 1
+    assert rig.r.hgetall(keys.env_vms(envid)) == texts                     # no record rewritten for a CPU
+    assert rig.r.hget(keys.env_cpu(envid), "s0") == f"{vms['s0'].vmid} 61.25"
+    assert 0 < rig.r.ttl(keys.env_cpu(envid)) <= observed.CPU_TTL
+    assert rig.vms(envid)["s0"].cpu == 61.25                               # readers get the figure
+
+    rig.r.hset(keys.env_cpu(envid), "s0", "999999 88.0")                   # a figure of another VM at the slot
+    assert rig.vms(envid)["s0"].cpu == vms["s0"].cpu
+    envstore.delete_env(rig.r, envid)
+    assert not rig.r.exists(keys.env_cpu(envid))
