@@ -14,7 +14,8 @@ Redis is filled with what a real create leaves, by the real code: one environmen
 through the engine against a simulator (tests.integration.engine_fixtures), and its env hash, VM records,
 event stream (and the service's), job and VM index keys are copied for every environment (ids, names,
 addresses and nonces replaced; the policies of each kind come from the uploaded configuration). Memory =
-INFO used_memory after the copies minus before, per VM and per environment.
+INFO used_memory after the measured minutes (so with the env_cpu hashes, the jobs and events they wrote) minus
+before the copies, per VM and per environment.
 
 Minutes measured: a first tick (every VM's tags checked once: full bodies, at most 20,000 per endpoint a
 minute, then as many minutes as it takes) is reported but not the target; then two steady minutes, each
@@ -172,8 +173,6 @@ def measure(workdir: Path, n_envs: int, template: tick_fill.Template,
         placed = tick_fill.fill_sims(sims, n_envs, rng)
         before = int(r.info("memory")["used_memory"])
         tick_fill.fill_redis(r, n_envs, sims, placed, template)
-        used = int(r.info("memory")["used_memory"]) - before
-        memory = (used / (n_envs * VMS), used / n_envs)
         queue = JsonQueue("bench", connection=raw)
         clock = FakeClock(tick_fill.T0 + 5)
         out = {"first": tick_once(r, queue, clock, sims)}
@@ -188,6 +187,8 @@ def measure(workdir: Path, n_envs: int, template: tick_fill.Template,
             clock.advance(60)
             tick_fill.new_samples(sims, placed, rng)
             out[name] = tick_once(r, queue, clock, sims)
+        used = int(r.info("memory")["used_memory"]) - before      # the minutes' CPU hashes, jobs and events too
+        memory = (used / (n_envs * VMS), used / n_envs)
         r.close()
         raw.close()
         return out, memory
@@ -232,7 +233,7 @@ def rows(workdir: Path, quick: bool, sizes: list[int] | None = None) -> list[Row
     at = max((n for n in sizes if n <= 10_000), default=sizes[0])
     per_vm, per_env = memory[at]
     out.append(Row(f"Redis bytes per VM at {_label(at)}", per_vm, "B", "<= 2048",
-                   "INFO used_memory delta / VMs (env hash, records, streams, job, indexes)", _label(at)))
+                   "INFO used_memory delta / VMs (env hash, records, CPU figures, streams, jobs, indexes)", _label(at)))
     out.append(Row(f"Redis bytes per environment at {_label(at)}", per_env, "B", "", f"{VMS} VMs each", _label(at)))
     return out
 

@@ -138,23 +138,6 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(AR
 return 1
 """
 
-# Read many environments for the policy pass at once: per env its requested fields (a JSON array, null for
-# an absent field), its VM records (one JSON array of the stored record texts) and the op guard's holder.
-# Read-only; three replies per environment instead of one per field and per VM keep the client's parsing cheap.
-LUA["policy_read"] = """
--- KEYS[1], KEYS[2], KEYS[3] env hash, its VM records, its op guard (and so on per env); ARGV env field names.
--- Returns per env: its fields (JSON array), its VM records (JSON array), the guard's holder ("" if none).
-local out = {}
-for i = 1, #KEYS, 3 do
-  local e = redis.call('HMGET', KEYS[i], unpack(ARGV))
-  for j = 1, #ARGV do if not e[j] then e[j] = cjson.null end end
-  out[#out + 1] = cjson.encode(e)
-  out[#out + 1] = '[' .. table.concat(redis.call('HVALS', KEYS[i + 1]), ',') .. ']'
-  out[#out + 1] = redis.call('GET', KEYS[i + 2]) or ''
-end
-return out
-"""
-
 # The minute refresh's write: the observed fields of a VM record (a flat JSON object written by json.dumps: a
 # quoted key followed by ':' only occurs as a key, string values have their quotes escaped) replaced in place
 # (every other field as stored now), only if its vmid and each field written still read what the refresh read

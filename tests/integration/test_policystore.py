@@ -39,7 +39,7 @@ def test_read_envs_in_batches_with_records_guard_and_gone_envs(rdb: redis.Redis)
     envstore.put_vm(rdb, envids[1], VmRecord(slot="m", role="master", index=0, endpoint="sim", vmid=9))
     envstore.claim_op(rdb, envids[2], "77")
     envstore.delete_env(rdb, envids[3])
-    reads = policystore.read_envs(rdb, envids, READ_FIELDS, per_call=2)
+    reads = policystore.read_envs(rdb, envids, READ_FIELDS)
     assert [x.envid for x in reads] == envids
     assert sorted(v["vmid"] for v in reads[0].vms) == [7, 8] and reads[0].fields["policy_status"] == "ACTIVE"
     assert [v["vmid"] for v in reads[1].vms] == [9]
