@@ -68,7 +68,7 @@ _SAFE = re.compile(r"[A-Za-z0-9.:@+-]*")
 
 class Seen(NamedTuple):
     """A VM record's fields the refresh needs, as stored (JSON value text; "" when the record lacks one); `cpu`
-    from env_cpu ("" when it holds no figure of this VM)."""
+    from env_cpu, or the record's own when env_cpu holds no figure of this VM (as envstore.get_vms reads it)."""
 
     slot: str
     vmid: str
@@ -80,6 +80,9 @@ class Seen(NamedTuple):
     vm_state: str
     lcm_state: str
     one_ip: str
+    role: str = ""
+    init: str = ""
+    origin: str = ""
 
     def written(self) -> tuple[str, ...]:
         """The written fields (FIELDS) as read."""
@@ -125,8 +128,9 @@ def _seen_of(slot: str, text: Any, cpu: dict[str, Any]) -> Seen | None:
     get = rec.get
     vmid = _num(get("vmid", ""))
     return Seen(slot, vmid, _str(get("state")), _num(get("created", "")), _str(get("checked")),
-                _str(get("one_state")), cpu_text(cpu.get(slot), vmid) if cpu else "",
-                _num(get("vm_state", "")), _num(get("lcm_state", "")), _str(get("one_ip")))
+                _str(get("one_state")), (cpu_text(cpu.get(slot), vmid) if cpu else "") or _num(get("cpu", "")),
+                _num(get("vm_state", "")), _num(get("lcm_state", "")), _str(get("one_ip")), _str(get("role")),
+                _str(get("init")), _str(get("origin")))
 
 
 def records(r: redis.Redis, envids: Sequence[str]) -> dict[str, list[Seen] | str]:

@@ -38,24 +38,31 @@ def service_envids(r: redis.Redis, service: str) -> list[str]:
     return [str(e) for e in r.zrange(keys.service_envs(service), 0, -1)]
 
 
-def read_envs(r: redis.Redis, envids: Sequence[str], fields: Sequence[str]) -> list[EnvRead]:
+def read_envs(r: redis.Redis, envids: Sequence[str], fields: Sequence[str],
+              known: Mapping[str, list[dict[str, Any]]] | None = None) -> list[EnvRead]:
     """The requested fields, VM records (each with its VM's CPU figure from env_cpu) and op guard of each env:
-    one pipelined round trip of plain reads (four per env), the records decoded by orjson. Read-only.
+    one pipelined round trip of plain reads, the records decoded by orjson; an env in `known` takes those
+    records instead of reading them (the minute refresh just read and wrote them). Read-only.
 
     An env deleted meanwhile comes back with every field None and no VMs; an unreadable record is skipped.
     """
+    known = known or {}
     with r.pipeline(transaction=False) as p:
         for envid in envids:
             p.hmget(keys.env(envid), list(fields))
-            p.hvals(keys.env_vms(envid))
             p.get(keys.env_op(envid))
-            p.hgetall(keys.env_cpu(envid))
-        replies = p.execute()
+            if envid not in known:
+                p.hvals(keys.env_vms(envid))
+                p.hgetall(keys.env_cpu(envid))
+        replies = iter(p.execute())
     out = []
-    for i, envid in enumerate(envids):
-        values, texts, holder, cpu = replies[4 * i:4 * i + 4]
-        records = _records(texts)
-        _join_cpu(records, cpu)
+    for envid in envids:
+        values, holder = next(replies), next(replies)
+        if envid in known:
+            records = known[envid]
+        else:
+            records = _records(next(replies))
+            _join_cpu(records, next(replies))
         out.append(EnvRead(envid, {f: _text(v) for f, v in zip(fields, values, strict=True)}, records,
                            _text(holder) or None))
     return out

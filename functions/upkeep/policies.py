@@ -1,8 +1,9 @@
 """The minute's policy pass: observe every created environment and run its policies (functions.policy.decide).
 
 Called by functions.upkeep.ticks.tick after the VM refresh (which asked OpenNebula once per endpoint and stored
-each record's state and CPU), so this pass reads Redis only: per service, the environments in batches of
-`batch`, each batch one pipelined round trip (env fields, VM records, op guard), a second one for the state
+each record's state and CPU, and hands over the records as it left them), so this pass reads Redis only: per
+service, the environments in batches of `batch`, each batch one pipelined round trip (env fields, op guard, and
+the VM records the refresh did not hand over), a second one for the state
 of the jobs that matter (a held guard, a cooldown), a third for the spec snapshots it needs (a configuration
 removed, a passive env's base size). Decisions are pure; the states are written back per batch by one
 compare-and-set Lua call. An action starts its job through functions.ops.operations.request_policy (op guard
@@ -270,8 +271,10 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
 
 
 def run_service(r: redis.Redis, queue: Queue, service: str, clock: Clock = system_clock,
-                grace: float = DEFAULT_GRACE, batch: int = BATCH) -> Counter[str]:
-    """Evaluate the policies of every environment of `service` for the current minute. Safe to run twice."""
+                grace: float = DEFAULT_GRACE, batch: int = BATCH,
+                known: Mapping[str, list[dict[str, Any]]] | None = None) -> Counter[str]:
+    """Evaluate the policies of every environment of `service` for the current minute (`known`: envid -> its
+    records as the minute refresh just left them; the others are read). Safe to run twice."""
     now = clock()
     minute = int(now // 60)
     cfg, uploaded = tenants.config_with_time(r, service)
@@ -279,7 +282,7 @@ def run_service(r: redis.Redis, queue: Queue, service: str, clock: Clock = syste
     envs: list[_Env] = []
     for chunk in _chunks(policystore.service_envids(r, service), batch):
         found = [env for env in (_prepare(read, cfg, uploaded) for read in
-                                 policystore.read_envs(r, chunk, READ_FIELDS)) if env is not None]
+                                 policystore.read_envs(r, chunk, READ_FIELDS, known)) if env is not None]
         stats["envs"] += len(chunk)
         _complete(r, found)
         envs.extend(found)
@@ -291,14 +294,15 @@ def run_service(r: redis.Redis, queue: Queue, service: str, clock: Clock = syste
 
 
 def run(r: redis.Redis, queue: Queue, clock: Clock = system_clock, grace: float = DEFAULT_GRACE,
-        batch: int = BATCH) -> dict[str, Any]:
-    """The policy pass over every service (one service's failure is logged and does not stop the others).
-    Returns counts for logs and tests. Safe to run twice in a minute: the second acts on nothing."""
+        batch: int = BATCH, known: Mapping[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The policy pass over every service (one service's failure is logged and does not stop the others;
+    `known`: see run_service). Returns counts for logs and tests. Safe to run twice in a minute: the second
+    acts on nothing."""
     started = time.perf_counter()
     stats: Counter[str] = Counter()
     for service in tenants.service_names(r):
         try:
-            stats.update(run_service(r, queue, service, clock, grace, batch))
+            stats.update(run_service(r, queue, service, clock, grace, batch, known))
         except Exception:  # noqa: BLE001 - one service's bad data must not stop every other service's policies
             log.exception("policy pass: service %s", service)
             stats["errors"] += 1

@@ -188,14 +188,54 @@ def _settle(r: redis.Redis, one: OneClient, pending: list[_Pending],
     return changes, figures
 
 
-def _write(r: redis.Redis, changes: Changes, figures: Figures, stats: dict[str, int]) -> None:
+@dataclass
+class _Written:
+    """What this minute wrote: (envid, slot) -> (the record's FIELDS as written or None, its CPU figure or
+    None), and the envs whose writes did not all land (a step took them, a field changed meanwhile)."""
+
+    records: dict[tuple[str, str], tuple[tuple[str, ...] | None, str | None]] = field(default_factory=dict)
+    unsure: set[str] = field(default_factory=set)
+
+
+def _write(r: redis.Redis, changes: Changes, figures: Figures, stats: dict[str, int], written: _Written) -> None:
     """Write the records that changed (compare-and-set; an env a step now holds is counted busy) and the CPU
-    figures of the envs not held."""
+    figures of the envs not held; note in `written` what landed."""
     done = observed.write(r, changes)
     stats["changed"] += sum(n for n in done.values() if n > 0)
     stats["busy"] += sum(1 for n in done.values() if n < 0)
-    observed.write_cpu(r, {envid: got for envid, got in figures.items() if done.get(envid, 0) >= 0})
+    figures = {envid: got for envid, got in figures.items() if done.get(envid, 0) >= 0}
+    observed.write_cpu(r, figures)
     stats["cpu"] += sum(len(got) for got in figures.values())
+    written.unsure.update(envid for envid, items in changes.items() if done.get(envid) != len(items))
+    for envid, items in changes.items():
+        written.records.update(((envid, slot), (new, None)) for slot, _, new in items)
+    for envid, got in figures.items():
+        for slot, figure in got.items():
+            written.records[(envid, slot)] = (written.records.get((envid, slot), (None, None))[0], figure)
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def as_record(seen: observed.Seen, new: tuple[str, ...] | None, figure: str | None) -> dict[str, Any]:
+    """The fields of a record the policy pass uses (functions.upkeep.policies.vm_obs), as stored after this
+    minute's writes: `new` its FIELDS as written (None: as read), `figure` its new env_cpu entry. Pure."""
+    vmid, one_state, vm_state, lcm_state = (new or seen.written())[:4]
+    cpu = figure.partition(" ")[2] if figure else seen.cpu
+    return {"slot": seen.slot, "role": seen.role, "vmid": _int(vmid), "state": seen.state, "one_state": one_state,
+            "vm_state": _int(vm_state), "lcm_state": _int(lcm_state), "init": seen.init,
+            "cpu": _float(cpu) if cpu else None, "created": _float(seen.created) or 0.0, "origin": seen.origin}
+
+
+def _records_after(stored: Stored, written: _Written) -> dict[str, list[dict[str, Any]]]:
+    """envid -> its records as the policies see them after this minute's writes, for every env read, not held
+    and whose writes all landed (the others the policy pass reads again)."""
+    out = {}
+    for envid, rows in stored.items():
+        if isinstance(rows, list) and envid not in written.unsure:
+            out[envid] = [as_record(seen, *written.records.get((envid, seen.slot), (None, None))) for seen in rows]
+    return out
 
 
 def _observe_all(groups: dict[tuple[str, str], _Group], one_factory: Callable[[str, str], OneClient],
@@ -223,8 +263,16 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
     changed, CPU figures written, environments busy (a step held them), errors (endpoints that did not
     answer), XML-RPC calls, records left unchecked for the next minute (past the full-body budget).
     Safe to run twice."""
+    return refresh(r, clock, one_factory)[0]
+
+
+def refresh(r: redis.Redis, clock: Clock = system_clock, one_factory: Callable[[str, str], OneClient] = OneClient
+            ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """`refresh_vms`, and the records as they are after its writes (`_records_after`: the policy pass that
+    follows in the same tick need not read them again). Safe to run twice."""
     stats = {"endpoints": 0, "changed": 0, "cpu": 0, "busy": 0, "errors": 0, "calls": 0, "unchecked": 0}
     groups, stored = _groups(r)
+    written = _Written()
     stats["busy"] = sum(1 for v in stored.values() if v == observed.HELD)
     for key, (one, taken, seen) in _observe_all(groups, one_factory, clock).items():
         if isinstance(seen, Exception):
@@ -236,9 +284,9 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
         stats["calls"] += 1 + (len(groups[key].vmids()) + INFOSET_SLICE - 1) // INFOSET_SLICE
         pending: list[_Pending] = []
         for chunk in _chunks(groups[key].envs, CHUNK):
-            _write(r, *_judge_chunk(chunk, stored, views, cpu, taken, pending), stats)
+            _write(r, *_judge_chunk(chunk, stored, views, cpu, taken, pending), stats, written)
         if pending:
             stats["calls"] += min(OWNER_SLICES, (len(pending) + OWNER_SLICE - 1) // OWNER_SLICE)
             stats["unchecked"] += max(0, len(pending) - OWNER_SLICE * OWNER_SLICES)
-            _write(r, *_settle(r, one, pending, cpu), stats)
-    return stats
+            _write(r, *_settle(r, one, pending, cpu), stats, written)
+    return stats, _records_after(stored, written)

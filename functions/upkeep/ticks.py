@@ -71,8 +71,8 @@ def tick(r: redis.Redis, queue: Queue, clock: Clock = system_clock,
     if not claim_minute(r, "minute", clock()):
         return None
     kicked = reconcile.recover_all(r, queue, clock, minute=True)   # not the watched nor the queued ones
-    stats = refresh_vms(r, clock, one_factory)
-    stats["policies"] = policies.run(r, queue, clock, grace)
+    stats, records = refresh.refresh(r, clock, one_factory)
+    stats["policies"] = policies.run(r, queue, clock, grace, known=records)
     stats.update(retain(r, retention), kicked=len(kicked), minute=minute)
     if gsstore.get_global(r) is not None or gsstore.live(r):
         stats["gs"] = gsched.minute(r, queue, clock)

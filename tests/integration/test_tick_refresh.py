@@ -208,3 +208,54 @@ def test_a_new_cpu_figure_goes_to_env_cpu_and_leaves_the_records_as_they_are(rig
     assert rig.vms(envid)["s0"].cpu == vms["s0"].cpu
     envstore.delete_env(rig.r, envid)
     assert not rig.r.exists(keys.env_cpu(envid))
+
+
+def test_the_records_handed_to_the_policy_pass_are_those_a_read_after_the_refresh_gives(rig: Rig) -> None:
+    from functions.store import policystore
+    from functions.upkeep import policies
+
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=3)
+    vms = rig.vms(envid)
+    rig.rpc().onesim.vm.setcpu(rig.sim.auth, vms["m"].vmid, 55.5)
+    rig.rpc().onesim.vm.fail(rig.sim.auth, vms["s0"].vmid, "UNKNOWN")
+    rig.rpc().onesim.vm.fail(rig.sim.auth, vms["s1"].vmid, "vanish")
+    rig.callback(envid, "s2", "SLAVE_2_INIT_FAIL:disk")
+    for _ in range(2):                                     # the first minute checks tags, the second is steady
+        stats, known = refresh_mod.refresh(rig.r, rig.clock, lambda url, auth: OneClient(url, auth))
+        (read,) = policystore.read_envs(rig.r, [envid], policies.READ_FIELDS)
+
+        def obs(records: list[dict[str, Any]]) -> list[Any]:
+            return sorted((policies.vm_obs(rec) for rec in records), key=lambda o: o.slot if o else "")
+        assert obs(known[envid]) == obs(read.vms)
+        assert {o.slot: o.cls for o in obs(known[envid]) if o} == {"m": "running", "s0": "unknown",
+                                                                   "s1": "missing", "s2": "failed"}
+        assert stats["endpoints"] == 1
+
+
+def test_an_env_a_step_holds_is_not_handed_to_the_policy_pass(rig: Rig) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    with envstore.env_lock(rig.r, envid) as token:
+        assert token
+        _, known = refresh_mod.refresh(rig.r, rig.clock, lambda url, auth: OneClient(url, auth))
+    assert envid not in known
+    _, known = refresh_mod.refresh(rig.r, rig.clock, lambda url, auth: OneClient(url, auth))
+    assert sorted(rec["slot"] for rec in known[envid]) == ["m", "s0"]
+
+
+def test_an_env_whose_write_did_not_land_is_read_again_by_the_policy_pass(rig: Rig) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    refresh(rig)
+    rig.rpc().onesim.vm.fail(rig.sim.auth, rig.vms(envid)["s0"].vmid, "UNKNOWN")
+
+    class Racing(OneClient):
+        """Another writer changes the slave's record while OpenNebula answers."""
+
+        def observe(self, vmids: Any) -> Any:
+            got = super().observe(vmids)
+            rec = rig.vms(envid)["s0"]
+            rec.one_state = "missing"
+            envstore.put_vm(rig.r, envid, rec)
+            return got
+    stats, known = refresh_mod.refresh(rig.r, rig.clock, lambda url, auth: Racing(url, auth))
+    assert stats["changed"] == 0 and envid not in known
+    assert rig.vms(envid)["s0"].one_state == "missing"
