@@ -378,10 +378,7 @@ def put_vms(r: redis.Redis, envid: str, recs: Sequence[VmRecord], fence: str | N
 def get_vms(r: redis.Redis, envid: str) -> dict[str, VmRecord]:
     """slot -> record, masters first then slaves by index; each with the last CPU figure of its own VM from
     env_cpu, when the minute refresh stored one (functions.store.observed)."""
-    with r.pipeline(transaction=False) as p:
-        p.hgetall(keys.env_vms(envid))
-        p.hgetall(keys.env_cpu(envid))
-        raw, cpu = p.execute()
+    raw, cpu = r.hgetall(keys.env_vms(envid)), r.hgetall(keys.env_cpu(envid))
     recs = [VmRecord.from_json(v) for v in raw.values()]
     for rec in recs:
         figure = observed.cpu_text(cpu.get(rec.slot), rec.vmid) if cpu and rec.vmid is not None else ""
