@@ -1,7 +1,7 @@
 """The minute tick at scale, end to end: `python bench/policy_tick_bench.py [--quick] [--sizes 1000,10000]`.
 
-What runs is what the minute tick runs after its re-drives: `functions.upkeep.ticks.refresh_vms` (one
-`vmpool.infoset` of Carina's VM ids + one `vmpool.monitoring` per endpoint, over real XML-RPC) then
+What runs is what the minute tick runs after its re-drives: `functions.upkeep.ticks.refresh_vms` (per endpoint
+`vmpool.infoset` of Carina's VM ids, short bodies with each VM's last CPU, over real XML-RPC) then
 `functions.upkeep.policies.run` (policy decisions, the jobs they start through the op guard, a real RQ
 enqueue each). N environments of 10 VMs (1 master + 9 slaves) live on 4 endpoints, each a real simulator
 (`python -m onesim --guests synthetic`, `--guests none` past the open-files limit) whose pool is filled with
