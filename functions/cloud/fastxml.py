@@ -39,9 +39,12 @@ class VmRow(NamedTuple):
 def cpu_figure(text: str | bytes | None) -> float | None:
     """A monitored CPU figure from its text (bytes: UTF-8); None when absent, empty or not a finite number."""
     try:
-        value = float(text.decode() if isinstance(text, bytes) else text) if text else math.nan
+        value = float(text) if text else math.nan       # bytes: ASCII only
     except ValueError:
-        return None
+        try:                                             # bytes may hold other (Unicode) digits or spaces
+            value = float(text.decode()) if isinstance(text, bytes) else math.nan
+        except ValueError:
+            return None
     return value if math.isfinite(value) else None
 
 
@@ -78,19 +81,40 @@ def ok_xml(body: bytes) -> bytes | None:
 
 
 # The short VM bodies of a successful pool answer, read from the escaped XML-RPC string itself (no unescape,
-# no tree): with CDATA sections cut out (each left as a NUL, which no XML text holds), every "<VM>" left is a VM
-# element (text has '<' escaped once more, and a short body holds no element named VM), its head is leaf
-# elements (ID ... STIME) in the schema's order, and it holds one "<MONITORING", right after its TEMPLATE (as
-# oned writes it): `<MONITORING/>` or `<MONITORING><CPU>...</CPU>...`.
-_GT = rb"(?:&gt;|>)"
-_E_CDATA = re.compile(rb"&lt;!\[CDATA\[.*?\]\]" + _GT, re.S)
-_E_LEAVES = rb"(?:&lt;[A-Z_]+" + _GT + rb"(?:[^&<>]|&amp;|&gt;)*&lt;/[A-Z_]+" + _GT + rb")*?"
-_E_VM = re.compile(rb"&lt;VM" + _GT + rb"&lt;ID" + _GT + rb"(\d+)&lt;/ID" + _GT + _E_LEAVES
-                   + rb"&lt;STATE" + _GT + rb"(\d+)&lt;/STATE" + _GT + rb"&lt;LCM_STATE" + _GT + rb"(\d+)&lt;/LCM_STATE"
-                   + _GT + _E_LEAVES + rb"&lt;STIME" + _GT + rb"(\d+)&lt;/STIME" + _GT)
-_E_MON = re.compile(rb"&lt;/TEMPLATE" + _GT + rb"&lt;MONITORING(?:/" + _GT + rb"|" + _GT + rb"&lt;CPU" + _GT
-                    + rb"([^&<>\x00]*)&lt;/CPU" + _GT + rb")")
-_E_POOL = re.compile(rb"\s*&lt;VM_POOL(?:" + _GT + rb"|/" + _GT + rb")")
+# no copy, no tree). Markup there is "&lt;..." (a '<' of text is "&amp;lt;"), so once no CDATA section holds
+# "&lt;" (else those sections are cut out, each left as a NUL, which no XML text holds) and no comment or
+# declaration is left, every "&lt;VM&gt;" is a VM element (a short body holds no element named VM) whose head
+# must be leaf elements (ID ... STIME) in the schema's order, and it must hold one "&lt;MONITORING", right
+# after its TEMPLATE as oned writes it: `<MONITORING/>` or `<MONITORING><CPU>...</CPU>...`. The VM and MONITORING
+# patterns match at every occurrence of their tag (with no group when the rest is not as expected), so no
+# occurrence goes unseen. `>` may be sent unescaped: the patterns for a string holding a '>' accept both.
+# Each scan pattern starts at a byte rarer than '&' (re looks for its first byte), the rest of its tag checked
+# by a lookbehind: "VM(?<=&lt;VM)" is "&lt;VM" found ~twice as fast.
+class _Wire(NamedTuple):
+    pool: re.Pattern[bytes]       # the string opens a VM_POOL
+    unclean: re.Pattern[bytes]    # "&lt;!" other than a CDATA section without "&lt;": comment, declaration...
+    cdata: re.Pattern[bytes]      # a CDATA section
+    vm: re.Pattern[bytes]         # "&lt;VM&gt;" and its head: (ID, STATE, LCM_STATE, STIME) or no group
+    mon: re.Pattern[bytes]        # "&lt;MONITORING" as expected: ("" for <MONITORING/>, None) or (None, CPU)
+
+
+def _wire(gt: bytes, after_template: bytes) -> _Wire:
+    text = rb"[^&<>]*+(?:&(?:amp|gt|quot|apos);[^&<>]*+)*+"
+    leaves = rb"(?:&lt;[A-Z_]++" + gt + text + rb"&lt;/[A-Z_]++" + gt + rb")*?"
+    return _Wire(
+        re.compile(rb"\s*&lt;VM_POOL/?" + gt),
+        re.compile(rb"!(?<=&lt;!)(?!\[CDATA\[[^&\]]*+(?:(?:&(?!lt;)|\](?!\]" + gt + rb"))[^&\]]*+)*+\]\]" + gt + rb")"),
+        re.compile(rb"&lt;!\[CDATA\[.*?\]\]" + gt, re.S),
+        re.compile(rb"VM(?<=&lt;VM)" + gt + rb"(?:&lt;ID" + gt + rb"(\d+)&lt;/ID" + gt + leaves + rb"&lt;STATE"
+                   + gt + rb"(\d+)&lt;/STATE" + gt + rb"&lt;LCM_STATE" + gt + rb"(\d+)&lt;/LCM_STATE" + gt + leaves
+                   + rb"&lt;STIME" + gt + rb"(\d+)&lt;/STIME" + gt + rb")?"),
+        re.compile(rb"ONITORING(?<=&lt;MONITORING)(?:" + after_template + rb"(?:/" + gt + rb"()|" + gt
+                   + rb"&lt;CPU" + gt + rb"([^&<>\x00]*)&lt;/CPU" + gt + rb"))?"))
+
+
+_AFTER_TEMPLATE = rb"(?<=&lt;/TEMPLATE&gt;&lt;MONITORING)"
+_WIRE = {False: _wire(rb"&gt;", _AFTER_TEMPLATE),
+         True: _wire(rb"(?:&gt;|>)", rb"(?:" + _AFTER_TEMPLATE + rb"|(?<=&lt;/TEMPLATE>&lt;MONITORING))")}
 
 
 def short_rows(body: bytes, wanted: Sequence[int] | None = None) -> list[VmRow] | None:
@@ -101,25 +125,57 @@ def short_rows(body: bytes, wanted: Sequence[int] | None = None) -> list[VmRow] 
     head = _OK_HEAD.match(body)
     if head is None:
         return None
-    end = body.find(b"</string>" if head.group(1) else b"</value>", head.end())
-    text = body[head.end():end] if end >= 0 else b""
-    if not _E_POOL.match(text) or b"&#" in text or b"&lt;!--" in text or b"&lt;?" in text:
+    start = head.end()
+    end = body.find(b"<", start)         # an escaped string holds no '<': its end is the first tag
+    if end < 0 or not body.startswith(b"</string>" if head.group(1) else b"</value>", end):
         return None
-    bare = _E_CDATA.sub(b"\x00", text)
-    vms, mons = list(_E_VM.finditer(bare)), list(_E_MON.finditer(bare))
-    if len(vms) != bare.count(b"&lt;VM&gt;") + bare.count(b"&lt;VM>") or len(mons) != len(vms) \
-            or bare.count(b"&lt;MONITORING") != len(vms):
+    if _has(body, b"#", start, end) and _has(body, b"&#", start, end):
+        return None                      # character references (a one-byte search first: '#' is rare)
+    wire = _WIRE[_has(body, b">", start, end)]
+    if not wire.pool.match(body, start):
         return None
-    ends = [vm.start() for vm in vms[1:]] + ([len(bare)] if vms else [])
-    if not all(vm.end() <= mon.start() < nxt for vm, mon, nxt in zip(vms, mons, ends, strict=True)):
+    if wire.unclean.search(body, start, end):
+        body = wire.cdata.sub(b"\x00", body[start:end])
+        start, end = 0, len(body)
+        if _has(body, b"&lt;!", start, end):
+            return None                  # a comment or declaration
+    if _has(body, b"?", start, end) and _has(body, b"&lt;?", start, end):
+        return None                      # a processing instruction
+    return _short_read(body, start, end, wire, wanted)
+
+
+def _has(text: bytes, needle: bytes, start: int, end: int) -> bool:
+    return text.find(needle, start, end) >= 0
+
+
+def _short_read(text: bytes, start: int, end: int, wire: _Wire, wanted: Sequence[int] | None) -> list[VmRow] | None:
+    """The rows of `short_rows` from text[start:end], whose markup reads as it looks; None if odd."""
+    vms = list(wire.vm.finditer(text, start, end))
+    mons = list(wire.mon.finditer(text, start, end))
+    if len(mons) != len(vms) or any(m.lastindex is None for m in vms) or any(m.lastindex is None for m in mons):
+        return None                      # a VM's head or MONITORING does not read as expected
+    if not vms:
+        return []
+    starts = [vm.start() for vm in vms]
+    if not all(a < b < c for a, b, c in zip(starts, [mon.start() for mon in mons], [*starts[1:], end], strict=True)):
         return None                      # each VM's one MONITORING is its own
-    found = [(*map(int, vm.groups()), cpu_figure(mon.group(1))) for vm, mon in zip(vms, mons, strict=True)]
-    if len({f[0] for f in found}) != len(found):
-        return None
+    ids = [int(vm.group(1)) for vm in vms]
+    if len(set(ids)) != len(ids):
+        return None                      # an id twice
     keep = set(wanted) if wanted is not None else None
     empty: dict[str, str] = {}
-    return [VmRow(i, st, lcm, stime, empty, "", cpu) for i, st, lcm, stime, cpu in found
-            if keep is None or i in keep]
+    return [VmRow(vmid, int(vm.group(2)), int(vm.group(3)), int(vm.group(4)), empty, "", cpu)
+            for vmid, vm, cpu in zip(ids, vms, _figures([mon.group(2) for mon in mons]), strict=True)
+            if keep is None or vmid in keep]
+
+
+def _figures(texts: list[bytes | None]) -> list[float | None]:
+    """`cpu_figure` of each text (in bulk: the usual all-numbers case without a call per text)."""
+    try:
+        values = [float(text) if text else math.nan for text in texts]
+    except ValueError:
+        return [cpu_figure(text) for text in texts]
+    return [value if math.isfinite(value) else None for value in values]
 
 
 def envelope(body: bytes) -> tuple[bool, str, int]:

@@ -95,6 +95,15 @@ def test_a_cpu_inside_a_template_or_a_cdata_is_never_taken() -> None:
     assert [(r.vmid, r.cpu) for r in _rows(cdata_cpu)] == [(1, 7.0)]
 
 
+def test_short_rows_read_cdata_holding_markup_and_gt_sent_unescaped() -> None:
+    pool = "<VM_POOL>" + _short(1, 3, 3, label="a<b>c", mon=_mon("4.5")) + _short(2, 3, 16, name="x>y") + "</VM_POOL>"
+    fast = fastxml.short_rows(_answer(pool))                   # CDATA cut out: the slower path
+    assert fast == _rows(pool) and [(r.vmid, r.cpu) for r in fast] == [(1, 4.5), (2, None)]
+    assert fastxml.short_rows(_answer(pool).replace(b"&gt;", b">")) == fast
+    cdata_cpu = pool.replace(_mon("4.5"), "<MONITORING><CPU><![CDATA[4.5]]></CPU></MONITORING>")
+    assert fastxml.short_rows(_answer(cdata_cpu)) is None     # its CDATA cut out: never read as no figure
+
+
 def test_a_vm_with_two_monitoring_elements_is_read_vm_by_vm() -> None:
     two = "<VM_POOL>" + _short(1, 3, 3, mon=_mon("1") + _mon("2")) + _short(2, 3, 3, mon=_mon("3")) + "</VM_POOL>"
     assert [(r.vmid, r.cpu) for r in _rows(two)] == [(1, 1.0), (2, 3.0)]
