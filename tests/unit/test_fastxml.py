@@ -158,7 +158,12 @@ odd_mons = st.one_of(mons, odd_cpus.map(_mon), st.just(""), st.just(_mon("1") + 
                      odd_cpus.map(lambda c: f"<MONITORING><CPU><![CDATA[{c.replace(']]>', '')}]]></CPU></MONITORING>"))
 
 
-@given(st.lists(st.tuples(odd_mons, names, st.sampled_from(["", "<GRAPHICS><MONITORING/></GRAPHICS>",
+forged = st.lists(st.sampled_from(["</TEMPLATE>", "<MONITORING>", "<MONITORING/>", "<CPU>9</CPU>", "</MONITORING>",
+                                   "<VM>", "</VM>", "<ID>5</ID>", "<STATE>3</STATE>", "]]", ">", "<", "&", "<!--",
+                                   "-->", "<?x?>", "<![CDATA[", "&#60;", "&lt;"]), max_size=8).map("".join)
+
+
+@given(st.lists(st.tuples(odd_mons, names | forged, st.sampled_from(["", "<GRAPHICS><MONITORING/></GRAPHICS>",
                                                              "<GRAPHICS><TEMPLATE/>" + _mon("9") + "</GRAPHICS>"])),
                 max_size=4))
 def test_short_rows_never_read_other_than_lxml(vms: list[tuple[str, str, str]]) -> None:
