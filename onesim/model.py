@@ -3,9 +3,12 @@
 Callers hold `model.lock` around every read or change. Guest start/stop events are queued on
 `model.guest_events` (in order) and delivered by the server outside the lock.
 
-Change tracking (what keeps the big pools fast): every assignment to a field of a `Vm` bumps its `version`
-(see `Vm.__setattr__`); an in-place change (appending to `history` or `monitoring`, editing a history
-record) calls `vm.touch()`. The pool caches (onesim.poolcache) re-render a VM only when its version moved.
+Change tracking (what keeps the big pools fast): every assignment to a field of a `Vm` bumps its `version`,
+but a field of its monitoring (MONITORING_FIELDS: rendered in LAST_POLL and MONITORING only) bumps its
+`mon_version` (see `Vm.__setattr__`); an in-place change (appending to `history`, editing a history record)
+calls `vm.touch()` (both move), a new monitoring record `vm.touch_monitoring()`. The pool caches
+(onesim.poolcache) re-render a VM's LAST_POLL and MONITORING only when its mon_version moved, the rest only
+when its version did.
 Templates are replaced, never edited in place. The tick's work sets (`planned`, `pending`, `monitor_due`)
 are kept by `add_vm`, `drop_vm`, `refile` and `record_monitoring`; `reindex()` rebuilds them (the tick
 calls it by itself when `vms` was replaced or changed size behind add_vm/drop_vm, e.g. after a load).
@@ -34,7 +37,10 @@ DEFAULT_DELAYS = {"schedule": 1.0, "prolog": 1.0, "boot": 2.0, "shutdown": 1.0, 
                   "monitor": 5.0}
 MONITORING_KEEP = 200  # records kept per VM
 # Vm fields whose assignment does not bump Vm.rev (monitoring and scheduler bookkeeping, not worth a save)
-QUIET_FIELDS = frozenset({"rev", "version", "last_poll", "last_monitor", "monitoring", "sched_epoch", "sched_tried_at"})
+QUIET_FIELDS = frozenset({"rev", "version", "mon_version", "last_poll", "last_monitor", "monitoring", "sched_epoch",
+                          "sched_tried_at"})
+# Vm fields that bump Vm.mon_version, not Vm.version: a new monitoring sample changes only these
+MONITORING_FIELDS = frozenset({"cpu_pct", "monitoring", "last_poll", "last_monitor"})
 SCHED_RETRY_SECONDS = 15.0  # an unplaceable VM is retried at least this often (oned's scheduler cycle)
 
 
@@ -83,19 +89,28 @@ class Vm:
     sched_epoch: int = -1  # capacity epoch of the last failed placement attempt (-1: try at the next tick)
     sched_tried_at: float = 0.0  # when that attempt was made
     version: int = field(default=0, compare=False)  # bumped by every change; the XML caches compare it
+    mon_version: int = field(default=0, compare=False)  # bumped by a change of MONITORING_FIELDS only
     rev = 0  # not a field: bumped by every assignment of a field outside QUIET_FIELDS (onesim.persist)
 
     def __setattr__(self, name: str, value: object) -> None:
-        """Set a field; bump `version` (the XML caches) and, outside QUIET_FIELDS, `rev` (persistence)."""
+        """Set a field; bump `mon_version` (a field of MONITORING_FIELDS) or `version` (any other: the XML
+        caches) and, outside QUIET_FIELDS, `rev` (persistence)."""
         object.__setattr__(self, name, value)
-        if name not in ("version", "rev"):
+        if name in MONITORING_FIELDS:
+            object.__setattr__(self, "mon_version", self.__dict__.get("mon_version", 0) + 1)
+        elif name not in ("version", "mon_version", "rev"):
             object.__setattr__(self, "version", self.__dict__.get("version", 0) + 1)
         if name not in QUIET_FIELDS:
             object.__setattr__(self, "rev", self.rev + 1)
 
     def touch(self) -> None:
-        """Record an in-place change (history, monitoring...) so cached XML of this VM is re-rendered."""
+        """Record an in-place change (history...) so cached XML of this VM is re-rendered (all of it)."""
         self.version += 1
+        self.mon_version += 1
+
+    def touch_monitoring(self) -> None:
+        """Record a new monitoring record so the cached LAST_POLL and MONITORING of this VM are re-rendered."""
+        self.mon_version += 1
 
     def ip(self) -> str:
         """The first NIC's IP ("" when the VM has no NIC)."""
@@ -392,7 +407,7 @@ class Model:
                               "MEMORY": vm.memory_mb * 512, "NETRX": 1000 * seq, "NETTX": 800 * seq,
                               "DISKRDBYTES": 4096 * seq, "DISKWRBYTES": 2048 * seq,
                               "DISKRDIOPS": seq, "DISKWRIOPS": seq})
-        vm.touch()
+        vm.touch_monitoring()
         vm.last_poll = now
         vm.last_monitor = self.clock()
         heapq.heappush(self.monitor_due, (vm.last_monitor, vm.id))

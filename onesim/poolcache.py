@@ -2,9 +2,11 @@
 
 Each VM's XML is kept rendered, already escaped for the XML-RPC `<string>` and encoded (UTF-8), and is
 re-rendered only when the VM changed: an entry is valid while it belongs to the same `Vm` object and
-`vm.version` did not move (onesim.model bumps it on every change). The parts that depend only on
-`vm.template` / `vm.user_template` (most of a full body) are kept apart and re-rendered only when one of
-those lists is replaced, so a new monitoring sample re-renders the head, monitoring and history only.
+`vm.version` did not move (onesim.model bumps it on every change but a new monitoring sample). The parts that
+depend only on `vm.template` / `vm.user_template` (most of a full body) are kept apart and re-rendered only
+when one of those lists is replaced; LAST_POLL and the MONITORING elements are kept apart too and re-rendered
+only when `vm.mon_version` moved (a new monitoring sample, or any in-place change), so a new sample
+re-renders those small pieces only.
 A pool answer is a `Chunks`: the server writes the pieces as they are (onesim.server).
 
 Callers hold the model lock. Output is byte-for-byte what onesim.xmlout renders, escaped as
@@ -46,19 +48,20 @@ class Chunks:
 
 
 class _Entry:
-    """The rendered pieces of one VM. Full body: head, mon, middle, back; short body: shead, short_tmpl,
-    smon, short_user, sback. middle / short_tmpl / short_user depend on the two templates only."""
+    """The rendered pieces of one VM. Full body: head, poll, state, mon, middle, back; short body: shead, poll,
+    sstate, short_tmpl, smon, short_user, sback. middle / short_tmpl / short_user depend on the two templates
+    only; poll, mon and smon on the monitoring fields (kept while vm.mon_version did not move)."""
 
-    __slots__ = ("vm", "full_of", "middle", "short_of", "short_tmpl", "short_user",
-                 "full_v", "head", "back", "mon_v", "mon", "short_v", "shead", "smon", "sback")
+    __slots__ = ("vm", "full_of", "middle", "short_of", "short_tmpl", "short_user", "full_v", "head", "state",
+                 "back", "short_v", "shead", "sstate", "sback", "poll_v", "poll", "mon_v", "mon", "smon_v", "smon")
 
     def __init__(self, vm: Vm) -> None:
         self.vm = vm
         self.full_of: tuple[object, object] | None = None  # the (template, user_template) lists rendered
         self.short_of: tuple[object, object] | None = None
-        self.middle = self.short_tmpl = self.short_user = self.head = self.back = self.mon = b""
-        self.shead = self.smon = self.sback = b""
-        self.full_v = self.mon_v = self.short_v = -1
+        self.middle = self.short_tmpl = self.short_user = self.head = self.state = self.back = self.mon = b""
+        self.shead = self.sstate = self.sback = self.poll = self.smon = b""
+        self.full_v = self.short_v = self.poll_v = self.mon_v = self.smon_v = -1
 
     def _changed(self, rendered: tuple[object, object] | None) -> bool:
         return rendered is None or rendered[0] is not self.vm.template or rendered[1] is not self.vm.user_template
@@ -75,6 +78,22 @@ class _Entry:
             self.short_of = (self.vm.template, self.vm.user_template)
             self.short_tmpl = encode(X.short_template(self.vm))
             self.short_user = encode(X.short_user(self.vm))
+
+    # The pieces that depend on the monitoring fields only.
+    def last_poll(self) -> bytes:
+        if self.poll_v != self.vm.mon_version:
+            self.poll, self.poll_v = encode(X.last_poll(self.vm)), self.vm.mon_version
+        return self.poll
+
+    def monitoring(self) -> bytes:
+        if self.mon_v != self.vm.mon_version:
+            self.mon, self.mon_v = encode(X.monitoring_el(self.vm)), self.vm.mon_version
+        return self.mon
+
+    def short_monitoring(self) -> bytes:
+        if self.smon_v != self.vm.mon_version:
+            self.smon, self.smon_v = encode(X.short_monitoring(self.vm)), self.vm.mon_version
+        return self.smon
 
 
 _POOL_OPEN, _POOL_CLOSE = encode("<VM_POOL>"), encode("</VM_POOL>")
@@ -119,30 +138,23 @@ class PoolCache:
         e = self._entry(vm)
         if e.full_v != vm.version:
             e.full_statics()
-            e.head, e.back = encode(X.full_head(vm)), encode(X.full_back(vm))
+            e.head, e.state, e.back = encode(X.full_head(vm)), encode(X.full_state(vm)), encode(X.full_back(vm))
             e.full_v = vm.version
-        return [e.head, self._mon(e), e.middle, e.back]
+        return [e.head, e.last_poll(), e.state, e.monitoring(), e.middle, e.back]
 
     def short(self, vm: Vm) -> list[bytes]:
         """The pieces of the short `<VM>` body (vmpool.info), escaped and encoded."""
         e = self._entry(vm)
         if e.short_v != vm.version:
             e.short_statics()
-            e.shead, e.smon, e.sback = (encode(X.short_front(vm)), encode(X.short_monitoring(vm)),
-                                        encode(X.short_back(vm)))
+            e.shead, e.sstate, e.sback = (encode(X.short_front(vm)), encode(X.short_state(vm)),
+                                          encode(X.short_back(vm)))
             e.short_v = vm.version
-        return [e.shead, e.short_tmpl, e.smon, e.short_user, e.sback]
+        return [e.shead, e.last_poll(), e.sstate, e.short_tmpl, e.short_monitoring(), e.short_user, e.sback]
 
     def monitoring(self, vm: Vm) -> bytes:
         """The `<MONITORING>` element of the last record (vmpool.monitoring with seconds 0; full bodies)."""
-        return self._mon(self._entry(vm))
-
-    @staticmethod
-    def _mon(e: _Entry) -> bytes:
-        if e.mon_v != e.vm.version:
-            e.mon = encode(X.monitoring_el(e.vm))
-            e.mon_v = e.vm.version
-        return e.mon
+        return self._entry(vm).monitoring()
 
     def _sweep(self) -> None:
         vms = self.model.vms

@@ -72,19 +72,32 @@ def _history(vm: Vm, h: History) -> str:
             f"<UID>{vm.uid}</UID><GID>{vm.gid}</GID><REQUEST_ID>-1</REQUEST_ID></HISTORY>")
 
 
-def _head(vm: Vm, full: bool) -> str:
+def _ident(vm: Vm, full: bool) -> str:
+    return (f"<VM><ID>{vm.id}</ID><UID>{vm.uid}</UID><GID>{vm.gid}</GID><UNAME>{escape(vm.uname)}</UNAME>"
+            f"<GNAME>{escape(vm.gname)}</GNAME><NAME>{escape(vm.name)}</NAME>{PERMS_OWNER_UM if full else ''}")
+
+
+def last_poll(vm: Vm) -> str:
+    """The `<LAST_POLL>` of a full or short body (the time of the last monitoring record)."""
+    return f"<LAST_POLL>{vm.last_poll}</LAST_POLL>"
+
+
+def _state(vm: Vm, full: bool) -> str:
     prev = f"<PREV_STATE>{vm.prev_state}</PREV_STATE><PREV_LCM_STATE>{vm.prev_lcm}</PREV_LCM_STATE>" if full else ""
-    return (f"<ID>{vm.id}</ID><UID>{vm.uid}</UID><GID>{vm.gid}</GID><UNAME>{escape(vm.uname)}</UNAME>"
-            f"<GNAME>{escape(vm.gname)}</GNAME><NAME>{escape(vm.name)}</NAME>{PERMS_OWNER_UM if full else ''}"
-            f"<LAST_POLL>{vm.last_poll}</LAST_POLL><STATE>{vm.state}</STATE><LCM_STATE>{vm.lcm}</LCM_STATE>"
+    return (f"<STATE>{vm.state}</STATE><LCM_STATE>{vm.lcm}</LCM_STATE>"
             f"{prev}<RESCHED>{vm.resched}</RESCHED><STIME>{vm.stime}</STIME>"
             f"<ETIME>{vm.etime}</ETIME><DEPLOY_ID>{escape(vm.deploy_id)}</DEPLOY_ID>")
 
 
-# The full body is head + monitoring + middle + back; the short one front + template + monitoring + user +
-# back. Middle, short template and short user template depend on vm.template / vm.user_template only.
+# The full body is head + LAST_POLL + state + monitoring + middle + back; the short one front + LAST_POLL +
+# state + template + monitoring + user + back. LAST_POLL and the monitoring depend on the monitoring fields only
+# (vm.mon_version); middle, short template and short user template on vm.template / vm.user_template only.
 def full_head(vm: Vm) -> str:
-    return "<VM>" + _head(vm, True)
+    return _ident(vm, True)
+
+
+def full_state(vm: Vm) -> str:
+    return _state(vm, True)
 
 
 def full_middle(vm: Vm) -> str:
@@ -100,11 +113,15 @@ def full_back(vm: Vm) -> str:
 
 def vm_xml(vm: Vm) -> str:
     """The full `<VM>` body of one.vm.info (vm.xsd)."""
-    return full_head(vm) + monitoring_el(vm) + full_middle(vm) + full_back(vm)
+    return full_head(vm) + last_poll(vm) + full_state(vm) + monitoring_el(vm) + full_middle(vm) + full_back(vm)
 
 
 def short_front(vm: Vm) -> str:
-    return "<VM>" + _head(vm, False)
+    return _ident(vm, False)
+
+
+def short_state(vm: Vm) -> str:
+    return _state(vm, False)
 
 
 def short_template(vm: Vm) -> str:
@@ -118,10 +135,18 @@ def short_template(vm: Vm) -> str:
     return "<TEMPLATE>" + attrs_xml(out) + "</TEMPLATE>"
 
 
+def _figure(value: object) -> str:
+    return str(value) if type(value) in _NUMBERS else escape(str(value))
+
+
 def short_monitoring(vm: Vm) -> str:
-    last = vm.monitoring[-1] if vm.monitoring else None
-    return _monitoring({"CPU": last["CPU"], "MEMORY": last["MEMORY"], "STATE": "RUNNING"} if last else None,
-                       ("CPU", "MEMORY", "STATE"))
+    """The short body's `<MONITORING>`: CPU, MEMORY and STATE of the last record (as `_monitoring` writes them),
+    or `<MONITORING/>`."""
+    if not vm.monitoring:
+        return "<MONITORING/>"
+    last = vm.monitoring[-1]
+    return (f"<MONITORING><CPU>{_figure(last['CPU'])}</CPU><MEMORY>{_figure(last['MEMORY'])}</MEMORY>"
+            "<STATE>RUNNING</STATE></MONITORING>")
 
 
 def short_user(vm: Vm) -> str:
@@ -141,7 +166,8 @@ def short_back(vm: Vm) -> str:
 
 def vm_short_xml(vm: Vm) -> str:
     """The short `<VM>` body of one.vmpool.info (vm_pool.xsd)."""
-    return short_front(vm) + short_template(vm) + short_monitoring(vm) + short_user(vm) + short_back(vm)
+    return (short_front(vm) + last_poll(vm) + short_state(vm) + short_template(vm) + short_monitoring(vm)
+            + short_user(vm) + short_back(vm))
 
 
 def vm_pool_xml(vms: Iterable[Vm], extended: bool) -> str:

@@ -3,7 +3,8 @@
 An XML-RPC answer is [ok, value, code, ...]; `envelope` returns (ok, value, code) and `document` parses the
 value's XML. The readers take only what the tick needs, in document order: a VM body is read by its direct
 children, so text inside a TEMPLATE (even CDATA that looks like XML) is never taken for a VM's own fields.
-Pure (lxml only): no network, no Redis.
+A VM's CPU is its MONITORING/CPU (short bodies carry MONITORING/{CPU,MEMORY,STATE} of the last monitoring
+record, or an empty `<MONITORING/>`). Pure (lxml only): no network, no Redis.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ class ParseError(Exception):
 
 
 class VmRow(NamedTuple):
-    """One VM of a pool answer: its id, STATE, LCM_STATE, STIME and (full bodies only) USER_TEMPLATE and the
-    first NIC's IP ("" when it has none)."""
+    """One VM of a pool answer: its id, STATE, LCM_STATE, STIME, (full bodies only) USER_TEMPLATE and the
+    first NIC's IP ("" when it has none), and its last monitored CPU (None: no figure)."""
 
     vmid: int
     state: int
@@ -32,6 +33,19 @@ class VmRow(NamedTuple):
     stime: int
     user_template: dict[str, str]
     ip: str = ""
+    cpu: float | None = None
+
+
+def cpu_figure(text: str | bytes | None) -> float | None:
+    """A monitored CPU figure from its text (bytes: UTF-8); None when absent, empty or not a finite number."""
+    try:
+        value = float(text) if text else math.nan       # bytes: ASCII only
+    except ValueError:
+        try:                                             # bytes may hold other (Unicode) digits or spaces
+            value = float(text.decode()) if isinstance(text, bytes) else math.nan
+        except ValueError:
+            return None
+    return value if math.isfinite(value) else None
 
 
 def _value(node: etree._Element) -> tuple[str, str]:
@@ -67,35 +81,101 @@ def ok_xml(body: bytes) -> bytes | None:
 
 
 # The short VM bodies of a successful pool answer, read from the escaped XML-RPC string itself (no unescape,
-# no tree): with CDATA sections cut out, every "<VM>" left is a VM element (text has '<' escaped once more, and
-# a short body holds no element named VM), and its head is leaf elements (ID ... STIME) in the schema's order.
-_GT = rb"(?:&gt;|>)"
-_E_CDATA = re.compile(rb"&lt;!\[CDATA\[.*?\]\]" + _GT, re.S)
-_E_LEAVES = rb"(?:&lt;[A-Z_]+" + _GT + rb"(?:[^&<>]|&amp;|&gt;)*&lt;/[A-Z_]+" + _GT + rb")*?"
-_E_VM = re.compile(rb"&lt;VM" + _GT + rb"&lt;ID" + _GT + rb"(\d+)&lt;/ID" + _GT + _E_LEAVES
-                   + rb"&lt;STATE" + _GT + rb"(\d+)&lt;/STATE" + _GT + rb"&lt;LCM_STATE" + _GT + rb"(\d+)&lt;/LCM_STATE"
-                   + _GT + _E_LEAVES + rb"&lt;STIME" + _GT + rb"(\d+)&lt;/STIME" + _GT)
-_E_POOL = re.compile(rb"\s*&lt;VM_POOL(?:" + _GT + rb"|/" + _GT + rb")")
+# no copy, no tree). Markup there is "&lt;..." (a '<' of text is "&amp;lt;"), so once no CDATA section holds
+# "&lt;" (else those sections are cut out, each left as a NUL, which no XML text holds) and no comment or
+# declaration is left, every "&lt;VM&gt;" is a VM element (a short body holds no element named VM) whose head
+# must be leaf elements (ID ... STIME) in the schema's order, and it must hold one "&lt;MONITORING", right
+# after its TEMPLATE as oned writes it: `<MONITORING/>` or `<MONITORING><CPU>...</CPU>...`. The VM and MONITORING
+# patterns match at every occurrence of their tag (with no group when the rest is not as expected), so no
+# occurrence goes unseen. `>` may be sent unescaped: the patterns for a string holding a '>' accept both.
+# Each scan pattern starts at a byte rarer than '&' (re looks for its first byte), the rest of its tag checked
+# by a lookbehind: "VM(?<=&lt;VM)" is "&lt;VM" found ~twice as fast.
+class _Wire(NamedTuple):
+    pool: re.Pattern[bytes]       # the string opens a VM_POOL
+    unclean: re.Pattern[bytes]    # "&lt;!" other than a CDATA section without "&lt;": comment, declaration...
+    cdata: re.Pattern[bytes]      # a CDATA section
+    vm: re.Pattern[bytes]         # "&lt;VM&gt;" and its head: (ID, STATE, LCM_STATE, STIME) or no group
+    mon: re.Pattern[bytes]        # "&lt;MONITORING" as expected: ("" for <MONITORING/>, None) or (None, CPU)
+
+
+def _wire(gt: bytes, after_template: bytes) -> _Wire:
+    text = rb"[^&<>]*+(?:&(?:amp|gt|quot|apos);[^&<>]*+)*+"
+    leaves = rb"(?:&lt;[A-Z_]++" + gt + text + rb"&lt;/[A-Z_]++" + gt + rb")*?"
+    return _Wire(
+        re.compile(rb"\s*&lt;VM_POOL/?" + gt),
+        re.compile(rb"!(?<=&lt;!)(?!\[CDATA\[[^&\]]*+(?:(?:&(?!lt;)|\](?!\]" + gt + rb"))[^&\]]*+)*+\]\]" + gt + rb")"),
+        re.compile(rb"&lt;!\[CDATA\[.*?\]\]" + gt, re.S),
+        re.compile(rb"VM(?<=&lt;VM)" + gt + rb"(?:&lt;ID" + gt + rb"(\d+)&lt;/ID" + gt + leaves + rb"&lt;STATE"
+                   + gt + rb"(\d+)&lt;/STATE" + gt + rb"&lt;LCM_STATE" + gt + rb"(\d+)&lt;/LCM_STATE" + gt + leaves
+                   + rb"&lt;STIME" + gt + rb"(\d+)&lt;/STIME" + gt + rb")?"),
+        re.compile(rb"ONITORING(?<=&lt;MONITORING)(?:" + after_template + rb"(?:/" + gt + rb"()|" + gt
+                   + rb"&lt;CPU" + gt + rb"([^&<>\x00]*)&lt;/CPU" + gt + rb"))?"))
+
+
+_AFTER_TEMPLATE = rb"(?<=&lt;/TEMPLATE&gt;&lt;MONITORING)"
+_WIRE = {False: _wire(rb"&gt;", _AFTER_TEMPLATE),
+         True: _wire(rb"(?:&gt;|>)", rb"(?:" + _AFTER_TEMPLATE + rb"|(?<=&lt;/TEMPLATE>&lt;MONITORING))")}
 
 
 def short_rows(body: bytes, wanted: Sequence[int] | None = None) -> list[VmRow] | None:
-    """The VMs of a successful `<VM_POOL>` answer of short bodies, straight from the XML-RPC bytes, or None
-    when the answer is not exactly of that shape (an error, character references, comments, a VM whose head
-    does not read as expected, ids repeated): then parse it with `document` and `vm_rows`. Pure."""
+    """The VMs of a successful `<VM_POOL>` answer of short bodies (with their CPU), straight from the XML-RPC
+    bytes, or None when the answer is not exactly of that shape (an error, character references, comments, a
+    VM whose head or MONITORING does not read as expected, ids repeated): then parse it with `document` and
+    `vm_rows`. Pure."""
     head = _OK_HEAD.match(body)
     if head is None:
         return None
-    end = body.find(b"</string>" if head.group(1) else b"</value>", head.end())
-    text = body[head.end():end] if end >= 0 else b""
-    if not _E_POOL.match(text) or b"&#" in text or b"&lt;!--" in text or b"&lt;?" in text:
+    start = head.end()
+    end = body.find(b"<", start)         # an escaped string holds no '<': its end is the first tag
+    if end < 0 or not body.startswith(b"</string>" if head.group(1) else b"</value>", end):
         return None
-    bare = _E_CDATA.sub(b"", text)
-    found = [tuple(map(int, m.groups())) for m in _E_VM.finditer(bare)]
-    if len(found) != bare.count(b"&lt;VM&gt;") + bare.count(b"&lt;VM>") or len({f[0] for f in found}) != len(found):
+    if _has(body, b"#", start, end) and _has(body, b"&#", start, end):
+        return None                      # character references (a one-byte search first: '#' is rare)
+    wire = _WIRE[_has(body, b">", start, end)]
+    if not wire.pool.match(body, start):
         return None
+    if wire.unclean.search(body, start, end):
+        body = wire.cdata.sub(b"\x00", body[start:end])
+        start, end = 0, len(body)
+        if _has(body, b"&lt;!", start, end):
+            return None                  # a comment or declaration
+    if _has(body, b"?", start, end) and _has(body, b"&lt;?", start, end):
+        return None                      # a processing instruction
+    return _short_read(body, start, end, wire, wanted)
+
+
+def _has(text: bytes, needle: bytes, start: int, end: int) -> bool:
+    return text.find(needle, start, end) >= 0
+
+
+def _short_read(text: bytes, start: int, end: int, wire: _Wire, wanted: Sequence[int] | None) -> list[VmRow] | None:
+    """The rows of `short_rows` from text[start:end], whose markup reads as it looks; None if odd."""
+    vms = list(wire.vm.finditer(text, start, end))
+    mons = list(wire.mon.finditer(text, start, end))
+    if len(mons) != len(vms) or any(m.lastindex is None for m in vms) or any(m.lastindex is None for m in mons):
+        return None                      # a VM's head or MONITORING does not read as expected
+    if not vms:
+        return []
+    starts = [vm.start() for vm in vms]
+    if not all(a < b < c for a, b, c in zip(starts, [mon.start() for mon in mons], [*starts[1:], end], strict=True)):
+        return None                      # each VM's one MONITORING is its own
+    ids = [int(vm.group(1)) for vm in vms]
+    if len(set(ids)) != len(ids):
+        return None                      # an id twice
     keep = set(wanted) if wanted is not None else None
     empty: dict[str, str] = {}
-    return [VmRow(i, st, lcm, stime, empty) for i, st, lcm, stime in found if keep is None or i in keep]
+    return [VmRow(vmid, int(vm.group(2)), int(vm.group(3)), int(vm.group(4)), empty, "", cpu)
+            for vmid, vm, cpu in zip(ids, vms, _figures([mon.group(2) for mon in mons]), strict=True)
+            if keep is None or vmid in keep]
+
+
+def _figures(texts: list[bytes | None]) -> list[float | None]:
+    """`cpu_figure` of each text (in bulk: the usual all-numbers case without a call per text)."""
+    try:
+        values = [float(text) if text else math.nan for text in texts]
+    except ValueError:
+        return [cpu_figure(text) for text in texts]
+    return [value if math.isfinite(value) else None for value in values]
 
 
 def envelope(body: bytes) -> tuple[bool, str, int]:
@@ -139,29 +219,30 @@ def _int(text: str | None, default: int = -1) -> int:
 
 
 # Columns of a pool by XPath (in C); they line up when no child of the pool is odd (not a VM, or a VM
-# without exactly one of each field with a text).
+# without exactly one of each field with a text, or with more than one MONITORING, CPU or CPU text).
 _COLUMNS = [etree.XPath(f"VM/{name}/text()") for name in ("ID", "STATE", "LCM_STATE", "STIME")]
 _ODD = etree.XPath("count(*[not(self::VM) or count(ID/text()) != 1 or count(STATE/text()) != 1"
-                   " or count(LCM_STATE/text()) != 1 or count(STIME/text()) != 1])")
-_MON_ID, _MON_CPU = etree.XPath("MONITORING/ID/text()"), etree.XPath("MONITORING/CPU/text()")
-_MON_ODD = etree.XPath("count(*[not(self::MONITORING) or count(ID/text()) != 1 or count(CPU/text()) != 1])")
+                   " or count(LCM_STATE/text()) != 1 or count(STIME/text()) != 1 or count(MONITORING) > 1"
+                   " or count(MONITORING/CPU) > 1 or count(MONITORING/CPU/node()) > 1])")
+_CPU_IDS, _CPUS = etree.XPath("VM[MONITORING/CPU/text()]/ID/text()"), etree.XPath("VM/MONITORING/CPU/text()")
 
 
 def vm_rows(pool: etree._Element, wanted: Sequence[int] | None = None, tags: bool = False) -> list[VmRow]:
-    """The VMs of a `<VM_POOL>` (short or full bodies), only the ids in `wanted` when given; with `tags`, each
-    one's USER_TEMPLATE (text attributes) and first NIC's IP. Columns by XPath (one pass each, in C) when every
-    VM has each field once, else VM by VM."""
+    """The VMs of a `<VM_POOL>` (short or full bodies) with their MONITORING/CPU, only the ids in `wanted` when
+    given; with `tags`, each one's USER_TEMPLATE (text attributes) and first NIC's IP. Columns by XPath (one
+    pass each, in C) when every VM has each field once (and its id is not repeated), else VM by VM."""
     if pool.tag != "VM_POOL":
         raise ParseError(f"expected VM_POOL, got {pool.tag}")
     keep = set(wanted) if wanted is not None else None
-    if not tags:
-        if _ODD(pool) == 0:              # every child is a VM with each of the four once: columns line up
-            try:
-                cols = [list(map(int, column(pool))) for column in _COLUMNS]
-            except ValueError:
-                raise ParseError("a VM's ID, STATE, LCM_STATE or STIME is not an integer") from None
+    if not tags and _ODD(pool) == 0:     # every child is a VM with each of the four once: columns line up
+        try:
+            cols = [list(map(int, column(pool))) for column in _COLUMNS]
+            cpus = {int(i): cpu_figure(c) for i, c in zip(_CPU_IDS(pool), _CPUS(pool), strict=True)}
+        except ValueError:
+            raise ParseError("a VM's ID, STATE, LCM_STATE or STIME is not an integer") from None
+        if len(set(cols[0])) == len(cols[0]):
             empty: dict[str, str] = {}
-            return [VmRow(i, s, lcm, st, empty) for i, s, lcm, st in zip(*cols, strict=True)
+            return [VmRow(i, s, lcm, st, empty, "", cpus.get(i)) for i, s, lcm, st in zip(*cols, strict=True)
                     if keep is None or i in keep]
     out = []
     for vm in pool.iterchildren("VM"):
@@ -175,25 +256,5 @@ def vm_rows(pool: etree._Element, wanted: Sequence[int] | None = None, tags: boo
             utmpl = {str(c.tag): c.text or "" for c in (node if node is not None else ()) if len(c) == 0}
             ip = (vm.findtext("TEMPLATE/NIC/IP") or "").strip()
         out.append(VmRow(vmid, _int(vm.findtext("STATE")), _int(vm.findtext("LCM_STATE"), 0),
-                         _int(vm.findtext("STIME"), 0), utmpl, ip))
-    return out
-
-
-def monitored_cpu(data: etree._Element) -> dict[int, float]:
-    """vmid -> CPU of each `<MONITORING>` record of a `<MONITORING_DATA>` (the last one wins); records without
-    an ID or a finite CPU are left out."""
-    if data.tag != "MONITORING_DATA":
-        raise ParseError(f"expected MONITORING_DATA, got {data.tag}")
-    out: dict[int, float] = {}
-    if _MON_ODD(data) == 0:              # every record has one ID and one CPU: the columns line up
-        pairs = list(zip(_MON_ID(data), _MON_CPU(data), strict=True))
-    else:                                # some record lacks one (or is not of the schema): record by record
-        pairs = [(m.findtext("ID"), m.findtext("CPU")) for m in data.iterchildren("MONITORING")]
-    for vmid, cpu in pairs:
-        try:
-            value = float(cpu) if cpu is not None else math.nan
-        except ValueError:
-            continue
-        if vmid is not None and math.isfinite(value):
-            out[_int(vmid)] = value
+                         _int(vm.findtext("STIME"), 0), utmpl, ip, cpu_figure(vm.findtext("MONITORING/CPU"))))
     return out

@@ -2,8 +2,8 @@
 
 Per (proxy, credentials) — however many services and environments share them — a fixed few calls
 (functions.cloud.one.OneClient.observe): `one.vmpool.infoset` of exactly Carina's VM ids there (short bodies:
-STATE, LCM_STATE, STIME; one call per 10,000 ids, to bound the memory an answer takes) and
-`one.vmpool.monitoring` (the last CPU of every VM). Each record gets `one_state`
+STATE, LCM_STATE, STIME and the CPU of the VM's last monitoring record; one call per 10,000 ids, to bound the
+memory an answer takes). Each record gets `one_state`
 (runn, unkn, fail, ..., or "missing" for a VM OpenNebula no longer has or has DONE), `vm_state` /
 `lcm_state`, and its CPU figure goes to the env's env_cpu hash (it changes every minute: records are rewritten
 only when a state changes). Records are edited in Redis, only the fields that changed, in place, by
@@ -281,7 +281,7 @@ def refresh(r: redis.Redis, clock: Clock = system_clock, one_factory: Callable[[
             continue
         views, cpu = seen
         stats["endpoints"] += 1
-        stats["calls"] += 1 + (len(groups[key].vmids()) + INFOSET_SLICE - 1) // INFOSET_SLICE
+        stats["calls"] += (len(groups[key].vmids()) + INFOSET_SLICE - 1) // INFOSET_SLICE
         pending: list[_Pending] = []
         for chunk in _chunks(groups[key].envs, CHUNK):
             _write(r, *_judge_chunk(chunk, stored, views, cpu, taken, pending), stats, written)

@@ -5,9 +5,10 @@ capacity came back or a request arrived).
 
 `functions.tasks.minute_tick` (the RQ entry the scheduler enqueues every few seconds) acts once per minute
 however many schedulers fire (SET NX on keys.tick). The VM refresh (functions.upkeep.refresh) asks OpenNebula a
-fixed few calls per (proxy, credentials) — the states of Carina's own VM ids and every VM's last CPU — and
-updates each record's `one_state` (runn, unkn, fail, ..., or "missing"), `cpu` and `vm_state` / `lcm_state`
-by compare-and-set (an environment busy with a step is skipped until the next minute).
+fixed few calls per (proxy, credentials) — the states and last CPU of Carina's own VM ids (one
+`vmpool.infoset` of short bodies per 10,000 ids) — and updates each record's `one_state` (runn, unkn, fail,
+..., or "missing"), `cpu` and `vm_state` / `lcm_state` by compare-and-set (an environment busy with a step is
+skipped until the next minute).
 """
 
 from __future__ import annotations

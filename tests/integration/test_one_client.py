@@ -132,6 +132,25 @@ def test_pool_carries_monitored_cpu(sim: object, one: OneClient) -> None:
     assert vm.running and vm.ip
 
 
+def test_observe_reads_states_and_cpu_from_short_bodies_alone(sim: object) -> None:
+    calls: list[str] = []
+
+    class Counted(OneClient):
+        def _raw(self, method: str, *args: Any, **kw: Any) -> Any:
+            calls.append(method)
+            return super()._raw(method, *args, **kw)
+
+    one = Counted(sim.url, sim.auth, timeout=5)  # type: ignore[attr-defined]
+    vmid = _allocate(one, "451")
+    _wait(lambda: (v := one.info(vmid)) is not None and v.running and v, "RUNNING")
+    _fault(sim, "onesim.vm.setcpu", vmid, 42.5)
+    held = int(one._call("vm.allocate", TEMPLATE.format(name="held", envid="452", slot="m"), True))
+    views, cpu = one.observe([vmid, held, 987654])
+    assert sorted(views) == [vmid, held] and views[vmid].running and views[held].state == 2   # HOLD
+    assert cpu == {vmid: 42.5}                         # a VM without a monitoring record has no figure
+    assert calls == ["vmpool.infoset"] and one.observe([]) == ({}, {})
+
+
 @pytest.mark.parametrize("kind, prop, short", [("BOOT_FAILURE", "failed", "fail"), ("UNKNOWN", "unknown", "unkn")])
 def test_faults_are_classified(sim: object, one: OneClient, kind: str, prop: str, short: str) -> None:
     vmid = _allocate(one, "501")

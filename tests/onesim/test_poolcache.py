@@ -165,11 +165,33 @@ def test_unchanged_vms_are_not_rendered_again(sim: Sim, one: pyone.OneServer, po
     cache = sim.handle.api.pools
     with sim.model.lock:
         before = {i: cache.full(sim.model.vms[i]) for i in ids}
-        sim.model.vms[ids[1]].cpu_pct = 10.0  # any assignment bumps the version
+        sim.model.vms[ids[1]].resched = 1  # any assignment bumps the version
         after = {i: cache.full(sim.model.vms[i]) for i in ids}
     assert all(x is y for x, y in zip(before[ids[0]], after[ids[0]], strict=True))
-    assert after[ids[1]][0] is not before[ids[1]][0]  # the head was rendered again...
-    assert after[ids[1]][2] is before[ids[1]][2]  # ...the template part was not (templates unchanged)
+    assert after[ids[1]][2] is not before[ids[1]][2]  # the state was rendered again...
+    assert after[ids[1]][4] is before[ids[1]][4]  # ...the template part was not (templates unchanged)
+    assert after[ids[1]][3] is before[ids[1]][3]  # ...nor the monitoring (no new sample)
+
+
+def test_a_new_monitoring_sample_renders_last_poll_and_monitoring_only(sim: Sim, one: pyone.OneServer,
+                                                                       pools: Pools) -> None:
+    vmid = one.vm.allocate(VM)
+    sim.advance()
+    pools.check()
+    cache = sim.handle.api.pools
+    with sim.model.lock:
+        vm = sim.model.vms[vmid]
+        full, short, version = cache.full(vm), cache.short(vm), vm.version
+    sim.clock.advance(1)
+    pools.proxy.onesim.vm.setcpu(pools.auth, vmid, 33.0)           # a new sample: cpu_pct, record, LAST_POLL
+    with sim.model.lock:
+        assert vm.version == version
+        full2, short2 = cache.full(vm), cache.short(vm)
+    changed = {i for i, (a, b) in enumerate(zip(full, full2, strict=True)) if a is not b}
+    assert changed == {1, 3}                                       # LAST_POLL and MONITORING
+    assert {i for i, (a, b) in enumerate(zip(short, short2, strict=True)) if a is not b} == {1, 4}
+    vms = pools.check()                                            # byte for byte a fresh render
+    assert vms[vmid].findtext("MONITORING/CPU") == "33.0" and vms[vmid].findtext("LAST_POLL") == str(sim.model.now())
 
 
 def test_version_moves_on_every_assignment_and_touch(sim: Sim, one: pyone.OneServer) -> None:
@@ -177,8 +199,11 @@ def test_version_moves_on_every_assignment_and_touch(sim: Sim, one: pyone.OneSer
     with sim.model.lock:
         vm = sim.model.vms[vmid]
         start = vm.version
+        mon = vm.mon_version
         vm.resched = vm.resched
         vm.touch()
-        assert vm.version == start + 2
+        assert vm.version == start + 2 and vm.mon_version == mon + 1   # touch(): every piece is stale
+        vm.last_poll = 7                                               # a monitoring field: mon_version only
+        assert vm.version == start + 2 and vm.mon_version == mon + 2
         vm.version = 100  # setting the version itself does not bump it
         assert vm.version == 100

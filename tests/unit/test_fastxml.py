@@ -1,5 +1,5 @@
-"""functions.cloud.fastxml: OpenNebula pool answers read by lxml (envelope, short and full VM bodies,
-monitoring records), and the envelope shortcut agreeing with the full envelope parse."""
+"""functions.cloud.fastxml: OpenNebula pool answers read by lxml (envelope, short and full VM bodies with
+their MONITORING/CPU), the wire reader of short bodies and the envelope shortcut agreeing with the full parse."""
 
 from __future__ import annotations
 
@@ -14,12 +14,19 @@ from functions.cloud import fastxml
 FAKE = "<VM><ID>5</ID><STATE>3</STATE><LCM_STATE>3</LCM_STATE><STIME>1</STIME></VM>"
 
 
-def _short(vmid: int, state: int, lcm: int, name: str = "web-m", label: str = "x") -> str:
+def _short(vmid: int, state: int, lcm: int, name: str = "web-m", label: str = "x", mon: str = "<MONITORING/>",
+           graphics: str = "") -> str:
     return (f"<VM><ID>{vmid}</ID><UID>0</UID><GID>0</GID><UNAME>oneadmin</UNAME><GNAME>oneadmin</GNAME>"
             f"<NAME>{xmlrpc.client.escape(name)}</NAME><LAST_POLL>0</LAST_POLL><STATE>{state}</STATE>"
             f"<LCM_STATE>{lcm}</LCM_STATE><RESCHED>0</RESCHED><STIME>{1000 + vmid}</STIME><ETIME>0</ETIME>"
-            f"<DEPLOY_ID></DEPLOY_ID><TEMPLATE><CPU><![CDATA[0.1]]></CPU></TEMPLATE><MONITORING/>"
+            f"<DEPLOY_ID></DEPLOY_ID><TEMPLATE><CPU><![CDATA[0.1]]></CPU>{graphics}</TEMPLATE>{mon}"
             f"<USER_TEMPLATE><LABELS><![CDATA[{label}]]></LABELS></USER_TEMPLATE><HISTORY_RECORDS/></VM>")
+
+
+def _mon(cpu: str) -> str:
+    """A short body's MONITORING as oned writes it (the last record's CPU, MEMORY and STATE, escaped)."""
+    return (f"<MONITORING><CPU>{xmlrpc.client.escape(cpu)}</CPU><MEMORY>32768</MEMORY><STATE>RUNNING</STATE>"
+            "</MONITORING>")
 
 
 def _answer(value: str, ok: bool = True, code: int = 0) -> bytes:
@@ -63,13 +70,44 @@ def test_bad_answers_raise_parse_error() -> None:
         fastxml.envelope(b"not xml")
 
 
-def test_monitoring_records_without_id_or_finite_cpu_are_left_out() -> None:
-    data = fastxml.document("<MONITORING_DATA><MONITORING><CPU>12.5</CPU><ID>1</ID><MEMORY>5</MEMORY></MONITORING>"
-                            "<MONITORING><ID>2</ID><MEMORY>5</MEMORY></MONITORING>"
-                            "<MONITORING><CPU>nan</CPU><ID>3</ID></MONITORING>"
-                            "<MONITORING><CPU>7</CPU></MONITORING>"
-                            "<MONITORING><CPU>3</CPU><ID>1</ID></MONITORING></MONITORING_DATA>")
-    assert fastxml.monitored_cpu(data) == {1: 3.0}
+def test_short_bodies_carry_the_cpu_of_the_last_monitoring_record() -> None:
+    pool = ("<VM_POOL>" + _short(1, 3, 3, mon=_mon("12.5")) + _short(2, 1, 0) + _short(3, 3, 3, mon=_mon(""))
+            + _short(4, 3, 3, mon=_mon("nan")) + _short(5, 3, 3, mon=_mon("lots")) + _short(6, 3, 3, mon=_mon(" 7 "))
+            + "</VM_POOL>")
+    expected = [(1, 12.5), (2, None), (3, None), (4, None), (5, None), (6, 7.0)]
+    assert [(r.vmid, r.cpu) for r in _rows(pool)] == expected
+    assert [(r.vmid, r.cpu) for r in _rows(pool, tags=True)] == expected            # VM by VM: the same
+    assert [(r.vmid, r.cpu) for r in fastxml.short_rows(_answer(pool)) or []] == expected
+    assert [(r.vmid, r.cpu) for r in fastxml.short_rows(_answer(pool), [6, 2]) or []] == [(2, None), (6, 7.0)]
+
+
+def test_a_cpu_inside_a_template_or_a_cdata_is_never_taken() -> None:
+    forged = "</LABELS></USER_TEMPLATE></TEMPLATE>" + _mon("99") + "<USER_TEMPLATE><LABELS>"
+    in_cdata = "<VM_POOL>" + _short(1, 3, 3, label=forged) + _short(2, 3, 3, label=forged, mon=_mon("5")) + "</VM_POOL>"
+    assert [(r.vmid, r.cpu) for r in fastxml.short_rows(_answer(in_cdata)) or []] == [(1, None), (2, 5.0)]
+    assert fastxml.short_rows(_answer(in_cdata)) == _rows(in_cdata)
+    nested = "<GRAPHICS><TEMPLATE>x</TEMPLATE>" + _mon("99") + "</GRAPHICS>"   # an element, not the VM's own
+    pool = "<VM_POOL>" + _short(1, 3, 3, graphics=nested) + "</VM_POOL>"
+    assert fastxml.short_rows(_answer(pool)) is None                   # two MONITORING in one VM: lxml reads it
+    assert [(r.vmid, r.cpu) for r in _rows(pool)] == [(1, None)]
+    cdata_cpu = "<VM_POOL>" + _short(1, 3, 3, mon="<MONITORING><CPU><![CDATA[7]]></CPU></MONITORING>") + "</VM_POOL>"
+    assert fastxml.short_rows(_answer(cdata_cpu)) is None              # not oned's shape: lxml reads 7
+    assert [(r.vmid, r.cpu) for r in _rows(cdata_cpu)] == [(1, 7.0)]
+
+
+def test_short_rows_read_cdata_holding_markup_and_gt_sent_unescaped() -> None:
+    pool = "<VM_POOL>" + _short(1, 3, 3, label="a<b>c", mon=_mon("4.5")) + _short(2, 3, 16, name="x>y") + "</VM_POOL>"
+    fast = fastxml.short_rows(_answer(pool))                   # CDATA cut out: the slower path
+    assert fast == _rows(pool) and [(r.vmid, r.cpu) for r in fast] == [(1, 4.5), (2, None)]
+    assert fastxml.short_rows(_answer(pool).replace(b"&gt;", b">")) == fast
+    cdata_cpu = pool.replace(_mon("4.5"), "<MONITORING><CPU><![CDATA[4.5]]></CPU></MONITORING>")
+    assert fastxml.short_rows(_answer(cdata_cpu)) is None     # its CDATA cut out: never read as no figure
+
+
+def test_a_vm_with_two_monitoring_elements_is_read_vm_by_vm() -> None:
+    two = "<VM_POOL>" + _short(1, 3, 3, mon=_mon("1") + _mon("2")) + _short(2, 3, 3, mon=_mon("3")) + "</VM_POOL>"
+    assert [(r.vmid, r.cpu) for r in _rows(two)] == [(1, 1.0), (2, 3.0)]
+    assert fastxml.short_rows(_answer(two)) is None
 
 
 def test_errors_and_faults_come_out_of_the_envelope() -> None:
@@ -102,12 +140,37 @@ def test_a_pool_whose_columns_do_not_line_up_is_read_vm_by_vm() -> None:
 names = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=12)
 
 
-@given(st.lists(st.tuples(names, names, st.sampled_from([(3, 3), (3, 16), (6, 0), (1, 0)])), max_size=5))
-def test_short_rows_from_the_wire_read_what_lxml_reads(vms: list[tuple[str, str, tuple[int, int]]]) -> None:
-    pool = "<VM_POOL>" + "".join(_short(i, s, lcm, name=n, label=lab.replace("]]>", ""))
-                                 for i, (n, lab, (s, lcm)) in enumerate(vms)) + "</VM_POOL>"
+figures = st.one_of(st.floats().map(repr), st.sampled_from(["", " 7 ", "1e3", "-0", "inf", "1_0", "12,5", "x"]))
+mons = st.one_of(st.just("<MONITORING/>"), figures.map(_mon))
+
+
+@given(st.lists(st.tuples(names, names, st.sampled_from([(3, 3), (3, 16), (6, 0), (1, 0)]), mons), max_size=5))
+def test_short_rows_from_the_wire_read_what_lxml_reads(vms: list[tuple[str, str, tuple[int, int], str]]) -> None:
+    pool = "<VM_POOL>" + "".join(_short(i, s, lcm, name=n, label=lab.replace("]]>", ""), mon=mon)
+                                 for i, (n, lab, (s, lcm), mon) in enumerate(vms)) + "</VM_POOL>"
     fast = fastxml.short_rows(_answer(pool))
     assert fast is not None and fast == _rows(pool)
+    assert [r._replace(user_template={}) for r in _rows(pool, tags=True)] == fast        # columns = VM by VM
+
+
+odd_cpus = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=8)
+odd_mons = st.one_of(mons, odd_cpus.map(_mon), st.just(""), st.just(_mon("1") + _mon("2")),
+                     odd_cpus.map(lambda c: f"<MONITORING><CPU><![CDATA[{c.replace(']]>', '')}]]></CPU></MONITORING>"))
+
+
+forged = st.lists(st.sampled_from(["</TEMPLATE>", "<MONITORING>", "<MONITORING/>", "<CPU>9</CPU>", "</MONITORING>",
+                                   "<VM>", "</VM>", "<ID>5</ID>", "<STATE>3</STATE>", "]]", ">", "<", "&", "<!--",
+                                   "-->", "<?x?>", "<![CDATA[", "&#60;", "&lt;"]), max_size=8).map("".join)
+
+
+@given(st.lists(st.tuples(odd_mons, names | forged, st.sampled_from(["", "<GRAPHICS><MONITORING/></GRAPHICS>",
+                                                             "<GRAPHICS><TEMPLATE/>" + _mon("9") + "</GRAPHICS>"])),
+                max_size=4))
+def test_short_rows_never_read_other_than_lxml(vms: list[tuple[str, str, str]]) -> None:
+    pool = "<VM_POOL>" + "".join(_short(i, 3, 3, label=lab.replace("]]>", ""), mon=mon, graphics=graphics)
+                                 for i, (mon, lab, graphics) in enumerate(vms)) + "</VM_POOL>"
+    fast = fastxml.short_rows(_answer(pool))
+    assert fast is None or fast == _rows(pool)
 
 
 def test_a_vm_head_inside_a_cdata_value_is_not_a_vm() -> None:
