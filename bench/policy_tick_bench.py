@@ -141,6 +141,19 @@ class _Counting:
         return Counted(proxy, auth)
 
 
+def _quiet(sims: list[tick_fill.Sim], timeout: float = 60.0) -> None:
+    """Wait until the simulators stop working (CPU time still for 0.3 s): each saves the new samples to its
+    journal after `new_samples`, OpenNebula's own work between two ticks, not the tick's."""
+    deadline = time.monotonic() + timeout
+    last = -1.0
+    while time.monotonic() < deadline:
+        now = sum(_proc_cpu(s.proc.pid) for s in sims)
+        if now - last < 0.01:
+            return
+        last = now
+        time.sleep(0.3)
+
+
 def tick_once(r: redis.Redis, queue: JsonQueue, clock: FakeClock, sims: list[tick_fill.Sim]) -> Minute:
     """The minute's refresh + policy pass, measured."""
     factory = _Counting()
@@ -186,6 +199,7 @@ def measure(workdir: Path, n_envs: int, template: tick_fill.Template,
         for name in ("steady", "steady2")[:steady]:
             clock.advance(60)
             tick_fill.new_samples(sims, placed, rng)
+            _quiet(sims)
             out[name] = tick_once(r, queue, clock, sims)
         used = int(r.info("memory")["used_memory"]) - before      # the minutes' CPU hashes, jobs and events too
         memory = (used / (n_envs * VMS), used / n_envs)

@@ -1,8 +1,8 @@
 """What the minute's VM refresh reads and writes in Redis, in batches of environments per round trip.
 
-`where_and_records` says for each environment where its VMs live (service, endpoint, proxy) and reads the
-fields of its VM records the refresh compares, unless a step holds the environment (plain pipelined reads,
-records decoded by orjson: ~3 us a record); `write` replaces just the observed fields (FIELDS) of changed
+`where` says for each environment where its VMs live (service, endpoint, proxy); `records` reads the fields
+of its VM records the refresh compares, unless a step holds the environment (plain pipelined reads, records
+decoded by orjson: ~3 us a record); `write` replaces just the observed fields (FIELDS) of changed
 records in place, by compare-and-set on those fields (skipped while a step holds the env lock).
 
 A VM's CPU changes every minute, so it lives apart from its record, in the env_cpu hash (slot -> "<vmid>
@@ -28,13 +28,12 @@ PER_CALL = 250                    # environments per Lua call (Redis stays respo
 
 @dataclass(frozen=True)
 class EnvWhere:
-    """Where an environment's VMs live: its service, endpoint name, proxy URL ("" if unknown), VM ids."""
+    """Where an environment's VMs live: its service, endpoint name, proxy URL ("" if unknown)."""
 
     envid: str
     service: str
     endpoint: str
     proxy: str
-    vmids: tuple[int, ...]
 
 
 def _s(value: object) -> str:
@@ -134,40 +133,40 @@ def _seen_of(slot: str, text: Any, cpu: dict[str, Any]) -> Seen | None:
 
 
 def records(r: redis.Redis, envids: Sequence[str]) -> dict[str, list[Seen] | str]:
-    """envid -> its records' Seen fields (the CPU from env_cpu), or HELD for an env a step holds. One
-    pipelined round trip. Read-only."""
-    return where_and_records(r, envids)[1]
-
-
-def where_and_records(r: redis.Redis, envids: Sequence[str]) -> tuple[list[EnvWhere], dict[str, list[Seen] | str]]:
-    """Where each env's VMs live (service, endpoint, proxy; its VM ids from its records) and its records'
-    Seen fields (or HELD), in one pipelined round trip of plain reads (a second one for the spec of an env
-    without a proxy field). Read-only. A deleted env comes back with an empty service and no records; an
-    unreadable record is skipped."""
+    """envid -> its records' Seen fields (the CPU from env_cpu), or HELD for an env a step holds; an
+    unreadable record is skipped, a deleted env has none. One pipelined round trip. Read-only."""
     with r.pipeline(transaction=False) as p:
         for envid in envids:
-            p.hmget(keys.env(envid), "service", "endpoint", "proxy")
             p.exists(keys.env_lock(envid))
             p.hgetall(keys.env_vms(envid))
             p.hgetall(keys.env_cpu(envid))
         replies = p.execute()
-    heads = replies[0::4]
+    stored: dict[str, list[Seen] | str] = {}
+    for i, envid in enumerate(envids):
+        if replies[3 * i]:
+            stored[envid] = HELD
+            continue
+        cpu = {_s(k): v for k, v in replies[3 * i + 2].items()}
+        found = [_seen_of(_s(slot), text, cpu) for slot, text in replies[3 * i + 1].items()]
+        stored[envid] = [x for x in found if x is not None]
+    return stored
+
+
+def where(r: redis.Redis, envids: Sequence[str]) -> list[EnvWhere]:
+    """Where each env's VMs live (service, endpoint, proxy), in one pipelined round trip (a second one for the
+    spec of an env without a proxy field). Read-only. A deleted env comes back with an empty service."""
+    with r.pipeline(transaction=False) as p:
+        for envid in envids:
+            p.hmget(keys.env(envid), "service", "endpoint", "proxy")
+        heads = p.execute()
     no_proxy = [envid for envid, head in zip(envids, heads, strict=True) if head[2] is None]
     specs = dict(zip(no_proxy, _specs(r, no_proxy), strict=True))
     cache: dict[str, str] = {}
-    where, stored = [], {}
-    for i, envid in enumerate(envids):
-        service, endpoint, proxy = (_s(x) if x is not None else "" for x in heads[i])
-        if replies[4 * i + 1]:
-            stored[envid] = HELD
-            where.append(EnvWhere(envid, service, endpoint, _proxy_of(proxy or specs.get(envid, ""), cache), ()))
-            continue
-        cpu = {_s(k): v for k, v in replies[4 * i + 3].items()}
-        found = [_seen_of(_s(slot), text, cpu) for slot, text in replies[4 * i + 2].items()]
-        seen = stored[envid] = [x for x in found if x is not None]
-        ids = tuple(int(x.vmid) for x in seen if x.vmid.isdigit())
-        where.append(EnvWhere(envid, service, endpoint, _proxy_of(proxy or specs.get(envid, ""), cache), ids))
-    return where, stored
+    out = []
+    for envid, head in zip(envids, heads, strict=True):
+        service, endpoint, proxy = (_s(x) if x is not None else "" for x in head)
+        out.append(EnvWhere(envid, service, endpoint, _proxy_of(proxy or specs.get(envid, ""), cache)))
+    return out
 
 
 def _specs(r: redis.Redis, envids: Sequence[str]) -> list[str]:

@@ -37,7 +37,7 @@ from functions.store import envstore, observed, policystore, tenants
 log = logging.getLogger("carina.refresh")
 
 CHUNK = 500                      # environments read, judged and written per round trip
-OBSERVERS = 2                    # endpoints observed at once (threads: one answer read while another arrives)
+OBSERVERS = 2                    # endpoints observed at once (threads: while this process reads Redis)
 OWNER_SLICE = 2000               # VM ids per full-body infoset (bounds the answer: ~6 KB a VM)
 OWNER_SLICES = 10                # full-body calls per endpoint and minute at most (the rest: next minute)
 Changes = dict[str, list[observed.Write]]            # envid -> [(slot, FIELDS as read, FIELDS as they become)]
@@ -47,12 +47,10 @@ Stored = dict[str, list[observed.Seen] | str]        # envid -> its records' fie
 
 @dataclass
 class _Group:
-    """The environments observed through one (proxy, credentials)."""
+    """The environments observed through one (proxy, credentials), and the VM ids their records hold."""
 
     envs: list[observed.EnvWhere] = field(default_factory=list)
-
-    def vmids(self) -> list[int]:
-        return sorted({v for env in self.envs for v in env.vmids})
+    vmids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -107,25 +105,34 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start:start + size]
 
 
-def _groups(r: redis.Redis) -> tuple[dict[tuple[str, str], _Group], Stored]:
-    """(proxy, credentials) -> the environments with VMs observed through them (credentials from each
-    service's current configuration of the env's endpoint; the proxy from the env's create-time spec), and
-    every env's records as read (observed.Seen lists, or HELD), all read before OpenNebula is asked."""
+def _groups(r: redis.Redis) -> dict[tuple[str, str], _Group]:
+    """(proxy, credentials) -> the environments observed through them (credentials from each service's current
+    configuration of the env's endpoint; the proxy from the env's create-time spec). Reads env fields only."""
     groups: dict[tuple[str, str], _Group] = {}
-    stored: Stored = {}
     for service in tenants.service_names(r):
         envids = policystore.service_envids(r, service)
         if not envids:
             continue
         conf = tenants.get_config(r, service) or {}
         for start in range(0, len(envids), CHUNK * 4):
-            where, seen = observed.where_and_records(r, envids[start:start + CHUNK * 4])
-            stored.update(seen)
-            for env in where:
+            for env in observed.where(r, envids[start:start + CHUNK * 4]):
                 auth = ((conf.get("ENDPOINT") or {}).get(env.endpoint) or {}).get("oneauth")
-                if env.vmids and env.proxy and auth and env.service == service:
+                if env.proxy and auth and env.service == service:
                     groups.setdefault((env.proxy, str(auth)), _Group()).envs.append(env)
-    return groups, stored
+    return groups
+
+
+def _read(r: redis.Redis, group: _Group, stored: Stored) -> None:
+    """Read the group's records into `stored` and note their VM ids in the group."""
+    for chunk in _chunks(group.envs, CHUNK * 4):
+        stored.update(observed.records(r, [env.envid for env in chunk]))
+    group.vmids = sorted({int(seen.vmid) for env in group.envs for seen in _rows(stored, env.envid)
+                          if seen.vmid.isdigit()})
+
+
+def _rows(stored: Stored, envid: str) -> list[observed.Seen]:
+    found = stored.get(envid)
+    return found if isinstance(found, list) else []
 
 
 def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: Stored,
@@ -136,8 +143,7 @@ def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: Stored,
     changes: Changes = {}
     figures: Figures = {}
     for env in envs:
-        found = stored.get(env.envid)
-        for seen in (found if isinstance(found, list) else ()):
+        for seen in _rows(stored, env.envid):
             if not judgeable(seen, taken):
                 continue
             vmid = int(seen.vmid)
@@ -238,23 +244,16 @@ def _records_after(stored: Stored, written: _Written) -> dict[str, list[dict[str
     return out
 
 
-def _observe_all(groups: dict[tuple[str, str], _Group], one_factory: Callable[[str, str], OneClient],
-                 clock: Clock) -> dict[tuple[str, str], tuple[OneClient, float, Any]]:
-    """Each group's observation (OneClient.observe), OBSERVERS endpoints asked at once (threads: OpenNebula
-    renders one answer while another is read; lxml parses outside the GIL). Value: (client, time taken, the
-    (views, cpu) pair or the exception it raised)."""
-    def one_group(key: tuple[str, str], group: _Group) -> tuple[OneClient, float, Any]:
-        one = one_factory(*key)
-        taken = clock()
-        try:
-            return one, taken, one.observe(group.vmids())
-        except (OneUnavailable, OneError) as exc:
-            return one, taken, exc
-    if len(groups) <= 1:
-        return {key: one_group(key, group) for key, group in groups.items()}
-    with ThreadPoolExecutor(max_workers=min(OBSERVERS, len(groups)), thread_name_prefix="observe") as pool:
-        futures = {key: pool.submit(one_group, key, group) for key, group in groups.items()}
-        return {key: future.result() for key, future in futures.items()}
+def _observe(one_factory: Callable[[str, str], OneClient], key: tuple[str, str], vmids: list[int],
+             clock: Clock) -> tuple[OneClient, float, Any]:
+    """One group's observation (OneClient.observe): (client, time taken, the (views, cpu) pair or the exception
+    it raised)."""
+    one = one_factory(*key)
+    taken = clock()
+    try:
+        return one, taken, one.observe(vmids)
+    except (OneUnavailable, OneError) as exc:
+        return one, taken, exc
 
 
 def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
@@ -269,24 +268,46 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
 def refresh(r: redis.Redis, clock: Clock = system_clock, one_factory: Callable[[str, str], OneClient] = OneClient
             ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """`refresh_vms`, and the records as they are after its writes (`_records_after`: the policy pass that
-    follows in the same tick need not read them again). Safe to run twice."""
+    follows in the same tick need not read them again). Each group's records are read, then OpenNebula is
+    asked about them in a thread (OBSERVERS at once) while the next group's records are read: it renders its
+    answer while this process reads Redis. Safe to run twice."""
     stats = {"endpoints": 0, "changed": 0, "cpu": 0, "busy": 0, "errors": 0, "calls": 0, "unchecked": 0}
-    groups, stored = _groups(r)
+    groups = _groups(r)
+    stored: Stored = {}
     written = _Written()
-    stats["busy"] = sum(1 for v in stored.values() if v == observed.HELD)
-    for key, (one, taken, seen) in _observe_all(groups, one_factory, clock).items():
-        if isinstance(seen, Exception):
-            log.warning("refresh: endpoint %s: %s", key[0], seen)
-            stats["errors"] += 1
-            continue
-        views, cpu = seen
-        stats["endpoints"] += 1
-        stats["calls"] += (len(groups[key].vmids()) + INFOSET_SLICE - 1) // INFOSET_SLICE
-        pending: list[_Pending] = []
-        for chunk in _chunks(groups[key].envs, CHUNK):
-            _write(r, *_judge_chunk(chunk, stored, views, cpu, taken, pending), stats, written)
-        if pending:
-            stats["calls"] += min(OWNER_SLICES, (len(pending) + OWNER_SLICE - 1) // OWNER_SLICE)
-            stats["unchecked"] += max(0, len(pending) - OWNER_SLICE * OWNER_SLICES)
-            _write(r, *_settle(r, one, pending, cpu), stats, written)
+    if len(groups) == 1:                  # nothing to overlap: asked in this thread
+        ((key, group),) = groups.items()
+        _read(r, group, stored)
+        if group.vmids:
+            _apply(r, key, group, _observe(one_factory, key, group.vmids, clock), stored, stats, written)
+    else:
+        with ThreadPoolExecutor(max_workers=OBSERVERS, thread_name_prefix="observe") as pool:
+            asked = {}
+            for key, group in groups.items():
+                _read(r, group, stored)
+                if group.vmids:
+                    asked[key] = pool.submit(_observe, one_factory, key, group.vmids, clock)
+            for key, future in asked.items():
+                _apply(r, key, groups[key], future.result(), stored, stats, written)
+    stats["busy"] += sum(1 for v in stored.values() if v == observed.HELD)
     return stats, _records_after(stored, written)
+
+
+def _apply(r: redis.Redis, key: tuple[str, str], group: _Group, observed_: tuple[OneClient, float, Any],
+           stored: Stored, stats: dict[str, int], written: _Written) -> None:
+    """Judge and write one group's records from its observation (an endpoint that did not answer: an error)."""
+    one, taken, seen = observed_
+    if isinstance(seen, Exception):
+        log.warning("refresh: endpoint %s: %s", key[0], seen)
+        stats["errors"] += 1
+        return
+    views, cpu = seen
+    stats["endpoints"] += 1
+    stats["calls"] += (len(group.vmids) + INFOSET_SLICE - 1) // INFOSET_SLICE
+    pending: list[_Pending] = []
+    for chunk in _chunks(group.envs, CHUNK):
+        _write(r, *_judge_chunk(chunk, stored, views, cpu, taken, pending), stats, written)
+    if pending:
+        stats["calls"] += min(OWNER_SLICES, (len(pending) + OWNER_SLICE - 1) // OWNER_SLICE)
+        stats["unchecked"] += max(0, len(pending) - OWNER_SLICE * OWNER_SLICES)
+        _write(r, *_settle(r, one, pending, cpu), stats, written)

@@ -259,3 +259,21 @@ def test_an_env_whose_write_did_not_land_is_read_again_by_the_policy_pass(rig: R
     stats, known = refresh_mod.refresh(rig.r, rig.clock, lambda url, auth: Racing(url, auth))
     assert stats["changed"] == 0 and envid not in known
     assert rig.vms(envid)["s0"].one_state == "missing"
+
+
+def test_several_endpoints_are_observed_while_the_next_ones_records_are_read(rig: Rig) -> None:
+    """Three (proxy, credentials) groups: two URLs of the same simulator and one nobody answers. Each group is
+    asked in a thread while the next group's records are read; the answering ones are written, the other is an
+    error and its records stay as they were."""
+    a, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    b, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    c, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    rig.r.hset(keys.env(b), "proxy", rig.sim.url.replace("127.0.0.1", "localhost"))
+    rig.r.hset(keys.env(c), "proxy", "http://127.0.0.1:9/RPC2")
+    for envid in (a, b, c):
+        rig.rpc().onesim.vm.setcpu(rig.sim.auth, rig.vms(envid)["s0"].vmid, 33.0)
+    before_c = rig.vms(c)
+    stats, known = refresh_mod.refresh(rig.r, rig.clock, lambda url, auth: OneClient(url, auth))
+    assert (stats["endpoints"], stats["errors"]) == (2, 1)
+    assert rig.vms(a)["s0"].cpu == 33.0 and rig.vms(b)["s0"].cpu == 33.0 and rig.vms(c) == before_c
+    assert {a, b, c} <= set(known) and rig.vms(a)["m"].checked and not before_c["m"].checked
