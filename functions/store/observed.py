@@ -221,11 +221,17 @@ def write(r: redis.Redis, changes: dict[str, list[Write]]) -> dict[str, int]:
 
 
 def write_cpu(r: redis.Redis, figures: dict[str, dict[str, str]]) -> None:
-    """Store CPU figures: envid -> {slot: cpu_entry(...)}, and renew each env's CPU_TTL (a deleted env's hash
-    written by a late refresh expires). One pipelined round trip. Safe to run twice."""
+    """Store CPU figures: envid -> {slot: cpu_entry(...)}, and renew each env's CPU_TTL; an env whose records
+    are gone gets none. One pipelined round trip of script calls (PER_CALL envs each). Safe to run twice."""
+    envids = [envid for envid, entries in figures.items() if entries]
     with r.pipeline(transaction=False) as p:
-        for envid, entries in figures.items():
-            if entries:
-                p.hset(keys.env_cpu(envid), mapping=entries)
-                p.expire(keys.env_cpu(envid), CPU_TTL)
+        for chunk in _chunks(envids, PER_CALL):
+            args: list[str | int] = [CPU_TTL]
+            for envid in chunk:
+                entries = figures[envid]
+                args.append(len(entries))
+                for slot, entry in entries.items():
+                    args += (slot, entry)
+            scripts.run(p, "cpu_write", [k for envid in chunk for k in (keys.env_vms(envid), keys.env_cpu(envid))],
+                        args)
         p.execute()

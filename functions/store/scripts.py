@@ -194,6 +194,24 @@ end
 return out
 """
 
+# The minute refresh's CPU figures: many environments' env_cpu hashes in one call (one command instead of two
+# per env); an environment whose records are gone (deleted since the read) gets none.
+LUA["cpu_write"] = """
+-- KEYS[1], KEYS[2] an env's VM records, its env_cpu hash (and so on per env); ARGV[1] TTL (s), then per env
+-- the number of pairs n and n slot, entry pairs. Returns the number of envs written.
+local a, done = 2, 0
+for i = 1, #KEYS, 2 do
+  local n = tonumber(ARGV[a])
+  if n > 0 and redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HSET', KEYS[i + 1], unpack(ARGV, a + 1, a + 2 * n))
+    redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
+    done = done + 1
+  end
+  a = a + 1 + 2 * n
+end
+return done
+"""
+
 # Write the policy state of many environments, each only if its policy_status and pol_minute are still the
 # values the policy pass read (compare-and-set: a racing create end or a second pass never gets overwritten).
 LUA["policy_write"] = """

@@ -277,3 +277,12 @@ def test_several_endpoints_are_observed_while_the_next_ones_records_are_read(rig
     assert (stats["endpoints"], stats["errors"]) == (2, 1)
     assert rig.vms(a)["s0"].cpu == 33.0 and rig.vms(b)["s0"].cpu == 33.0 and rig.vms(c) == before_c
     assert {a, b, c} <= set(known) and rig.vms(a)["m"].checked and not before_c["m"].checked
+
+
+def test_cpu_figures_of_a_deleted_env_are_not_written(rig: Rig) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    other, _ = create_ready(rig, master_setup_time=0, num_slaves=0)
+    envstore.delete_env(rig.r, envid)                      # deleted between the refresh's read and its write
+    observed.write_cpu(rig.r, {envid: {"m": "1 50.0"}, other: {"m": observed.cpu_entry("7", "12.5")}})
+    assert not rig.r.exists(keys.env_cpu(envid))
+    assert rig.r.hgetall(keys.env_cpu(other)) == {"m": "7 12.5"}
