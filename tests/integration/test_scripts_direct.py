@@ -1,13 +1,16 @@
-"""scripts.run_direct (a script call on a hot path) against a real redis-server: the same replies and errors as
-scripts.run, and it recovers as run does from a script the server forgot and from a connection the server
-dropped."""
+"""scripts.run_direct (a script call on a hot path, on a connection each thread keeps) against a real redis-server:
+the same replies and errors as scripts.run, each thread's replies its own, and it recovers as run does from a
+script the server forgot and from a connection the server dropped."""
 
 from __future__ import annotations
+
+import multiprocessing
+import threading
 
 import pytest
 import redis
 
-from functions.store import scripts
+from functions.store import keys, scripts
 from tests.harness import twin
 
 
@@ -39,11 +42,50 @@ def test_a_script_the_server_forgot_is_loaded_again(rdb: redis.Redis) -> None:
     assert scripts.run_direct(rdb, "lease_due", ["due"], ["10", "5", "30"]) == ["a"]
 
 
-def test_a_connection_the_server_dropped_is_replaced(rdb: redis.Redis) -> None:
-    rdb.zadd("due", {"a": 1})
-    assert scripts.run_direct(rdb, "lease_due", ["due"], ["0", "5", "30"]) == []
+def test_a_connection_the_server_dropped_is_replaced_and_the_call_runs_once(rdb: redis.Redis) -> None:
+    assert scripts.run_direct(rdb, "lease_due", ["due"], ["0", "5", "30"]) == []    # this thread keeps a connection
     killer = twin(rdb, decode=True)
-    mine = rdb.client_id()
-    assert killer.client_kill_filter(_id=mine) == 1
-    assert scripts.run_direct(rdb, "lease_due", ["due"], ["10", "5", "30"]) == ["a"]
-    assert rdb.client_id() != mine
+    assert killer.client_kill_filter(_type="normal", skipme=True) >= 1
+    rdb.zadd("due", {"a": 1})
+    assert scripts.run_direct(rdb, "lease_due", ["due"], ["10", "5", "30"]) == ["a"]    # once: leased to 40
+    assert scripts.run_direct(rdb, "lease_due", ["due"], ["10", "5", "30"]) == []
+
+
+def _new_envid(r: redis.Redis, member: int) -> str:
+    return scripts.run_direct(r, "member_envid", [keys.group("g"), keys.env_seq()], [str(member)])
+
+
+def test_each_thread_gets_its_own_replies(rdb: redis.Redis) -> None:
+    rdb.hset(keys.group("g"), "name", "g")
+    got: dict[int, str] = {}
+    go = threading.Barrier(4)
+
+    def run(first: int) -> None:
+        go.wait()
+        for member in range(first, first + 100):
+            got[member] = _new_envid(rdb, member)
+
+    threads = [threading.Thread(target=run, args=(100 * t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == {m: rdb.hget(keys.group("g"), f"env:{m}") for m in range(400)}
+    assert len(set(got.values())) == 400
+
+
+def _child(r: redis.Redis, out: multiprocessing.queues.Queue) -> None:
+    out.put((len(scripts._held.conns), _new_envid(r, 7)))
+
+
+def test_a_forked_child_does_not_use_its_parents_connection(rdb: redis.Redis) -> None:
+    rdb.hset(keys.group("g"), "name", "g")
+    first = _new_envid(rdb, 1)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_child, args=(rdb, out))
+    child.start()
+    kept, envid = out.get(timeout=30)
+    child.join(30)
+    assert kept == 0 and envid == rdb.hget(keys.group("g"), "env:7") and envid != first
+    assert _new_envid(rdb, 1) == first and _new_envid(rdb, 2) not in (first, envid)
