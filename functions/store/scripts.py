@@ -1,4 +1,5 @@
-"""Every Lua script Carina runs in Redis, by name, and `run` to call one atomically (EVALSHA, loaded on first use).
+"""Every Lua script Carina runs in Redis, by name, and `run` to call one atomically (EVALSHA, loaded on first use);
+`run_direct` is the same call for a hot path (every VM callback), on a connection each thread keeps.
 
 Each script opens with a legend of its KEYS and ARGV. Scripts are constants: only keys and arguments vary,
 never script text, and no user text is ever evaluated.
@@ -12,8 +13,10 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+import hiredis
 import redis
 from redis.commands.core import Script
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import NoScriptError
 
 LUA: dict[str, str] = {}
@@ -601,7 +604,7 @@ os.register_at_fork(after_in_child=_forget_held)
 def run_direct(client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
     """`run` for a hot path (every VM callback): the EVALSHA is sent on a connection the calling thread keeps out of
     `client`'s pool for these calls, without redis-py's per-command layers (Script.__call__, the pool, the retry
-    wrapper, the observability hooks: ~25 us of CPU a call). Same reply and errors as `run`. A NOSCRIPT, a
+    wrapper, the observability hooks: ~30 us of CPU a call). Same reply and errors as `run`. A NOSCRIPT, a
     connection error or a timeout hands over to `run`, which loads the script and retries as redis-py does (so, as
     with `run`, a call whose reply was lost is sent again; here once more than redis-py's retries); a call
     interrupted any way closes the kept connection (the next call opens it again). Not for pipelines."""
@@ -611,11 +614,18 @@ def run_direct(client: redis.Redis, name: str, keys: Sequence[str], args: Sequen
         conn = _held.conns[pool] = pool.get_connection()
     clean = False
     try:
-        conn.send_command("EVALSHA", _script(client, name).sha, len(keys), *keys, *args)
+        command = ("EVALSHA", _script(client, name).sha, len(keys), *keys, *args)
+        if type(conn._command_packer) is HiredisRespSerializer:     # its bytes, without its per-argument checks
+            conn.send_packed_command([hiredis.pack_command(command)])
+        else:
+            conn.send_command(*command)
         reply = conn.read_response()
         clean = True
     except NoScriptError:
         reply, clean = _HAND_OVER, True
+    except redis.ResponseError:             # the script's error, read whole: the connection is fine
+        clean = True
+        raise
     except (redis.ConnectionError, redis.TimeoutError):
         reply = _HAND_OVER
     finally:

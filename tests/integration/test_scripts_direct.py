@@ -9,6 +9,7 @@ import threading
 
 import pytest
 import redis
+from redis.connection import Encoder, PythonRespSerializer
 
 from functions.store import keys, scripts
 from tests.harness import twin
@@ -26,13 +27,16 @@ def test_same_replies_as_run(rdb: redis.Redis) -> None:
     assert scripts.run(raw, "lease_due", ["due2"], ["100", "5", "30"]) == [b"a"]
 
 
-def test_a_script_error_is_raised_as_run_raises_it_and_the_client_goes_on(rdb: redis.Redis) -> None:
+def test_a_script_error_is_raised_as_run_raises_it_and_the_connection_stays(rdb: redis.Redis) -> None:
     with pytest.raises(redis.ResponseError) as direct:
         scripts.run_direct(rdb, "lease_due", ["due"], ["not a number", "5", "30"])
+    kept = scripts._held.conns[rdb.connection_pool]
+    assert kept.is_connected                        # the error was read whole: nothing to close
     with pytest.raises(redis.ResponseError) as plain:
         scripts.run(rdb, "lease_due", ["due"], ["not a number", "5", "30"])
-    assert type(direct.value) is type(plain.value)
+    assert type(direct.value) is type(plain.value) and str(direct.value) == str(plain.value)
     assert scripts.run_direct(rdb, "lease_due", ["due"], ["10", "5", "30"]) == []
+    assert scripts._held.conns[rdb.connection_pool] is kept
 
 
 def test_a_script_the_server_forgot_is_loaded_again(rdb: redis.Redis) -> None:
@@ -89,3 +93,15 @@ def test_a_forked_child_does_not_use_its_parents_connection(rdb: redis.Redis) ->
     child.join(30)
     assert kept == 0 and envid == rdb.hget(keys.group("g"), "env:7") and envid != first
     assert _new_envid(rdb, 1) == first and _new_envid(rdb, 2) not in (first, envid)
+
+
+def test_a_connection_packing_commands_in_python_gets_the_same_replies(rdb: redis.Redis) -> None:
+    kw = rdb.connection_pool.connection_kwargs
+    encoder = Encoder("utf-8", "strict", True)
+    pool = redis.ConnectionPool(host=kw["host"], port=kw["port"], password=kw["password"], decode_responses=True,
+                                command_packer=PythonRespSerializer(6000, encoder.encode))
+    client = redis.Redis(connection_pool=pool)
+    rdb.zadd("due", {"a": 1, "é": 2})
+    assert scripts.run_direct(client, "lease_due", ["due"], ["10", "5", "30"]) == ["a", "é"]
+    assert type(scripts._held.conns[pool]._command_packer) is PythonRespSerializer
+    pool.disconnect()
