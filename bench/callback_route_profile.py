@@ -4,14 +4,16 @@ callbacks (bench/callbacks_bench.py's records and paths) called through WSGI, ne
 "OK" through the same call; then what each step of the callback route costs alone, and optionally where the
 time goes (cProfile).
 
-`python bench/callback_route_profile.py [--vms N] [--rounds R] [--drain-every K] [--profile [TOP]]`
+`python bench/callback_route_profile.py [--vms N] [--rounds R] [--drain-every K] [--threads T] [--profile [TOP]]`
 
 What is timed: the process CPU (time.process_time) of `app(environ, start_response)` and reading its body, per
 request; the environ is built beforehand (gunicorn's share, the same for both routes, is not in it). The redis-py
 calls' client CPU (socket I/O included) counts; redis-server's does not. Each round forgets every VM's callback gate
 first (the callbacks are accepted again). Every `--drain-every` callbacks the drains schedule is emptied, so the
 next callback of an env queues a drain (an RQ enqueue), about as often as while a worker drains (60-80 drains a
-1,000 callbacks in callbacks_bench). The figure per route is the best round's mean (the machine is shared).
+1,000 callbacks in callbacks_bench). The figure per route is the best round's mean (the machine is shared); then the
+same from T threads at once (as gunicorn's gthread worker runs requests). Compare two checkouts by running it in each
+one after the other, several times: the shared machine's speed drifts by tens of percent within minutes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import falcon.testing  # noqa: E402
+import redis  # noqa: E402
 
 from bench.callbacks_bench import SERVICE, _reset, bare_app, populate  # noqa: E402
 from config import logs, metrics  # noqa: E402
@@ -170,8 +173,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(server: RedisServer, home: Path, args: argparse.Namespace) -> int:
     app = create_app(Settings(redis_url=server.url, home=home))
     bare = bare_app()
-    import redis
-
     r = redis.Redis.from_url(server.url, decode_responses=True)
     tenants.add_service(r, SERVICE, "silver")
     paths = populate(r, args.vms)
