@@ -42,9 +42,9 @@ def scrub(text: str) -> str:
 def bind(**fields: object) -> None:
     """Add `fields` (service, envid, jobid) to every later log line of this thread or task; empty values
     are ignored. Safe to run twice."""
-    current = dict(_context.get())
-    current.update({k: str(v) for k, v in fields.items() if v not in (None, "")})
-    _context.set(current)
+    given = {k: str(v) for k, v in fields.items() if v not in (None, "")}
+    if given:
+        _context.set({**_context.get(), **given})
 
 
 def clear() -> None:

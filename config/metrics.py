@@ -147,9 +147,20 @@ def endpoint_label(proxy: str) -> str:
     return f"{host}:{parts.port}" if parts.port else host
 
 
+_callback_children: dict[str, tuple[Instruments, Any]] = {}
+
+
+def _count_callback(outcome: str) -> None:
+    inst = _current or instruments()
+    got = _callback_children.get(outcome)
+    if got is None or got[0] is not inst:         # first use, or the instruments were built again
+        got = _callback_children[outcome] = (inst, inst.callbacks.labels(outcome))
+    got[1].inc()
+
+
 def callback(outcome: str) -> None:
-    """Count one VM callback answered with `outcome`."""
-    _safely("a callback", lambda: instruments().callbacks.labels(outcome).inc())
+    """Count one VM callback answered with `outcome` (its labelled counter looked up once per instruments)."""
+    _safely("a callback", _count_callback, outcome)
 
 
 def rpc_call(endpoint: str, method: str, seconds: float, error_kind: str | None = None) -> None:

@@ -30,7 +30,7 @@ from functions.ops import callbacks, cbinbox, cbroster
 from handlers.deps import Deps
 
 SCRIPTS = {"updatevmstatus.sh": "net", "updateappstatus.sh": "status"}
-KNOWN = ("service", "vmid", "envid", "status", "newip", "name", "hostkey", "token")
+KNOWN = frozenset({"service", "vmid", "envid", "status", "newip", "name", "hostkey", "token"})
 _PATTERNS = {
     "vmid": re.compile(r"[0-9]{1,10}"),
     "envid": re.compile(r"[0-9]{1,18}"),
@@ -41,6 +41,10 @@ _PATTERNS = {
     "name": re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
                        r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"),
 }
+# Dotted-quad IPv4 (each octet 0-255 without a leading zero): a subset of what ipaddress.ip_address accepts, checked
+# first because it is ~10x cheaper; anything else goes to ipaddress.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
 _HINTS = {"vmid": "digits", "envid": "digits", "service": "A-Z a-z 0-9 _ -",
           "status": "1-128 characters of A-Z a-z 0-9 _ : . @ -", "token": "the VM's CARINA_TOKEN (base64url)",
           "name": "a host name"}
@@ -70,11 +74,13 @@ def _pairs(text: str, params: dict[str, str], query: bool = False) -> None:
     """Merge `k=v&k=v` pieces into params (values %-decoded; in the query string `+` is a space, as forms and
     HTTP clients encode it); a key repeated with another value is a 400."""
     decode = unquote_plus if query else unquote
+    encoded = "%" in text or (query and "+" in text)      # else decoding changes nothing
     for piece in text.split("&"):
         if not piece:
             continue
         key, sep, value = piece.partition("=")
-        key, value = decode(key), decode(value)
+        if encoded:
+            key, value = decode(key), decode(value)
         if not sep:
             raise _bad(key[:32], "expected key=value")
         if key in params and params[key] != value:
@@ -106,7 +112,7 @@ def _validate(kind: str, params: dict[str, str]) -> None:
     for name, pattern in _PATTERNS.items():
         if name in params and not pattern.fullmatch(params[name]):
             raise _bad(name, f"must be {_HINTS[name]}")
-    if kind == "net":
+    if kind == "net" and not _IPV4.fullmatch(params["newip"]):
         try:
             ipaddress.ip_address(params["newip"])
         except ValueError:

@@ -9,9 +9,13 @@ records again (the events are added again).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 if TYPE_CHECKING:
     from functions.store.envstore import VmRecord
@@ -29,6 +33,13 @@ def init_verdict(status: str, rec: VmRecord) -> str:
     if match is None:
         return ""
     return "done" if match.group(1) == "DONE" else f"fail:{status}"
+
+
+def report_text(kind: str, fields: dict[str, str]) -> str:
+    """A report's canonical text, as a VM's last report of its kind is remembered and compared: exactly
+    json.dumps([kind, fields], sort_keys=True) for string fields, built without json's encoder (~4x faster). Pure."""
+    q = encode_basestring_ascii
+    return f"[{q(kind)}, {{{', '.join(f'{q(k)}: {q(fields[k])}' for k in sorted(fields))}}}]"
 
 
 def find_record(vms: dict[str, VmRecord], vmid: int, slot: str | None) -> VmRecord | None:
@@ -74,6 +85,13 @@ class Entry:
 
     def to_wire(self) -> dict[str, Any]:
         return {"v": self.vmid, "k": self.kind, "f": self.fields, "s": self.slot, "t": self.at}
+
+    def to_text(self) -> str:
+        """The entry as the inbox stores it: JSON of to_wire (compact; readers parse it). Pure."""
+        try:
+            return orjson.dumps(self.to_wire(), option=orjson.OPT_SORT_KEYS).decode()
+        except orjson.JSONEncodeError:      # text orjson refuses (a lone surrogate): json escapes it
+            return json.dumps(self.to_wire(), sort_keys=True)
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Entry:

@@ -13,6 +13,8 @@ accepted callback under the environment lock and wakes the lifecycle on MASTER_I
 
 from __future__ import annotations
 
+import functools
+import hmac
 import ipaddress
 import json
 import logging
@@ -27,7 +29,7 @@ from rq import Queue
 
 from functions.engine.kick import kick
 from functions.model import tokens
-from functions.model.cbfold import Entry, find_record, fold_one
+from functions.model.cbfold import Entry, find_record, fold_one, report_text
 from functions.model.clock import Clock
 from functions.ops import cbinbox, cbroster
 from functions.ops.cbroster import lookup
@@ -44,6 +46,7 @@ GATE_TTL = 86400            # a VM's bucket and last reports are forgotten after
 THROTTLE_NOTE_EVERY = 60.0  # seconds: at most one callback_throttled event per VM in that time
 # Parameters never copied into an event's extra fields (the token; names add_event itself uses).
 _NOT_EXTRA = frozenset({"token", "envid", "service", "ts", "type", "msg", "id", "r", "kind", "clock"})
+_GATE_TTL, _NOTE_EVERY, _DRAINS = str(GATE_TTL), repr(THROTTLE_NOTE_EVERY), keys.callback_drains()
 
 
 class CallbackRefused(Exception):
@@ -153,10 +156,6 @@ def find_caller(r: redis.Redis, env: dict[str, Any], vmid: int, token: str | Non
     return Caller(slot=rec.slot, role=rec.role, nonce=rec.nonce, by_token=bool(token))
 
 
-def _values(kind: str, fields: dict[str, str]) -> str:
-    return json.dumps([kind, fields], sort_keys=True)
-
-
 def ingest(r: redis.Redis, envid: str, caller: Caller, vmid: int, kind: str, fields: dict[str, str], now: float,
            per_minute: int, burst: int, recheck: bool = False) -> Admission:
     """Take one token from the VM's bucket (`per_minute` refill, `burst` deep) and compare the report with the
@@ -166,16 +165,21 @@ def ingest(r: redis.Redis, envid: str, caller: Caller, vmid: int, kind: str, fie
     once the lease runs out). Every call takes a token. `recheck` (a caller from `known_caller`): first
     check that the environment and the caller's VM record (slot, nonce, vmid) are still there, else do nothing and
     answer Admission("recheck")."""
-    entry = json.dumps(Entry(vmid, kind, fields, caller.slot, now).to_wire(), sort_keys=True)
-    keys_ = [keys.callback_gate(envid, caller.slot, caller.nonce), keys.callback_inbox(envid), keys.callback_drains(),
-             keys.env_vms(envid), keys.env(envid)]
-    args = [repr(now), repr(per_minute / 60.0), str(burst), kind, _values(kind, fields), str(GATE_TTL),
-            repr(THROTTLE_NOTE_EVERY), entry, envid, repr(time.time() + cbinbox.DRAIN_LEASE),
-            caller.slot if recheck else "", caller.nonce, str(vmid)]
-    code, wait_ms, note, drain = scripts.run(r, "callback_ingest", keys_, args)
+    keys_ = (keys.callback_gate(envid, caller.slot, caller.nonce), keys.callback_inbox(envid), _DRAINS,
+             keys.env_vms(envid), keys.env(envid))
+    args = (repr(now), repr(per_minute / 60.0), str(burst), kind, report_text(kind, fields), _GATE_TTL, _NOTE_EVERY,
+            Entry(vmid, kind, fields, caller.slot, now).to_text(), envid, repr(time.time() + cbinbox.DRAIN_LEASE),
+            caller.slot if recheck else "", caller.nonce, str(vmid))
+    code, wait_ms, note, drain = scripts.run_direct(r, "callback_ingest", keys_, args)
     if code == 0:
         return Admission("throttled", retry_after=int(wait_ms) / 1000.0, note=bool(note))
     return Admission({1: "queue", 2: "duplicate", 3: "recheck"}[int(code)], drain=bool(drain))
+
+
+@functools.lru_cache(maxsize=4096)
+def _expected_token(secret: bytes, envid: str, slot: str, nonce: str) -> str:
+    """tokens.vm_token, remembered for the last VMs seen (a VM's two boot callbacks come one after the other)."""
+    return tokens.vm_token(secret, envid, slot, nonce)
 
 
 def known_caller(r: redis.Redis, envid: str, vmid: int, token: str) -> tuple[str, Caller] | None:
@@ -185,7 +189,7 @@ def known_caller(r: redis.Redis, envid: str, vmid: int, token: str) -> tuple[str
     if got is None:
         return None
     service, m = got
-    if not tokens.token_matches(_secret(r), envid, m.slot, m.nonce, token):
+    if not hmac.compare_digest(_expected_token(_secret(r), envid, m.slot, m.nonce), token):
         return None
     return service, Caller(slot=m.slot, role=m.role, nonce=m.nonce, by_token=True)
 
