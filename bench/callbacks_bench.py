@@ -43,18 +43,16 @@ drain's CPU); one script per drained batch (write + take next); result_ttl=1 on 
 job at once: 62 instead of 56 commands); a drain enqueued in one pipeline (RQ alone: two round trips). Tried and
 dropped: a drain that lingers 20 ms for more callbacks of its env (with several envs' drains queued it stops at
 once and only adds round trips: worker CPU per callback went up).
-The gateway's CPU per callback (bench/callback_route_profile.py: the app in-process, each step alone; and both
-gateways side by side under gunicorn in one run): 165-190 us of app CPU a callback over the bare route's,
-in-process, down to 91-107; under gunicorn, more than the bare route a request: 290-350 us down to 160-240
-keep-alive, 280-410 down to 120-270 with a connection per callback (medians of 5-6 alternating rounds in 4 runs,
-load 2-5). What moved it: the ingest script sent on a connection each thread keeps (store/scripts.run_direct:
-redis-py's Script, pool, retry and observability layers were ~30 us of CPU a call); the report's text built without
-json's encoder and the inbox entry with orjson (~8 us); the query decoded only when something in it is encoded and a
-dotted-quad IPv4 matched before ipaddress; the expected token of the last VMs remembered (a VM's two callbacks come
-together); the metric's labelled child, an empty logs.bind and the drain's RQ queue object made once. A bare route
-plus one such script call costs ~40 us of gunicorn CPU more than the bare route: the round trip is no longer the
-main cost. Every microsecond of Python in the request costs 2-3 in the route (the code runs cache-cold after the
-Redis wait): the rest is Python spread thin.
+The gateway's CPU per callback (bench/callback_route_profile.py: the app in-process, each step alone), over the
+bare route's, measured minutes apart at load 0.7-0.9: 210 us (1 thread) / 329 us (4 threads) before, 161-211 /
+251-270 after. What moved it: the report's text built without json's encoder and the inbox entry with orjson
+(~8 us); the query decoded only when something in it is encoded and a dotted-quad IPv4 matched before ipaddress;
+the expected token of the last VMs remembered (a VM's two callbacks come together); the metric's labelled child,
+an empty logs.bind and the drain's RQ queue object made once. Tried and dropped: the ingest script sent on a
+connection each thread keeps out of redis-py's pool, packed by hiredis (~30 us a call less, but it reaches into
+redis-py's private connection internals and re-implements its pool and retry: not worth owning). The ingest script
+call is ~100 us, 65 of them the round trip; the rest is Python spread thin (every microsecond of it costs 2-3 in
+the route: the code runs cache-cold after the Redis wait).
 Left: the drain's RQ enqueue (~170 us of CPU in a tight loop, 250-500 in the route, once every ~15 callbacks while a
 worker drains: ~20 us a callback); RQ's ~56 commands and ~2 ms of CPU per job, paid once per drain (about 20
 callbacks a job while ingesting, 200 from a backlog).

@@ -170,7 +170,7 @@ def ingest(r: redis.Redis, envid: str, caller: Caller, vmid: int, kind: str, fie
     args = (repr(now), repr(per_minute / 60.0), str(burst), kind, report_text(kind, fields), _GATE_TTL, _NOTE_EVERY,
             Entry(vmid, kind, fields, caller.slot, now).to_text(), envid, repr(time.time() + cbinbox.DRAIN_LEASE),
             caller.slot if recheck else "", caller.nonce, str(vmid))
-    code, wait_ms, note, drain = scripts.run_direct(r, "callback_ingest", keys_, args)
+    code, wait_ms, note, drain = scripts.run(r, "callback_ingest", keys_, args)
     if code == 0:
         return Admission("throttled", retry_after=int(wait_ms) / 1000.0, note=bool(note))
     return Admission({1: "queue", 2: "duplicate", 3: "recheck"}[int(code)], drain=bool(drain))

@@ -1,5 +1,4 @@
-"""Every Lua script Carina runs in Redis, by name, and `run` to call one atomically (EVALSHA, loaded on first use);
-`run_direct` is the same call for a hot path (every VM callback), on a connection each thread keeps.
+"""Every Lua script Carina runs in Redis, by name, and `run` to call one atomically (EVALSHA, loaded on first use).
 
 Each script opens with a legend of its KEYS and ARGV. Scripts are constants: only keys and arguments vary,
 never script text, and no user text is ever evaluated.
@@ -7,17 +6,12 @@ never script text, and no user text is ever evaluated.
 
 from __future__ import annotations
 
-import os
-import threading
 import weakref
 from collections.abc import Sequence
 from typing import Any
 
-import hiredis
 import redis
 from redis.commands.core import Script
-from redis.connection import HiredisRespSerializer
-from redis.exceptions import NoScriptError
 
 LUA: dict[str, str] = {}
 
@@ -547,58 +541,3 @@ def _script(client: redis.Redis, name: str) -> Script:
 def run(client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
     """Run script `name` with `keys` and `args` on `client` (one atomic Redis call)."""
     return _script(client, name)(keys=list(keys), args=list(args), client=client)
-
-
-_HAND_OVER = object()
-
-
-class _Held(threading.local):
-    """Per thread: the connection it keeps out of each pool for run_direct (forgotten when the pool is)."""
-
-    def __init__(self) -> None:
-        self.conns: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
-_held = _Held()
-
-
-def _forget_held() -> None:
-    """In a forked child: the parent's connections are not ours (their sockets are shared)."""
-    global _held
-    _held = _Held()
-
-
-os.register_at_fork(after_in_child=_forget_held)
-
-
-def run_direct(client: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
-    """`run` for a hot path (every VM callback): the EVALSHA is sent on a connection the calling thread keeps out of
-    `client`'s pool for these calls, without redis-py's per-command layers (Script.__call__, the pool, the retry
-    wrapper, the observability hooks: ~30 us of CPU a call). Same reply and errors as `run`. A NOSCRIPT, a
-    connection error or a timeout hands over to `run`, which loads the script and retries as redis-py does (so, as
-    with `run`, a call whose reply was lost is sent again; here once more than redis-py's retries); a call
-    interrupted any way closes the kept connection (the next call opens it again). Not for pipelines."""
-    pool = client.connection_pool
-    conn = _held.conns.get(pool)
-    if conn is None:
-        conn = _held.conns[pool] = pool.get_connection()
-    clean = False
-    try:
-        command = ("EVALSHA", _script(client, name).sha, len(keys), *keys, *args)
-        if type(conn._command_packer) is HiredisRespSerializer:     # its bytes, without its per-argument checks
-            conn.send_packed_command([hiredis.pack_command(command)])
-        else:
-            conn.send_command(*command)
-        reply = conn.read_response()
-        clean = True
-    except NoScriptError:
-        reply, clean = _HAND_OVER, True
-    except redis.ResponseError:             # the script's error, read whole: the connection is fine
-        clean = True
-        raise
-    except (redis.ConnectionError, redis.TimeoutError):
-        reply = _HAND_OVER
-    finally:
-        if not clean or conn.should_reconnect():    # or a server maintenance notice (RESP3), as redis-py does
-            conn.disconnect()
-    return run(client, name, keys, args) if reply is _HAND_OVER else reply
