@@ -82,6 +82,7 @@ class Seen(NamedTuple):
     role: str = ""
     init: str = ""
     origin: str = ""
+    doc: dict[str, Any] | None = None          # the decoded record (its cpu the figure above), kept for readers
 
     def written(self) -> tuple[str, ...]:
         """The written fields (FIELDS) as read."""
@@ -126,10 +127,13 @@ def _seen_of(slot: str, text: Any, cpu: dict[str, Any]) -> Seen | None:
         return None
     get = rec.get
     vmid = _num(get("vmid", ""))
+    figure = cpu_text(cpu.get(slot), vmid) if cpu else ""
+    if figure:
+        rec["cpu"] = float(figure)
     return Seen(slot, vmid, _str(get("state")), _num(get("created", "")), _str(get("checked")),
-                _str(get("one_state")), (cpu_text(cpu.get(slot), vmid) if cpu else "") or _num(get("cpu", "")),
-                _num(get("vm_state", "")), _num(get("lcm_state", "")), _str(get("one_ip")), _str(get("role")),
-                _str(get("init")), _str(get("origin")))
+                _str(get("one_state")), figure or _num(get("cpu", "")), _num(get("vm_state", "")),
+                _num(get("lcm_state", "")), _str(get("one_ip")), _str(get("role")), _str(get("init")),
+                _str(get("origin")), rec)
 
 
 def records(r: redis.Redis, envids: Sequence[str]) -> dict[str, list[Seen] | str]:

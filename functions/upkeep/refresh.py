@@ -77,12 +77,12 @@ def observation(seen: observed.Seen, view: VmView | None, checked: str | None = 
     return None if new == old else new
 
 
-def cpu_figure(seen: observed.Seen, view: VmView | None, cpu: float | None) -> str | None:
-    """The env_cpu entry of the VM's new CPU figure, or None when there is none or it did not change (a
-    missing or DONE VM keeps its last figure). Pure."""
+def cpu_figure(seen: observed.Seen, view: VmView | None, cpu: float | None) -> float | None:
+    """The VM's new CPU figure, or None when there is none or it did not change (a missing or DONE VM keeps
+    its last figure). Pure."""
     if view is None or view.state == 6 or cpu is None or _float(seen.cpu) == cpu:
         return None
-    return observed.cpu_entry(seen.vmid, repr(float(cpu)))
+    return float(cpu)
 
 
 def _float(text: str) -> float | None:
@@ -157,11 +157,18 @@ def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: Stored,
 
 
 def _note(changes: Changes, figures: Figures, envid: str, seen: observed.Seen, new: tuple[str, ...] | None,
-          figure: str | None) -> None:
+          cpu: float | None) -> None:
+    """Note the record's write and its CPU figure's (cpu None: no new figure), and make its decoded record
+    (`seen.doc`, handed to the policy pass) what they write."""
     if new is not None:
         changes.setdefault(envid, []).append((seen.slot, seen.written(), new))
-    if figure is not None:
-        figures.setdefault(envid, {})[seen.slot] = figure
+        if seen.doc is not None:
+            seen.doc.update(one_state=new[1], vm_state=_int(new[2]), lcm_state=_int(new[3]), checked=new[4],
+                            one_ip=new[5])
+    if cpu is not None:
+        figures.setdefault(envid, {})[seen.slot] = observed.cpu_entry(seen.vmid, repr(cpu))
+        if seen.doc is not None:
+            seen.doc["cpu"] = cpu
 
 
 def _settle(r: redis.Redis, one: OneClient, pending: list[_Pending],
@@ -194,54 +201,27 @@ def _settle(r: redis.Redis, one: OneClient, pending: list[_Pending],
     return changes, figures
 
 
-@dataclass
-class _Written:
-    """What this minute wrote: (envid, slot) -> (the record's FIELDS as written or None, its CPU figure or
-    None), and the envs whose writes did not all land (a step took them, a field changed meanwhile)."""
-
-    records: dict[tuple[str, str], tuple[tuple[str, ...] | None, str | None]] = field(default_factory=dict)
-    unsure: set[str] = field(default_factory=set)
-
-
-def _write(r: redis.Redis, changes: Changes, figures: Figures, stats: dict[str, int], written: _Written) -> None:
+def _write(r: redis.Redis, changes: Changes, figures: Figures, stats: dict[str, int], unsure: set[str]) -> None:
     """Write the records that changed (compare-and-set; an env a step now holds is counted busy) and the CPU
-    figures of the envs not held; note in `written` what landed."""
+    figures of the envs not held; note in `unsure` the envs whose writes did not all land."""
     done = observed.write(r, changes)
     stats["changed"] += sum(n for n in done.values() if n > 0)
     stats["busy"] += sum(1 for n in done.values() if n < 0)
     figures = {envid: got for envid, got in figures.items() if done.get(envid, 0) >= 0}
     observed.write_cpu(r, figures)
     stats["cpu"] += sum(len(got) for got in figures.values())
-    written.unsure.update(envid for envid, items in changes.items() if done.get(envid) != len(items))
-    for envid, items in changes.items():
-        written.records.update(((envid, slot), (new, None)) for slot, _, new in items)
-    for envid, got in figures.items():
-        for slot, figure in got.items():
-            written.records[(envid, slot)] = (written.records.get((envid, slot), (None, None))[0], figure)
+    unsure.update(envid for envid, items in changes.items() if done.get(envid) != len(items))
 
 
 def _int(text: str) -> int | None:
     return int(text) if text.lstrip("-").isdigit() else None
 
 
-def as_record(seen: observed.Seen, new: tuple[str, ...] | None, figure: str | None) -> dict[str, Any]:
-    """The fields of a record the policy pass uses (functions.upkeep.policies.vm_obs), as stored after this
-    minute's writes: `new` its FIELDS as written (None: as read), `figure` its new env_cpu entry. Pure."""
-    vmid, one_state, vm_state, lcm_state = (new or seen.written())[:4]
-    cpu = figure.partition(" ")[2] if figure else seen.cpu
-    return {"slot": seen.slot, "role": seen.role, "vmid": _int(vmid), "state": seen.state, "one_state": one_state,
-            "vm_state": _int(vm_state), "lcm_state": _int(lcm_state), "init": seen.init,
-            "cpu": _float(cpu) if cpu else None, "created": _float(seen.created) or 0.0, "origin": seen.origin}
-
-
-def _records_after(stored: Stored, written: _Written) -> dict[str, list[dict[str, Any]]]:
-    """envid -> its records as the policies see them after this minute's writes, for every env read, not held
-    and whose writes all landed (the others the policy pass reads again)."""
-    out = {}
-    for envid, rows in stored.items():
-        if isinstance(rows, list) and envid not in written.unsure:
-            out[envid] = [as_record(seen, *written.records.get((envid, seen.slot), (None, None))) for seen in rows]
-    return out
+def _records_after(stored: Stored, unsure: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """envid -> its decoded records as this minute's writes left them (policies.vm_obs reads them), for every
+    env read, not held and whose writes all landed (the others the policy pass reads again)."""
+    return {envid: [seen.doc for seen in rows if seen.doc is not None] for envid, rows in stored.items()
+            if isinstance(rows, list) and envid not in unsure}
 
 
 def _observe(one_factory: Callable[[str, str], OneClient], key: tuple[str, str], vmids: list[int],
@@ -274,12 +254,12 @@ def refresh(r: redis.Redis, clock: Clock = system_clock, one_factory: Callable[[
     stats = {"endpoints": 0, "changed": 0, "cpu": 0, "busy": 0, "errors": 0, "calls": 0, "unchecked": 0}
     groups = _groups(r)
     stored: Stored = {}
-    written = _Written()
+    unsure: set[str] = set()
     if len(groups) == 1:                  # nothing to overlap: asked in this thread
         ((key, group),) = groups.items()
         _read(r, group, stored)
         if group.vmids:
-            _apply(r, key, group, _observe(one_factory, key, group.vmids, clock), stored, stats, written)
+            _apply(r, key, group, _observe(one_factory, key, group.vmids, clock), stored, stats, unsure)
     else:
         with ThreadPoolExecutor(max_workers=OBSERVERS, thread_name_prefix="observe") as pool:
             asked = {}
@@ -288,13 +268,13 @@ def refresh(r: redis.Redis, clock: Clock = system_clock, one_factory: Callable[[
                 if group.vmids:
                     asked[key] = pool.submit(_observe, one_factory, key, group.vmids, clock)
             for key, future in asked.items():
-                _apply(r, key, groups[key], future.result(), stored, stats, written)
+                _apply(r, key, groups[key], future.result(), stored, stats, unsure)
     stats["busy"] += sum(1 for v in stored.values() if v == observed.HELD)
-    return stats, _records_after(stored, written)
+    return stats, _records_after(stored, unsure)
 
 
 def _apply(r: redis.Redis, key: tuple[str, str], group: _Group, observed_: tuple[OneClient, float, Any],
-           stored: Stored, stats: dict[str, int], written: _Written) -> None:
+           stored: Stored, stats: dict[str, int], unsure: set[str]) -> None:
     """Judge and write one group's records from its observation (an endpoint that did not answer: an error)."""
     one, taken, seen = observed_
     if isinstance(seen, Exception):
@@ -306,8 +286,8 @@ def _apply(r: redis.Redis, key: tuple[str, str], group: _Group, observed_: tuple
     stats["calls"] += (len(group.vmids) + INFOSET_SLICE - 1) // INFOSET_SLICE
     pending: list[_Pending] = []
     for chunk in _chunks(group.envs, CHUNK):
-        _write(r, *_judge_chunk(chunk, stored, views, cpu, taken, pending), stats, written)
+        _write(r, *_judge_chunk(chunk, stored, views, cpu, taken, pending), stats, unsure)
     if pending:
         stats["calls"] += min(OWNER_SLICES, (len(pending) + OWNER_SLICE - 1) // OWNER_SLICE)
         stats["unchecked"] += max(0, len(pending) - OWNER_SLICE * OWNER_SLICES)
-        _write(r, *_settle(r, one, pending, cpu), stats, written)
+        _write(r, *_settle(r, one, pending, cpu), stats, unsure)
