@@ -1,14 +1,15 @@
 """The minute tick at scale, end to end: `python bench/policy_tick_bench.py [--quick] [--sizes 1000,10000]`.
 
-What runs is what the minute tick runs after its re-drives: `functions.upkeep.refresh.refresh` (one
-`vmpool.infoset` of Carina's VM ids per endpoint and 10,000 ids, short bodies with each VM's last CPU, over real
-XML-RPC) then `functions.upkeep.policies.run` with the records the refresh hands over (policy decisions, the jobs
-they start through the op guard, a real RQ enqueue each). N environments of 10 VMs (1 master + 9 slaves) live on 4
-endpoints, each a real simulator (`python -m onesim --guests synthetic`, `--guests none` past the open-files limit)
-whose pool is filled with the environments' VMs by `onesim.vm.allocatebatch` (tagged as Carina tags them). Services
-of 1,000 environments; per service 70 % `auto` elasticity + recreate policy, 20 % time windows, 10 % failover
-pairs; 1 % of the `auto` ones are over their CPU threshold with their counter one minute short (a SCALEUP each),
-0.2 % of the VMs are UNKNOWN in OpenNebula (a RECREATE for most of their environments).
+What runs is what the minute tick runs after its re-drives (`functions.upkeep.ticks.observe_and_decide`, the cyclic
+GC paused): `functions.upkeep.refresh.refresh` (one `vmpool.infoset` of Carina's VM ids per endpoint and 10,000
+ids, short bodies with each VM's last CPU, over real XML-RPC) then `functions.upkeep.policies.run` with the records
+the refresh hands over (policy decisions, the jobs they start through the op guard, a real RQ enqueue each). N
+environments of 10 VMs (1 master + 9 slaves) live on 4 endpoints, each a real simulator (`python -m onesim --guests
+synthetic`, `--guests none` past the open-files limit) whose pool is filled with the environments' VMs by
+`onesim.vm.allocatebatch` (tagged as Carina tags them). Services of 1,000 environments; per service 70 % `auto`
+elasticity + recreate policy, 20 % time windows, 10 % failover pairs; 1 % of the `auto` ones are over their CPU
+threshold with their counter one minute short (a SCALEUP each), 0.2 % of the VMs are UNKNOWN in OpenNebula (a
+RECREATE for most of their environments).
 
 Redis is filled with what a real create leaves, by the real code: one environment of 1 + 9 VMs is created
 through the engine against a simulator (tests.integration.engine_fixtures), and its env hash, VM records,
@@ -47,7 +48,7 @@ from bench import tick_fill  # noqa: E402
 from bench.common import Row, machine, table  # noqa: E402
 from functions.model.clock import FakeClock  # noqa: E402
 from functions.store.runtime import JsonQueue  # noqa: E402
-from functions.upkeep import policies, refresh  # noqa: E402
+from functions.upkeep import ticks  # noqa: E402
 from tests.harness import RedisServer  # noqa: E402
 
 ENDPOINTS = tick_fill.ENDPOINTS
@@ -162,8 +163,8 @@ def tick_once(r: redis.Redis, queue: JsonQueue, clock: FakeClock, sims: list[tic
     trips = _Trips()
     try:
         start = time.perf_counter()
-        refreshed, records = refresh.refresh(r, clock, factory)
-        policy = policies.run(r, queue, clock, known=records)
+        refreshed = ticks.observe_and_decide(r, queue, clock, factory)
+        policy = refreshed.pop("policies")
         wall = time.perf_counter() - start
     finally:
         trips.close()

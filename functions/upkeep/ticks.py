@@ -13,8 +13,10 @@ skipped until the next minute).
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -42,6 +44,33 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
                 one_factory: Callable[[str, str], OneClient] = OneClient) -> dict[str, Any]:
     """Refresh every VM record from a fixed few calls per (proxy, credentials): functions.upkeep.refresh."""
     return refresh.refresh_vms(r, clock, one_factory)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block, back on after (as it was). The minute's pass makes
+    hundreds of thousands of short-lived, acyclic objects (records, rows, decisions): each collection would
+    rescan every one still alive (~25 % of the pass's CPU at 10k environments); refcounting frees them anyway.
+    Nested use is safe: only the outermost block turns it back on."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def observe_and_decide(r: redis.Redis, queue: Queue, clock: Clock = system_clock,
+                       one_factory: Callable[[str, str], OneClient] = OneClient,
+                       grace: float = DEFAULT_GRACE) -> dict[str, Any]:
+    """The minute's VM refresh, then the policy pass on the records it hands over, with the cyclic GC paused.
+    Returns the refresh's counts with the policy pass's under "policies". Safe to run twice in a minute."""
+    with gc_paused():
+        stats, records = refresh.refresh(r, clock, one_factory)
+        stats["policies"] = policies.run(r, queue, clock, grace, known=records)
+        del records
+    return stats
 
 
 def retain(r: redis.Redis, keep: int) -> dict[str, int]:
@@ -72,8 +101,7 @@ def tick(r: redis.Redis, queue: Queue, clock: Clock = system_clock,
     if not claim_minute(r, "minute", clock()):
         return None
     kicked = reconcile.recover_all(r, queue, clock, minute=True)   # not the watched nor the queued ones
-    stats, records = refresh.refresh(r, clock, one_factory)
-    stats["policies"] = policies.run(r, queue, clock, grace, known=records)
+    stats = observe_and_decide(r, queue, clock, one_factory, grace)
     stats.update(retain(r, retention), kicked=len(kicked), minute=minute)
     if gsstore.get_global(r) is not None or gsstore.live(r):
         stats["gs"] = gsched.minute(r, queue, clock)
