@@ -65,10 +65,12 @@ return out
 """
 
 # The minute refresh's CPU figures: many environments' env_cpu hashes in one call (one command instead of two
-# per env); an environment whose records are gone (deleted since the read) gets none.
+# per env); an environment whose records are gone (deleted since the read) gets none; an environment observed
+# without a new figure keeps its figures another TTL.
 LUA["cpu_write"] = """
 -- KEYS[1], KEYS[2] an env's VM records, its env_cpu hash (and so on per env); ARGV[1] TTL (s), then per env
--- the number of pairs n and n slot, entry pairs. Returns the number of envs written.
+-- the number of pairs n and n slot, entry pairs (n = 0: only renew the TTL of the figures it has). Returns the
+-- number of envs written.
 local a, done = 2, 0
 for i = 1, #KEYS, 2 do
   local n = tonumber(ARGV[a])
@@ -76,6 +78,8 @@ for i = 1, #KEYS, 2 do
     redis.call('HSET', KEYS[i + 1], unpack(ARGV, a + 1, a + 2 * n))
     redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
     done = done + 1
+  elseif n == 0 then
+    redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
   end
   a = a + 1 + 2 * n
 end

@@ -225,9 +225,10 @@ def write(r: redis.Redis, changes: dict[str, list[Write]]) -> dict[str, int]:
 
 
 def write_cpu(r: redis.Redis, figures: dict[str, dict[str, str]]) -> None:
-    """Store CPU figures: envid -> {slot: cpu_entry(...)}, and renew each env's CPU_TTL; an env whose records
-    are gone gets none. One pipelined round trip of script calls (PER_CALL envs each). Safe to run twice."""
-    envids = [envid for envid, entries in figures.items() if entries]
+    """Store CPU figures: envid -> {slot: cpu_entry(...)} (none: the env was observed, nothing new), and renew
+    each env's CPU_TTL (a figure that stays the same stays); an env whose records are gone gets none. One
+    pipelined round trip of script calls (PER_CALL envs each). Safe to run twice."""
+    envids = list(figures)
     with r.pipeline(transaction=False) as p:
         for chunk in _chunks(envids, PER_CALL):
             args: list[str | int] = [CPU_TTL]

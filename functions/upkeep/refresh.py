@@ -143,7 +143,10 @@ def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: Stored,
     changes: Changes = {}
     figures: Figures = {}
     for env in envs:
-        for seen in _rows(stored, env.envid):
+        rows = _rows(stored, env.envid)
+        if rows:
+            figures.setdefault(env.envid, {})          # observed: its figures live on even when none changed
+        for seen in rows:
             if not judgeable(seen, taken):
                 continue
             vmid = int(seen.vmid)

@@ -286,3 +286,13 @@ def test_cpu_figures_of_a_deleted_env_are_not_written(rig: Rig) -> None:
     observed.write_cpu(rig.r, {envid: {"m": "1 50.0"}, other: {"m": observed.cpu_entry("7", "12.5")}})
     assert not rig.r.exists(keys.env_cpu(envid))
     assert rig.r.hgetall(keys.env_cpu(other)) == {"m": "7 12.5"}
+
+
+def test_a_cpu_figure_that_stays_the_same_stays_past_the_ttl(rig: Rig) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    rig.rpc().onesim.vm.setcpu(rig.sim.auth, rig.vms(envid)["s0"].vmid, 12.0)
+    refresh(rig)
+    rig.r.expire(keys.env_cpu(envid), 5)                   # about to expire: the next minute renews it
+    stats = refresh(rig)
+    assert stats["cpu"] == 0 and rig.r.ttl(keys.env_cpu(envid)) > 5
+    assert rig.vms(envid)["s0"].cpu == 12.0
