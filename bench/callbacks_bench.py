@@ -80,7 +80,7 @@ if str(ROOT) not in sys.path:
 import falcon  # noqa: E402
 import redis  # noqa: E402
 
-from bench.common import Row, children, percentile, standalone, wait_until  # noqa: E402
+from bench.common import Row, children, cpu_seconds, percentile, standalone, wait_until  # noqa: E402
 from bench.stack_bench import BenchStack  # noqa: E402
 from functions.model import tokens  # noqa: E402
 from functions.model.clock import system_clock  # noqa: E402
@@ -282,23 +282,15 @@ def ingestion(stack: BenchStack, bare_port: int, paths: list[list[str]], rounds:
     ]
 
 
-def _cpu_s(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _cpu(stack: BenchStack) -> dict[str, float]:
     """CPU seconds so far of the bare gunicorn, the gateway's gunicorn (master and workers) and redis-server."""
     def tree(pid: int) -> float:
-        return _cpu_s(pid) + sum(_cpu_s(c) for c in children(pid))
+        return cpu_seconds(pid) + sum(cpu_seconds(c) for c in children(pid))
     redis_proc = stack.redis.proc
     bare = stack.procs.get("bare")
     return {"bare": tree(bare.pid) if bare is not None else 0.0, "gateway": tree(stack.procs["gateway"].pid),
-            "worker": sum(_cpu_s(w.pid) for w in stack.workers),
-            "redis": _cpu_s(redis_proc.pid) if redis_proc is not None else 0.0}
+            "worker": sum(cpu_seconds(w.pid) for w in stack.workers),
+            "redis": cpu_seconds(redis_proc.pid) if redis_proc is not None else 0.0}
 
 
 def _jobs_done(stack: BenchStack) -> int:

@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from bench.common import Row, children, standalone  # noqa: E402
+from bench.common import Row, children, cpu_seconds, standalone  # noqa: E402
 from functions.store import keys, runtime  # noqa: E402
 from tests.harness import RedisServer  # noqa: E402
 from tests.stack import Stack  # noqa: E402
@@ -83,15 +83,6 @@ class CreateStack(Stack):
         proc = self.workers[0]
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process and its threads used so far, from /proc; 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stack_cpu(stack: CreateStack) -> dict[str, float]:

@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 import redis  # noqa: E402
 
 from bench import tick_fill  # noqa: E402
-from bench.common import Row, machine, table  # noqa: E402
+from bench.common import Row, cpu_seconds, machine, table  # noqa: E402
 from functions.model.clock import FakeClock  # noqa: E402
 from functions.store.runtime import JsonQueue  # noqa: E402
 from functions.upkeep import ticks  # noqa: E402
@@ -110,16 +110,6 @@ def _redis_cmds(r: redis.Redis) -> dict[str, int]:
     return {k[8:]: int(v.get("calls", 0)) for k, v in r.info("commandstats").items() if k.startswith("cmdstat_")}
 
 
-def _proc_cpu(pid: int) -> float:
-    """user + system CPU seconds of a process (from /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    import os
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class _Counting:
     """A OneClient factory that counts the XML-RPC calls of the clients it makes."""
 
@@ -148,7 +138,7 @@ def _quiet(sims: list[tick_fill.Sim], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     last = -1.0
     while time.monotonic() < deadline:
-        now = sum(_proc_cpu(s.proc.pid) for s in sims)
+        now = sum(cpu_seconds(s.proc.pid) for s in sims)
         if now - last < 0.01:
             return
         last = now
@@ -159,7 +149,7 @@ def tick_once(r: redis.Redis, queue: JsonQueue, clock: FakeClock, sims: list[tic
     """The minute's refresh + policy pass, measured."""
     factory = _Counting()
     cpu, server, cmds = time.process_time(), _redis_cpu(r), _redis_cmds(r)
-    sim_cpu = sum(_proc_cpu(s.proc.pid) for s in sims)
+    sim_cpu = sum(cpu_seconds(s.proc.pid) for s in sims)
     trips = _Trips()
     try:
         start = time.perf_counter()
@@ -171,7 +161,7 @@ def tick_once(r: redis.Redis, queue: JsonQueue, clock: FakeClock, sims: list[tic
     after = _redis_cmds(r)
     diff = {k: n - cmds.get(k, 0) for k, n in after.items() if n > cmds.get(k, 0) and k != "info"}
     return Minute(wall, time.process_time() - cpu, _redis_cpu(r) - server,
-                  sum(_proc_cpu(s.proc.pid) for s in sims) - sim_cpu, factory.calls, trips.count, diff,
+                  sum(cpu_seconds(s.proc.pid) for s in sims) - sim_cpu, factory.calls, trips.count, diff,
                   refreshed, policy)
 
 
