@@ -261,6 +261,14 @@ def open_rig(rdb: redis.Redis, **settings: Any) -> Iterator[Rig]:
         raw.close()
 
 
+def retag(rig: Rig, vmid: int | None, **tags: str) -> None:
+    """What a reset cloud does: VM id `vmid` now belongs to someone else (its USER_TEMPLATE says so)."""
+    vm = rig.sim_vm(vmid)
+    with rig.sim.model.lock:
+        for name, value in tags.items():
+            rig.sim.model.set_user_attr(vm, name, value)
+
+
 def create_ready(rig: Rig, **over: Any) -> tuple[str, str]:
     """Create the environment and drive it to ACTIVE by the shortest path. Returns (envid, jobid)."""
     envid, jobid = rig.create(**over)

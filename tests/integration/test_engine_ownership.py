@@ -16,20 +16,12 @@ from functions.ops import operations
 from functions.store import envstore, keys
 from functions.upkeep import ticks
 from onesim import states as S
-from tests.integration.engine_fixtures import SERVICE, Rig, create_ready, open_rig
+from tests.integration.engine_fixtures import SERVICE, Rig, create_ready, open_rig, retag
 
 
 @pytest.fixture
 def rig(rdb: redis.Redis) -> Iterator[Rig]:
     yield from open_rig(rdb)
-
-
-def retag(rig: Rig, vmid: int | None, **tags: str) -> None:
-    """What a reset cloud does: VM id `vmid` now belongs to someone else (its USER_TEMPLATE says so)."""
-    vm = rig.sim_vm(vmid)
-    with rig.sim.model.lock:
-        for name, value in tags.items():
-            rig.sim.model.set_user_attr(vm, name, value)
 
 
 def refresh(rig: Rig) -> None:

@@ -20,7 +20,7 @@ from functions.upkeep import refresh as refresh_mod
 from functions.upkeep import ticks
 from onesim import lifecycle as simlife
 from onesim import states as S
-from tests.integration.engine_fixtures import Rig, create_ready, open_rig
+from tests.integration.engine_fixtures import Rig, create_ready, open_rig, retag
 
 
 @pytest.fixture
@@ -45,13 +45,6 @@ class Counted(OneClient):
 def refresh(rig: Rig) -> dict[str, Any]:
     Counted.calls = []
     return ticks.refresh_vms(rig.r, rig.clock, lambda url, auth: Counted(url, auth))
-
-
-def retag(rig: Rig, vmid: int | None, **tags: str) -> None:
-    vm = rig.sim_vm(vmid)
-    with rig.sim.model.lock:
-        for name, value in tags.items():
-            rig.sim.model.set_user_attr(vm, name, value)
 
 
 def test_states_and_cpu_are_observed_in_a_fixed_few_calls(rig: Rig) -> None:
