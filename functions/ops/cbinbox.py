@@ -119,7 +119,8 @@ def _step(r: redis.Redis, envid: str, fence: str, service: str, taken: int, fold
             event = {"ts": ts, "envid": envid, "type": kind, "msg": msg, **extra}
             args.append(json.dumps([x for kv in event.items() for x in kv]))
     keys_ = [keys.env_lock(envid), keys.env_vms(envid), keys.env(envid), keys.callback_inbox(envid),
-             keys.env_events(envid), keys.service_events(service), keys.callback_drains()]
+             keys.env_events(envid), keys.service_events(service), keys.callback_drains(), keys.vms_gen(),
+             keys.vms_dirty()]
     head = [fence, str(taken), (folded.status if folded is not None else None) or "", str(envstore.EVENT_MAXLEN),
             envid, str(BATCH), repr(time.time() + DRAIN_LEASE), str(len(changed))]
     return list(scripts.run(r, "callback_step", keys_, head + args))

@@ -157,6 +157,7 @@ def delete_env(r: redis.Redis, envid: str, clock: Clock | None = None) -> str | 
             p.zrem(keys.service_envs(env["service"]), envid)
         p.getdel(keys.env_op(envid))
         p.delete(keys.env(envid), keys.env_vms(envid), keys.env_cpu(envid))
+        p.zrem(keys.vms_dirty(), envid)
         p.srem(keys.inflight(), envid)
         p.expire(keys.env_events(envid), DELETED_EVENTS_TTL)
         holder = p.execute()[1 if env else 0]
@@ -354,14 +355,15 @@ class LockLost(RuntimeError):
     """A fenced write was refused: the writer no longer holds the environment lock (another holder may)."""
 
 
+def _vm_keys(envid: str) -> list[str]:
+    return [keys.env_lock(envid), keys.env_vms(envid), keys.vms_gen(), keys.vms_dirty()]
+
+
 def put_vm(r: redis.Redis, envid: str, rec: VmRecord, fence: str | None = None) -> None:
-    """Write (create or replace) a VM record. Safe to run twice. With `fence` (the env lock's owner token),
-    only while that token still holds the lock: LockLost otherwise, nothing written."""
-    if fence is None:
-        r.hset(keys.env_vms(envid), rec.slot, rec.to_json())
-    elif not scripts.run(r, "hset_if_owner", [keys.env_lock(envid), keys.env_vms(envid)],
-                         [fence, rec.slot, rec.to_json()]):
-        raise LockLost(f"env {envid}: lock lost, VM record {rec.slot} not written")
+    """Write (create or replace) a VM record, marking the env changed (script vm_put). Safe to run twice. With
+    `fence` (the env lock's owner token), only while that token still holds the lock: LockLost otherwise,
+    nothing written."""
+    put_vms(r, envid, [rec], fence)
 
 
 def put_vms(r: redis.Redis, envid: str, recs: Sequence[VmRecord], fence: str | None = None) -> None:
@@ -369,9 +371,7 @@ def put_vms(r: redis.Redis, envid: str, recs: Sequence[VmRecord], fence: str | N
     if not recs:
         return
     pairs = [x for rec in recs for x in (rec.slot, rec.to_json())]
-    if fence is None:
-        r.hset(keys.env_vms(envid), mapping=dict(zip(pairs[::2], pairs[1::2], strict=True)))
-    elif not scripts.run(r, "hset_if_owner", [keys.env_lock(envid), keys.env_vms(envid)], [fence, *pairs]):
+    if not scripts.run(r, "vm_put", _vm_keys(envid), [fence or "", envid, *pairs]):
         raise LockLost(f"env {envid}: lock lost, VM records {', '.join(rec.slot for rec in recs)} not written")
 
 
@@ -389,10 +389,9 @@ def get_vms(r: redis.Redis, envid: str) -> dict[str, VmRecord]:
 
 
 def del_vm(r: redis.Redis, envid: str, slot: str, fence: str | None = None) -> None:
-    """Forget a VM record. Safe to run twice. With `fence`: only while it holds the env lock (else LockLost)."""
-    if fence is None:
-        r.hdel(keys.env_vms(envid), slot)
-    elif not scripts.run(r, "hdel_if_owner", [keys.env_lock(envid), keys.env_vms(envid)], [fence, slot]):
+    """Forget a VM record, marking the env changed (script vm_del). Safe to run twice. With `fence`: only while
+    it holds the env lock (else LockLost)."""
+    if not scripts.run(r, "vm_del", _vm_keys(envid), [fence or "", envid, slot]):
         raise LockLost(f"env {envid}: lock lost, VM record {slot} not deleted")
 
 

@@ -21,6 +21,10 @@ State model (hashes are the source of truth, streams are the event log):
 - env_vms(e):          hash slot -> JSON of the VM record (endpoint, vmid, role, ip, ...)
 - env_cpu(e):          hash slot -> "<vmid> <cpu>", the VM's last CPU from the minute refresh (apart from the
                        record: it changes every minute for every VM), expires when no refresh renews it
+- vms_gen / vms_dirty:  counter, and sorted set envid -> the counter's value at the last write of the env's VM
+                       records (every writer bumps both in the same atomic step): what changed since a reader's
+                       last look (the minute refresh's memory, functions.upkeep.recall)
+- vms_epoch:           string, a random token set once: an emptied database has another one
 - vm_index(ep, vmid):  string "envid slot" for callbacks that know only the VM id
 - env_op(e):           string jobid of the running create/scale/remove (the 409 guard)
 - env_lock(e):         string owner token with TTL (one writer per environment)
@@ -116,6 +120,18 @@ def env_vms(envid: str) -> str:
 
 def env_cpu(envid: str) -> str:
     return f"{PREFIX}env:{envid}:cpu"
+
+
+def vms_gen() -> str:
+    return f"{PREFIX}vms:gen"
+
+
+def vms_dirty() -> str:
+    return f"{PREFIX}vms:dirty"
+
+
+def vms_epoch() -> str:
+    return f"{PREFIX}vms:epoch"
 
 
 def vm_index(endpoint: str, vmid: int | str) -> str:

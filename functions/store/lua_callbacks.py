@@ -112,7 +112,8 @@ return {1, 0, 0, drain}
 # drain (a callback appended later finds none and queues one).
 LUA["callback_step"] = """
 -- KEYS[1] env lock, KEYS[2] the env's VM records, KEYS[3] env hash, KEYS[4] inbox; ARGV[1..8] and the rest below.
--- KEYS[5] env events, KEYS[6] service events, KEYS[7] drains schedule. ARGV[1] fence (the lock's owner token),
+-- KEYS[5] env events, KEYS[6] service events, KEYS[7] drains schedule, KEYS[8] vms_gen, KEYS[9] vms_dirty (the
+-- records written mark the env changed). ARGV[1] fence (the lock's owner token),
 -- ARGV[2] how many entries the batch written now took from the inbox's head (0: none), ARGV[3] the env's new
 -- status ('' = unchanged), ARGV[4] the streams' MAXLEN (approximate), ARGV[5] envid, ARGV[6] next batch size,
 -- ARGV[7] lease end (epoch: the pending drain is pushed on to it if sooner), ARGV[8] record count c, then c
@@ -128,7 +129,10 @@ if not svc then
   return {2}
 end
 local c = tonumber(ARGV[8])
-if c > 0 then redis.call('HSET', KEYS[2], unpack(ARGV, 9, 8 + 2 * c)) end
+if c > 0 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 9, 8 + 2 * c))
+  redis.call('ZADD', KEYS[9], redis.call('INCR', KEYS[8]), ARGV[5])
+end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], 'status', ARGV[3]) end
 for i = 9 + 2 * c, #ARGV do
   local fields = cjson.decode(ARGV[i])

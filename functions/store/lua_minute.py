@@ -15,9 +15,10 @@ LUA: dict[str, str] = {}
 # written are not compared). A field is found by a plain search for its quoted key, its value by a match
 # anchored right after it (not a pattern tried at every position).
 LUA["observe_write"] = """
--- KEYS[1], KEYS[2] env lock, its VM records (and so on per env); ARGV[1] JSON: per env a list of
--- [slot, [vmid, one_state, vm_state, lcm_state, checked, one_ip] as read, the same six as they become]
--- (values are letters, digits and . : @ + - only). Returns per env the records written, -1 if the lock was held.
+-- KEYS[1], KEYS[2] env lock, its VM records (and so on per env), then vms_gen and vms_dirty (an env with a record
+-- written is marked changed); ARGV[1] JSON: per env a list of [slot, [vmid, one_state, vm_state, lcm_state,
+-- checked, one_ip] as read, the same six as they become] (values are letters, digits and . : @ + - only), ARGV[2..]
+-- the envids. Returns per env the records written, -1 if the lock was held.
 local NAMES = {'vmid', 'one_state', 'vm_state', 'lcm_state', 'checked', 'one_ip'}
 local QUOTED = {false, true, false, false, true, true}
 local function span(rec, k)
@@ -40,7 +41,8 @@ local function put(rec, k, value)
 end
 local items = cjson.decode(ARGV[1])
 local out = {}
-for i = 1, #KEYS, 2 do
+local gen, dirty = KEYS[#KEYS - 1], KEYS[#KEYS]
+for i = 1, #KEYS - 2, 2 do
   local n = -1
   if redis.call('EXISTS', KEYS[i]) == 0 then
     n = 0
@@ -58,6 +60,7 @@ for i = 1, #KEYS, 2 do
         n = n + 1
       end
     end
+    if n > 0 then redis.call('ZADD', dirty, redis.call('INCR', gen), ARGV[(i + 3) / 2]) end
   end
   out[#out + 1] = n
 end

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -156,6 +157,24 @@ def records(r: redis.Redis, envids: Sequence[str]) -> dict[str, list[Seen] | str
     return stored
 
 
+def marks(r: redis.Redis) -> tuple[str, int]:
+    """("<run_id> <epoch>" of the Redis server, vms_gen now): every record write counted up to that value has
+    landed (the writers bump vms_gen in the same atomic step as the write); a restarted server has another
+    run_id, an emptied one another epoch (a random token set once when absent)."""
+    with r.pipeline(transaction=False) as p:
+        p.info("server")
+        p.set(keys.vms_epoch(), secrets.token_hex(8), nx=True)
+        p.get(keys.vms_epoch())
+        p.get(keys.vms_gen())
+        info, _, epoch, gen = p.execute()
+    return f"{info.get('run_id', '')} {_s(epoch)}", int(gen or 0)
+
+
+def changed_since(r: redis.Redis, after: int, upto: int) -> set[str]:
+    """The envids whose VM records were written with a vms_gen in (after, upto] (marks). Read-only."""
+    return {_s(e) for e in r.zrangebyscore(keys.vms_dirty(), f"({after}", upto)}
+
+
 def where(r: redis.Redis, envids: Sequence[str]) -> list[EnvWhere]:
     """Where each env's VMs live (service, endpoint, proxy), in one pipelined round trip (a second one for the
     spec of an env without a proxy field). Read-only. A deleted env comes back with an empty service."""
@@ -218,7 +237,8 @@ def write(r: redis.Redis, changes: dict[str, list[Write]]) -> dict[str, int]:
         for chunk in _chunks(envids, PER_CALL):
             names = [k for envid in chunk for k in (keys.env_lock(envid), keys.env_vms(envid))]
             payload = [[[slot, list(old), list(new)] for slot, old, new in changes[envid]] for envid in chunk]
-            scripts.run(p, "observe_write", names, [json.dumps(payload)])
+            scripts.run(p, "observe_write", [*names, keys.vms_gen(), keys.vms_dirty()],
+                        [json.dumps(payload), *chunk])
         for chunk, done in zip(_chunks(envids, PER_CALL), p.execute(), strict=True):
             out.update(zip(chunk, (int(n) for n in done), strict=True))
     return out

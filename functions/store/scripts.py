@@ -107,20 +107,27 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'end', ARGV[2], 'info', ARGV[3])
 return 1
 """
 
-# Fenced writes: change a hash only while ARGV[1] still owns the environment lock KEYS[1] (a holder that lost
-# its lock during a long pause never writes after the new holder started).
-LUA["hset_if_owner"] = """
--- KEYS[1] env lock, KEYS[2] hash; ARGV[1] owner token, ARGV[2..] field, value[, field, value ...].
--- Returns 1 if written (every pair), 0 if nothing was.
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+# A VM record written or deleted (every writer of env_vms but the refresh and the callback drain, which mark the
+# same way), fenced when ARGV[1] is not '': only while that token still owns the environment lock KEYS[1] (a
+# holder that lost its lock during a long pause never writes after the new holder started). The write bumps
+# vms_gen and marks the env in vms_dirty in the same step (readers that remember records see what changed).
+LUA["vm_put"] = """
+-- KEYS[1] env lock, KEYS[2] the env's VM records, KEYS[3] vms_gen, KEYS[4] vms_dirty; ARGV[1] owner token
+-- ('' = unfenced), ARGV[2] envid, ARGV[3..] slot, JSON[, slot, JSON ...]. Returns 1 if written (every pair), 0 if
+-- nothing was.
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[3]), ARGV[2])
 return 1
 """
 
-LUA["hdel_if_owner"] = """
--- KEYS[1] env lock, KEYS[2] hash; ARGV[1] owner token, ARGV[2] field. Returns 1 if the owner still holds it.
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[2])
+LUA["vm_del"] = """
+-- KEYS as vm_put; ARGV[1] owner token ('' = unfenced), ARGV[2] envid, ARGV[3] slot. Returns 1 unless the fence
+-- lost the lock.
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HDEL', KEYS[2], ARGV[3]) == 1 then
+  redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[3]), ARGV[2])
+end
 return 1
 """
 

@@ -33,6 +33,7 @@ from functions.cloud.one import INFOSET_SLICE, OneClient, OneError, OneUnavailab
 from functions.model import ownership
 from functions.model.clock import Clock, system_clock
 from functions.store import envstore, observed, policystore, tenants
+from functions.upkeep import recall
 
 log = logging.getLogger("carina.refresh")
 
@@ -42,7 +43,6 @@ OWNER_SLICE = 2000               # VM ids per full-body infoset (bounds the answ
 OWNER_SLICES = 10                # full-body calls per endpoint and minute at most (the rest: next minute)
 Changes = dict[str, list[observed.Write]]            # envid -> [(slot, FIELDS as read, FIELDS as they become)]
 Figures = dict[str, dict[str, str]]                  # envid -> {slot: env_cpu entry}
-Stored = dict[str, list[observed.Seen] | str]        # envid -> its records' fields as read, or observed.HELD
 
 
 @dataclass
@@ -79,10 +79,12 @@ def observation(seen: observed.Seen, view: VmView | None, checked: str | None = 
 
 def cpu_figure(seen: observed.Seen, view: VmView | None, cpu: float | None) -> float | None:
     """The VM's new CPU figure, or None when there is none or it did not change (a missing or DONE VM keeps
-    its last figure). Pure."""
-    if view is None or view.state == 6 or cpu is None or _float(seen.cpu) == cpu:
+    its last figure; the figure now is the decoded record's, which the refresh keeps up to date, else the one
+    read). Pure."""
+    if view is None or view.state == 6 or cpu is None:
         return None
-    return float(cpu)
+    now = seen.doc.get("cpu") if seen.doc is not None else _float(seen.cpu)
+    return None if now == cpu else float(cpu)
 
 
 def _float(text: str) -> float | None:
@@ -105,56 +107,80 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start:start + size]
 
 
-def _groups(r: redis.Redis) -> dict[tuple[str, str], _Group]:
+def _groups(r: redis.Redis, mem: recall.Memory) -> dict[tuple[str, str], _Group]:
     """(proxy, credentials) -> the environments observed through them (credentials from each service's current
-    configuration of the env's endpoint; the proxy from the env's create-time spec). Reads env fields only."""
+    configuration of the env's endpoint; the proxy from the env's create-time spec, remembered). Reads env
+    fields of the envs the memory does not know only."""
     groups: dict[tuple[str, str], _Group] = {}
     for service in tenants.service_names(r):
         envids = policystore.service_envids(r, service)
         if not envids:
             continue
         conf = tenants.get_config(r, service) or {}
-        for start in range(0, len(envids), CHUNK * 4):
-            for env in observed.where(r, envids[start:start + CHUNK * 4]):
-                auth = ((conf.get("ENDPOINT") or {}).get(env.endpoint) or {}).get("oneauth")
-                if env.proxy and auth and env.service == service:
-                    groups.setdefault((env.proxy, str(auth)), _Group()).envs.append(env)
+        unknown = [e for e in envids if e not in mem.where]
+        for start in range(0, len(unknown), CHUNK * 4):
+            mem.where.update((env.envid, env) for env in observed.where(r, unknown[start:start + CHUNK * 4])
+                             if env.service)
+        for envid in envids:
+            env = mem.where.get(envid)
+            if env is None or env.service != service or not env.proxy:
+                continue
+            auth = ((conf.get("ENDPOINT") or {}).get(env.endpoint) or {}).get("oneauth")
+            if auth:
+                groups.setdefault((env.proxy, str(auth)), _Group()).envs.append(env)
     return groups
 
 
-def _read(r: redis.Redis, group: _Group, stored: Stored) -> None:
-    """Read the group's records into `stored` and note their VM ids in the group."""
-    for chunk in _chunks(group.envs, CHUNK * 4):
-        stored.update(observed.records(r, [env.envid for env in chunk]))
-    group.vmids = sorted({int(seen.vmid) for env in group.envs for seen in _rows(stored, env.envid)
+def _read(r: redis.Redis, group: _Group, mem: recall.Memory, changed: set[str] | None, fresh: set[str]) -> int:
+    """Read the records of the group's envs the memory lacks or that changed into the memory (an env a step
+    holds is dropped from it: not judged this minute), note them in `fresh` and the group's VM ids. Returns the
+    number of envs held."""
+    wanted = [env.envid for env in group.envs if changed is None or env.envid in changed or env.envid not in mem.stored]
+    held = 0
+    for chunk in _chunks(wanted, CHUNK * 4):
+        for envid, rows in observed.records(r, chunk).items():
+            fresh.add(envid)
+            if isinstance(rows, list):
+                mem.stored[envid] = rows
+            else:
+                mem.stored.pop(envid, None)
+                held += 1
+    group.vmids = sorted({int(seen.vmid) for env in group.envs for seen in mem.stored.get(env.envid, ())
                           if seen.vmid.isdigit()})
+    return held
 
 
-def _rows(stored: Stored, envid: str) -> list[observed.Seen]:
-    found = stored.get(envid)
-    return found if isinstance(found, list) else []
-
-
-def _judge_chunk(envs: Sequence[observed.EnvWhere], stored: Stored,
+def _judge_chunk(envs: Sequence[observed.EnvWhere], mem: recall.Memory, fresh: set[str],
                  views: dict[int, VmView], cpu: dict[int, float], taken: float,
-                 pending: list[_Pending]) -> tuple[Changes, Figures]:
+                 pending: list[_Pending], judged: dict[tuple[str, str], recall.Mark]) -> tuple[Changes, Figures]:
     """The writes of a chunk's records and CPU figures; records whose VM must first prove its tags go to
-    `pending`."""
+    `pending`. A record not read again this minute whose VM is as when it was last judged gets its CPU figure
+    only; `judged` notes each record judged to be as its VM is."""
     changes: Changes = {}
     figures: Figures = {}
+    last = mem.judged
     for env in envs:
-        rows = _rows(stored, env.envid)
-        if rows:
-            figures.setdefault(env.envid, {})          # observed: its figures live on even when none changed
+        rows = mem.stored.get(env.envid)
+        if not rows:
+            continue
+        figures[env.envid] = {}                        # observed: its figures live on even when none changed
+        again = env.envid in fresh
         for seen in rows:
             if not judgeable(seen, taken):
                 continue
             vmid = int(seen.vmid)
             view = views.get(vmid)
+            mark = (vmid, view.state, view.lcm_state, view.stime) if view is not None else (vmid, None)
+            key = (env.envid, seen.slot)
+            if not again and last.get(key) == mark:
+                judged[key] = mark
+                _note(changes, figures, env.envid, seen, None, cpu_figure(seen, view, cpu.get(vmid)))
+                continue
             unchecked = seen.checked != f"{vmid}@{view.stime}" if view is not None else False
             if view is not None and view.state != 6 and (unchecked or not seen.one_ip):
                 pending.append(_Pending(env.envid, env.service, seen, view))
                 continue
+            judged[key] = mark
             _note(changes, figures, env.envid, seen, observation(seen, view), cpu_figure(seen, view, cpu.get(vmid)))
     return changes, figures
 
@@ -220,11 +246,11 @@ def _int(text: str) -> int | None:
     return int(text) if text.lstrip("-").isdigit() else None
 
 
-def _records_after(stored: Stored, unsure: set[str]) -> dict[str, list[dict[str, Any]]]:
+def _records_after(mem: recall.Memory, unsure: set[str]) -> dict[str, list[dict[str, Any]]]:
     """envid -> its decoded records as this minute's writes left them (policies.vm_obs reads them), for every
-    env read, not held and whose writes all landed (the others the policy pass reads again)."""
-    return {envid: [seen.doc for seen in rows if seen.doc is not None] for envid, rows in stored.items()
-            if isinstance(rows, list) and envid not in unsure}
+    env observed, not held and whose writes all landed (the others the policy pass reads again)."""
+    return {envid: [seen.doc for seen in rows if seen.doc is not None] for envid, rows in mem.stored.items()
+            if envid not in unsure}
 
 
 def _observe(one_factory: Callable[[str, str], OneClient], key: tuple[str, str], vmids: list[int],
@@ -251,46 +277,64 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
 def refresh(r: redis.Redis, clock: Clock = system_clock, one_factory: Callable[[str, str], OneClient] = OneClient
             ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """`refresh_vms`, and the records as they are after its writes (`_records_after`: the policy pass that
-    follows in the same tick need not read them again). Each group's records are read, then OpenNebula is
-    asked about them in a thread (OBSERVERS at once) while the next group's records are read: it renders its
-    answer while this process reads Redis. Safe to run twice."""
-    stats = {"endpoints": 0, "changed": 0, "cpu": 0, "busy": 0, "errors": 0, "calls": 0, "unchecked": 0}
-    groups = _groups(r)
-    stored: Stored = {}
-    unsure: set[str] = set()
+    follows in the same tick need not read them again). What the last minutes read is remembered
+    (functions.upkeep.recall): only the records written since are read again. Each group's records are read,
+    then OpenNebula is asked about them in a thread (OBSERVERS at once) while the next group's records are read:
+    it renders its answer while this process reads Redis. Safe to run twice."""
+    stats = {"endpoints": 0, "changed": 0, "cpu": 0, "busy": 0, "errors": 0, "calls": 0, "unchecked": 0,
+             "reread": 0}
+    mem, changed, gen = recall.recall(r, int(clock() // 60))
+    groups = _groups(r, mem)
+    run = _Run(r, mem, set(), set(), {}, stats)
     if len(groups) == 1:                  # nothing to overlap: asked in this thread
         ((key, group),) = groups.items()
-        _read(r, group, stored)
+        stats["busy"] += _read(r, group, mem, changed, run.fresh)
         if group.vmids:
-            _apply(r, key, group, _observe(one_factory, key, group.vmids, clock), stored, stats, unsure)
+            run.apply(key, group, _observe(one_factory, key, group.vmids, clock))
     else:
         with ThreadPoolExecutor(max_workers=OBSERVERS, thread_name_prefix="observe") as pool:
             asked = {}
             for key, group in groups.items():
-                _read(r, group, stored)
+                stats["busy"] += _read(r, group, mem, changed, run.fresh)
                 if group.vmids:
                     asked[key] = pool.submit(_observe, one_factory, key, group.vmids, clock)
             for key, future in asked.items():
-                _apply(r, key, groups[key], future.result(), stored, stats, unsure)
-    stats["busy"] += sum(1 for v in stored.values() if v == observed.HELD)
-    return stats, _records_after(stored, unsure)
+                run.apply(key, groups[key], future.result())
+    stats["reread"] = len(run.fresh)
+    mem.judged = run.judged
+    recall.settle(mem, gen, {env.envid for group in groups.values() for env in group.envs}, run.unsure)
+    return stats, _records_after(mem, run.unsure)
 
 
-def _apply(r: redis.Redis, key: tuple[str, str], group: _Group, observed_: tuple[OneClient, float, Any],
-           stored: Stored, stats: dict[str, int], unsure: set[str]) -> None:
-    """Judge and write one group's records from its observation (an endpoint that did not answer: an error)."""
-    one, taken, seen = observed_
-    if isinstance(seen, Exception):
-        log.warning("refresh: endpoint %s: %s", key[0], seen)
-        stats["errors"] += 1
-        return
-    views, cpu = seen
-    stats["endpoints"] += 1
-    stats["calls"] += (len(group.vmids) + INFOSET_SLICE - 1) // INFOSET_SLICE
-    pending: list[_Pending] = []
-    for chunk in _chunks(group.envs, CHUNK):
-        _write(r, *_judge_chunk(chunk, stored, views, cpu, taken, pending), stats, unsure)
-    if pending:
-        stats["calls"] += min(OWNER_SLICES, (len(pending) + OWNER_SLICE - 1) // OWNER_SLICE)
-        stats["unchecked"] += max(0, len(pending) - OWNER_SLICE * OWNER_SLICES)
-        _write(r, *_settle(r, one, pending, cpu), stats, unsure)
+@dataclass
+class _Run:
+    """One refresh's working state: the memory, the envs read this minute, the envs whose writes did not all
+    land, the records judged as their VM is, the counts."""
+
+    r: redis.Redis
+    mem: recall.Memory
+    fresh: set[str]
+    unsure: set[str]
+    judged: dict[tuple[str, str], recall.Mark]
+    stats: dict[str, int]
+
+    def apply(self, key: tuple[str, str], group: _Group, observed_: tuple[OneClient, float, Any]) -> None:
+        """Judge and write one group's records from its observation (an endpoint that did not answer: an error;
+        its records stay as they are, judged in full next minute)."""
+        one, taken, seen = observed_
+        stats = self.stats
+        if isinstance(seen, Exception):
+            log.warning("refresh: endpoint %s: %s", key[0], seen)
+            stats["errors"] += 1
+            return
+        views, cpu = seen
+        stats["endpoints"] += 1
+        stats["calls"] += (len(group.vmids) + INFOSET_SLICE - 1) // INFOSET_SLICE
+        pending: list[_Pending] = []
+        for chunk in _chunks(group.envs, CHUNK):
+            _write(self.r, *_judge_chunk(chunk, self.mem, self.fresh, views, cpu, taken, pending, self.judged),
+                   stats, self.unsure)
+        if pending:
+            stats["calls"] += min(OWNER_SLICES, (len(pending) + OWNER_SLICE - 1) // OWNER_SLICE)
+            stats["unchecked"] += max(0, len(pending) - OWNER_SLICE * OWNER_SLICES)
+            _write(self.r, *_settle(self.r, one, pending, cpu), stats, self.unsure)
