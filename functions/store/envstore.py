@@ -378,12 +378,12 @@ def put_vms(r: redis.Redis, envid: str, recs: Sequence[VmRecord], fence: str | N
 def get_vms(r: redis.Redis, envid: str) -> dict[str, VmRecord]:
     """slot -> record, masters first then slaves by index; each with the last CPU figure of its own VM from
     env_cpu, when the minute refresh stored one (functions.store.observed)."""
-    raw, cpu = r.hgetall(keys.env_vms(envid)), r.hgetall(keys.env_cpu(envid))
+    raw, cpu = r.hgetall(keys.env_vms(envid)), observed.cpu_figures(r.get(keys.env_cpu(envid)))
     recs = [VmRecord.from_json(v) for v in raw.values()]
     for rec in recs:
-        figure = observed.cpu_text(cpu.get(rec.slot), rec.vmid) if cpu and rec.vmid is not None else ""
-        if figure:
-            rec.cpu = float(figure)
+        figure = observed.cpu_of(cpu, rec.slot, rec.vmid) if cpu and rec.vmid is not None else None
+        if figure is not None:
+            rec.cpu = figure
     recs.sort(key=lambda v: (v.role != "master", v.index))
     return {v.slot: v for v in recs}
 

@@ -19,8 +19,9 @@ State model (hashes are the source of truth, streams are the event log):
 - env(e):              hash of one environment (service, name, status, ...; the policy state: policy_status,
                        info, metrics, policy_source, pol_* counters, see functions/policy/state.py)
 - env_vms(e):          hash slot -> JSON of the VM record (endpoint, vmid, role, ip, ...)
-- env_cpu(e):          hash slot -> "<vmid> <cpu>", the VM's last CPU from the minute refresh (apart from the
-                       record: it changes every minute for every VM), expires when no refresh renews it
+- env_cpu(e):          string, JSON {slot: [vmid, cpu]}: each VM's last CPU from the minute refresh (apart from
+                       the record: it changes every minute for every VM), rewritten whole every minute, expires
+                       when no refresh renews it (`cpufig`: the hash of earlier versions, `cpu`, just expires)
 - vms_gen / vms_dirty:  counter, and sorted set envid -> the counter's value at the last write of the env's VM
                        records (every writer bumps both in the same atomic step): what changed since a reader's
                        last look (the minute refresh's memory, functions.upkeep.recall)
@@ -119,7 +120,7 @@ def env_vms(envid: str) -> str:
 
 
 def env_cpu(envid: str) -> str:
-    return f"{PREFIX}env:{envid}:cpu"
+    return f"{PREFIX}env:{envid}:cpufig"
 
 
 def vms_gen() -> str:

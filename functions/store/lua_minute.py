@@ -67,24 +67,17 @@ end
 return out
 """
 
-# The minute refresh's CPU figures: many environments' env_cpu hashes in one call (one command instead of two
-# per env); an environment whose records are gone (deleted since the read) gets none; an environment observed
-# without a new figure keeps its figures another TTL.
+# The minute refresh's CPU figures: many environments' env_cpu strings in one call (one command instead of two
+# per env); an environment whose records are gone (deleted since the read) gets none.
 LUA["cpu_write"] = """
--- KEYS[1], KEYS[2] an env's VM records, its env_cpu hash (and so on per env); ARGV[1] TTL (s), then per env
--- the number of pairs n and n slot, entry pairs (n = 0: only renew the TTL of the figures it has). Returns the
--- number of envs written.
-local a, done = 2, 0
+-- KEYS[1], KEYS[2] an env's VM records, its env_cpu string (and so on per env); ARGV[1] TTL (s), then per env its
+-- figures (JSON). Returns the number of envs written.
+local done = 0
 for i = 1, #KEYS, 2 do
-  local n = tonumber(ARGV[a])
-  if n > 0 and redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('HSET', KEYS[i + 1], unpack(ARGV, a + 1, a + 2 * n))
-    redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('SET', KEYS[i + 1], ARGV[(i + 3) / 2], 'EX', ARGV[1])
     done = done + 1
-  elseif n == 0 then
-    redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
   end
-  a = a + 1 + 2 * n
 end
 return done
 """

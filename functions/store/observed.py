@@ -5,9 +5,10 @@ of its VM records the refresh compares, unless a step holds the environment (pla
 decoded by orjson: ~3 us a record); `write` replaces just the observed fields (FIELDS) of changed
 records in place, by compare-and-set on those fields (skipped while a step holds the env lock).
 
-A VM's CPU changes every minute, so it lives apart from its record, in the env_cpu hash (slot -> "<vmid>
-<cpu>", `write_cpu`): the minute writes one short hash per environment instead of rewriting every record,
-and `envstore.get_vms` / `policystore.read_envs` give each record the figure of its own VM.
+A VM's CPU changes every minute, so it lives apart from its record, in the env's env_cpu string (JSON
+{slot: [vmid, cpu]}, `write_cpu`): the minute writes one short string per environment instead of rewriting
+every record, and `envstore.get_vms` / `policystore.read_envs` give each record the figure of its own VM
+(`cpu_of`: a figure of another VM at the slot, before it was reused, is not taken).
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ _SAFE = re.compile(r"[A-Za-z0-9.:@+-]*")
 
 
 class Seen(NamedTuple):
-    """A VM record's fields the refresh needs, as stored (JSON value text; "" when the record lacks one); `cpu`
-    from env_cpu, or the record's own when env_cpu holds no figure of this VM (as envstore.get_vms reads it)."""
+    """A VM record's fields the refresh needs, as stored (JSON value text; "" when the record lacks one; `cpu` the
+    record's own figure); `doc` the decoded record with the CPU figure env_cpu holds for its VM, as
+    envstore.get_vms reads it."""
 
     slot: str
     vmid: str
@@ -83,25 +85,35 @@ class Seen(NamedTuple):
     role: str = ""
     init: str = ""
     origin: str = ""
-    doc: dict[str, Any] | None = None          # the decoded record (its cpu the figure above), kept for readers
+    doc: dict[str, Any] | None = None          # the decoded record (its cpu from env_cpu), kept for readers
 
     def written(self) -> tuple[str, ...]:
         """The written fields (FIELDS) as read."""
         return self.vmid, self.one_state, self.vm_state, self.lcm_state, self.checked, self.one_ip
 
 
-def cpu_entry(vmid: str, cpu: str) -> str:
-    """The env_cpu hash value of a VM's CPU figure (JSON number text). Pure."""
-    return f"{vmid} {cpu}"
+Figures = dict[str, list[Any]]                # slot -> [vmid, cpu]: an env's CPU figures as env_cpu holds them
 
 
-def cpu_text(entry: str | bytes | None, vmid: object) -> str:
-    """The CPU figure (JSON number text) an env_cpu entry holds for VM `vmid`, or "" when it holds none or one
-    of another VM (the slot was reused). Pure."""
-    if not entry:
-        return ""
-    owner, _, cpu = _s(entry).partition(" ")
-    return cpu if owner == str(vmid) else ""
+def cpu_figures(text: str | bytes | None) -> Figures:
+    """The figures an env_cpu string holds ({} when none or unreadable). Pure."""
+    if not text:
+        return {}
+    try:
+        found = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {}
+    return found if type(found) is dict else {}
+
+
+def cpu_of(figures: Figures, slot: object, vmid: object) -> float | None:
+    """The CPU figure `figures` hold for VM `vmid` at `slot`, or None when none or one of another VM (the slot was
+    reused). Pure."""
+    found = figures.get(slot) if type(slot) is str else figures.get(str(slot))
+    if type(found) is not list or len(found) != 2 or str(found[0]) != str(vmid):
+        return None
+    cpu = found[1]
+    return float(cpu) if type(cpu) in (int, float) else None
 
 
 def _num(value: Any) -> str:
@@ -118,7 +130,7 @@ def _str(value: Any) -> str:
     return value if type(value) is str else ""
 
 
-def _seen_of(slot: str, text: Any, cpu: dict[str, Any]) -> Seen | None:
+def _seen_of(slot: str, text: Any, cpu: Figures) -> Seen | None:
     """The Seen fields of one stored record (None when it is not a JSON object)."""
     try:
         rec = orjson.loads(text)
@@ -128,11 +140,11 @@ def _seen_of(slot: str, text: Any, cpu: dict[str, Any]) -> Seen | None:
         return None
     get = rec.get
     vmid = _num(get("vmid", ""))
-    figure = cpu_text(cpu.get(slot), vmid) if cpu else ""
-    if figure:
-        rec["cpu"] = float(figure)
+    figure = cpu_of(cpu, slot, vmid) if cpu else None
+    if figure is not None:
+        rec["cpu"] = figure
     return Seen(slot, vmid, _str(get("state")), _num(get("created", "")), _str(get("checked")),
-                _str(get("one_state")), figure or _num(get("cpu", "")), _num(get("vm_state", "")),
+                _str(get("one_state")), _num(get("cpu", "")), _num(get("vm_state", "")),
                 _num(get("lcm_state", "")), _str(get("one_ip")), _str(get("role")), _str(get("init")),
                 _str(get("origin")), rec)
 
@@ -144,14 +156,14 @@ def records(r: redis.Redis, envids: Sequence[str]) -> dict[str, list[Seen] | str
         for envid in envids:
             p.exists(keys.env_lock(envid))
             p.hgetall(keys.env_vms(envid))
-            p.hgetall(keys.env_cpu(envid))
+            p.get(keys.env_cpu(envid))
         replies = p.execute()
     stored: dict[str, list[Seen] | str] = {}
     for i, envid in enumerate(envids):
         if replies[3 * i]:
             stored[envid] = HELD
             continue
-        cpu = {_s(k): v for k, v in replies[3 * i + 2].items()}
+        cpu = cpu_figures(replies[3 * i + 2])
         found = [_seen_of(_s(slot), text, cpu) for slot, text in replies[3 * i + 1].items()]
         stored[envid] = [x for x in found if x is not None]
     return stored
@@ -244,19 +256,13 @@ def write(r: redis.Redis, changes: dict[str, list[Write]]) -> dict[str, int]:
     return out
 
 
-def write_cpu(r: redis.Redis, figures: dict[str, dict[str, str]]) -> None:
-    """Store CPU figures: envid -> {slot: cpu_entry(...)} (none: the env was observed, nothing new), and renew
-    each env's CPU_TTL (a figure that stays the same stays); an env whose records are gone gets none. One
-    pipelined round trip of script calls (PER_CALL envs each). Safe to run twice."""
-    envids = list(figures)
+def write_cpu(r: redis.Redis, figures: dict[str, Figures]) -> int:
+    """Store each env's CPU figures whole (envid -> {slot: [vmid, cpu]}) for CPU_TTL seconds; an env whose records
+    are gone gets none. One pipelined round trip of script calls (PER_CALL envs each). Returns the envs written.
+    Safe to run twice."""
+    envids = [envid for envid, got in figures.items() if got]
     with r.pipeline(transaction=False) as p:
         for chunk in _chunks(envids, PER_CALL):
-            args: list[str | int] = [CPU_TTL]
-            for envid in chunk:
-                entries = figures[envid]
-                args.append(len(entries))
-                for slot, entry in entries.items():
-                    args += (slot, entry)
             scripts.run(p, "cpu_write", [k for envid in chunk for k in (keys.env_vms(envid), keys.env_cpu(envid))],
-                        args)
-        p.execute()
+                        [CPU_TTL, *(orjson.dumps(figures[envid]) for envid in chunk)])
+        return sum(int(n) for n in p.execute())

@@ -53,7 +53,7 @@ def read_envs(r: redis.Redis, envids: Sequence[str], fields: Sequence[str],
             p.get(keys.env_op(envid))
             if envid not in known:
                 p.hvals(keys.env_vms(envid))
-                p.hgetall(keys.env_cpu(envid))
+                p.get(keys.env_cpu(envid))
         replies = iter(p.execute())
     out = []
     for envid in envids:
@@ -87,16 +87,15 @@ def _records(texts: list[Any]) -> list[dict[str, Any]]:
     return [rec for rec in found if isinstance(rec, dict)]
 
 
-def _join_cpu(records: list[dict[str, Any]], cpu: dict[Any, Any]) -> None:
-    """Give each decoded record the CPU figure env_cpu holds for its own VM (changes the dicts)."""
-    if not cpu:
+def _join_cpu(records: list[dict[str, Any]], text: Any) -> None:
+    """Give each decoded record the CPU figure env_cpu (`text`) holds for its own VM (changes the dicts)."""
+    figures = observed.cpu_figures(text)
+    if not figures:
         return
     for rec in records:
-        slot = rec.get("slot")
-        entry = cpu.get(slot) if slot in cpu else cpu.get(str(slot).encode())
-        figure = observed.cpu_text(entry, rec.get("vmid")) if rec.get("vmid") is not None else ""
-        if figure:
-            rec["cpu"] = float(figure)
+        figure = observed.cpu_of(figures, rec.get("slot"), rec.get("vmid")) if rec.get("vmid") is not None else None
+        if figure is not None:
+            rec["cpu"] = figure
 
 
 def job_states(r: redis.Redis, jobids: Iterable[str]) -> dict[str, tuple[str | None, str | None]]:

@@ -42,7 +42,7 @@ OBSERVERS = 2                    # endpoints observed at once (threads: while th
 OWNER_SLICE = 2000               # VM ids per full-body infoset (bounds the answer: ~6 KB a VM)
 OWNER_SLICES = 10                # full-body calls per endpoint and minute at most (the rest: next minute)
 Changes = dict[str, list[observed.Write]]            # envid -> [(slot, FIELDS as read, FIELDS as they become)]
-Figures = dict[str, dict[str, str]]                  # envid -> {slot: env_cpu entry}
+Touched = dict[str, int]                             # envid -> its new CPU figures (0: observed, none new)
 
 
 @dataclass
@@ -152,63 +152,78 @@ def _read(r: redis.Redis, group: _Group, mem: recall.Memory, changed: set[str] |
 
 def _judge_chunk(envs: Sequence[observed.EnvWhere], mem: recall.Memory, fresh: set[str],
                  views: dict[int, VmView], cpu: dict[int, float], taken: float,
-                 pending: list[_Pending], judged: dict[tuple[str, str], recall.Mark]) -> tuple[Changes, Figures]:
-    """The writes of a chunk's records and CPU figures; records whose VM must first prove its tags go to
-    `pending`. A record not read again this minute whose VM is as when it was last judged gets its CPU figure
-    only; `judged` notes each record judged to be as its VM is."""
+                 pending: list[_Pending], judged: dict[tuple[str, str], recall.Mark]) -> tuple[Changes, Touched]:
+    """The writes of a chunk's records and the envs observed (their CPU figures are written whole); records whose
+    VM must first prove its tags go to `pending`. A record not read again this minute whose VM is as when it was
+    last judged only gets its new CPU figure; `judged` notes each record judged to be as its VM is."""
     changes: Changes = {}
-    figures: Figures = {}
+    touched: Touched = {}
     last = mem.judged
     for env in envs:
         rows = mem.stored.get(env.envid)
         if not rows:
             continue
-        figures[env.envid] = {}                        # observed: its figures live on even when none changed
-        again = env.envid in fresh
+        envid, again, new = env.envid, env.envid in fresh, 0
         for seen in rows:
+            key = (envid, seen.slot)
+            mark = None if again else last.get(key)
+            if mark is not None:                       # unchanged since judged: its CPU only
+                view = views.get(mark[0])
+                same = view is None if mark[1] is None else (
+                    view is not None and mark[1:] == (view.state, view.lcm_state, view.stime))
+                if same:
+                    judged[key] = mark
+                    new += _note(changes, envid, seen, None, cpu_figure(seen, view, cpu.get(mark[0])))
+                    continue
             if not judgeable(seen, taken):
                 continue
             vmid = int(seen.vmid)
             view = views.get(vmid)
-            mark = (vmid, view.state, view.lcm_state, view.stime) if view is not None else (vmid, None)
-            key = (env.envid, seen.slot)
-            if not again and last.get(key) == mark:
-                judged[key] = mark
-                _note(changes, figures, env.envid, seen, None, cpu_figure(seen, view, cpu.get(vmid)))
-                continue
             unchecked = seen.checked != f"{vmid}@{view.stime}" if view is not None else False
             if view is not None and view.state != 6 and (unchecked or not seen.one_ip):
-                pending.append(_Pending(env.envid, env.service, seen, view))
+                pending.append(_Pending(envid, env.service, seen, view))
                 continue
-            judged[key] = mark
-            _note(changes, figures, env.envid, seen, observation(seen, view), cpu_figure(seen, view, cpu.get(vmid)))
-    return changes, figures
+            judged[key] = (vmid, view.state, view.lcm_state, view.stime) if view is not None else (vmid, None)
+            new += _note(changes, envid, seen, observation(seen, view), cpu_figure(seen, view, cpu.get(vmid)))
+        touched[envid] = new
+    return changes, touched
 
 
-def _note(changes: Changes, figures: Figures, envid: str, seen: observed.Seen, new: tuple[str, ...] | None,
-          cpu: float | None) -> None:
-    """Note the record's write and its CPU figure's (cpu None: no new figure), and make its decoded record
-    (`seen.doc`, handed to the policy pass) what they write."""
+def _note(changes: Changes, envid: str, seen: observed.Seen, new: tuple[str, ...] | None, cpu: float | None) -> int:
+    """Note the record's write, and make its decoded record (`seen.doc`: the policy pass and the CPU figures
+    read it) what it writes and its new CPU figure (None: none). Returns 1 if the figure is new, else 0."""
     if new is not None:
         changes.setdefault(envid, []).append((seen.slot, seen.written(), new))
         if seen.doc is not None:
             seen.doc.update(one_state=new[1], vm_state=_int(new[2]), lcm_state=_int(new[3]), checked=new[4],
                             one_ip=new[5])
-    if cpu is not None:
-        figures.setdefault(envid, {})[seen.slot] = observed.cpu_entry(seen.vmid, repr(cpu))
-        if seen.doc is not None:
-            seen.doc["cpu"] = cpu
+    if cpu is None or seen.doc is None:
+        return 0
+    seen.doc["cpu"] = cpu
+    return 1
+
+
+def _figures(rows: Sequence[observed.Seen]) -> observed.Figures:
+    """An env's CPU figures as its decoded records hold them now: {slot: [vmid, cpu]}."""
+    out: observed.Figures = {}
+    for seen in rows:
+        doc = seen.doc
+        if doc is not None:
+            vmid, cpu = doc.get("vmid"), doc.get("cpu")
+            if type(vmid) is int and type(cpu) in (int, float):
+                out[seen.slot] = [vmid, cpu]
+    return out
 
 
 def _settle(r: redis.Redis, one: OneClient, pending: list[_Pending],
-            cpu: dict[int, float]) -> tuple[Changes, Figures]:
+            cpu: dict[int, float]) -> tuple[Changes, Touched]:
     """Check the tags of the pending records' VMs (full bodies, OWNER_SLICE ids a call, at most OWNER_SLICES
     calls) and make their writes: a VM of another owner (or gone meanwhile) is missing; a match is remembered
     in `checked`. Records past the budget, or of a slice OpenNebula did not answer, are left unwritten for the
     next minute (after an upgrade every record is checked once: the budget spreads that over minutes)."""
     install = envstore.known_installation_id(r)
     changes: Changes = {}
-    figures: Figures = {}
+    touched: Touched = {}
     for part in _chunks(pending[:OWNER_SLICE * OWNER_SLICES], OWNER_SLICE):
         try:
             owners = one.owners([p.view.vmid for p in part])
@@ -223,22 +238,25 @@ def _settle(r: redis.Redis, one: OneClient, pending: list[_Pending],
             tags = ownership.vm_tags(p.service, install, p.envid, p.seen.slot, str(rec.get("nonce") or ""),
                                      str(rec.get("role") or ""))
             if found is not None and found.stime == p.view.stime and not ownership.mismatch(found.user_template, tags):
-                _note(changes, figures, p.envid, p.seen, observation(p.seen, found, f"{p.view.vmid}@{p.view.stime}"),
-                      cpu_figure(p.seen, found, cpu.get(p.view.vmid)))
+                new = _note(changes, p.envid, p.seen, observation(p.seen, found, f"{p.view.vmid}@{p.view.stime}"),
+                            cpu_figure(p.seen, found, cpu.get(p.view.vmid)))
+                if new:
+                    touched[p.envid] = touched.get(p.envid, 0) + new
             else:
-                _note(changes, figures, p.envid, p.seen, observation(p.seen, None), None)
-    return changes, figures
+                _note(changes, p.envid, p.seen, observation(p.seen, None), None)
+    return changes, touched
 
 
-def _write(r: redis.Redis, changes: Changes, figures: Figures, stats: dict[str, int], unsure: set[str]) -> None:
+def _write(r: redis.Redis, mem: recall.Memory, changes: Changes, touched: Touched, stats: dict[str, int],
+           unsure: set[str]) -> None:
     """Write the records that changed (compare-and-set; an env a step now holds is counted busy) and the CPU
-    figures of the envs not held; note in `unsure` the envs whose writes did not all land."""
+    figures of the touched envs not held; note in `unsure` the envs whose writes did not all land."""
     done = observed.write(r, changes)
     stats["changed"] += sum(n for n in done.values() if n > 0)
     stats["busy"] += sum(1 for n in done.values() if n < 0)
-    figures = {envid: got for envid, got in figures.items() if done.get(envid, 0) >= 0}
+    figures = {envid: _figures(mem.stored.get(envid, ())) for envid in touched if done.get(envid, 0) >= 0}
     observed.write_cpu(r, figures)
-    stats["cpu"] += sum(len(got) for got in figures.values())
+    stats["cpu"] += sum(n for envid, n in touched.items() if envid in figures)
     unsure.update(envid for envid, items in changes.items() if done.get(envid) != len(items))
 
 
@@ -332,9 +350,9 @@ class _Run:
         stats["calls"] += (len(group.vmids) + INFOSET_SLICE - 1) // INFOSET_SLICE
         pending: list[_Pending] = []
         for chunk in _chunks(group.envs, CHUNK):
-            _write(self.r, *_judge_chunk(chunk, self.mem, self.fresh, views, cpu, taken, pending, self.judged),
-                   stats, self.unsure)
+            _write(self.r, self.mem, *_judge_chunk(chunk, self.mem, self.fresh, views, cpu, taken, pending,
+                                                   self.judged), stats, self.unsure)
         if pending:
             stats["calls"] += min(OWNER_SLICES, (len(pending) + OWNER_SLICE - 1) // OWNER_SLICE)
             stats["unchecked"] += max(0, len(pending) - OWNER_SLICE * OWNER_SLICES)
-            _write(self.r, *_settle(self.r, one, pending, cpu), stats, self.unsure)
+            _write(self.r, self.mem, *_settle(self.r, one, pending, cpu), stats, self.unsure)

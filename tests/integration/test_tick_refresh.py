@@ -193,11 +193,13 @@ def test_a_new_cpu_figure_goes_to_env_cpu_and_leaves_the_records_as_they_are(rig
     stats = refresh(rig)
     assert stats["changed"] == 0 and stats["cpu"] == 1
     assert rig.r.hgetall(keys.env_vms(envid)) == texts                     # no record rewritten for a CPU
-    assert rig.r.hget(keys.env_cpu(envid), "s0") == f"{vms['s0'].vmid} 61.25"
+    figures = observed.cpu_figures(rig.r.get(keys.env_cpu(envid)))
+    assert figures["s0"] == [vms["s0"].vmid, 61.25] and set(figures) == {"m", "s0"}
     assert 0 < rig.r.ttl(keys.env_cpu(envid)) <= observed.CPU_TTL
     assert rig.vms(envid)["s0"].cpu == 61.25                               # readers get the figure
 
-    rig.r.hset(keys.env_cpu(envid), "s0", "999999 88.0")                   # a figure of another VM at the slot
+    figures["s0"] = [999999, 88.0]                                         # a figure of another VM at the slot
+    rig.r.set(keys.env_cpu(envid), json.dumps(figures))
     assert rig.vms(envid)["s0"].cpu == vms["s0"].cpu
     envstore.delete_env(rig.r, envid)
     assert not rig.r.exists(keys.env_cpu(envid))
@@ -276,9 +278,9 @@ def test_cpu_figures_of_a_deleted_env_are_not_written(rig: Rig) -> None:
     envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
     other, _ = create_ready(rig, master_setup_time=0, num_slaves=0)
     envstore.delete_env(rig.r, envid)                      # deleted between the refresh's read and its write
-    observed.write_cpu(rig.r, {envid: {"m": "1 50.0"}, other: {"m": observed.cpu_entry("7", "12.5")}})
+    assert observed.write_cpu(rig.r, {envid: {"m": [1, 50.0]}, other: {"m": [7, 12.5]}}) == 1
     assert not rig.r.exists(keys.env_cpu(envid))
-    assert rig.r.hgetall(keys.env_cpu(other)) == {"m": "7 12.5"}
+    assert observed.cpu_figures(rig.r.get(keys.env_cpu(other))) == {"m": [7, 12.5]}
 
 
 def test_a_cpu_figure_that_stays_the_same_stays_past_the_ttl(rig: Rig) -> None:
