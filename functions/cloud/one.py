@@ -164,7 +164,8 @@ def _view(vm: Any, cpu: float | None) -> VmView:
     )
 
 
-def _row_view(row: fastxml.VmRow) -> VmView:
+def row_view(row: fastxml.VmRow) -> VmView:
+    """A pool answer's row as a VmView (no name, host or CPU)."""
     return VmView(row.vmid, "", row.state, row.lcm_state, row.ip or None, None, None, row.user_template, row.stime)
 
 
@@ -333,23 +334,27 @@ class OneClient:
         return {v.vmid: v for v in (_view(vm, None) for vm in getattr(vms, "VM", None) or []) if v.vmid in wanted}
 
     def observe(self, vmids: Iterable[int]) -> tuple[dict[int, VmView], dict[int, float]]:
+        """`observe_rows` as (vmid -> view, vmid -> CPU of the VMs that have a figure). Read-only."""
+        rows = self.observe_rows(vmids)
+        return ({vmid: row_view(row) for vmid, row in rows.items()},
+                {vmid: row.cpu for vmid, row in rows.items() if row.cpu is not None})
+
+    def observe_rows(self, vmids: Iterable[int]) -> dict[int, fastxml.VmRow]:
         """What the minute tick needs of Carina's own VMs, from one.vmpool.infoset of exactly these ids with
         short bodies (ID, STATE, LCM_STATE, STIME and MONITORING/CPU of the last monitoring record; DONE VMs
         included, ids OpenNebula does not know absent), INFOSET_SLICE ids a call (an answer of 10,000 short
-        bodies is ~19 MB: this bounds the memory a call takes): (vmid -> view, vmid -> CPU of the VMs that have
-        a figure). Read from the raw bytes (fastxml.short_rows), else lxml; not pyone (100k bodies a minute).
-        No tags: see `owners`. Read-only."""
+        bodies is ~19 MB: this bounds the memory a call takes): vmid -> row (`row_view` makes it a VmView).
+        Read from the raw bytes (fastxml.short_rows), else lxml; not pyone (100k bodies a minute). No tags: see
+        `owners`. Read-only."""
         ids = sorted({int(v) for v in vmids})
-        views: dict[int, VmView] = {}
-        cpu: dict[int, float] = {}
+        out: dict[int, fastxml.VmRow] = {}
         for start in range(0, len(ids), INFOSET_SLICE):
             part = ids[start:start + INFOSET_SLICE]
             got = self._raw("vmpool.infoset", ",".join(map(str, part)), False,
                             quick=lambda body, ids=part: fastxml.short_rows(body, ids))
             rows = got if isinstance(got, list) else fastxml.vm_rows(got, part)
-            views.update((row.vmid, _row_view(row)) for row in rows)
-            cpu.update((row.vmid, row.cpu) for row in rows if row.cpu is not None)
-        return views, cpu
+            out.update((row.vmid, row) for row in rows)
+        return out
 
     def owners(self, vmids: Iterable[int]) -> dict[int, VmView]:
         """vmid -> VmView with USER_TEMPLATE (the ownership tags) and STIME of these VMs, one infoset call with
@@ -358,7 +363,7 @@ class OneClient:
         if not ids:
             return {}
         pool = self._raw("vmpool.infoset", ",".join(map(str, ids)), True)
-        return {row.vmid: _row_view(row) for row in fastxml.vm_rows(pool, ids, tags=True)}
+        return {row.vmid: row_view(row) for row in fastxml.vm_rows(pool, ids, tags=True)}
 
     def _raw(self, method: str, *args: Any, quick: Callable[[bytes], Any] | None = None) -> Any:
         """Call `one.<method>` without pyone's bindings: the answer's XML as an lxml element, or what `quick`

@@ -1,12 +1,12 @@
 """The minute's VM refresh: what OpenNebula says about every VM Carina created, written into its record.
 
 Per (proxy, credentials) — however many services and environments share them — a fixed few calls
-(functions.cloud.one.OneClient.observe): `one.vmpool.infoset` of exactly Carina's VM ids there (short bodies:
+(functions.cloud.one.OneClient.observe_rows): `one.vmpool.infoset` of exactly Carina's VM ids there (short bodies:
 STATE, LCM_STATE, STIME and the CPU of the VM's last monitoring record; one call per 10,000 ids, to bound the
 memory an answer takes). Each record gets `one_state`
 (runn, unkn, fail, ..., or "missing" for a VM OpenNebula no longer has or has DONE), `vm_state` /
-`lcm_state`, and its CPU figure goes to the env's env_cpu hash (it changes every minute: records are rewritten
-only when a state changes). Records are edited in Redis, only the fields that changed, in place, by
+`lcm_state`, and its CPU figure goes to the env's env_cpu string (it changes every minute: records are
+rewritten only when a state changes). Records are edited in Redis, only the fields that changed, in place, by
 compare-and-set on them (functions.store.observed: a field another writer changed since the read, or an
 environment a step holds, is left for the next minute).
 
@@ -29,7 +29,8 @@ from typing import Any
 
 import redis
 
-from functions.cloud.one import INFOSET_SLICE, OneClient, OneError, OneUnavailable, VmView
+from functions.cloud.fastxml import VmRow
+from functions.cloud.one import INFOSET_SLICE, OneClient, OneError, OneUnavailable, VmView, row_view
 from functions.model import ownership
 from functions.model.clock import Clock, system_clock
 from functions.store import envstore, observed, policystore, tenants
@@ -42,7 +43,6 @@ OBSERVERS = 2                    # endpoints observed at once (threads: while th
 OWNER_SLICE = 2000               # VM ids per full-body infoset (bounds the answer: ~6 KB a VM)
 OWNER_SLICES = 10                # full-body calls per endpoint and minute at most (the rest: next minute)
 Changes = dict[str, list[observed.Write]]            # envid -> [(slot, FIELDS as read, FIELDS as they become)]
-Touched = dict[str, int]                             # envid -> its new CPU figures (0: observed, none new)
 
 
 @dataclass
@@ -150,43 +150,64 @@ def _read(r: redis.Redis, group: _Group, mem: recall.Memory, changed: set[str] |
     return held
 
 
-def _judge_chunk(envs: Sequence[observed.EnvWhere], mem: recall.Memory, fresh: set[str],
-                 views: dict[int, VmView], cpu: dict[int, float], taken: float,
-                 pending: list[_Pending], judged: dict[tuple[str, str], recall.Mark]) -> tuple[Changes, Touched]:
-    """The writes of a chunk's records and the envs observed (their CPU figures are written whole); records whose
-    VM must first prove its tags go to `pending`. A record not read again this minute whose VM is as when it was
-    last judged only gets its new CPU figure; `judged` notes each record judged to be as its VM is."""
+def _judge_chunk(envs: Sequence[observed.EnvWhere], mem: recall.Memory, fresh: set[str], rows: dict[int, VmRow],
+                 taken: float, pending: list[_Pending], judged: dict[tuple[str, str], recall.Mark]
+                 ) -> tuple[Changes, dict[str, observed.Figures], int]:
+    """The writes of a chunk's records, the CPU figures of the envs observed (written whole) and how many are new;
+    records whose VM must first prove its tags go to `pending`. A record not read again this minute whose VM is
+    as when it was last judged only gets its CPU figure; `judged` notes each record judged to be as its VM is."""
     changes: Changes = {}
-    touched: Touched = {}
+    figures: dict[str, observed.Figures] = {}
+    new = 0
     last = mem.judged
     for env in envs:
-        rows = mem.stored.get(env.envid)
-        if not rows:
+        stored = mem.stored.get(env.envid)
+        if not stored:
             continue
-        envid, again, new = env.envid, env.envid in fresh, 0
-        for seen in rows:
+        envid, again = env.envid, env.envid in fresh
+        figures[envid] = figs = {}
+        for seen in stored:
             key = (envid, seen.slot)
             mark = None if again else last.get(key)
             if mark is not None:                       # unchanged since judged: its CPU only
-                view = views.get(mark[0])
-                same = view is None if mark[1] is None else (
-                    view is not None and mark[1:] == (view.state, view.lcm_state, view.stime))
-                if same:
+                row = rows.get(mark[0])
+                if (row is None and mark[1] is None) or (row is not None and row[:4] == mark):
                     judged[key] = mark
-                    new += _note(changes, envid, seen, None, cpu_figure(seen, view, cpu.get(mark[0])))
+                    doc = seen.doc
+                    if doc is not None and row is not None and row.cpu is not None and row.state != 6:
+                        if doc.get("cpu") != row.cpu:
+                            doc["cpu"] = row.cpu
+                            new += 1
+                    _figure(figs, seen)
                     continue
-            if not judgeable(seen, taken):
-                continue
-            vmid = int(seen.vmid)
-            view = views.get(vmid)
-            unchecked = seen.checked != f"{vmid}@{view.stime}" if view is not None else False
-            if view is not None and view.state != 6 and (unchecked or not seen.one_ip):
-                pending.append(_Pending(envid, env.service, seen, view))
-                continue
-            judged[key] = (vmid, view.state, view.lcm_state, view.stime) if view is not None else (vmid, None)
-            new += _note(changes, envid, seen, observation(seen, view), cpu_figure(seen, view, cpu.get(vmid)))
-        touched[envid] = new
-    return changes, touched
+            if judgeable(seen, taken):
+                new += _judge(seen, rows.get(int(seen.vmid)), env, changes, pending, judged)
+            _figure(figs, seen)
+    return changes, figures, new
+
+
+def _judge(seen: observed.Seen, row: VmRow | None, env: observed.EnvWhere, changes: Changes,
+           pending: list[_Pending], judged: dict[tuple[str, str], recall.Mark]) -> int:
+    """Judge one record against its VM's row (None: not in the pool): its write in `changes`, or in `pending`
+    when its VM must first prove its tags. Returns 1 if its CPU figure is new."""
+    view = row_view(row) if row is not None else None
+    vmid = int(seen.vmid)
+    unchecked = seen.checked != f"{vmid}@{view.stime}" if view is not None else False
+    if view is not None and view.state != 6 and (unchecked or not seen.one_ip):
+        pending.append(_Pending(env.envid, env.service, seen, view))
+        return 0
+    judged[(env.envid, seen.slot)] = row[:4] if row is not None else (vmid, None)
+    cpu = cpu_figure(seen, view, row.cpu if row is not None else None)
+    return _note(changes, env.envid, seen, observation(seen, view), cpu)
+
+
+def _figure(figs: observed.Figures, seen: observed.Seen) -> None:
+    """Add the record's CPU figure, as its decoded record holds it now, to its env's figures."""
+    doc = seen.doc
+    if doc is not None:
+        vmid, cpu = doc.get("vmid"), doc.get("cpu")
+        if type(vmid) is int and type(cpu) in (int, float):
+            figs[seen.slot] = [vmid, cpu]
 
 
 def _note(changes: Changes, envid: str, seen: observed.Seen, new: tuple[str, ...] | None, cpu: float | None) -> int:
@@ -203,27 +224,23 @@ def _note(changes: Changes, envid: str, seen: observed.Seen, new: tuple[str, ...
     return 1
 
 
-def _figures(rows: Sequence[observed.Seen]) -> observed.Figures:
+def _figures(stored: Sequence[observed.Seen]) -> observed.Figures:
     """An env's CPU figures as its decoded records hold them now: {slot: [vmid, cpu]}."""
-    out: observed.Figures = {}
-    for seen in rows:
-        doc = seen.doc
-        if doc is not None:
-            vmid, cpu = doc.get("vmid"), doc.get("cpu")
-            if type(vmid) is int and type(cpu) in (int, float):
-                out[seen.slot] = [vmid, cpu]
-    return out
+    figs: observed.Figures = {}
+    for seen in stored:
+        _figure(figs, seen)
+    return figs
 
 
-def _settle(r: redis.Redis, one: OneClient, pending: list[_Pending],
-            cpu: dict[int, float]) -> tuple[Changes, Touched]:
+def _settle(r: redis.Redis, mem: recall.Memory, one: OneClient, pending: list[_Pending],
+            rows: dict[int, VmRow]) -> tuple[Changes, dict[str, observed.Figures], int]:
     """Check the tags of the pending records' VMs (full bodies, OWNER_SLICE ids a call, at most OWNER_SLICES
     calls) and make their writes: a VM of another owner (or gone meanwhile) is missing; a match is remembered
     in `checked`. Records past the budget, or of a slice OpenNebula did not answer, are left unwritten for the
     next minute (after an upgrade every record is checked once: the budget spreads that over minutes)."""
     install = envstore.known_installation_id(r)
     changes: Changes = {}
-    touched: Touched = {}
+    touched: set[str] = set()
     for part in _chunks(pending[:OWNER_SLICE * OWNER_SLICES], OWNER_SLICE):
         try:
             owners = one.owners([p.view.vmid for p in part])
@@ -238,25 +255,25 @@ def _settle(r: redis.Redis, one: OneClient, pending: list[_Pending],
             tags = ownership.vm_tags(p.service, install, p.envid, p.seen.slot, str(rec.get("nonce") or ""),
                                      str(rec.get("role") or ""))
             if found is not None and found.stime == p.view.stime and not ownership.mismatch(found.user_template, tags):
-                new = _note(changes, p.envid, p.seen, observation(p.seen, found, f"{p.view.vmid}@{p.view.stime}"),
-                            cpu_figure(p.seen, found, cpu.get(p.view.vmid)))
-                if new:
-                    touched[p.envid] = touched.get(p.envid, 0) + new
+                row = rows.get(p.view.vmid)
+                if _note(changes, p.envid, p.seen, observation(p.seen, found, f"{p.view.vmid}@{p.view.stime}"),
+                         cpu_figure(p.seen, found, row.cpu if row is not None else None)):
+                    touched.add(p.envid)
             else:
                 _note(changes, p.envid, p.seen, observation(p.seen, None), None)
-    return changes, touched
+    return changes, {envid: _figures(mem.stored.get(envid, ())) for envid in touched}, len(touched)
 
 
-def _write(r: redis.Redis, mem: recall.Memory, changes: Changes, touched: Touched, stats: dict[str, int],
-           unsure: set[str]) -> None:
+def _write(r: redis.Redis, changes: Changes, figures: dict[str, observed.Figures], new: int,
+           stats: dict[str, int], unsure: set[str]) -> None:
     """Write the records that changed (compare-and-set; an env a step now holds is counted busy) and the CPU
-    figures of the touched envs not held; note in `unsure` the envs whose writes did not all land."""
+    figures of the envs not held (`new`: how many figures are new); note in `unsure` the envs whose writes did
+    not all land."""
     done = observed.write(r, changes)
     stats["changed"] += sum(n for n in done.values() if n > 0)
     stats["busy"] += sum(1 for n in done.values() if n < 0)
-    figures = {envid: _figures(mem.stored.get(envid, ())) for envid in touched if done.get(envid, 0) >= 0}
-    observed.write_cpu(r, figures)
-    stats["cpu"] += sum(n for envid, n in touched.items() if envid in figures)
+    observed.write_cpu(r, {envid: figs for envid, figs in figures.items() if done.get(envid, 0) >= 0})
+    stats["cpu"] += new
     unsure.update(envid for envid, items in changes.items() if done.get(envid) != len(items))
 
 
@@ -273,12 +290,12 @@ def _records_after(mem: recall.Memory, unsure: set[str]) -> dict[str, list[dict[
 
 def _observe(one_factory: Callable[[str, str], OneClient], key: tuple[str, str], vmids: list[int],
              clock: Clock) -> tuple[OneClient, float, Any]:
-    """One group's observation (OneClient.observe): (client, time taken, the (views, cpu) pair or the exception
+    """One group's observation (OneClient.observe_rows): (client, time taken, vmid -> row, or the exception
     it raised)."""
     one = one_factory(*key)
     taken = clock()
     try:
-        return one, taken, one.observe(vmids)
+        return one, taken, one.observe_rows(vmids)
     except (OneUnavailable, OneError) as exc:
         return one, taken, exc
 
@@ -345,14 +362,14 @@ class _Run:
             log.warning("refresh: endpoint %s: %s", key[0], seen)
             stats["errors"] += 1
             return
-        views, cpu = seen
+        rows = seen
         stats["endpoints"] += 1
         stats["calls"] += (len(group.vmids) + INFOSET_SLICE - 1) // INFOSET_SLICE
         pending: list[_Pending] = []
         for chunk in _chunks(group.envs, CHUNK):
-            _write(self.r, self.mem, *_judge_chunk(chunk, self.mem, self.fresh, views, cpu, taken, pending,
-                                                   self.judged), stats, self.unsure)
+            _write(self.r, *_judge_chunk(chunk, self.mem, self.fresh, rows, taken, pending, self.judged), stats,
+                   self.unsure)
         if pending:
             stats["calls"] += min(OWNER_SLICES, (len(pending) + OWNER_SLICE - 1) // OWNER_SLICE)
             stats["unchecked"] += max(0, len(pending) - OWNER_SLICE * OWNER_SLICES)
-            _write(self.r, self.mem, *_settle(self.r, one, pending, cpu), stats, self.unsure)
+            _write(self.r, *_settle(self.r, self.mem, one, pending, rows), stats, self.unsure)

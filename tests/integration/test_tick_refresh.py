@@ -245,8 +245,8 @@ def test_an_env_whose_write_did_not_land_is_read_again_by_the_policy_pass(rig: R
     class Racing(OneClient):
         """Another writer changes the slave's record while OpenNebula answers."""
 
-        def observe(self, vmids: Any) -> Any:
-            got = super().observe(vmids)
+        def observe_rows(self, vmids: Any) -> Any:
+            got = super().observe_rows(vmids)
             rec = rig.vms(envid)["s0"]
             rec.one_state = "missing"
             envstore.put_vm(rig.r, envid, rec)
