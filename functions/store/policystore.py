@@ -41,30 +41,34 @@ def service_envids(r: redis.Redis, service: str) -> list[str]:
 def read_envs(r: redis.Redis, envids: Sequence[str], fields: Sequence[str],
               known: Mapping[str, list[dict[str, Any]]] | None = None) -> list[EnvRead]:
     """The requested fields, VM records (each with its VM's CPU figure from env_cpu) and op guard of each env:
-    one pipelined round trip of plain reads, the records decoded by orjson; an env in `known` takes those
+    one pipelined round trip (the fields and guards by one script call, `policy_heads`), the records decoded by
+    orjson; an env in `known` takes those
     records instead of reading them (the minute refresh just read and wrote them). Read-only.
 
     An env deleted meanwhile comes back with every field None and no VMs; an unreadable record is skipped.
     """
+    if not envids:
+        return []
     known = known or {}
     with r.pipeline(transaction=False) as p:
+        scripts.run(p, "policy_heads", [k for envid in envids for k in (keys.env(envid), keys.env_op(envid))],
+                    list(fields))
         for envid in envids:
-            p.hmget(keys.env(envid), list(fields))
-            p.get(keys.env_op(envid))
             if envid not in known:
                 p.hvals(keys.env_vms(envid))
                 p.get(keys.env_cpu(envid))
-        replies = iter(p.execute())
+        heads, *rest = p.execute()
+    replies, width = iter(rest), len(fields) + 1
     out = []
-    for envid in envids:
-        values, holder = next(replies), next(replies)
+    for i, envid in enumerate(envids):
+        head = heads[i * width:(i + 1) * width]
         if envid in known:
             records = known[envid]
         else:
             records = _records(next(replies))
             _join_cpu(records, next(replies))
-        out.append(EnvRead(envid, {f: _text(v) for f, v in zip(fields, values, strict=True)}, records,
-                           _text(holder) or None))
+        out.append(EnvRead(envid, {f: _text(v) for f, v in zip(fields, head, strict=False)}, records,
+                           _text(head[-1]) or None))
     return out
 
 
