@@ -15,10 +15,10 @@ LUA: dict[str, str] = {}
 # written are not compared). A field is found by a plain search for its quoted key, its value by a match
 # anchored right after it (not a pattern tried at every position).
 LUA["observe_write"] = """
--- KEYS[1], KEYS[2] env lock, its VM records (and so on per env), then vms_gen and vms_dirty (an env with a record
--- written is marked changed); ARGV[1] JSON: per env a list of [slot, [vmid, one_state, vm_state, lcm_state,
--- checked, one_ip] as read, the same six as they become] (values are letters, digits and . : @ + - only), ARGV[2..]
--- the envids. Returns per env the records written, -1 if the lock was held.
+-- KEYS[1], KEYS[2] env lock, its VM records (and so on per env); ARGV[1] JSON: per env a list of [slot, [vmid,
+-- one_state, vm_state, lcm_state, checked, one_ip] as read, the same six as they become] (values are letters,
+-- digits and . : @ + - only), ARGV[2..] the envids. The last two KEYS: vms_gen and vms_dirty (an env with a record
+-- written is marked changed). Returns per env the records written, -1 if the lock was held.
 local NAMES = {'vmid', 'one_state', 'vm_state', 'lcm_state', 'checked', 'one_ip'}
 local QUOTED = {false, true, false, false, true, true}
 local function span(rec, k)

@@ -122,8 +122,8 @@ return 1
 """
 
 LUA["vm_del"] = """
--- KEYS as vm_put; ARGV[1] owner token ('' = unfenced), ARGV[2] envid, ARGV[3] slot. Returns 1 unless the fence
--- lost the lock.
+-- KEYS[1] env lock, KEYS[2] the env's VM records, KEYS[3] vms_gen, KEYS[4] vms_dirty; ARGV[1] owner token
+-- ('' = unfenced), ARGV[2] envid, ARGV[3] slot. Returns 1 unless the fence lost the lock.
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HDEL', KEYS[2], ARGV[3]) == 1 then
   redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[3]), ARGV[2])
