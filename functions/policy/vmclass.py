@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 RUNNING, STARTING, FAILED, UNKNOWN, MISSING, OTHER = "running", "starting", "failed", "unknown", "missing", "other"
 CLASSES = (RUNNING, STARTING, FAILED, UNKNOWN, MISSING, OTHER)
@@ -67,6 +68,23 @@ def classify_short(one_state: str | None) -> str:
     Coarser than `classify`: BOOT_UNKNOWN prints `boot`, so it reads as starting here. Pure.
     """
     return _SHORT.get((one_state or "").strip().lower(), OTHER)
+
+
+@lru_cache(maxsize=4096)
+def record_class(allocated: bool, one_state: str, vm_state: int, lcm_state: int, init_failed: bool) -> str:
+    """The class of a stored VM record: not allocated yet -> starting; `one_state` missing/done -> missing;
+    else from OpenNebula's numbers when known (`vm_state` >= 0; `lcm_state` -1 = not known), else from the
+    short code; a VM that reported its own init failure is failed unless missing. Pure; cached, as a
+    minute's 100,000 records have a handful of distinct values."""
+    if not allocated:
+        cls = STARTING
+    elif one_state in ("missing", "done"):
+        cls = MISSING
+    elif vm_state >= 0:
+        cls = classify(vm_state, lcm_state if lcm_state >= 0 else None, True)
+    else:
+        cls = classify_short(one_state)
+    return FAILED if init_failed and cls != MISSING else cls
 
 
 @dataclass(frozen=True)

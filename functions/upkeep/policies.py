@@ -34,7 +34,7 @@ from functions.ops import operations
 from functions.policy import DEFAULT_GRACE, Decision, EnvInputs, PolicyState, VmObs, decide
 from functions.policy.failover import PASSIVE_ROLE, Member, pair_up, role_of
 from functions.policy.state import FIELD_NAMES
-from functions.policy.vmclass import FAILED, MISSING, STARTING, classify, classify_short
+from functions.policy.vmclass import record_class
 from functions.store import policystore, tenants
 from functions.store.policystore import EnvRead, StateWrite
 from functions.views.shapes import iso_time
@@ -92,21 +92,16 @@ def vm_obs(rec: Mapping[str, Any]) -> VmObs | None:
     get = rec.get
     if get("state") in LEAVING:
         return None
-    one_state, vm_state = get("one_state") or "", get("vm_state")
-    if get("vmid") is None:
-        cls = STARTING
-    elif one_state in ("missing", "done"):
-        cls = MISSING
-    elif type(vm_state) is int and vm_state >= 0:
-        lcm = get("lcm_state")
-        cls = classify(vm_state, lcm if type(lcm) is int and lcm >= 0 else None, True)
-    else:
-        cls = classify_short(str(one_state))
-    if cls != MISSING and str(get("init") or "").startswith("fail:"):
-        cls = FAILED                          # the VM reported its own init failure (SLAVE_<n>_INIT_FAIL)
+    one_state, vm_state, lcm, init = get("one_state") or "", get("vm_state"), get("lcm_state"), get("init")
+    cls = record_class(get("vmid") is not None, one_state if type(one_state) is str else str(one_state),
+                       vm_state if type(vm_state) is int and vm_state >= 0 else -1,
+                       lcm if type(lcm) is int and lcm >= 0 else -1,
+                       type(init) is str and init.startswith("fail:"))   # its own SLAVE_<n>_INIT_FAIL
     cpu, created, slot, role = get("cpu"), get("created"), get("slot") or "", get("role") or ""
-    cpu = cpu if type(cpu) in (int, float) else _number(cpu, -1.0)
-    created = created if type(created) in (int, float) else _number(created, 0.0)
+    if type(cpu) is not float and type(cpu) is not int:
+        cpu = _number(cpu, -1.0)
+    if type(created) is not float and type(created) is not int:
+        created = _number(created, 0.0)
     return VmObs(slot if type(slot) is str else str(slot), role if type(role) is str else str(role), cls,
                  cpu if cpu >= 0 else None, created, get("origin") == "policy")
 
