@@ -18,8 +18,9 @@ expression false with a message.
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 VARIABLES = frozenset({"avgcpu", "numvms", "nummissing", "numunknown", "numfailed"})
@@ -33,6 +34,8 @@ _TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_
 _KEYWORDS = {"and", "or", "not"}
 _RELATIONS = {"<", "<=", ">", ">="}
 _OPS = {"+", "-", "*", "/"}
+_COMPARE: dict[str, Callable[[float, float], bool]] = {"<": operator.lt, "<=": operator.le, ">": operator.gt,
+                                                      ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
 
 
 class ExprError(ValueError):
@@ -322,9 +325,10 @@ def _bool(node: Node, values: Mapping[str, float]) -> bool:
     if node.left.is_bool:
         left_b, right_b = _bool(node.left, values), _bool(node.right, values)
         return (left_b == right_b) == (node.op == "==")
-    left, right = _num(node.left, values), _num(node.right, values)
-    return {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right,
-            "==": left == right, "!=": left != right}[node.op]
+    return _COMPARE[node.op](_num(node.left, values), _num(node.right, values))
+
+
+_TRUE, _FALSE = EvalResult(True, None), EvalResult(False, None)
 
 
 def evaluate(compiled: CompiledExpr, values: Mapping[str, float]) -> EvalResult:
@@ -332,10 +336,16 @@ def evaluate(compiled: CompiledExpr, values: Mapping[str, float]) -> EvalResult:
     env: dict[str, float] = {}
     for key, val in values.items():
         env[ALIASES.get(key, key)] = val
-    missing = sorted(compiled.names - env.keys())
+    return evaluate_canonical(compiled, env)
+
+
+def evaluate_canonical(compiled: CompiledExpr, env: Mapping[str, float]) -> EvalResult:
+    """`evaluate` with the values already under their canonical names (an alias key is not read). Pure."""
+    names = compiled.names
+    missing = names - env.keys()
     if missing:
-        return EvalResult(False, f"no value for {', '.join(missing)}")
-    for name in compiled.names:
+        return EvalResult(False, f"no value for {', '.join(sorted(missing))}")
+    for name in names:
         if isinstance(env[name], bool) or not isinstance(env[name], (int, float)):
             return EvalResult(False, f"value of {name} is not a number")
     try:
@@ -344,6 +354,4 @@ def evaluate(compiled: CompiledExpr, values: Mapping[str, float]) -> EvalResult:
         return EvalResult(False, f"division by zero at col {exc.pos + 1} of `{compiled.text}`")
     except OverflowError:
         return EvalResult(False, f"number too large in `{compiled.text}`")
-    if not isinstance(value, bool):  # pragma: no cover - guaranteed by the type check
-        value = bool(value)
-    return EvalResult(value, None)
+    return _TRUE if value else _FALSE

@@ -51,8 +51,8 @@ class PolicyState:
         status = str(data.get("policy_status") or "INIT").strip().upper()
         return cls(
             status=status if status in STATUSES else "INIT",
-            info=_text(data.get("info")),
-            metrics=_text(data.get("metrics")),
+            info=clip(data.get("info")),
+            metrics=clip(data.get("metrics")),
             minute=_int(data.get("pol_minute"), -1, low=-1, high=2**53),
             up=_int(data.get("pol_up"), 0),
             down=_int(data.get("pol_down"), 0),
@@ -63,10 +63,11 @@ class PolicyState:
         )
 
     def with_info(self, info: str) -> PolicyState:
-        return replace(self, info=_text(info))
+        return replace(self, info=clip(info))
 
 
-def _text(value: Any) -> str:
+def clip(value: Any) -> str:
+    """`value` as an `info`/`metrics` field: a string cut to MAX_INFO characters; anything else is ""."""
     return value[:MAX_INFO] if isinstance(value, str) else ""
 
 
