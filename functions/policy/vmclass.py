@@ -87,7 +87,7 @@ def record_class(allocated: bool, one_state: str, vm_state: int, lcm_state: int,
     return FAILED if init_failed and cls != MISSING else cls
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VmObs:
     """One VM record as the policies see it.
 

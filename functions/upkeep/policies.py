@@ -24,6 +24,8 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 import redis
@@ -46,6 +48,9 @@ SNAPSHOT = "snapshot"
 READ_FIELDS = ("service", "name", "job", "policy_source", *FIELD_NAMES.values())
 POLICY_MESSAGES = ("POLICY_STATUS:", "AVAIL_POLICY_STATUS:")
 LEAVING = ("removing", "gone")
+RECORD_KEYS = ("state", "vmid", "one_state", "vm_state", "lcm_state", "init", "cpu", "created", "slot", "role",
+               "origin")
+_RECORD_VALUES = itemgetter(*RECORD_KEYS)
 
 
 @dataclass
@@ -87,27 +92,41 @@ def _number(value: Any, default: float) -> float:
         return default
 
 
+def _values(rec: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The values of RECORD_KEYS in `rec` (None for a key it lacks: an older record)."""
+    try:
+        return _RECORD_VALUES(rec)
+    except KeyError:
+        return tuple(map(rec.get, RECORD_KEYS))
+
+
 def vm_obs(rec: Mapping[str, Any]) -> VmObs | None:
     """A VM record (decoded JSON) as the policies see it; None for a record on its way out. Pure."""
-    get = rec.get
-    if get("state") in LEAVING:
+    state, vmid, one_state, vm_state, lcm, init, cpu, created, slot, role, origin = _values(rec)
+    if state in LEAVING:
         return None
-    one_state, vm_state, lcm, init = get("one_state") or "", get("vm_state"), get("lcm_state"), get("init")
-    cls = record_class(get("vmid") is not None, one_state if type(one_state) is str else str(one_state),
+    one_state = one_state or ""
+    cls = record_class(vmid is not None, one_state if type(one_state) is str else str(one_state),
                        vm_state if type(vm_state) is int and vm_state >= 0 else -1,
                        lcm if type(lcm) is int and lcm >= 0 else -1,
                        type(init) is str and init.startswith("fail:"))   # its own SLAVE_<n>_INIT_FAIL
-    cpu, created, slot, role = get("cpu"), get("created"), get("slot") or "", get("role") or ""
     if type(cpu) is not float and type(cpu) is not int:
         cpu = _number(cpu, -1.0)
     if type(created) is not float and type(created) is not int:
         created = _number(created, 0.0)
+    slot, role = slot or "", role or ""
     return VmObs(slot if type(slot) is str else str(slot), role if type(role) is str else str(role), cls,
-                 cpu if cpu >= 0 else None, created, get("origin") == "policy")
+                 cpu if cpu >= 0 else None, created, origin == "policy")
 
 
 def _policy(value: Any) -> Mapping[str, Any] | None:
     return value if isinstance(value, Mapping) else None
+
+
+@lru_cache(maxsize=64)
+def _source(uploaded: str) -> str:
+    """`policy_source` of policies from the configuration uploaded at `uploaded` (one per service)."""
+    return iso_time(uploaded) or "current"
 
 
 def _prepare(read: EnvRead, cfg: Mapping[str, Any] | None, uploaded: str) -> _Env | None:
@@ -122,12 +141,12 @@ def _prepare(read: EnvRead, cfg: Mapping[str, Any] | None, uploaded: str) -> _En
     entry = ((cfg or {}).get("ENVIRONMENT") or {}).get(name)
     if isinstance(entry, Mapping) and entry.get("type", "compute") != "group":
         env = _Env(read, state, _policy(entry.get("elasticity_policy")), _policy(entry.get("availability_policy")),
-                   iso_time(uploaded) or "current")
+                   _source(uploaded))
         env.base_size = 1 + max(0, int(_number(entry.get("num_slaves"), 0)))
     else:
         env = _Env(read, state, None, None, SNAPSHOT,
                    f"policies from the create-time snapshot: configuration {name!r} is no longer uploaded")
-    env.vms = tuple(obs for obs in map(vm_obs, read.vms) if obs is not None)
+    env.vms = tuple(filter(None, map(vm_obs, read.vms)))     # a VmObs is always true, a leaving record None
     return env
 
 
