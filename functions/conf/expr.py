@@ -358,7 +358,8 @@ def evaluate_canonical(compiled: CompiledExpr, env: Mapping[str, float]) -> Eval
     if missing:
         return EvalResult(False, f"no value for {', '.join(sorted(missing))}")
     for name in names:
-        if isinstance(env[name], bool) or not isinstance(env[name], (int, float)):
+        value = env[name]
+        if type(value) is not float and (isinstance(value, bool) or not isinstance(value, (int, float))):
             return EvalResult(False, f"value of {name} is not a number")
     try:
         value = (compiled.run or _closure(compiled.root))(env)

@@ -22,6 +22,7 @@ class Outcome:
 
 
 _TRUE, _FALSE = Outcome(True), Outcome(False)
+_BIG = 2**53                 # an int below it in magnitude converts to float without OverflowError
 
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -50,7 +51,8 @@ def cleaned(values: Mapping[str, Any]) -> Clean:
     """`values` without the non-numbers, each alias also under the name it stands for. Pure."""
     out = Clean()
     for key, value in values.items():
-        number = value if type(value) is float else _number(value)
+        number = value if type(value) is float else float(value) if type(value) is int and -_BIG < value < _BIG \
+            else _number(value)
         if number is not None:
             out[key] = number
             alias = ALIASES.get(key)

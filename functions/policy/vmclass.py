@@ -164,7 +164,8 @@ def variables(vms: Iterable[VmObs]) -> dict[str, float]:
     out: dict[str, float] = {"numvms": held, "nummissing": missing, "numunknown": unknown, "numfailed": failed,
                              "numfail": failed}
     if cpus:
-        out["avgcpu"] = sum(c / len(cpus) for c in cpus)      # as avgcpu computes it, to the last bit
+        count = len(cpus)
+        out["avgcpu"] = sum([c / count for c in cpus])      # as avgcpu computes it, to the last bit
     return out
 
 
