@@ -92,17 +92,12 @@ def _number(value: Any, default: float) -> float:
         return default
 
 
-def _values(rec: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The values of RECORD_KEYS in `rec` (None for a key it lacks: an older record)."""
-    try:
-        return _RECORD_VALUES(rec)
-    except KeyError:
-        return tuple(map(rec.get, RECORD_KEYS))
-
-
 def vm_obs(rec: Mapping[str, Any]) -> VmObs | None:
     """A VM record (decoded JSON) as the policies see it; None for a record on its way out. Pure."""
-    state, vmid, one_state, vm_state, lcm, init, cpu, created, slot, role, origin = _values(rec)
+    try:
+        state, vmid, one_state, vm_state, lcm, init, cpu, created, slot, role, origin = _RECORD_VALUES(rec)
+    except KeyError:                                            # an older record lacks a key: None for it
+        state, vmid, one_state, vm_state, lcm, init, cpu, created, slot, role, origin = map(rec.get, RECORD_KEYS)
     if state in LEAVING:
         return None
     one_state = one_state or ""
