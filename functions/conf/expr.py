@@ -18,9 +18,10 @@ expression false with a message.
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 VARIABLES = frozenset({"avgcpu", "numvms", "nummissing", "numunknown", "numfailed"})
 ALIASES = {"numfail": "numfailed"}
@@ -33,6 +34,10 @@ _TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_
 _KEYWORDS = {"and", "or", "not"}
 _RELATIONS = {"<", "<=", ">", ">="}
 _OPS = {"+", "-", "*", "/"}
+Run = Callable[[Mapping[str, float]], "float | bool"]
+_ARITH: dict[str, Callable[[float, float], float]] = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+_COMPARE: dict[str, Callable[[float, float], bool]] = {"<": operator.lt, "<=": operator.le, ">": operator.gt,
+                                                      ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
 
 
 class ExprError(ValueError):
@@ -65,6 +70,7 @@ class CompiledExpr:
     text: str
     root: Node
     names: frozenset[str]
+    run: Run | None = field(default=None, compare=False, repr=False)   # the root as a closure (compile_expr)
 
 
 @dataclass(frozen=True)
@@ -281,7 +287,7 @@ def compile_expr(text: str, variables: Iterable[str] = VARIABLES) -> CompiledExp
         raise ExprError(0, "the expression is empty")
     parser = _Parser(text, frozenset(variables))
     root = parser.parse()
-    return CompiledExpr(text, root, frozenset(parser.names))
+    return CompiledExpr(text, root, frozenset(parser.names), _closure(root))
 
 
 class _DivByZero(Exception):
@@ -290,41 +296,51 @@ class _DivByZero(Exception):
         self.pos = pos
 
 
-def _num(node: Node, values: Mapping[str, float]) -> float:
+def _closure(node: Node) -> Run:
+    """`node` as a Python closure over the variable values, built once per compiled expression (a tree walk
+    per evaluation cost a function call and several tests per node). Operands are evaluated left first."""
     kind = node.kind
     if kind == "num":
-        return node.value  # type: ignore[return-value]
+        number = node.value
+        return lambda values: number  # type: ignore[return-value]
     if kind == "var":
-        return values[node.value]  # type: ignore[index]
+        name = node.value
+        return lambda values: values[name]  # type: ignore[index]
+    assert node.left is not None
+    left = _closure(node.left)
     if kind == "neg":
-        return -_num(node.left, values)  # type: ignore[arg-type]
-    left, right = _num(node.left, values), _num(node.right, values)  # type: ignore[arg-type]
-    if node.op == "+":
-        return left + right
-    if node.op == "-":
-        return left - right
-    if node.op == "*":
-        return left * right
-    if right == 0:
-        raise _DivByZero(node.pos)
-    return left / right
-
-
-def _bool(node: Node, values: Mapping[str, float]) -> bool:
-    kind = node.kind
+        return lambda values: -left(values)
     if kind == "not":
-        return not _bool(node.left, values)  # type: ignore[arg-type]
+        return lambda values: not left(values)
+    assert node.right is not None
+    right = _closure(node.right)
     if kind == "and":
-        return _bool(node.left, values) and _bool(node.right, values)  # type: ignore[arg-type]
+        return lambda values: left(values) and right(values)
     if kind == "or":
-        return _bool(node.left, values) or _bool(node.right, values)  # type: ignore[arg-type]
-    assert node.left is not None and node.right is not None
+        return lambda values: left(values) or right(values)
+    if kind == "arith":
+        return _arith(node.op, node.pos, left, right)
     if node.left.is_bool:
-        left_b, right_b = _bool(node.left, values), _bool(node.right, values)
-        return (left_b == right_b) == (node.op == "==")
-    left, right = _num(node.left, values), _num(node.right, values)
-    return {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right,
-            "==": left == right, "!=": left != right}[node.op]
+        same = node.op == "=="
+        return lambda values: (left(values) == right(values)) == same
+    compare = _COMPARE[node.op]
+    return lambda values: compare(left(values), right(values))  # type: ignore[arg-type]
+
+
+def _arith(op: str, pos: int, left: Run, right: Run) -> Run:
+    if op in _ARITH:
+        apply = _ARITH[op]
+        return lambda values: apply(left(values), right(values))  # type: ignore[arg-type]
+
+    def divide(values: Mapping[str, float]) -> float:
+        num, den = left(values), right(values)
+        if den == 0:
+            raise _DivByZero(pos)
+        return num / den
+    return divide
+
+
+_TRUE, _FALSE = EvalResult(True, None), EvalResult(False, None)
 
 
 def evaluate(compiled: CompiledExpr, values: Mapping[str, float]) -> EvalResult:
@@ -332,18 +348,23 @@ def evaluate(compiled: CompiledExpr, values: Mapping[str, float]) -> EvalResult:
     env: dict[str, float] = {}
     for key, val in values.items():
         env[ALIASES.get(key, key)] = val
-    missing = sorted(compiled.names - env.keys())
+    return evaluate_canonical(compiled, env)
+
+
+def evaluate_canonical(compiled: CompiledExpr, env: Mapping[str, float]) -> EvalResult:
+    """`evaluate` with the values already under their canonical names (an alias key is not read). Pure."""
+    names = compiled.names
+    missing = names - env.keys()
     if missing:
-        return EvalResult(False, f"no value for {', '.join(missing)}")
-    for name in compiled.names:
-        if isinstance(env[name], bool) or not isinstance(env[name], (int, float)):
+        return EvalResult(False, f"no value for {', '.join(sorted(missing))}")
+    for name in names:
+        value = env[name]
+        if type(value) is not float and (isinstance(value, bool) or not isinstance(value, (int, float))):
             return EvalResult(False, f"value of {name} is not a number")
     try:
-        value = _bool(compiled.root, env)
+        value = (compiled.run or _closure(compiled.root))(env)
     except _DivByZero as exc:
         return EvalResult(False, f"division by zero at col {exc.pos + 1} of `{compiled.text}`")
     except OverflowError:
         return EvalResult(False, f"number too large in `{compiled.text}`")
-    if not isinstance(value, bool):  # pragma: no cover - guaranteed by the type check
-        value = bool(value)
-    return EvalResult(value, None)
+    return _TRUE if value else _FALSE

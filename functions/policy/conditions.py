@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from functions.conf.expr import ALIASES, CompiledExpr, ExprError, compile_expr, evaluate
+from functions.conf.expr import ALIASES, CompiledExpr, ExprError, compile_expr, evaluate_canonical
 from functions.conf.windows import Window, WindowSyntaxError, parse_window
 
 
@@ -20,6 +20,9 @@ class Outcome:
     value: bool
     error: str | None = None
 
+
+_TRUE, _FALSE = Outcome(True), Outcome(False)
+_BIG = 2**53                 # an int below it in magnitude converts to float without OverflowError
 
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -39,18 +42,22 @@ def _compiled(text: str) -> CompiledExpr | ExprError:
 
 
 class Clean(dict[str, float]):
-    """Expression variables made usable once (numbers only, aliases also under their target name): `check`
-    takes them as they are, so an environment's several expressions clean its variables once."""
+    """Expression variables made usable once (floats only, aliases also under their target name): `check`
+    takes them as they are, so an environment's several expressions clean its variables once. Made only by
+    `cleaned`: a canonical name's value is the one its last key (itself or an alias) gave."""
 
 
 def cleaned(values: Mapping[str, Any]) -> Clean:
     """`values` without the non-numbers, each alias also under the name it stands for. Pure."""
     out = Clean()
     for key, value in values.items():
-        number = _number(value)
+        number = value if type(value) is float else float(value) if type(value) is int and -_BIG < value < _BIG \
+            else _number(value)
         if number is not None:
             out[key] = number
-            out[ALIASES.get(key, key)] = number
+            alias = ALIASES.get(key)
+            if alias is not None:
+                out[alias] = number
     return out
 
 
@@ -62,16 +69,16 @@ def check(text: Any, values: Mapping[str, float]) -> Outcome:
     if isinstance(compiled, ExprError):
         return Outcome(False, f"bad expression `{text}`: {compiled}")
     clean = values if type(values) is Clean else cleaned(values)
-    bad = sorted(n for n in compiled.names if n in clean and not math.isfinite(clean[n]))
+    bad = [n for n in compiled.names if n in clean and not math.isfinite(clean[n])]
     if bad:
-        return Outcome(False, f"`{text}` is false: no usable value for {', '.join(bad)}")
+        return Outcome(False, f"`{text}` is false: no usable value for {', '.join(sorted(bad))}")
     try:
-        result = evaluate(compiled, clean)
+        result = evaluate_canonical(compiled, clean)    # a Clean has every alias under its canonical name
     except Exception as exc:  # an expression must never break a tick, whatever it does
         return Outcome(False, f"`{text}` could not be evaluated: {type(exc).__name__}")
     if result.error:
         return Outcome(False, f"`{text}` is false: {result.error}")
-    return Outcome(result.value, None)
+    return _TRUE if result.value else _FALSE
 
 
 @lru_cache(maxsize=4096)

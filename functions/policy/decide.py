@@ -50,8 +50,8 @@ from typing import Any
 from functions.policy import elasticity, failover
 from functions.policy.actions import FAILBACK, RECREATE, SCALEDOWN, Action, recreate_targets, scaledown_slot
 from functions.policy.conditions import check, cleaned
-from functions.policy.state import PolicyState
-from functions.policy.vmclass import VmObs, judged, metrics, variables
+from functions.policy.state import PolicyState, clip
+from functions.policy.vmclass import BROKEN, VmObs, judged, metrics, variables
 
 DEFAULT_GRACE = 300.0
 AVAIL = failover.AVAIL
@@ -237,12 +237,12 @@ def decide(inputs: EnvInputs, state: PolicyState, now: float, minute: int | None
     minute = int(now // 60) if minute is None else minute
     if minute <= state.minute:
         return Decision(None, state, (), evaluated=False)
-    vms = [judged(vm, now, inputs.grace) for vm in inputs.vms]
+    vms = [judged(vm, now, inputs.grace) if vm.cls in BROKEN else vm for vm in inputs.vms]
     raw_values = variables(vms)
-    base = replace(state, minute=minute, metrics=metrics(raw_values))
-    values = cleaned(raw_values)
+    shown = metrics(raw_values)
     if state.status == "INIT":
-        return Decision(None, base)
+        return Decision(None, replace(state, minute=minute, metrics=shown))
+    values = cleaned(raw_values)
     tick = _Tick(state.status, state.up, state.down, state.recreate, state.failover, state.failback)
     found = failover.role_of(inputs.availability)
     role = found[0] if found else None
@@ -257,8 +257,7 @@ def decide(inputs: EnvInputs, state: PolicyState, now: float, minute: int | None
         tick.failover = tick.failback = 0
     _elastic(tick, inputs, state, vms, values, now, role)
     info = tick.headline or (tick.messages[-1] if tick.messages else "")
-    new = replace(base, status=tick.status, up=tick.up, down=tick.down, recreate=tick.recreate,
-                  failover=tick.failover, failback=tick.failback,
-                  last_action_at=float(now) if tick.action is not None else state.last_action_at).with_info(info)
+    new = PolicyState(tick.status, clip(info), shown, minute, tick.up, tick.down, tick.recreate, tick.failover,
+                      tick.failback, float(now) if tick.action is not None else state.last_action_at)
     transition = (state.status, tick.status) if tick.status != state.status else None
     return Decision(tick.action, new, tuple(tick.messages), True, transition)

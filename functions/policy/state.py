@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import Any
 
 STATUSES = ("INIT", "READY", "ACTIVE", "PASSIVE", "FAILED")
@@ -39,40 +40,35 @@ class PolicyState:
 
     def to_fields(self) -> dict[str, str]:
         """Every field as a string, keyed by its Redis hash field name. Pure."""
-        out: dict[str, str] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[FIELD_NAMES[f.name]] = repr(value) if isinstance(value, float) else str(value)
-        return out
+        return {name: repr(value) if isinstance(value, float) else str(value)
+                for name, value in zip(_NAMES, _VALUES(self), strict=True)}
 
     @classmethod
     def from_fields(cls, data: Mapping[str, Any]) -> PolicyState:
         """Read a state back from hash fields (other fields ignored; missing or bad values defaulted). Pure."""
-        status = str(data.get("policy_status") or "INIT").strip().upper()
-        return cls(
-            status=status if status in STATUSES else "INIT",
-            info=_text(data.get("info")),
-            metrics=_text(data.get("metrics")),
-            minute=_int(data.get("pol_minute"), -1, low=-1, high=2**53),
-            up=_int(data.get("pol_up"), 0),
-            down=_int(data.get("pol_down"), 0),
-            recreate=_int(data.get("pol_recreate"), 0),
-            failover=_int(data.get("pol_failover"), 0),
-            failback=_int(data.get("pol_failback"), 0),
-            last_action_at=_float(data.get("pol_last_action")),
-        )
+        get = data.get
+        status = str(get("policy_status") or "INIT").strip().upper()
+        return cls(status if status in STATUSES else "INIT", clip(get("info")), clip(get("metrics")),
+                   _int(get("pol_minute"), -1, low=-1, high=2**53), _int(get("pol_up"), 0), _int(get("pol_down"), 0),
+                   _int(get("pol_recreate"), 0), _int(get("pol_failover"), 0), _int(get("pol_failback"), 0),
+                   _float(get("pol_last_action")))
 
     def with_info(self, info: str) -> PolicyState:
-        return replace(self, info=_text(info))
+        return replace(self, info=clip(info))
 
 
-def _text(value: Any) -> str:
+_NAMES = tuple(FIELD_NAMES.values())
+_VALUES = attrgetter(*FIELD_NAMES)          # FIELD_NAMES is in the order of PolicyState's fields
+
+
+def clip(value: Any) -> str:
+    """`value` as an `info`/`metrics` field: a string cut to MAX_INFO characters; anything else is ""."""
     return value[:MAX_INFO] if isinstance(value, str) else ""
 
 
 def _int(value: Any, default: int, low: int = 0, high: int = MAX_COUNTER) -> int:
     try:
-        number = int(str(value).strip())
+        number = int((value if type(value) is str else str(value)).strip())
     except (TypeError, ValueError):
         return default
     return number if low <= number <= high else default
@@ -80,7 +76,7 @@ def _int(value: Any, default: int, low: int = 0, high: int = MAX_COUNTER) -> int
 
 def _float(value: Any) -> float:
     try:
-        number = float(str(value).strip())
+        number = float((value if type(value) is str else str(value)).strip())
     except (TypeError, ValueError):
         return 0.0
     return number if math.isfinite(number) and number >= 0 else 0.0

@@ -24,6 +24,8 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 import redis
@@ -34,7 +36,7 @@ from functions.ops import operations
 from functions.policy import DEFAULT_GRACE, Decision, EnvInputs, PolicyState, VmObs, decide
 from functions.policy.failover import PASSIVE_ROLE, Member, pair_up, role_of
 from functions.policy.state import FIELD_NAMES
-from functions.policy.vmclass import FAILED, MISSING, STARTING, classify, classify_short
+from functions.policy.vmclass import record_class
 from functions.store import policystore, tenants
 from functions.store.policystore import EnvRead, StateWrite
 from functions.views.shapes import iso_time
@@ -46,6 +48,9 @@ SNAPSHOT = "snapshot"
 READ_FIELDS = ("service", "name", "job", "policy_source", *FIELD_NAMES.values())
 POLICY_MESSAGES = ("POLICY_STATUS:", "AVAIL_POLICY_STATUS:")
 LEAVING = ("removing", "gone")
+RECORD_KEYS = ("state", "vmid", "one_state", "vm_state", "lcm_state", "init", "cpu", "created", "slot", "role",
+               "origin")
+_RECORD_VALUES = itemgetter(*RECORD_KEYS)
 
 
 @dataclass
@@ -89,30 +94,34 @@ def _number(value: Any, default: float) -> float:
 
 def vm_obs(rec: Mapping[str, Any]) -> VmObs | None:
     """A VM record (decoded JSON) as the policies see it; None for a record on its way out. Pure."""
-    get = rec.get
-    if get("state") in LEAVING:
+    try:
+        state, vmid, one_state, vm_state, lcm, init, cpu, created, slot, role, origin = _RECORD_VALUES(rec)
+    except KeyError:                                            # an older record lacks a key: None for it
+        state, vmid, one_state, vm_state, lcm, init, cpu, created, slot, role, origin = map(rec.get, RECORD_KEYS)
+    if state in LEAVING:
         return None
-    one_state, vm_state = get("one_state") or "", get("vm_state")
-    if get("vmid") is None:
-        cls = STARTING
-    elif one_state in ("missing", "done"):
-        cls = MISSING
-    elif type(vm_state) is int and vm_state >= 0:
-        lcm = get("lcm_state")
-        cls = classify(vm_state, lcm if type(lcm) is int and lcm >= 0 else None, True)
-    else:
-        cls = classify_short(str(one_state))
-    if cls != MISSING and str(get("init") or "").startswith("fail:"):
-        cls = FAILED                          # the VM reported its own init failure (SLAVE_<n>_INIT_FAIL)
-    cpu, created, slot, role = get("cpu"), get("created"), get("slot") or "", get("role") or ""
-    cpu = cpu if type(cpu) in (int, float) else _number(cpu, -1.0)
-    created = created if type(created) in (int, float) else _number(created, 0.0)
+    one_state = one_state or ""
+    cls = record_class(vmid is not None, one_state if type(one_state) is str else str(one_state),
+                       vm_state if type(vm_state) is int and vm_state >= 0 else -1,
+                       lcm if type(lcm) is int and lcm >= 0 else -1,
+                       type(init) is str and init.startswith("fail:"))   # its own SLAVE_<n>_INIT_FAIL
+    if type(cpu) is not float and type(cpu) is not int:
+        cpu = _number(cpu, -1.0)
+    if type(created) is not float and type(created) is not int:
+        created = _number(created, 0.0)
+    slot, role = slot or "", role or ""
     return VmObs(slot if type(slot) is str else str(slot), role if type(role) is str else str(role), cls,
-                 cpu if cpu >= 0 else None, created, get("origin") == "policy")
+                 cpu if cpu >= 0 else None, created, origin == "policy")
 
 
 def _policy(value: Any) -> Mapping[str, Any] | None:
     return value if isinstance(value, Mapping) else None
+
+
+@lru_cache(maxsize=64)
+def _source(uploaded: str) -> str:
+    """`policy_source` of policies from the configuration uploaded at `uploaded` (one per service)."""
+    return iso_time(uploaded) or "current"
 
 
 def _prepare(read: EnvRead, cfg: Mapping[str, Any] | None, uploaded: str) -> _Env | None:
@@ -127,12 +136,12 @@ def _prepare(read: EnvRead, cfg: Mapping[str, Any] | None, uploaded: str) -> _En
     entry = ((cfg or {}).get("ENVIRONMENT") or {}).get(name)
     if isinstance(entry, Mapping) and entry.get("type", "compute") != "group":
         env = _Env(read, state, _policy(entry.get("elasticity_policy")), _policy(entry.get("availability_policy")),
-                   iso_time(uploaded) or "current")
+                   _source(uploaded))
         env.base_size = 1 + max(0, int(_number(entry.get("num_slaves"), 0)))
     else:
         env = _Env(read, state, None, None, SNAPSHOT,
                    f"policies from the create-time snapshot: configuration {name!r} is no longer uploaded")
-    env.vms = tuple(obs for obs in map(vm_obs, read.vms) if obs is not None)
+    env.vms = tuple(filter(None, map(vm_obs, read.vms)))     # a VmObs is always true, a leaving record None
     return env
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -41,3 +43,11 @@ def test_missing_fields_are_a_fresh_state_and_env_hash_keys_are_shared() -> None
         ("ACTIVE", "x", "avgcpu[3]", 2, 0, -1, 0.0)
     assert PolicyState.from_fields({"policy_status": "BOGUS"}).status == "INIT"
     assert len(PolicyState().with_info("y" * 2000).info) == MAX_INFO
+
+
+def test_field_names_follow_the_dataclass_fields_in_order() -> None:
+    assert tuple(FIELD_NAMES) == tuple(f.name for f in fields(PolicyState))   # to_fields reads them in this order
+    state = PolicyState("ACTIVE", "i", "m", 7, 1, 2, 3, 4, 5, 6.5)
+    assert state.to_fields() == {"policy_status": "ACTIVE", "info": "i", "metrics": "m", "pol_minute": "7",
+                                 "pol_up": "1", "pol_down": "2", "pol_recreate": "3", "pol_failover": "4",
+                                 "pol_failback": "5", "pol_last_action": "6.5"}

@@ -116,3 +116,31 @@ def test_grace_period_hides_young_broken_vms() -> None:
 def test_slot_index() -> None:
     assert vm("s12").index == 12 and vm("m").index == -1 and vm("m").is_master
     assert VmObs("x", "slave", RUNNING).index == -1
+
+
+def test_a_vm_observation_is_immutable_and_judged_gives_a_new_one() -> None:
+    obs = vm("s1", FAILED, created=100.0)
+    with pytest.raises(AttributeError):
+        obs.cls = RUNNING  # type: ignore[misc]
+    young = judged(obs, 150.0, 300.0)
+    assert (young.cls, obs.cls) == (STARTING, FAILED) and young == VmObs("s1", "slave", STARTING, 50.0, 100.0)
+    assert judged(obs, 500.0, 300.0) is obs
+
+
+_cpus = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+                  st.sampled_from(["7", "x", -0.0]))
+
+
+@given(st.lists(st.tuples(st.sampled_from(CLASSES), _cpus), max_size=12))
+def test_variables_in_one_pass_equal_the_counts_and_avgcpu(spec: list[tuple[str, object]]) -> None:
+    vms = [vm(f"s{i}", cls, cpu) for i, (cls, cpu) in enumerate(spec)]  # type: ignore[arg-type]
+    expected: dict[str, float] = {"numvms": len(vms)}
+    for name, cls in (("nummissing", MISSING), ("numunknown", UNKNOWN), ("numfailed", FAILED)):
+        expected[name] = sum(1 for v in vms if v.cls == cls)
+    expected["numfail"] = expected["numfailed"]
+    cpu = avgcpu(vms)
+    if cpu is not None:
+        expected["avgcpu"] = cpu
+    got = variables(vms)
+    assert got == expected and list(got) == list(expected)
+    assert repr(got.get("avgcpu")) == repr(expected.get("avgcpu"))     # the same float to the last bit

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from functions.policy import PolicyState
+from functions.policy import PolicyState, VmObs, classify, classify_short
 from functions.policy.vmclass import CLASSES, FAILED, MISSING, OTHER, RUNNING, STARTING, UNKNOWN
 from functions.store.policystore import EnvRead
 from functions.upkeep import policies
@@ -48,6 +48,41 @@ def test_a_vm_that_reported_its_init_failed_counts_as_failed() -> None:
 def test_vm_obs_never_raises_on_garbage(over: dict[str, Any]) -> None:
     vm = policies.vm_obs({**BASE, **over})
     assert vm is None or vm.cls in CLASSES
+
+
+def _reference(rec: dict[str, Any]) -> VmObs | None:
+    """vm_obs as it was written before its class was cached: every record classified from scratch."""
+    if rec.get("state") in ("removing", "gone"):
+        return None
+    one_state, vm_state = rec.get("one_state") or "", rec.get("vm_state")
+    if rec.get("vmid") is None:
+        cls = STARTING
+    elif one_state in ("missing", "done"):
+        cls = MISSING
+    elif type(vm_state) is int and vm_state >= 0:
+        lcm = rec.get("lcm_state")
+        cls = classify(vm_state, lcm if type(lcm) is int and lcm >= 0 else None, True)
+    else:
+        cls = classify_short(str(one_state))
+    if cls != MISSING and str(rec.get("init") or "").startswith("fail:"):
+        cls = FAILED
+    cpu, created, slot, role = rec.get("cpu"), rec.get("created"), rec.get("slot") or "", rec.get("role") or ""
+    cpu = cpu if type(cpu) in (int, float) else policies._number(cpu, -1.0)
+    created = created if type(created) in (int, float) else policies._number(created, 0.0)
+    return VmObs(str(slot), str(role), cls, cpu if cpu >= 0 else None, created, rec.get("origin") == "policy")
+
+
+_ANY = (st.none() | st.booleans() | st.integers(-3, 80) | st.floats() | st.text(max_size=8)
+        | st.sampled_from(["runn", "unkn", "fail", "boot", "missing", "done", "RUNN ", "fail:x", "policy", ""])
+        | st.lists(st.integers(), max_size=2))
+
+
+@given(st.lists(st.dictionaries(st.sampled_from([*sorted(BASE), "init"]), _ANY), min_size=1, max_size=8))
+def test_vm_obs_with_its_cached_class_equals_the_plain_classification(overs: list[dict[str, Any]]) -> None:
+    for over in overs:                       # several records per example: the cache is filled in between
+        rec = {**BASE, **over}
+        assert policies.vm_obs(rec) == _reference(rec)
+        assert policies.vm_obs(rec) == _reference(rec)   # a cached class is the same again
 
 
 def _env(envid: str, status: str, availability: dict[str, Any], cls: str = RUNNING) -> Any:
