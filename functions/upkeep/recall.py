@@ -25,6 +25,7 @@ from functions.store import observed
 
 FULL_EVERY = 10                  # minutes: every record is read again at least this often
 Mark = tuple[int, ...] | tuple[int, None]   # a record's (vmid, STATE, LCM_STATE, STIME) when judged; (vmid, None): gone
+Marks = tuple[Mark | None, ...]              # an env's marks, one per record as stored (None: not judged)
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Memory:
     full_minute: int                              # minute of the last full read
     where: dict[str, observed.EnvWhere] = field(default_factory=dict)
     stored: dict[str, list[observed.Seen]] = field(default_factory=dict)   # envid -> records as the refresh left them
-    judged: dict[tuple[str, str], Mark] = field(default_factory=dict)      # (envid, slot) -> its VM when judged
+    judged: dict[str, Marks] = field(default_factory=dict)   # envid -> its records' VMs when last judged
 
 
 _MEMORIES: dict[str, Memory] = {}

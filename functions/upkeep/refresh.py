@@ -151,54 +151,58 @@ def _read(r: redis.Redis, group: _Group, mem: recall.Memory, changed: set[str] |
 
 
 def _judge_chunk(envs: Sequence[observed.EnvWhere], mem: recall.Memory, fresh: set[str], rows: dict[int, VmRow],
-                 taken: float, pending: list[_Pending], judged: dict[tuple[str, str], recall.Mark]
+                 taken: float, pending: list[_Pending], judged: dict[str, recall.Marks]
                  ) -> tuple[Changes, dict[str, observed.Figures], int]:
     """The writes of a chunk's records, the CPU figures of the envs observed (written whole) and how many are new;
     records whose VM must first prove its tags go to `pending`. A record not read again this minute whose VM is
-    as when it was last judged only gets its CPU figure; `judged` notes each record judged to be as its VM is."""
+    as when it was last judged only gets its CPU figure; `judged` gets each env's marks (recall.Marks)."""
     changes: Changes = {}
     figures: dict[str, observed.Figures] = {}
     new = 0
-    last = mem.judged
     for env in envs:
-        stored = mem.stored.get(env.envid)
+        envid = env.envid
+        stored = mem.stored.get(envid)
         if not stored:
             continue
-        envid, again = env.envid, env.envid in fresh
+        prev = None if envid in fresh else mem.judged.get(envid)
+        if prev is not None and len(prev) != len(stored):
+            prev = None
         figures[envid] = figs = {}
-        for seen in stored:
-            key = (envid, seen.slot)
-            mark = None if again else last.get(key)
-            if mark is not None:                       # unchanged since judged: its CPU only
+        marks: list[recall.Mark | None] = []
+        for i, seen in enumerate(stored):
+            mark = prev[i] if prev is not None else None
+            doc = seen.doc
+            if mark is not None and doc is not None:
                 row = rows.get(mark[0])
-                if (row is None and mark[1] is None) or (row is not None and row[:4] == mark):
-                    judged[key] = mark
-                    doc = seen.doc
-                    if doc is not None and row is not None and row.cpu is not None and row.state != 6:
-                        if doc.get("cpu") != row.cpu:
-                            doc["cpu"] = row.cpu
-                            new += 1
+                if (mark[1] is None) if row is None else (row[:4] == mark):     # as when judged: its CPU only
+                    if row is not None and row.cpu is not None and row.state != 6 and doc.get("cpu") != row.cpu:
+                        doc["cpu"] = row.cpu
+                        new += 1
+                    marks.append(mark)
                     _figure(figs, seen)
                     continue
+            mark = None
             if judgeable(seen, taken):
-                new += _judge(seen, rows.get(int(seen.vmid)), env, changes, pending, judged)
+                mark, fresh_figure = _judge(seen, rows.get(int(seen.vmid)), env, changes, pending)
+                new += fresh_figure
+            marks.append(mark)
             _figure(figs, seen)
+        judged[envid] = tuple(marks)
     return changes, figures, new
 
 
 def _judge(seen: observed.Seen, row: VmRow | None, env: observed.EnvWhere, changes: Changes,
-           pending: list[_Pending], judged: dict[tuple[str, str], recall.Mark]) -> int:
+           pending: list[_Pending]) -> tuple[recall.Mark | None, int]:
     """Judge one record against its VM's row (None: not in the pool): its write in `changes`, or in `pending`
-    when its VM must first prove its tags. Returns 1 if its CPU figure is new."""
+    when its VM must first prove its tags. Returns (its mark, None when pending; 1 if its CPU figure is new)."""
     view = row_view(row) if row is not None else None
     vmid = int(seen.vmid)
     unchecked = seen.checked != f"{vmid}@{view.stime}" if view is not None else False
     if view is not None and view.state != 6 and (unchecked or not seen.one_ip):
         pending.append(_Pending(env.envid, env.service, seen, view))
-        return 0
-    judged[(env.envid, seen.slot)] = row[:4] if row is not None else (vmid, None)
+        return None, 0
     cpu = cpu_figure(seen, view, row.cpu if row is not None else None)
-    return _note(changes, env.envid, seen, observation(seen, view), cpu)
+    return (row[:4] if row is not None else (vmid, None)), _note(changes, env.envid, seen, observation(seen, view), cpu)
 
 
 def _figure(figs: observed.Figures, seen: observed.Seen) -> None:
@@ -350,7 +354,7 @@ class _Run:
     mem: recall.Memory
     fresh: set[str]
     unsure: set[str]
-    judged: dict[tuple[str, str], recall.Mark]
+    judged: dict[str, recall.Marks]
     stats: dict[str, int]
 
     def apply(self, key: tuple[str, str], group: _Group, observed_: tuple[OneClient, float, Any]) -> None:
