@@ -79,9 +79,10 @@ def vm_texts(body: bytes, start: int, end: int) -> Found | None:
     return _walk(body, start + len(shape.pool), end, shape)
 
 
-def _marked(body: bytes, char: bytes, before: bytes, start: int, end: int) -> bool:
-    """Whether some `char` (a rare byte: found by memchr) in body[start:end] comes right after `before`."""
-    at = body.find(char, start, end)
+def _marked(body: bytes, char: bytes, before: bytes, start: int, end: int, at: int | None = None) -> bool:
+    """Whether some `char` (a rare byte: found by memchr) in body[start:end] comes right after `before`
+    (`at`: the first `char` there, when known)."""
+    at = body.find(char, start, end) if at is None else at
     while at >= 0:
         if body.startswith(before, at - len(before)) and at - len(before) >= start:
             return True
@@ -101,12 +102,20 @@ def _walk(body: bytes, pos: int, end: int, shape: _Shape) -> Found | None:
         at = find(b"TEMPLATE", top, end)
         cpu = mon(body, at) if at >= 0 else None
         pos = find(close, at, end) if cpu is not None else -1
-        if pos < 0 or (find(b"-", top, pos) >= 0 and _marked(body, b"-", b"&lt;!", top, pos)):
-            return None                                  # odd, or a comment: it could hide either close
-        bang = rfind(b"!", top, pos)                     # both closes outside any CDATA section: usually the
-        if bang >= 0 and not (bang < at and startswith(_CDATA, bang - 4) and find(cdata_end, bang + 8, at) >= 0) \
-                and not (_outside(body, top, at, cdata_end) and _outside(body, at, pos, cdata_end)):
-            return None                                  # last '!' opens one in the TEMPLATE, ended in it
+        if pos < 0:
+            return None
+        dash = find(b"-", top, pos)
+        if dash >= 0 and _marked(body, b"-", b"&lt;!", top, pos, dash):
+            return None                                  # a comment: it could hide either close
+        bang = rfind(b"!", top, pos)                     # both closes outside any CDATA section:
+        if bang > at:                                    # the last opening in the VM's tail ends before its close
+            if not (startswith(_CDATA, bang - 4) and find(cdata_end, bang + 8, pos) >= 0) \
+                    and not _outside(body, at, pos, cdata_end):
+                return None
+            bang = rfind(b"!", top, at)
+        if bang >= 0 and not (startswith(_CDATA, bang - 4) and find(cdata_end, bang + 8, at) >= 0) \
+                and not _outside(body, top, at, cdata_end):
+            return None                                  # the last in the TEMPLATE ends before the TEMPLATE's
         if body.count(b"MONITORING", at, pos) != cpu.lastindex:
             return None                                  # another MONITORING (<MONITORING/>: 1, else open + close)
         heads.append(vm.groups())                        # now, while these bytes are in the cache
