@@ -153,8 +153,8 @@ def _string_span(body: bytes) -> tuple[int, int] | None:
 
 
 def _wire_texts(body: bytes, start: int, end: int) -> shortwire.Found | None:
-    """([(ID, STATE, LCM_STATE, STIME)], [CPU text or None]) of the VMs of body[start:end] by the `_Wire`
-    patterns (any shape the comment above them allows), None if the answer is odd."""
+    """([ID, STATE, LCM_STATE, STIME of each VM in turn], [CPU text or None]) of the VMs of body[start:end] by
+    the `_Wire` patterns (any shape the comment above them allows), None if the answer is odd."""
     if _has(body, b"#", start, end) and _has(body, b"&#", start, end):
         return None                      # character references (a one-byte search first: '#' is rare)
     wire = _WIRE[_has(body, b">", start, end)]
@@ -187,15 +187,13 @@ def _wire_read(text: bytes, start: int, end: int, wire: _Wire) -> shortwire.Foun
         return None                      # each VM's one MONITORING is its own
     if any(text.count(b"TEMPLATE", vm.end(), mon.start()) != 2 for vm, mon in zip(vms, mons, strict=True)):
         return None                      # a TEMPLATE in its TEMPLATE: its MONITORING may not be its own
-    return [vm.groups() for vm in vms], [mon.group(2) for mon in mons]
+    return [text for vm in vms for text in vm.groups()], [mon.group(2) for mon in mons]
 
 
-def _rows(heads: list[tuple[bytes, ...]], cpus: list[bytes | None], wanted: Sequence[int] | None) -> list[VmRow] | None:
-    """The rows of the VMs' (ID, STATE, LCM_STATE, STIME) digit texts and CPU texts, only the ids in `wanted`
-    when given; None if an id is there twice."""
-    if not heads:
-        return []
-    ids, states, lcms, stimes = zip(*heads, strict=True)
+def _rows(heads: list[bytes], cpus: list[bytes | None], wanted: Sequence[int] | None) -> list[VmRow] | None:
+    """The rows of the VMs' ID, STATE, LCM_STATE and STIME digit texts (four a VM, in turn) and CPU texts, only
+    the ids in `wanted` when given; None if an id is there twice."""
+    ids, states, lcms, stimes = heads[0::4], heads[1::4], heads[2::4], heads[3::4]
     vmids = list(map(int, ids))
     if len(set(vmids)) != len(vmids):
         return None                      # an id twice
@@ -208,7 +206,7 @@ def _rows(heads: list[tuple[bytes, ...]], cpus: list[bytes | None], wanted: Sequ
 _SMALL = {str(n).encode(): n for n in range(100)}
 
 
-def _small_ints(texts: tuple[bytes, ...]) -> list[int]:
+def _small_ints(texts: list[bytes]) -> list[int]:
     """int() of each digit text (a look-up for the usual short ones)."""
     values = list(map(_SMALL.get, texts))
     return values if None not in values else list(map(int, texts))

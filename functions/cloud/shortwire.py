@@ -35,7 +35,7 @@ _READ = {b"ID", b"STATE", b"LCM_STATE", b"STIME"}   # captured, in this order: d
 _CDATA = b"&lt;![CDATA["
 
 
-Found = tuple[list[tuple[bytes, ...]], list[bytes | None]]   # ([(ID, STATE, LCM_STATE, STIME)], [CPU text])
+Found = tuple[list[bytes], list[bytes | None]]   # ([ID, STATE, LCM_STATE, STIME of each VM in turn], [CPU text])
 
 
 class _Shape(NamedTuple):
@@ -66,9 +66,9 @@ _SHAPES = {False: _shape(b"&gt;"), True: _shape(b">")}
 
 
 def vm_texts(body: bytes, start: int, end: int) -> Found | None:
-    """The VMs of the escaped `<VM_POOL>` string body[start:end] of short bodies, as ([(ID, STATE, LCM_STATE,
-    STIME)], [CPU text or None]) in document order; None when the string is not of the common shape the module
-    docstring describes. Pure."""
+    """The VMs of the escaped `<VM_POOL>` string body[start:end] of short bodies, as ([ID, STATE, LCM_STATE,
+    STIME of each VM in turn], [CPU text or None]) in document order; None when the string is not of the
+    common shape the module docstring describes. Pure."""
     if _marked(body, b"#", b"&", start, end) or _marked(body, b"?", b"&lt;", start, end):
         return None                      # a character reference, a processing instruction (comments: `_walk`)
     shape = _SHAPES[body.find(b">", start, end) >= 0]
@@ -94,7 +94,7 @@ def _walk(body: bytes, pos: int, end: int, shape: _Shape) -> Found | None:
     """Each VM from pos on (see `vm_texts`); None at the first thing out of shape."""
     find, rfind, startswith = body.find, body.rfind, body.startswith
     mon, head, close, cdata_end = shape.mon.match, shape.head.match, shape.close, shape.cdata_end
-    heads: list[tuple[bytes, ...]] = []
+    heads: list[bytes] = []
     cpus: list[bytes | None] = []
     vm = shape.first.match(body, pos)
     while vm is not None:
@@ -118,7 +118,7 @@ def _walk(body: bytes, pos: int, end: int, shape: _Shape) -> Found | None:
             return None                                  # the last in the TEMPLATE ends before the TEMPLATE's
         if body.count(b"MONITORING", at, pos) != cpu.lastindex:
             return None                                  # another MONITORING (<MONITORING/>: 1, else open + close)
-        heads.append(vm.groups())                        # now, while these bytes are in the cache
+        heads.extend(vm.groups())                        # now, while these bytes are in the cache
         cpus.append(cpu.group(2))
         vm = head(body, pos)
     if not heads or not startswith(shape.last, pos) or pos + len(shape.last) != end:
