@@ -4,7 +4,9 @@ An XML-RPC answer is [ok, value, code, ...]; `envelope` returns (ok, value, code
 value's XML. The readers take only what the tick needs, in document order: a VM body is read by its direct
 children, so text inside a TEMPLATE (even CDATA that looks like XML) is never taken for a VM's own fields.
 A VM's CPU is its MONITORING/CPU (short bodies carry MONITORING/{CPU,MEMORY,STATE} of the last monitoring
-record, or an empty `<MONITORING/>`). Pure (lxml only): no network, no Redis.
+record, or an empty `<MONITORING/>`). `short_rows` reads short bodies straight from the XML-RPC bytes: the
+shape OpenNebula writes by `shortwire`, any other by the patterns below, else None (then lxml reads them).
+Pure (lxml only): no network, no Redis.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from itertools import compress, repeat
 from typing import NamedTuple
 
 from lxml import etree
+
+from functions.cloud import shortwire
 
 _PARSER = etree.XMLParser(huge_tree=True, resolve_entities=False, no_network=True)
 
@@ -87,7 +92,9 @@ def ok_xml(body: bytes) -> bytes | None:
 # must be leaf elements (ID ... STIME) in the schema's order, and it must hold one "&lt;MONITORING", right
 # after its TEMPLATE as oned writes it: `<MONITORING/>` or `<MONITORING><CPU>...</CPU>...`. The VM and MONITORING
 # patterns match at every occurrence of their tag (with no group when the rest is not as expected), so no
-# occurrence goes unseen. `>` may be sent unescaped: the patterns for a string holding a '>' accept both.
+# occurrence goes unseen. A VM whose head holds a LCM_STATE or STIME before its STATE, or whose MONITORING
+# follows a TEMPLATE other than its own (one nested in its TEMPLATE), is odd: lxml reads such VMs by their
+# first children. `>` may be sent unescaped: the patterns for a string holding a '>' accept both.
 # Each scan pattern starts at a byte rarer than '&' (re looks for its first byte), the rest of its tag checked
 # by a lookbehind: "VM(?<=&lt;VM)" is "&lt;VM" found ~twice as fast.
 class _Wire(NamedTuple):
@@ -101,11 +108,12 @@ class _Wire(NamedTuple):
 def _wire(gt: bytes, after_template: bytes) -> _Wire:
     text = rb"[^&<>]*+(?:&(?:amp|gt|quot|apos);[^&<>]*+)*+"
     leaves = rb"(?:&lt;[A-Z_]++" + gt + text + rb"&lt;/[A-Z_]++" + gt + rb")*?"
+    first = leaves.replace(rb"&lt;[A-Z_]", rb"&lt;(?!(?:LCM_STATE|STIME)" + gt + rb")[A-Z_]")  # lxml reads the first
     return _Wire(
         re.compile(rb"\s*&lt;VM_POOL/?" + gt),
         re.compile(rb"!(?<=&lt;!)(?!\[CDATA\[[^&\]]*+(?:(?:&(?!lt;)|\](?!\]" + gt + rb"))[^&\]]*+)*+\]\]" + gt + rb")"),
         re.compile(rb"&lt;!\[CDATA\[.*?\]\]" + gt, re.S),
-        re.compile(rb"VM(?<=&lt;VM)" + gt + rb"(?:&lt;ID" + gt + rb"(\d+)&lt;/ID" + gt + leaves + rb"&lt;STATE"
+        re.compile(rb"VM(?<=&lt;VM)" + gt + rb"(?:&lt;ID" + gt + rb"(\d+)&lt;/ID" + gt + first + rb"&lt;STATE"
                    + gt + rb"(\d+)&lt;/STATE" + gt + rb"&lt;LCM_STATE" + gt + rb"(\d+)&lt;/LCM_STATE" + gt + leaves
                    + rb"&lt;STIME" + gt + rb"(\d+)&lt;/STIME" + gt + rb")?"),
         re.compile(rb"ONITORING(?<=&lt;MONITORING)(?:" + after_template + rb"(?:/" + gt + rb"()|" + gt
@@ -121,7 +129,19 @@ def short_rows(body: bytes, wanted: Sequence[int] | None = None) -> list[VmRow] 
     """The VMs of a successful `<VM_POOL>` answer of short bodies (with their CPU), straight from the XML-RPC
     bytes, or None when the answer is not exactly of that shape (an error, character references, comments, a
     VM whose head or MONITORING does not read as expected, ids repeated): then parse it with `document` and
-    `vm_rows`. Pure."""
+    `vm_rows`. The shape OpenNebula writes is read by `shortwire` (quicker), any other by the patterns above.
+    Pure."""
+    span = _string_span(body)
+    if span is None:
+        return None
+    found = shortwire.vm_texts(body, *span)
+    if found is None:
+        found = _wire_texts(body, *span)
+    return None if found is None else _rows(*found, wanted)
+
+
+def _string_span(body: bytes) -> tuple[int, int] | None:
+    """(start, end) of the escaped string value of a successful answer, None if the answer is not one."""
     head = _OK_HEAD.match(body)
     if head is None:
         return None
@@ -129,6 +149,12 @@ def short_rows(body: bytes, wanted: Sequence[int] | None = None) -> list[VmRow] 
     end = body.find(b"<", start)         # an escaped string holds no '<': its end is the first tag
     if end < 0 or not body.startswith(b"</string>" if head.group(1) else b"</value>", end):
         return None
+    return start, end
+
+
+def _wire_texts(body: bytes, start: int, end: int) -> shortwire.Found | None:
+    """([ID, STATE, LCM_STATE, STIME of each VM in turn], [CPU text or None]) of the VMs of body[start:end] by
+    the `_Wire` patterns (any shape the comment above them allows), None if the answer is odd."""
     if _has(body, b"#", start, end) and _has(body, b"&#", start, end):
         return None                      # character references (a one-byte search first: '#' is rare)
     wire = _WIRE[_has(body, b">", start, end)]
@@ -141,40 +167,62 @@ def short_rows(body: bytes, wanted: Sequence[int] | None = None) -> list[VmRow] 
             return None                  # a comment or declaration
     if _has(body, b"?", start, end) and _has(body, b"&lt;?", start, end):
         return None                      # a processing instruction
-    return _short_read(body, start, end, wire, wanted)
+    return _wire_read(body, start, end, wire)
 
 
 def _has(text: bytes, needle: bytes, start: int, end: int) -> bool:
     return text.find(needle, start, end) >= 0
 
 
-def _short_read(text: bytes, start: int, end: int, wire: _Wire, wanted: Sequence[int] | None) -> list[VmRow] | None:
-    """The rows of `short_rows` from text[start:end], whose markup reads as it looks; None if odd."""
+def _wire_read(text: bytes, start: int, end: int, wire: _Wire) -> shortwire.Found | None:
+    """What `_wire_texts` gives of text[start:end], whose markup reads as it looks; None if odd."""
     vms = list(wire.vm.finditer(text, start, end))
     mons = list(wire.mon.finditer(text, start, end))
     if len(mons) != len(vms) or any(m.lastindex is None for m in vms) or any(m.lastindex is None for m in mons):
         return None                      # a VM's head or MONITORING does not read as expected
     if not vms:
-        return []
+        return [], []
     starts = [vm.start() for vm in vms]
     if not all(a < b < c for a, b, c in zip(starts, [mon.start() for mon in mons], [*starts[1:], end], strict=True)):
         return None                      # each VM's one MONITORING is its own
-    ids = [int(vm.group(1)) for vm in vms]
-    if len(set(ids)) != len(ids):
+    if any(text.count(b"TEMPLATE", vm.end(), mon.start()) != 2 for vm, mon in zip(vms, mons, strict=True)):
+        return None                      # a TEMPLATE in its TEMPLATE: its MONITORING may not be its own
+    return [text for vm in vms for text in vm.groups()], [mon.group(2) for mon in mons]
+
+
+def _rows(heads: list[bytes], cpus: list[bytes | None], wanted: Sequence[int] | None) -> list[VmRow] | None:
+    """The rows of the VMs' ID, STATE, LCM_STATE and STIME digit texts (four a VM, in turn) and CPU texts, only
+    the ids in `wanted` when given; None if an id is there twice."""
+    ids, states, lcms, stimes = heads[0::4], heads[1::4], heads[2::4], heads[3::4]
+    vmids = list(map(int, ids))
+    if len(set(vmids)) != len(vmids):
         return None                      # an id twice
-    keep = set(wanted) if wanted is not None else None
-    empty: dict[str, str] = {}
-    return [VmRow(vmid, int(vm.group(2)), int(vm.group(3)), int(vm.group(4)), empty, "", cpu)
-            for vmid, vm, cpu in zip(ids, vms, _figures([mon.group(2) for mon in mons]), strict=True)
-            if keep is None or vmid in keep]
+    # VmRow(...) without a Python call a row (what NamedTuple's __new__ does), every field given in order
+    rows = map(tuple.__new__, repeat(VmRow), zip(vmids, _small_ints(states), _small_ints(lcms), map(int, stimes),
+                                                 repeat({}), repeat(""), _figures(cpus)))
+    return list(rows if wanted is None else compress(rows, map(set(wanted).__contains__, vmids)))
+
+
+_SMALL = {str(n).encode(): n for n in range(100)}
+
+
+def _small_ints(texts: list[bytes]) -> list[int]:
+    """int() of each digit text (a look-up for the usual short ones)."""
+    values = list(map(_SMALL.get, texts))
+    return values if None not in values else list(map(int, texts))
 
 
 def _figures(texts: list[bytes | None]) -> list[float | None]:
-    """`cpu_figure` of each text (in bulk: the usual all-numbers case without a call per text)."""
+    """`cpu_figure` of each text (in bulk: the usual case, every text a number, without a Python call a text)."""
     try:
-        values = [float(text) if text else math.nan for text in texts]
-    except ValueError:
-        return [cpu_figure(text) for text in texts]
+        values = list(map(float, texts))                 # None: TypeError, b"": ValueError
+    except (TypeError, ValueError):
+        try:
+            values = [float(text) if text else math.nan for text in texts]
+        except ValueError:
+            return [cpu_figure(text) for text in texts]
+    if math.isfinite(sum(values)):                       # all finite (an overflow of the sum: the long way)
+        return list(values)
     return [value if math.isfinite(value) else None for value in values]
 
 
