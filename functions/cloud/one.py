@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import urllib3
 from lxml import etree
 from pyone.bindings.supbind import GDSParseError
 from pyone.server_xrpc import OneServerXRPC, RequestsTransport
@@ -200,17 +201,18 @@ class _Server(OneServerXRPC):
         xmlrpc.client.ServerProxy.__init__(self, uri, transport=_TimedTransport(timeout, uri.startswith("https")))
 
     def raw_request(self, method: str, params: tuple[Any, ...]) -> bytes:
-        """POST one XML-RPC call; the HTTP answer's bytes (not parsed). Transport trouble -> OneUnavailable."""
+        """POST one XML-RPC call; the HTTP answer's bytes (not parsed), read in one go (requests' `content` reads
+        10 KB at a time: ~2.5 ms of CPU per MB of a pool answer). Transport trouble -> OneUnavailable."""
         transport: _TimedTransport = self._ServerProxy__transport  # type: ignore[attr-defined]
         url = transport._build_url(self._ServerProxy__host, self._ServerProxy__handler)  # type: ignore[attr-defined]
         try:
-            resp = requests.post(url, data=xmlrpc.client.dumps(params, method).encode(), headers=transport.headers,
-                                 verify=transport.https_verify, timeout=transport.timeout)
-        except (requests.RequestException, OSError) as exc:
+            with requests.post(url, data=xmlrpc.client.dumps(params, method).encode(), headers=transport.headers,
+                               verify=transport.https_verify, timeout=transport.timeout, stream=True) as resp:
+                if resp.status_code >= 400:
+                    raise OneUnavailable(f"[{method}] HTTP {resp.status_code} {resp.reason}")
+                return bytes(resp.raw.read(decode_content=True))
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise OneUnavailable(f"[{method}] {type(exc).__name__}: {exc}") from None
-        if resp.status_code >= 400:
-            raise OneUnavailable(f"[{method}] HTTP {resp.status_code} {resp.reason}")
-        return resp.content
 
     def _do_request(self, method: str, params: Any) -> Any:
         try:
