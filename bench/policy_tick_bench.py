@@ -49,6 +49,7 @@ from bench.common import Row, cpu_seconds, machine, table  # noqa: E402
 from functions.model.clock import FakeClock  # noqa: E402
 from functions.store.runtime import JsonQueue  # noqa: E402
 from functions.upkeep import ticks  # noqa: E402
+from onesim import persist  # noqa: E402
 from tests.harness import RedisServer  # noqa: E402
 
 ENDPOINTS = tick_fill.ENDPOINTS
@@ -132,17 +133,21 @@ class _Counting:
         return Counted(proxy, auth)
 
 
-def _quiet(sims: list[tick_fill.Sim], timeout: float = 60.0) -> None:
-    """Wait until the simulators stop working (CPU time still for 0.3 s): each saves the new samples to its
-    journal after `new_samples`, OpenNebula's own work between two ticks, not the tick's."""
+def _quiet(sims: list[tick_fill.Sim], timeout: float = 120.0) -> None:
+    """Wait until the simulators stop working: each saves the new samples to its journal after `new_samples`
+    (OpenNebula's own work between two ticks, not the tick's), from a background flusher that may sleep up to
+    onesim.persist.MAX_FLUSH_SECONDS between two flushes; so their CPU time must stay still longer than that
+    (a shorter wait let a flush of 25,000 VMs land inside the measured tick, holding the pool's lock)."""
+    still_for = persist.MAX_FLUSH_SECONDS + 0.5
     deadline = time.monotonic() + timeout
-    last = -1.0
+    last, moved = -1.0, time.monotonic()
     while time.monotonic() < deadline:
         now = sum(cpu_seconds(s.proc.pid) for s in sims)
-        if now - last < 0.01:
+        if now - last >= 0.01:
+            last, moved = now, time.monotonic()
+        elif time.monotonic() - moved >= still_for:
             return
-        last = now
-        time.sleep(0.3)
+        time.sleep(0.25)
 
 
 def tick_once(r: redis.Redis, queue: JsonQueue, clock: FakeClock, sims: list[tick_fill.Sim]) -> Minute:

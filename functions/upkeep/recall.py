@@ -37,6 +37,7 @@ class Memory:
     full_minute: int                              # minute of the last full read
     where: dict[str, observed.EnvWhere] = field(default_factory=dict)
     stored: dict[str, list[observed.Seen]] = field(default_factory=dict)   # envid -> records as the refresh left them
+    vmids: dict[str, tuple[int, ...]] = field(default_factory=dict)        # envid -> its records' VM ids, as read
     judged: dict[str, Marks] = field(default_factory=dict)   # envid -> its records' VMs when last judged
 
 
@@ -69,6 +70,8 @@ def settle(mem: Memory, gen: int, envids: set[str], unsure: set[str]) -> None:
     mem.gen = gen
     for envid in [e for e in mem.stored if e not in envids or e in unsure]:
         del mem.stored[envid]
+    for envid in [e for e in mem.vmids if e not in mem.stored]:
+        del mem.vmids[envid]
     for envid in [e for e in mem.where if e not in envids]:
         del mem.where[envid]
 

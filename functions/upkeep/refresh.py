@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import redis
@@ -142,11 +143,12 @@ def _read(r: redis.Redis, group: _Group, mem: recall.Memory, changed: set[str] |
             fresh.add(envid)
             if isinstance(rows, list):
                 mem.stored[envid] = rows
+                mem.vmids[envid] = tuple(int(seen.vmid) for seen in rows if seen.vmid.isdigit())
             else:
                 mem.stored.pop(envid, None)
                 held += 1
-    group.vmids = sorted({int(seen.vmid) for env in group.envs for seen in mem.stored.get(env.envid, ())
-                          if seen.vmid.isdigit()})
+    group.vmids = sorted(set(chain.from_iterable(mem.vmids.get(env.envid, ()) for env in group.envs
+                                                 if env.envid in mem.stored)))
     return held
 
 
@@ -175,11 +177,13 @@ def _judge_chunk(envs: Sequence[observed.EnvWhere], mem: recall.Memory, fresh: s
             if mark is not None and doc is not None:
                 row = rows.get(mark[0])
                 if (mark[1] is None) if row is None else (row[:4] == mark):     # as when judged: its CPU only
-                    if row is not None and row.cpu is not None and row.state != 6 and doc.get("cpu") != row.cpu:
-                        doc["cpu"] = row.cpu
+                    cpu = doc.get("cpu")
+                    if row is not None and row.cpu is not None and row.state != 6 and cpu != row.cpu:
+                        doc["cpu"] = cpu = row.cpu
                         new += 1
+                    if type(cpu) in (int, float):
+                        figs[seen.slot] = [mark[0], cpu]
                     marks.append(mark)
-                    _figure(figs, seen)
                     continue
             mark = None
             if judgeable(seen, taken):
