@@ -46,6 +46,7 @@ import redis  # noqa: E402
 
 from bench import tick_fill  # noqa: E402
 from bench.common import Row, cpu_seconds, machine, table  # noqa: E402
+from functions.cloud import offload  # noqa: E402
 from functions.model.clock import FakeClock  # noqa: E402
 from functions.store.runtime import JsonQueue  # noqa: E402
 from functions.upkeep import ticks  # noqa: E402
@@ -111,26 +112,15 @@ def _redis_cmds(r: redis.Redis) -> dict[str, int]:
     return {k[8:]: int(v.get("calls", 0)) for k, v in r.info("commandstats").items() if k.startswith("cmdstat_")}
 
 
-class _Counting:
-    """A OneClient factory that counts the XML-RPC calls of the clients it makes."""
+def _own_cpu() -> float:
+    """CPU seconds of this process and of the helper processes reading pool answers (functions.cloud.offload)."""
+    return time.process_time() + sum(cpu_seconds(pid) for pid in offload.helper_pids())
 
-    def __init__(self) -> None:
-        self.calls = 0
 
-    def __call__(self, proxy: str, auth: str) -> Any:
-        from functions.cloud.one import OneClient
-
-        counter = self
-
-        class Counted(OneClient):
-            def _raw(self, method: str, *args: Any, **kw: Any) -> Any:
-                counter.calls += 1
-                return super()._raw(method, *args, **kw)
-
-            def _call(self, method: str, *args: Any) -> Any:
-                counter.calls += 1
-                return super()._call(method, *args)
-        return Counted(proxy, auth)
+def _sim_calls(sims: list[tick_fill.Sim]) -> int:
+    """one.* XML-RPC calls the simulators have answered so far (onesim.sim.calls: counted by the servers, so
+    the tick runs with its real client)."""
+    return sum(sum(sim.rpc().sim.calls(tick_fill.AUTH)[1].values()) for sim in sims)
 
 
 def _quiet(sims: list[tick_fill.Sim], timeout: float = 120.0) -> None:
@@ -152,21 +142,21 @@ def _quiet(sims: list[tick_fill.Sim], timeout: float = 120.0) -> None:
 
 def tick_once(r: redis.Redis, queue: JsonQueue, clock: FakeClock, sims: list[tick_fill.Sim]) -> Minute:
     """The minute's refresh + policy pass, measured."""
-    factory = _Counting()
-    cpu, server, cmds = time.process_time(), _redis_cpu(r), _redis_cmds(r)
+    calls = _sim_calls(sims)
+    cpu, server, cmds = _own_cpu(), _redis_cpu(r), _redis_cmds(r)
     sim_cpu = sum(cpu_seconds(s.proc.pid) for s in sims)
     trips = _Trips()
     try:
         start = time.perf_counter()
-        refreshed = ticks.observe_and_decide(r, queue, clock, factory)
+        refreshed = ticks.observe_and_decide(r, queue, clock)
         policy = refreshed.pop("policies")
         wall = time.perf_counter() - start
     finally:
         trips.close()
     after = _redis_cmds(r)
     diff = {k: n - cmds.get(k, 0) for k, n in after.items() if n > cmds.get(k, 0) and k != "info"}
-    return Minute(wall, time.process_time() - cpu, _redis_cpu(r) - server,
-                  sum(cpu_seconds(s.proc.pid) for s in sims) - sim_cpu, factory.calls, trips.count, diff,
+    return Minute(wall, _own_cpu() - cpu, _redis_cpu(r) - server,
+                  sum(cpu_seconds(s.proc.pid) for s in sims) - sim_cpu, _sim_calls(sims) - calls, trips.count, diff,
                   refreshed, policy)
 
 
@@ -192,7 +182,7 @@ def measure(workdir: Path, n_envs: int, template: tick_fill.Template,
             more = tick_once(r, queue, clock, sims)
             unchecked = more.refresh.get("unchecked", 0)
             print(f"  {n_envs}: more tag checks {more.wall:.2f} s {more.refresh}", file=sys.stderr)
-        for name in ("steady", "steady2")[:steady]:
+        for name in ("steady", "steady2", "steady3")[:steady]:
             clock.advance(60)
             tick_fill.new_samples(sims, placed, rng)
             _quiet(sims)

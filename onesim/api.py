@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +65,7 @@ class Api:
         # (wall time the call reached dispatch, VM id) of the last successful one.vm.allocate calls, for
         # benchmarks that time Carina's reactions (onesim.sim.allocations)
         self.allocations: deque[tuple[float, int]] = deque(maxlen=ALLOCATIONS_KEPT)
+        self.calls: Counter[str] = Counter()   # one.* calls dispatched by name, for benchmarks (onesim.sim.calls)
         _register_one(self)
 
     def add(self, name: str, sig: str, required: int, fn: Callable[..., Any]) -> None:
@@ -76,6 +77,8 @@ class Api:
         if method is None:
             raise Fault(S.FAULT_NO_METHOD, f"No such method '{name}'")
         _check_params(name, method, params)
+        if name.startswith("one."):
+            self.calls[name] += 1
         arrived = time.time()
         with self.model.lock:
             user = self.model.authenticate(params[0])

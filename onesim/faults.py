@@ -9,6 +9,7 @@ Methods (first parameter the session, answers as OpenNebula's):
   onesim.vm.allocatebatch(session, [template...], hold)  one.vm.allocate for each (at most 10000), in one
                                            call: the ids; stops at the first bad template (those before stay)
   onesim.sim.monitor(session)              every RUNNING VM takes a monitoring sample now: how many did
+  onesim.sim.calls(session)                {method: count} of the one.* calls dispatched since the start
   onesim.sim.allocations(session, since)   [[arrival wall time, VM id], ...] of the one.vm.allocate calls that
                                            reached the simulator at or after `since` (the last 10000 kept)
   onesim.vm.setcpubatch(session, [id...], [pct...])  setcpu for each pair (at most 10000 a call), in one call:
@@ -108,6 +109,9 @@ def register(api: Api) -> None:
     def allocations(u: UserSpec, since: float) -> list[list[float | int]]:
         return [[at, vmid] for at, vmid in list(api.allocations) if at >= since]
 
+    def calls(u: UserSpec) -> dict[str, int]:
+        return dict(api.calls)
+
     api.add("onesim.vm.fail", "is", 2, fail)
     api.add("onesim.vm.setcpu", "id", 2, setcpu)
     api.add("onesim.sim.setdelay", "sd", 2, setdelay)
@@ -116,6 +120,7 @@ def register(api: Api) -> None:
     api.add("onesim.vm.allocatebatch", "ab", 2, allocatebatch)
     api.add("onesim.sim.monitor", "", 0, monitor)
     api.add("onesim.sim.allocations", "d", 1, allocations)
+    api.add("onesim.sim.calls", "", 0, calls)
     api.add("onesim.vm.setcpubatch", "aa", 2, setcpubatch)
 
 

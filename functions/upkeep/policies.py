@@ -23,6 +23,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from operator import itemgetter
@@ -44,6 +45,7 @@ from functions.views.shapes import iso_time
 log = logging.getLogger("carina.policies")
 
 BATCH = 500
+STARTERS = 4                    # policy actions started at once (threads: each waits on Redis round trips)
 SNAPSHOT = "snapshot"
 READ_FIELDS = ("service", "name", "job", "policy_source", *FIELD_NAMES.values())
 POLICY_MESSAGES = ("POLICY_STATUS:", "AVAIL_POLICY_STATUS:")
@@ -246,32 +248,45 @@ def _start(r: redis.Redis, queue: Queue, env: _Env, decision: Decision, fields: 
 
 def _apply(r: redis.Redis, queue: Queue, envs: list[_Env], decisions: Mapping[str, Decision], clock: Clock,
            stats: Counter[str]) -> None:
-    """Write the states (one compare-and-set per batch), start the actions, record the events."""
+    """Write the states (one compare-and-set per batch), start the actions (STARTERS at once: each is a few
+    round trips to Redis, and envs are independent), record the events."""
     writes: list[StateWrite] = []
     pending: list[list[tuple[str, str, str, str]]] = []
     events: list[tuple[str, str, str, str]] = []
+    starts: list[tuple[_Env, Decision, dict[str, str], list[tuple[str, str, str, str]]]] = []
     for env in envs:
         decision = decisions[env.envid]
         if not decision.evaluated:
             continue
+        stats["transitions"] += decision.transition is not None
         fields = _fields(env, decision)
         lines = _events(env, decision, fields)
         if decision.action is not None:
-            if _start(r, queue, env, decision, fields, clock) is None:
-                stats["busy"] += 1
-                continue
-            stats[f"action_{decision.action.kind}"] += 1
-            events.extend(lines)
+            starts.append((env, decision, fields, lines))
             continue
         writes.append(StateWrite(env.envid, env.expect, fields))
         pending.append(lines)
+    for (_, decision, _, lines), jobid in zip(starts, _start_all(r, queue, starts, clock), strict=True):
+        if jobid is None:
+            stats["busy"] += 1
+            continue
+        stats[f"action_{decision.action.kind}"] += 1  # type: ignore[union-attr]
+        events.extend(lines)
     for done, lines in zip(policystore.write_states(r, writes), pending, strict=True):
         stats["written" if done else "changed_meanwhile"] += 1
         if done:
             events.extend(lines)
-    stats["transitions"] += sum(1 for d in decisions.values() if d.transition)
     stats["events"] += len(events)
     policystore.add_events(r, events, clock)
+
+
+def _start_all(r: redis.Redis, queue: Queue, starts: Sequence[tuple[_Env, Decision, dict[str, str], Any]],
+               clock: Clock) -> list[str | None]:
+    """`_start` of each (env, decision, fields, _), STARTERS at once; the jobids in order (None: busy)."""
+    if len(starts) < 2:
+        return [_start(r, queue, env, decision, fields, clock) for env, decision, fields, _ in starts]
+    with ThreadPoolExecutor(max_workers=STARTERS, thread_name_prefix="policy-start") as pool:
+        return list(pool.map(lambda s: _start(r, queue, s[0], s[1], s[2], clock), starts))
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:

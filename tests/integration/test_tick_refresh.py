@@ -6,13 +6,14 @@ step holds left alone, records rewritten only when the observation changed (real
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from functions.cloud import fastxml
+from functions.cloud import fastxml, offload
 from functions.cloud import one as one_mod
 from functions.cloud.one import OneClient
 from functions.store import envstore, keys, observed
@@ -291,3 +292,19 @@ def test_a_cpu_figure_that_stays_the_same_stays_past_the_ttl(rig: Rig) -> None:
     stats = refresh(rig)
     assert stats["cpu"] == 0 and rig.r.ttl(keys.env_cpu(envid)) > 5
     assert rig.vms(envid)["s0"].cpu == 12.0
+
+
+def test_a_big_answer_is_read_by_a_helper_process_with_the_same_rows(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    envid, _ = create_ready(rig, master_setup_time=0, num_slaves=2)
+    vms = rig.vms(envid)
+    rig.rpc().onesim.vm.setcpu(rig.sim.auth, vms["s1"].vmid, 12.5)
+    ids = [rec.vmid for rec in vms.values()] + [987654]
+    here = OneClient(rig.sim.url, rig.sim.auth).observe_rows(ids)
+    monkeypatch.setattr(offload, "MIN_IDS", 1)
+    there = offload.observe_rows(rig.sim.url, rig.sim.auth, ids)
+    assert there == here and there[vms["s1"].vmid].cpu == 12.5 and 987654 not in there
+    assert offload.helper_pids() and os.getpid() not in offload.helper_pids()
+    with pytest.raises(one_mod.OneUnavailable):
+        offload.observe_rows("http://127.0.0.1:9/RPC2", rig.sim.auth, ids)
+    stats = ticks.refresh_vms(rig.r, rig.clock)               # the real client: the helper reads for the refresh
+    assert (stats["endpoints"], stats["errors"]) == (1, 0) and rig.vms(envid)["s1"].cpu == 12.5
