@@ -218,6 +218,9 @@ def test_unplaceable_creates_wait_without_polling_and_fail_at_their_deadline(tmp
             first_fail = min(float(envstore.get_job(stack.r, stack.r.hget(keys.env(e), "job"))["end"])
                              for e in waiting)
             end = time.time()
+            wait_for(lambda: stack.r.exists(keys.tick("minute", int(end // 60))), 30,   # a new minute's tick runs
+                     "the tick of the minute the wait ended in", every=0.5, stack=stack)  # within seconds of it
+            time.sleep(0.6)                                                           # the sampler's next look
         finally:
             sampler.close()
         for envid in waiting:
