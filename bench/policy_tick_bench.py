@@ -129,18 +129,20 @@ def _sim_calls(sims: list[tick_fill.Sim]) -> int:
 def _quiet(sims: list[tick_fill.Sim], timeout: float = 120.0) -> None:
     """Wait until the simulators stop working: each saves the new samples to its journal after `new_samples`
     (OpenNebula's own work between two ticks, not the tick's), from a background flusher that may sleep up to
-    onesim.persist.MAX_FLUSH_SECONDS between two flushes; so their CPU time must stay still longer than that
-    (a shorter wait let a flush of 25,000 VMs land inside the measured tick, holding the pool's lock)."""
-    still_for = persist.MAX_FLUSH_SECONDS + 0.5
+    onesim.persist.MAX_FLUSH_SECONDS between two flushes; so no simulator may be busy (over 30 % of a core,
+    more than synthetic guests take) for longer than that (a shorter wait let a flush of 25,000 VMs land inside
+    the measured tick, holding the pool's lock)."""
+    still_for, step = persist.MAX_FLUSH_SECONDS + 0.5, 0.25
     deadline = time.monotonic() + timeout
-    last, moved = -1.0, time.monotonic()
+    last, moved = [cpu_seconds(s.proc.pid) for s in sims], time.monotonic()
     while time.monotonic() < deadline:
-        now = sum(cpu_seconds(s.proc.pid) for s in sims)
-        if now - last >= 0.01:
-            last, moved = now, time.monotonic()
+        time.sleep(step)
+        now = [cpu_seconds(s.proc.pid) for s in sims]
+        if any(b - a > 0.3 * step for a, b in zip(last, now, strict=True)):
+            moved = time.monotonic()
         elif time.monotonic() - moved >= still_for:
             return
-        time.sleep(0.25)
+        last = now
 
 
 def tick_once(r: redis.Redis, queue: JsonQueue, clock: FakeClock, sims: list[tick_fill.Sim]) -> Minute:
