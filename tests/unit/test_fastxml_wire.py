@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from functions.cloud import fastxml, shortwire
+from tests.unit.test_fastxml import _mon
 
 
 def _vm(vmid: str = "1", state: str = "3", lcm: str = "3", *, name: str = "web-m", label: str = "x",
@@ -23,11 +24,6 @@ def _vm(vmid: str = "1", state: str = "3", lcm: str = "3", *, name: str = "web-m
             f"<DEPLOY_ID>one-{vmid}</DEPLOY_ID>{after_deploy}<TEMPLATE><CPU><![CDATA[0.1]]></CPU>"
             f"<NIC><IP><![CDATA[10.0.0.1]]></IP></NIC>{template}</TEMPLATE>{mon}"
             f"<USER_TEMPLATE><LABELS><![CDATA[{label}]]></LABELS></USER_TEMPLATE>{tail}{history}</VM>")
-
-
-def _mon(cpu: str) -> str:
-    return (f"<MONITORING><CPU>{xmlrpc.client.escape(cpu)}</CPU><MEMORY>32768</MEMORY><STATE>RUNNING</STATE>"
-            "</MONITORING>")
 
 
 def _answer(value: str, raw_gt: bool = False) -> bytes:
