@@ -135,3 +135,14 @@ def fold_batch(vms: dict[str, VmRecord], entries: list[Entry]) -> Folded:
         what = f"status={e.fields['status']}" if e.kind == "status" else f"newip={e.fields['newip']}"
         out.events.append(("callback", f"VM {e.vmid} ({rec.slot}) {what}{remark}", {"slot": rec.slot, **extra}))
     return out
+
+
+def gather_wait(since_last: float, last_applied: int, oldest_at: float, now: float, gather: float, recent: float,
+                stream: int) -> float:
+    """Seconds a drain should wait before taking its batch (pure): under a stream of callbacks (the process's last
+    drain ended `since_last` s ago, less than `recent`, and applied `stream` or more) until the oldest waiting
+    callback (queued at `oldest_at`, 0 = unknown) is `gather` s old, never more than `gather`; else 0 (a callback
+    on its own is applied at once)."""
+    if last_applied < stream or not 0 <= since_last < recent or oldest_at <= 0:
+        return 0.0
+    return min(gather, max(0.0, oldest_at + gather - now))

@@ -7,7 +7,9 @@ keys.callback_drains, a lease that runs out after DRAIN_LEASE seconds. `drain` t
 waits (oldest first, BATCH at a time; one fenced script per batch, `callback_step`, writes the batch before, its
 records, env status, events and its removal from the inbox, and takes the next), and forgets the pending drain
 only once the inbox is seen empty in that same atomic step: a callback arriving meanwhile is applied by this drain
-or queues the next one.
+or queues the next one. Under a stream of callbacks (this worker's last drain, moments ago, applied several) a
+drain first lets its oldest callback wait up to GATHER s, asleep: fewer, bigger drains leave the CPU to the
+gateway (a worker always runnable takes its share of a saturated machine); a callback on its own is applied at once.
 
 Nothing is lost: entries leave the inbox only with their effect written; a drain killed midway (or a gateway
 killed between ingest and enqueue) leaves its lease in keys.callback_drains, and every worker's pump queues the
@@ -25,7 +27,7 @@ import redis
 from rq import Queue
 
 from functions.engine.kick import kick
-from functions.model.cbfold import Entry, Folded, fold_batch
+from functions.model.cbfold import Entry, Folded, fold_batch, gather_wait
 from functions.model.clock import Clock
 from functions.store import envstore, keys, runtime, scripts
 
@@ -137,17 +139,43 @@ def _retry_later(r: redis.Redis, envid: str, now: float) -> None:
     r.zadd(keys.callback_drains(), {envid: now + delay})
 
 
+_last_drain = [0.0, 0]  # this process's last drain (an in-process worker runs many): monotonic end, callbacks applied
+GATHER = 0.04           # seconds a drain lets its oldest callback wait under a stream of callbacks
+RECENT = 0.05           # a stream: this process's last drain ended less than RECENT s ago ...
+STREAM = 8              # ... and applied at least STREAM callbacks
+_sleep = time.sleep
+
+
+def _gather(r: redis.Redis, envid: str, clock: Clock) -> None:
+    """Under a stream of callbacks wait (asleep: the CPU goes to the gateway meanwhile) until the inbox's oldest
+    callback is GATHER s old, so this drain applies a bigger batch; callbacks one at a time are applied at once
+    (cbfold.gather_wait decides). Read-only."""
+    since_last, applied, now = time.monotonic() - _last_drain[0], _last_drain[1], clock()
+    if not gather_wait(since_last, applied, now, now, GATHER, RECENT, STREAM):
+        return                                       # not a stream (the usual case): no round trip
+    try:
+        oldest = float(json.loads(r.lindex(keys.callback_inbox(envid), 0) or "{}").get("t") or 0.0)
+    except (ValueError, AttributeError):
+        return
+    wait = gather_wait(since_last, applied, oldest, clock(), GATHER, RECENT, STREAM)
+    if wait > 0:
+        _sleep(wait)
+
+
 def drain(r: redis.Redis, queue: Queue, envid: str, clock: Clock) -> str:
     """Apply every callback waiting in the environment's inbox, oldest first; returns "drained N", "retry" (env
     lock busy: the pump queues it again), "gone" (environment deleted: its inbox dropped) or "more" (MAX_PER_JOB
     reached: a fresh drain is queued). A MASTER_INIT_* status wakes the lifecycle once the lock is released.
     Raises envstore.LockLost when the lock was lost midway (nothing of that batch written; the lease brings the
     drain back). Safe to run twice and concurrently (one holds the lock; the other retries)."""
+    _gather(r, envid, clock)
     with envstore.env_lock(r, envid) as fence:
         if not fence:
             _retry_later(r, envid, time.time())
             return "retry"
         answer, wake = _drain_locked(r, queue, envid, fence, clock)
+    applied = int(answer.split()[1]) if answer.startswith("drained") else MAX_PER_JOB if answer == "more" else 0
+    _last_drain[:] = [time.monotonic(), applied]
     if wake:
         kick(queue, envid)
     return answer

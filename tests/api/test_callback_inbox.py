@@ -345,3 +345,24 @@ def test_a_drain_that_lost_its_lock_writes_nothing_more_and_leaves_the_rest(worl
     assert world.r.zscore(keys.callback_drains(), world.envid) is not None
     _drain_until_idle(world)
     assert _callback_events(world.r, world.envid) == ["VM 8 (s0) status=F0", "VM 8 (s0) status=F1"]
+
+
+def test_under_a_stream_a_drain_gathers_and_a_callback_on_its_own_is_applied_at_once(world, monkeypatch):
+    """This worker's last drain applied 12 callbacks moments ago: the next drain lets its fresh callback wait
+    GATHER s (asleep) and then applies it. That drain took one: the next is applied without waiting; and under a
+    stream a callback already GATHER s old is not held back."""
+    slept: list[float] = []
+    monkeypatch.setattr(cbinbox, "_sleep", slept.append)
+    monkeypatch.setattr(cbinbox, "_last_drain", [time.monotonic(), 12])
+    _ingest(world, 8, "S0")
+    assert cbinbox.drain(world.r, _queue(world.r), world.envid, world.clock) == "drained 1"
+    assert slept == [pytest.approx(cbinbox.GATHER, abs=1e-6)]  # the fake clock stands still: the whole GATHER
+    _ingest(world, 8, "S1")
+    assert cbinbox.drain(world.r, _queue(world.r), world.envid, world.clock) == "drained 1"
+    assert len(slept) == 1                               # the last drain took one: no stream, no wait
+    monkeypatch.setattr(cbinbox, "_last_drain", [time.monotonic(), 12])
+    _ingest(world, 8, "S2")
+    world.clock.advance(cbinbox.GATHER)
+    assert cbinbox.drain(world.r, _queue(world.r), world.envid, world.clock) == "drained 1"
+    assert len(slept) == 1                               # its oldest callback waited long enough already
+    assert _callback_events(world.r, world.envid)[-3:] == [f"VM 8 (s0) status=S{i}" for i in range(3)]
