@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -38,38 +38,47 @@ def service_envids(r: redis.Redis, service: str) -> list[str]:
     return [str(e) for e in r.zrange(keys.service_envs(service), 0, -1)]
 
 
-def read_envs(r: redis.Redis, envids: Sequence[str], fields: Sequence[str],
-              known: Mapping[str, list[dict[str, Any]]] | None = None) -> list[EnvRead]:
-    """The requested fields, VM records (each with its VM's CPU figure from env_cpu) and op guard of each env:
-    one pipelined round trip (the fields and guards by one script call, `policy_heads`), the records decoded by
-    orjson; an env in `known` takes those
-    records instead of reading them (the minute refresh just read and wrote them). Read-only.
-
-    An env deleted meanwhile comes back with every field None and no VMs; an unreadable record is skipped.
-    """
+def read_heads(r: redis.Redis, envids: Sequence[str], fields: Sequence[str]) -> list[EnvRead]:
+    """The requested fields and op guard of each env, without its VM records (`vms` empty): one script call
+    (`policy_heads`). An env deleted meanwhile comes back with every field None. Read-only."""
     if not envids:
         return []
-    known = known or {}
-    with r.pipeline(transaction=False) as p:
-        scripts.run(p, "policy_heads", [k for envid in envids for k in (keys.env(envid), keys.env_op(envid))],
-                    list(fields))
-        for envid in envids:
-            if envid not in known:
-                p.hvals(keys.env_vms(envid))
-                p.get(keys.env_cpu(envid))
-        heads, *rest = p.execute()
-    replies, width = iter(rest), len(fields) + 1
+    heads = scripts.run(r, "policy_heads", [k for envid in envids for k in (keys.env(envid), keys.env_op(envid))],
+                        list(fields))
+    width = len(fields) + 1
     out = []
     for i, envid in enumerate(envids):
         head = heads[i * width:(i + 1) * width]
-        if envid in known:
-            records = known[envid]
-        else:
-            records = _records(next(replies))
-            _join_cpu(records, next(replies))
-        out.append(EnvRead(envid, {f: _text(v) for f, v in zip(fields, head, strict=False)}, records,
+        out.append(EnvRead(envid, {f: _text(v) for f, v in zip(fields, head, strict=False)}, [],
                            _text(head[-1]) or None))
     return out
+
+
+def read_records(r: redis.Redis, envids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """envid -> its VM records, decoded by orjson, each with its VM's CPU figure from env_cpu (one pipelined
+    round trip; an unreadable record is skipped, a deleted env has none). Read-only."""
+    if not envids:
+        return {}
+    with r.pipeline(transaction=False) as p:
+        for envid in envids:
+            p.hvals(keys.env_vms(envid))
+            p.get(keys.env_cpu(envid))
+        replies = iter(p.execute())
+    out = {}
+    for envid in envids:
+        out[envid] = records = _records(next(replies))
+        _join_cpu(records, next(replies))
+    return out
+
+
+def read_envs(r: redis.Redis, envids: Sequence[str], fields: Sequence[str],
+              known: Mapping[str, list[dict[str, Any]]] | None = None) -> list[EnvRead]:
+    """read_heads with each env's VM records: those in `known` (the minute refresh just read and wrote them),
+    the others read (read_records). Read-only."""
+    known = known or {}
+    heads = read_heads(r, envids, fields)
+    found = read_records(r, [envid for envid in envids if envid not in known])
+    return [replace(head, vms=known[head.envid] if head.envid in known else found[head.envid]) for head in heads]
 
 
 def _text(value: Any) -> str | None:

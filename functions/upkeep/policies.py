@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from operator import itemgetter
 from typing import Any
@@ -69,6 +69,7 @@ class _Env:
     busy: bool = False
     op_ended_at: float = 0.0
     vms: tuple[VmObs, ...] = ()
+    records: list[dict[str, Any]] = field(default_factory=list)
     _role: tuple[Mapping[str, Any] | None, tuple[str, str] | None] | None = None
 
     @property
@@ -127,7 +128,8 @@ def _source(uploaded: str) -> str:
 
 
 def _prepare(read: EnvRead, cfg: Mapping[str, Any] | None, uploaded: str) -> _Env | None:
-    """The env with its policies from the current configuration; None when it is not evaluated (gone, INIT)."""
+    """The env (without its VMs: _attach) with its policies from the current configuration; None when it is not
+    evaluated (gone, INIT)."""
     fields = read.fields
     if fields.get("service") is None:
         return None
@@ -143,8 +145,20 @@ def _prepare(read: EnvRead, cfg: Mapping[str, Any] | None, uploaded: str) -> _En
     else:
         env = _Env(read, state, None, None, SNAPSHOT,
                    f"policies from the create-time snapshot: configuration {name!r} is no longer uploaded")
-    env.vms = tuple(filter(None, map(vm_obs, read.vms)))     # a VmObs is always true, a leaving record None
     return env
+
+
+def _attach(r: redis.Redis, envs: Sequence[_Env], known: Mapping[str, list[dict[str, Any]]], batch: int) -> None:
+    """Give each env its VM records (those the refresh handed over in `known`, the others read) and their
+    observations."""
+    missing = [env.envid for env in envs if env.envid not in known]
+    found: dict[str, list[dict[str, Any]]] = {}
+    for chunk in _chunks(missing, batch):
+        found.update(policystore.read_records(r, chunk))
+    for env in envs:
+        records = known.get(env.envid)
+        env.records = found.get(env.envid, []) if records is None else records
+        env.vms = tuple(filter(None, map(vm_obs, env.records)))  # a VmObs is always true, a leaving record None
 
 
 def _needs_job(env: _Env) -> list[str]:
@@ -237,7 +251,7 @@ def _start(r: redis.Redis, queue: Queue, env: _Env, decision: Decision, fields: 
     """Start the decided action with the new state (ops.operations.request_policy). None when busy."""
     action = decision.action
     assert action is not None
-    found = {str(rec.get("slot")): rec for rec in env.read.vms}
+    found = {str(rec.get("slot")): rec for rec in env.records}
     why = "; ".join(f"{s} VM {found[s].get('vmid')} {found[s].get('one_state') or '?'}" for s in action.slots
                     if s in found) if action.kind == "RECREATE" else ""
     data = {"envid": env.envid, "service": str(env.read.fields.get("service")),
@@ -294,22 +308,52 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start:start + size]
 
 
-def run_service(r: redis.Redis, queue: Queue, service: str, clock: Clock = system_clock,
-                grace: float = DEFAULT_GRACE, batch: int = BATCH,
-                known: Mapping[str, list[dict[str, Any]]] | None = None) -> Counter[str]:
-    """Evaluate the policies of every environment of `service` for the current minute (`known`: envid -> its
-    records as the minute refresh just left them; the others are read). Safe to run twice."""
-    now = clock()
-    minute = int(now // 60)
+def read_service(r: redis.Redis, service: str, batch: int = BATCH) -> tuple[list[_Env], int]:
+    """What the policy pass reads of a service that the VM refresh does not change: its configuration, each
+    env's fields, op guard and the jobs its decision depends on (batches of `batch`, a few round trips each).
+    Returns (the envs to evaluate, without their VMs; how many envs the service has). Read-only."""
     cfg, uploaded = tenants.config_with_time(r, service)
-    stats: Counter[str] = Counter()
+    envids = policystore.service_envids(r, service)
     envs: list[_Env] = []
-    for chunk in _chunks(policystore.service_envids(r, service), batch):
+    for chunk in _chunks(envids, batch):
         found = [env for env in (_prepare(read, cfg, uploaded) for read in
-                                 policystore.read_envs(r, chunk, READ_FIELDS, known)) if env is not None]
-        stats["envs"] += len(chunk)
+                                 policystore.read_heads(r, chunk, READ_FIELDS)) if env is not None]
         _complete(r, found)
         envs.extend(found)
+    return envs, len(envids)
+
+
+class Ahead:
+    """read_service of every service, made before the pass (e.g. while the VM refresh waits on OpenNebula: the
+    minute's tick gives it to refresh.refresh as `meanwhile`). A service whose read failed is read again by the
+    pass (which then logs why). Safe to call twice (the second call reads again)."""
+
+    def __init__(self, r: redis.Redis, batch: int = BATCH) -> None:
+        self.r, self.batch = r, batch
+        self.services: dict[str, tuple[list[_Env], int]] = {}
+
+    def __call__(self) -> None:
+        self.services = {}
+        for service in tenants.service_names(self.r):
+            try:
+                self.services[service] = read_service(self.r, service, self.batch)
+            except Exception:  # noqa: BLE001 - the pass reads this service again and logs what went wrong
+                log.debug("policy pass: reading service %s ahead", service, exc_info=True)
+
+
+def run_service(r: redis.Redis, queue: Queue, service: str, clock: Clock = system_clock,
+                grace: float = DEFAULT_GRACE, batch: int = BATCH,
+                known: Mapping[str, list[dict[str, Any]]] | None = None,
+                read: tuple[list[_Env], int] | None = None) -> Counter[str]:
+    """Evaluate the policies of every environment of `service` for the current minute (`known`: envid -> its
+    records as the minute refresh just left them, the others are read; `read`: the service's read_service made
+    moments before, else read now). Safe to run twice."""
+    now = clock()
+    minute = int(now // 60)
+    stats: Counter[str] = Counter()
+    envs, count = read if read is not None else read_service(r, service, batch)
+    stats["envs"] += count
+    _attach(r, envs, known or {}, batch)
     decisions = _decide_all(envs, now, minute, grace)
     stats["evaluated"] += sum(1 for d in decisions.values() if d.evaluated)
     for start in range(0, len(envs), batch):
@@ -318,15 +362,17 @@ def run_service(r: redis.Redis, queue: Queue, service: str, clock: Clock = syste
 
 
 def run(r: redis.Redis, queue: Queue, clock: Clock = system_clock, grace: float = DEFAULT_GRACE,
-        batch: int = BATCH, known: Mapping[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+        batch: int = BATCH, known: Mapping[str, list[dict[str, Any]]] | None = None,
+        ahead: Ahead | None = None) -> dict[str, Any]:
     """The policy pass over every service (one service's failure is logged and does not stop the others;
-    `known`: see run_service). Returns counts for logs and tests. Safe to run twice in a minute: the second
-    acts on nothing."""
+    `known`: see run_service; `ahead`: the services' reads made moments before, used once). Returns counts for
+    logs and tests. Safe to run twice in a minute: the second acts on nothing."""
     started = time.perf_counter()
     stats: Counter[str] = Counter()
+    done = ahead.services if ahead is not None else {}
     for service in tenants.service_names(r):
         try:
-            stats.update(run_service(r, queue, service, clock, grace, batch, known))
+            stats.update(run_service(r, queue, service, clock, grace, batch, known, done.pop(service, None)))
         except Exception:  # noqa: BLE001 - one service's bad data must not stop every other service's policies
             log.exception("policy pass: service %s", service)
             stats["errors"] += 1

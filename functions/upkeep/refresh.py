@@ -318,32 +318,29 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
     return refresh(r, clock, one_factory)[0]
 
 
-def refresh(r: redis.Redis, clock: Clock = system_clock, one_factory: Callable[[str, str], OneClient] = OneClient
-            ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+def refresh(r: redis.Redis, clock: Clock = system_clock, one_factory: Callable[[str, str], OneClient] = OneClient,
+            meanwhile: Callable[[], None] | None = None) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """`refresh_vms`, and the records as they are after its writes (`_records_after`: the policy pass that
     follows in the same tick need not read them again). What the last minutes read is remembered
     (functions.upkeep.recall): only the records written since are read again. Each group's records are read,
     then OpenNebula is asked about them in a thread (OBSERVERS at once) while the next group's records are read:
-    it renders its answer while this process reads Redis. Safe to run twice."""
+    it renders its answer while this process reads Redis; `meanwhile` (e.g. the policy pass's own reads) runs
+    once every group is asked, before the first answer is used. Safe to run twice."""
     stats = {"endpoints": 0, "changed": 0, "cpu": 0, "busy": 0, "errors": 0, "calls": 0, "unchecked": 0,
              "reread": 0}
     mem, changed, gen = recall.recall(r, int(clock() // 60))
     groups = _groups(r, mem)
     run = _Run(r, mem, set(), set(), {}, stats)
-    if len(groups) == 1:                  # nothing to overlap: asked in this thread
-        ((key, group),) = groups.items()
-        stats["busy"] += _read(r, group, mem, changed, run.fresh)
-        if group.vmids:
-            run.apply(key, group, _observe(one_factory, key, group.vmids, clock))
-    else:
-        with ThreadPoolExecutor(max_workers=OBSERVERS, thread_name_prefix="observe") as pool:
-            asked = {}
-            for key, group in groups.items():
-                stats["busy"] += _read(r, group, mem, changed, run.fresh)
-                if group.vmids:
-                    asked[key] = pool.submit(_observe, one_factory, key, group.vmids, clock)
-            for key, future in asked.items():
-                run.apply(key, groups[key], future.result())
+    with ThreadPoolExecutor(max_workers=OBSERVERS, thread_name_prefix="observe") as pool:
+        asked = {}
+        for key, group in groups.items():
+            stats["busy"] += _read(r, group, mem, changed, run.fresh)
+            if group.vmids:
+                asked[key] = pool.submit(_observe, one_factory, key, group.vmids, clock)
+        if meanwhile is not None:
+            meanwhile()
+        for key, future in asked.items():
+            run.apply(key, groups[key], future.result())
     stats["reread"] = len(run.fresh)
     mem.judged = run.judged
     recall.settle(mem, gen, {env.envid for group in groups.values() for env in group.envs}, run.unsure)

@@ -64,11 +64,13 @@ def gc_paused() -> Iterator[None]:
 def observe_and_decide(r: redis.Redis, queue: Queue, clock: Clock = system_clock,
                        one_factory: Callable[[str, str], OneClient] = OneClient,
                        grace: float = DEFAULT_GRACE) -> dict[str, Any]:
-    """The minute's VM refresh, then the policy pass on the records it hands over, with the cyclic GC paused.
-    Returns the refresh's counts with the policy pass's under "policies". Safe to run twice in a minute."""
+    """The minute's VM refresh, then the policy pass on the records it hands over, with the cyclic GC paused;
+    the pass's reads the refresh does not change (policies.Ahead) are made while OpenNebula answers. Returns the
+    refresh's counts with the policy pass's under "policies". Safe to run twice in a minute."""
+    ahead = policies.Ahead(r)
     with gc_paused():
-        stats, records = refresh.refresh(r, clock, one_factory)
-        stats["policies"] = policies.run(r, queue, clock, grace, known=records)
+        stats, records = refresh.refresh(r, clock, one_factory, meanwhile=ahead)
+        stats["policies"] = policies.run(r, queue, clock, grace, known=records, ahead=ahead)
         del records
     return stats
 

@@ -308,3 +308,37 @@ def test_a_big_answer_is_read_by_a_helper_process_with_the_same_rows(rig: Rig, m
         offload.observe_rows("http://127.0.0.1:9/RPC2", rig.sim.auth, ids)
     stats = ticks.refresh_vms(rig.r, rig.clock)               # the real client: the helper reads for the refresh
     assert (stats["endpoints"], stats["errors"]) == (1, 0) and rig.vms(envid)["s1"].cpu == 12.5
+
+
+def test_the_policy_pass_reads_ahead_while_opennebula_answers_and_a_change_meanwhile_is_not_overwritten(
+        rig: Rig) -> None:
+    """The tick gives the refresh the policy pass's own reads (policies.Ahead) as `meanwhile`: they run once every
+    endpoint is asked and before an answer is used (here the answer waits for them). The pass then decides from
+    them; an env whose policy state changed since (a create ending, another pass) is not overwritten."""
+    import threading
+
+    from functions.upkeep import policies
+
+    a, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    b, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
+    read_ahead = threading.Event()
+    ahead = policies.Ahead(rig.r)
+
+    class Waiting(OneClient):
+        def observe_rows(self, vmids: Any) -> Any:
+            assert read_ahead.wait(20), "the policy pass's reads did not run while OpenNebula answered"
+            return super().observe_rows(vmids)
+
+    def meanwhile() -> None:
+        ahead()
+        read_ahead.set()
+    stats, known = refresh_mod.refresh(rig.r, rig.clock, lambda url, auth: Waiting(url, auth), meanwhile=meanwhile)
+    assert stats["endpoints"] == 1 and {a, b} <= set(known)
+    (envs, count), = ahead.services.values()
+    assert count == 2 and sorted(env.envid for env in envs) == sorted([a, b]) and not any(env.vms for env in envs)
+    rig.r.hset(keys.env(b), "pol_minute", "12345")                       # changed after the pass read it
+    out = policies.run(rig.r, rig.queue, rig.clock, known=known, ahead=ahead)
+    assert (out["envs"], out["evaluated"], out["written"], out["changed_meanwhile"]) == (2, 2, 1, 1)
+    assert rig.r.hget(keys.env(b), "pol_minute") == "12345"
+    assert rig.r.hget(keys.env(a), "pol_minute") == str(int(rig.clock() // 60))
+    assert not ahead.services                                             # used once
