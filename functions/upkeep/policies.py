@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from rq import Queue
@@ -53,6 +53,14 @@ LEAVING = ("removing", "gone")
 RECORD_KEYS = ("state", "vmid", "one_state", "vm_state", "lcm_state", "init", "cpu", "created", "slot", "role",
                "origin")
 _RECORD_VALUES = itemgetter(*RECORD_KEYS)
+
+
+class Handed(NamedTuple):
+    """An env's VM records as the minute refresh left them (decoded JSON), and what the policies see of them
+    (vm_obs of each, leaving ones dropped) when the refresh made it, else None."""
+
+    records: list[dict[str, Any]]
+    vms: tuple[VmObs, ...] | None = None
 
 
 @dataclass
@@ -148,17 +156,17 @@ def _prepare(read: EnvRead, cfg: Mapping[str, Any] | None, uploaded: str) -> _En
     return env
 
 
-def _attach(r: redis.Redis, envs: Sequence[_Env], known: Mapping[str, list[dict[str, Any]]], batch: int) -> None:
-    """Give each env its VM records (those the refresh handed over in `known`, the others read) and their
-    observations."""
+def _attach(r: redis.Redis, envs: Sequence[_Env], known: Mapping[str, Handed], batch: int) -> None:
+    """Give each env its VM records and their observations (those the refresh handed over in `known`, the
+    others read and made)."""
     missing = [env.envid for env in envs if env.envid not in known]
     found: dict[str, list[dict[str, Any]]] = {}
     for chunk in _chunks(missing, batch):
         found.update(policystore.read_records(r, chunk))
     for env in envs:
-        records = known.get(env.envid)
-        env.records = found.get(env.envid, []) if records is None else records
-        env.vms = tuple(filter(None, map(vm_obs, env.records)))  # a VmObs is always true, a leaving record None
+        records, vms = known.get(env.envid) or (found.get(env.envid, []), None)
+        env.records = records
+        env.vms = tuple(filter(None, map(vm_obs, records))) if vms is None else vms   # a leaving record: None
 
 
 def _needs_job(env: _Env) -> list[str]:
@@ -343,7 +351,7 @@ class Ahead:
 
 def run_service(r: redis.Redis, queue: Queue, service: str, clock: Clock = system_clock,
                 grace: float = DEFAULT_GRACE, batch: int = BATCH,
-                known: Mapping[str, list[dict[str, Any]]] | None = None,
+                known: Mapping[str, Handed] | None = None,
                 read: tuple[list[_Env], int] | None = None) -> Counter[str]:
     """Evaluate the policies of every environment of `service` for the current minute (`known`: envid -> its
     records as the minute refresh just left them, the others are read; `read`: the service's read_service made
@@ -362,7 +370,7 @@ def run_service(r: redis.Redis, queue: Queue, service: str, clock: Clock = syste
 
 
 def run(r: redis.Redis, queue: Queue, clock: Clock = system_clock, grace: float = DEFAULT_GRACE,
-        batch: int = BATCH, known: Mapping[str, list[dict[str, Any]]] | None = None,
+        batch: int = BATCH, known: Mapping[str, Handed] | None = None,
         ahead: Ahead | None = None) -> dict[str, Any]:
     """The policy pass over every service (one service's failure is logged and does not stop the others;
     `known`: see run_service; `ahead`: the services' reads made moments before, used once). Returns counts for

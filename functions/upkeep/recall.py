@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from functions.policy import VmObs
 from functions.store import observed
 
 FULL_EVERY = 10                  # minutes: every record is read again at least this often
@@ -39,6 +40,7 @@ class Memory:
     stored: dict[str, list[observed.Seen]] = field(default_factory=dict)   # envid -> records as the refresh left them
     vmids: dict[str, tuple[int, ...]] = field(default_factory=dict)        # envid -> its records' VM ids, as read
     judged: dict[str, Marks] = field(default_factory=dict)   # envid -> its records' VMs when last judged
+    obs: dict[str, tuple[VmObs | None, ...]] = field(default_factory=dict)  # envid -> policies.vm_obs of each record
 
 
 _MEMORIES: dict[str, Memory] = {}

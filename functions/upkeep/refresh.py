@@ -35,8 +35,10 @@ from functions.cloud.fastxml import VmRow
 from functions.cloud.one import INFOSET_SLICE, OneClient, OneError, OneUnavailable, VmView, row_view
 from functions.model import ownership
 from functions.model.clock import Clock, system_clock
+from functions.policy import VmObs
 from functions.store import envstore, observed, policystore, tenants
 from functions.upkeep import recall
+from functions.upkeep.policies import Handed, vm_obs
 
 log = logging.getLogger("carina.refresh")
 
@@ -153,49 +155,6 @@ def _read(r: redis.Redis, group: _Group, mem: recall.Memory, changed: set[str] |
     return held
 
 
-def _judge_chunk(envs: Sequence[observed.EnvWhere], mem: recall.Memory, fresh: set[str], rows: dict[int, VmRow],
-                 taken: float, pending: list[_Pending], judged: dict[str, recall.Marks]
-                 ) -> tuple[Changes, dict[str, observed.Figures], int]:
-    """The writes of a chunk's records, the CPU figures of the envs observed (written whole) and how many are new;
-    records whose VM must first prove its tags go to `pending`. A record not read again this minute whose VM is
-    as when it was last judged only gets its CPU figure; `judged` gets each env's marks (recall.Marks)."""
-    changes: Changes = {}
-    figures: dict[str, observed.Figures] = {}
-    new = 0
-    for env in envs:
-        envid = env.envid
-        stored = mem.stored.get(envid)
-        if not stored:
-            continue
-        prev = None if envid in fresh else mem.judged.get(envid)
-        if prev is not None and len(prev) != len(stored):
-            prev = None
-        figures[envid] = figs = {}
-        marks: list[recall.Mark | None] = []
-        for i, seen in enumerate(stored):
-            mark = prev[i] if prev is not None else None
-            doc = seen.doc
-            if mark is not None and doc is not None:
-                row = rows.get(mark[0])
-                if (mark[1] is None) if row is None else (row[:4] == mark):     # as when judged: its CPU only
-                    cpu = doc.get("cpu")
-                    if row is not None and row.cpu is not None and row.state != 6 and cpu != row.cpu:
-                        doc["cpu"] = cpu = row.cpu
-                        new += 1
-                    if type(cpu) in (int, float):
-                        figs[seen.slot] = [mark[0], cpu]
-                    marks.append(mark)
-                    continue
-            mark = None
-            if judgeable(seen, taken):
-                mark, fresh_figure = _judge(seen, rows.get(int(seen.vmid)), env, changes, pending)
-                new += fresh_figure
-            marks.append(mark)
-            _figure(figs, seen)
-        judged[envid] = tuple(marks)
-    return changes, figures, new
-
-
 def _judge(seen: observed.Seen, row: VmRow | None, env: observed.EnvWhere, changes: Changes,
            pending: list[_Pending]) -> tuple[recall.Mark | None, int]:
     """Judge one record against its VM's row (None: not in the pool): its write in `changes`, or in `pending`
@@ -290,11 +249,17 @@ def _int(text: str) -> int | None:
     return int(text) if text.lstrip("-").isdigit() else None
 
 
-def _records_after(mem: recall.Memory, unsure: set[str]) -> dict[str, list[dict[str, Any]]]:
-    """envid -> its decoded records as this minute's writes left them (policies.vm_obs reads them), for every
-    env observed, not held and whose writes all landed (the others the policy pass reads again)."""
-    return {envid: [seen.doc for seen in rows if seen.doc is not None] for envid, rows in mem.stored.items()
-            if envid not in unsure}
+def _handover(mem: recall.Memory, unsure: set[str]) -> dict[str, Handed]:
+    """envid -> its decoded records as this minute's writes left them, with what the policies see of them when
+    the refresh made it (else the pass does), for every env observed, not held and whose writes all landed (the
+    others the policy pass reads again)."""
+    out = {}
+    for envid, rows in mem.stored.items():
+        if envid not in unsure:
+            seen_as = mem.obs.get(envid)
+            out[envid] = Handed([seen.doc for seen in rows if seen.doc is not None],
+                                None if seen_as is None else tuple(filter(None, seen_as)))
+    return out
 
 
 def _observe(one_factory: Callable[[str, str], OneClient], key: tuple[str, str], vmids: list[int],
@@ -319,9 +284,9 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
 
 
 def refresh(r: redis.Redis, clock: Clock = system_clock, one_factory: Callable[[str, str], OneClient] = OneClient,
-            meanwhile: Callable[[], None] | None = None) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
-    """`refresh_vms`, and the records as they are after its writes (`_records_after`: the policy pass that
-    follows in the same tick need not read them again). What the last minutes read is remembered
+            meanwhile: Callable[[], None] | None = None) -> tuple[dict[str, Any], dict[str, Handed]]:
+    """`refresh_vms`, and the records as they are after its writes (`_handover`: the policy pass that follows in
+    the same tick need not read them again). What the last minutes read is remembered
     (functions.upkeep.recall): only the records written since are read again. Each group's records are read,
     then OpenNebula is asked about them in a thread (OBSERVERS at once) while the next group's records are read:
     it renders its answer while this process reads Redis; `meanwhile` (e.g. the policy pass's own reads) runs
@@ -330,7 +295,7 @@ def refresh(r: redis.Redis, clock: Clock = system_clock, one_factory: Callable[[
              "reread": 0}
     mem, changed, gen = recall.recall(r, int(clock() // 60))
     groups = _groups(r, mem)
-    run = _Run(r, mem, set(), set(), {}, stats)
+    run = _Run(r, mem, set(), set(), {}, {}, stats)
     with ThreadPoolExecutor(max_workers=OBSERVERS, thread_name_prefix="observe") as pool:
         asked = {}
         for key, group in groups.items():
@@ -342,21 +307,22 @@ def refresh(r: redis.Redis, clock: Clock = system_clock, one_factory: Callable[[
         for key, future in asked.items():
             run.apply(key, groups[key], future.result())
     stats["reread"] = len(run.fresh)
-    mem.judged = run.judged
+    mem.judged, mem.obs = run.judged, run.obs
     recall.settle(mem, gen, {env.envid for group in groups.values() for env in group.envs}, run.unsure)
-    return stats, _records_after(mem, run.unsure)
+    return stats, _handover(mem, run.unsure)
 
 
 @dataclass
 class _Run:
     """One refresh's working state: the memory, the envs read this minute, the envs whose writes did not all
-    land, the records judged as their VM is, the counts."""
+    land, the records judged as their VM is and as the policies see them (recall.Memory), the counts."""
 
     r: redis.Redis
     mem: recall.Memory
     fresh: set[str]
     unsure: set[str]
     judged: dict[str, recall.Marks]
+    obs: dict[str, tuple[VmObs | None, ...]]
     stats: dict[str, int]
 
     def apply(self, key: tuple[str, str], group: _Group, observed_: tuple[OneClient, float, Any]) -> None:
@@ -373,9 +339,58 @@ class _Run:
         stats["calls"] += (len(group.vmids) + INFOSET_SLICE - 1) // INFOSET_SLICE
         pending: list[_Pending] = []
         for chunk in _chunks(group.envs, CHUNK):
-            _write(self.r, *_judge_chunk(chunk, self.mem, self.fresh, rows, taken, pending, self.judged), stats,
-                   self.unsure)
+            _write(self.r, *self.judge_chunk(chunk, rows, taken, pending), stats, self.unsure)
         if pending:
             stats["calls"] += min(OWNER_SLICES, (len(pending) + OWNER_SLICE - 1) // OWNER_SLICE)
             stats["unchecked"] += max(0, len(pending) - OWNER_SLICE * OWNER_SLICES)
             _write(self.r, *_settle(self.r, self.mem, one, pending, rows), stats, self.unsure)
+
+    def judge_chunk(self, envs: Sequence[observed.EnvWhere], rows: dict[int, VmRow], taken: float,
+                    pending: list[_Pending]) -> tuple[Changes, dict[str, observed.Figures], int]:
+        """The writes of a chunk's records, the CPU figures of the envs observed (written whole) and how many are
+        new; records whose VM must first prove its tags go to `pending`. A record not read again this minute whose
+        VM is as when it was last judged only gets its CPU figure. Notes each env's marks (recall.Marks) and, but
+        for an env with a pending record, its records as the policies see them (while each is at hand)."""
+        changes: Changes = {}
+        figures: dict[str, observed.Figures] = {}
+        new = 0
+        for env in envs:
+            envid = env.envid
+            stored = self.mem.stored.get(envid)
+            if not stored:
+                continue
+            prev = None if envid in self.fresh else self.mem.judged.get(envid)
+            if prev is not None and len(prev) != len(stored):
+                prev = None
+            before = self.mem.obs.get(envid) if prev is not None else None
+            figures[envid] = figs = {}
+            marks: list[recall.Mark | None] = []
+            seen_as: list[VmObs | None] = []
+            waiting = len(pending)
+            for i, seen in enumerate(stored):
+                mark = prev[i] if prev is not None else None
+                doc = seen.doc
+                if mark is not None and doc is not None:
+                    row = rows.get(mark[0])
+                    if (mark[1] is None) if row is None else (row[:4] == mark):     # as when judged: its CPU only
+                        cpu = doc.get("cpu")
+                        if row is not None and row.cpu is not None and row.state != 6 and cpu != row.cpu:
+                            doc["cpu"] = cpu = row.cpu
+                            new += 1
+                        if type(cpu) in (int, float):
+                            figs[seen.slot] = [mark[0], cpu]
+                        marks.append(mark)
+                        last = before[i] if before is not None else None
+                        seen_as.append(last if last is not None and last.cpu == cpu else vm_obs(doc))
+                        continue
+                mark = None
+                if judgeable(seen, taken):
+                    mark, fresh_figure = _judge(seen, rows.get(int(seen.vmid)), env, changes, pending)
+                    new += fresh_figure
+                marks.append(mark)
+                _figure(figs, seen)
+                seen_as.append(vm_obs(doc) if doc is not None else None)
+            self.judged[envid] = tuple(marks)
+            if len(pending) == waiting:
+                self.obs[envid] = tuple(seen_as)
+        return changes, figures, new
