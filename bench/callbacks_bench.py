@@ -53,6 +53,16 @@ connection each thread keeps out of redis-py's pool, packed by hiredis (~30 us a
 redis-py's private connection internals and re-implements its pool and retry: not worth owning). The ingest script
 call is ~100 us, 65 of them the round trip; the rest is Python spread thin (every microsecond of it costs 2-3 in
 the route: the code runs cache-cold after the Redis wait).
+Session 6: a drain under a stream of callbacks first sleeps until its oldest callback is 40 ms old
+(functions.ops.cbinbox GATHER; cbfold.gather_wait). Why: the machine is saturated while ingesting, and a worker that
+always has a drain queued is always runnable and takes its share of the CPU whatever a drain costs (300-400 us of
+worker CPU per callback at ~10 callbacks a drain, RQ's per-job cost mostly); asleep it leaves the CPU to the
+gateway and then applies ~25-45 callbacks a drain. Measured (quick, 4 runs each, load 0.4-1.7): worker CPU per
+callback 295-400 -> 110-140 us, redis-server 160-195 -> 110-135 us; a connection per callback 0.44-0.48 -> 0.56-0.63
+x the bare route, keep-alive 0.46-0.48 -> 0.46-0.66 x; callback -> applied one at a time unchanged (3.3-4.7 ms: a
+lone callback is not held back), applied within 0.01-0.03 s of the last answer under load. Tried: a gather with
+no stream condition (every drain within 50 ms of the last one): one-at-a-time latency 3.7 -> 22.7 ms, dropped;
+gunicorn -w 4 --threads 2 and -w 1 --threads 8 for both servers: Carina's own throughput lower, kept -w 2 --threads 4.
 Left: the drain's RQ enqueue (~170 us of CPU in a tight loop, 250-500 in the route, once every ~15 callbacks while a
 worker drains: ~20 us a callback); RQ's ~56 commands and ~2 ms of CPU per job, paid once per drain (about 20
 callbacks a job while ingesting, 200 from a backlog).
