@@ -128,13 +128,19 @@ def _step(r: redis.Redis, envid: str, fence: str, service: str, taken: int, fold
     return list(scripts.run(r, "callback_step", keys_, head + args))
 
 
+def _oldest_at(r: redis.Redis, envid: str) -> float:
+    """When the inbox's oldest callback was queued (its entry's `t`); 0.0 when the inbox is empty or that is
+    unreadable. Read-only."""
+    try:
+        return float(json.loads(r.lindex(keys.callback_inbox(envid), 0) or "{}").get("t") or 0.0)
+    except (ValueError, AttributeError):
+        return 0.0
+
+
 def _retry_later(r: redis.Redis, envid: str, now: float) -> None:
     """The env lock is busy: have the pump queue this drain again soon (sooner the younger the oldest entry)."""
-    oldest = r.lindex(keys.callback_inbox(envid), 0)
-    try:
-        age = max(0.0, now - float(json.loads(oldest or "{}").get("t") or now))
-    except (ValueError, AttributeError):
-        age = 0.0
+    oldest = _oldest_at(r, envid)
+    age = max(0.0, now - oldest) if oldest else 0.0
     delay = min(RETRY_MAX, max(RETRY_MIN, age / 4))
     r.zadd(keys.callback_drains(), {envid: now + delay})
 
@@ -153,11 +159,7 @@ def _gather(r: redis.Redis, envid: str, clock: Clock) -> None:
     since_last, applied, now = time.monotonic() - _last_drain[0], _last_drain[1], clock()
     if not gather_wait(since_last, applied, now, now, GATHER, RECENT, STREAM):
         return                                       # not a stream (the usual case): no round trip
-    try:
-        oldest = float(json.loads(r.lindex(keys.callback_inbox(envid), 0) or "{}").get("t") or 0.0)
-    except (ValueError, AttributeError):
-        return
-    wait = gather_wait(since_last, applied, oldest, clock(), GATHER, RECENT, STREAM)
+    wait = gather_wait(since_last, applied, _oldest_at(r, envid), clock(), GATHER, RECENT, STREAM)
     if wait > 0:
         _sleep(wait)
 
