@@ -132,10 +132,17 @@ def _cpu(value: float | None) -> float | None:
     return cpu if math.isfinite(cpu) and cpu >= 0 else None
 
 
+def _mean(values: list[float]) -> float:
+    """The mean of finite, non-negative `values` (not empty): each divided first, so a sum of huge values cannot
+    overflow, and kept within [min, max] (tiny subnormal values divided first underflow to 0). Pure."""
+    count = len(values)
+    return min(max(sum([c / count for c in values]), min(values)), max(values))
+
+
 def avgcpu(vms: Iterable[VmObs]) -> float | None:
     """Mean CPU % of the running VMs that report one (master included); None when none does. Pure."""
     values = [c for c in (_cpu(vm.cpu) for vm in vms if vm.cls == RUNNING) if c is not None]
-    return sum(c / len(values) for c in values) if values else None
+    return _mean(values) if values else None
 
 
 def variables(vms: Iterable[VmObs]) -> dict[str, float]:
@@ -165,8 +172,7 @@ def variables(vms: Iterable[VmObs]) -> dict[str, float]:
     out: dict[str, float] = {"numvms": held, "nummissing": missing, "numunknown": unknown, "numfailed": failed,
                              "numfail": failed}
     if cpus:
-        count = len(cpus)
-        out["avgcpu"] = sum([c / count for c in cpus])      # as avgcpu computes it, to the last bit
+        out["avgcpu"] = _mean(cpus)                         # as avgcpu computes it, to the last bit
     return out
 
 
