@@ -114,6 +114,10 @@ class VmObs(NamedTuple):
     def is_master(self) -> bool:
         return self.role == "master" or self.slot == "m"
 
+    def with_cpu(self, cpu: float) -> VmObs:
+        """The same VM with another monitored CPU % (a negative or NaN one: not monitored). Pure."""
+        return VmObs(self.slot, self.role, self.cls, cpu if cpu >= 0 else None, self.created, self.by_policy)
+
 
 def judged(vm: VmObs, now: float, grace: float) -> VmObs:
     """The VM as it is judged at `now`: a broken VM younger than `grace` seconds counts as starting. Pure."""

@@ -95,6 +95,19 @@ end
 return out
 """
 
+# The state of many jobs at once (the policy pass asks for each env's guard holder and last job): one flat
+# answer parses far faster than thousands of pipelined HMGET replies.
+LUA["job_states"] = """
+-- KEYS job hashes; ARGV none. Returns per job its status then its end (false when absent), flat.
+local out = {}
+for i = 1, #KEYS do
+  local found = redis.call('HMGET', KEYS[i], 'status', 'end')
+  out[2 * i - 1] = found[1]
+  out[2 * i] = found[2]
+end
+return out
+"""
+
 # Write the policy state of many environments, each only if its policy_status and pol_minute are still the
 # values the policy pass read (compare-and-set: a racing create end or a second pass never gets overwritten).
 LUA["policy_write"] = """

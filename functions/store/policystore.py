@@ -112,12 +112,13 @@ def _join_cpu(records: list[dict[str, Any]], text: Any) -> None:
 
 
 def job_states(r: redis.Redis, jobids: Iterable[str]) -> dict[str, tuple[str | None, str | None]]:
-    """jobid -> (status, end) for each job (None, None when the job does not exist), pipelined. Read-only."""
+    """jobid -> (status, end) for each job (None, None when the job does not exist): one script call
+    (`job_states`). Read-only."""
     wanted = sorted({j for j in jobids if j})
-    with r.pipeline(transaction=False) as p:
-        for jobid in wanted:
-            p.hmget(keys.job(jobid), ["status", "end"])
-        return {jobid: (found[0], found[1]) for jobid, found in zip(wanted, p.execute(), strict=True)}
+    if not wanted:
+        return {}
+    flat = [_text(v) for v in scripts.run(r, "job_states", [keys.job(jobid) for jobid in wanted])]
+    return {jobid: (flat[2 * i], flat[2 * i + 1]) for i, jobid in enumerate(wanted)}
 
 
 def specs(r: redis.Redis, envids: Iterable[str]) -> dict[str, dict[str, Any]]:

@@ -381,7 +381,11 @@ class _Run:
                             figs[seen.slot] = [mark[0], cpu]
                         marks.append(mark)
                         last = before[i] if before is not None else None
-                        seen_as.append(last if last is not None and last.cpu == cpu else vm_obs(doc))
+                        if last is None or type(cpu) not in (int, float):
+                            last = vm_obs(doc)
+                        elif last.cpu != cpu:
+                            last = last.with_cpu(cpu)     # the record is as when `last` was made but for its CPU
+                        seen_as.append(last)
                         continue
                 mark = None
                 if judgeable(seen, taken):

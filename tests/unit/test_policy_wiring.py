@@ -85,6 +85,16 @@ def test_vm_obs_with_its_cached_class_equals_the_plain_classification(overs: lis
         assert policies.vm_obs(rec) == _reference(rec)   # a cached class is the same again
 
 
+@given(st.dictionaries(st.sampled_from([*sorted(BASE), "init"]), _ANY),
+       st.integers(-3, 200) | st.floats(allow_nan=True, allow_infinity=True))
+def test_a_new_cpu_on_an_observation_equals_observing_the_record_with_it(over: dict[str, Any],
+                                                                        cpu: float) -> None:
+    rec = {**BASE, **over}                   # the refresh's fast path: a record unchanged but for its CPU
+    before = policies.vm_obs(rec)
+    if before is not None:
+        assert before.with_cpu(cpu) == policies.vm_obs({**rec, "cpu": cpu})
+
+
 def _env(envid: str, status: str, availability: dict[str, Any], cls: str = RUNNING) -> Any:
     fields = {"service": "svc", "name": "x", "policy_status": status, "pol_minute": "1"}
     env = policies._Env(EnvRead(envid, fields, [], None), PolicyState.from_fields(fields), None, availability,
