@@ -2,8 +2,9 @@
 
 What runs is what the minute tick runs after its re-drives (`functions.upkeep.ticks.observe_and_decide`, the cyclic
 GC paused): `functions.upkeep.refresh.refresh` (one `vmpool.infoset` of Carina's VM ids per endpoint and 10,000
-ids, short bodies with each VM's last CPU, over real XML-RPC) then `functions.upkeep.policies.run` with the records
-the refresh hands over (policy decisions, the jobs they start through the op guard, a real RQ enqueue each). N
+ids, short bodies with each VM's last CPU, over real XML-RPC) with the policy pass (`functions.upkeep.policies.Pass`)
+woven in: its reads while OpenNebula answers, each endpoint's envs decided once their records are written, the
+rest after (policy decisions, the jobs they start through the op guard, a real RQ enqueue each). N
 environments of 10 VMs (1 master + 9 slaves) live on 4 endpoints, each a real simulator (`python -m onesim --guests
 synthetic`, `--guests none` past the open-files limit) whose pool is filled with the environments' VMs by
 `onesim.vm.allocatebatch` (tagged as Carina tags them). Services of 1,000 environments; per service 70 % `auto`
@@ -76,7 +77,8 @@ class Minute:
 
     def note(self) -> str:
         acts = sum(v for k, v in self.policy.items() if k.startswith("action_"))
-        return (f"refresh {self.wall - self.policy.get('seconds', 0):.2f} s + policies "
+        return (f"refresh {self.wall - self.policy.get('seconds', 0):.2f} s (policies decided meanwhile "
+                f"{self.policy.get('fed_seconds', 0):.2f} s) + the rest of the policies "
                 f"{self.policy.get('seconds', 0):.2f} s; "
                 f"cpu: python {self.cpu_self:.2f} s, redis {self.cpu_redis:.2f} s, sims {self.cpu_sims:.2f} s; "
                 f"{self.rpc_calls} XML-RPC calls, {self.redis_trips} Redis round trips "

@@ -1,20 +1,18 @@
-"""The minute's policy pass: observe every created environment and run its policies (functions.policy.decide).
+"""The minute's policy pass: run the policies (functions.policy.decide) of every created environment.
 
-Called by functions.upkeep.ticks.tick after the VM refresh (which asked OpenNebula once per endpoint and stored
-each record's state and CPU, and hands over the records as it left them), so this pass reads Redis only: per
-service, the environments in batches of `batch`, each batch one pipelined round trip (env fields, op guard, and
-the VM records the refresh did not hand over), a second one for the state
-of the jobs that matter (a held guard, a cooldown), a third for the spec snapshots it needs (a configuration
-removed, a passive env's base size). Decisions are pure; the states are written back per batch by one
-compare-and-set Lua call. An action starts its job through functions.ops.operations.request_policy (op guard
-first; busy: nothing happens this minute).
+Called by functions.upkeep.ticks after the tick's VM refresh has asked OpenNebula (once per endpoint) and stored
+each record's state and CPU, so this pass reads Redis only (functions.upkeep.policyread: what it reads, and how
+it sees the VM records the refresh hands over). In the tick the pass is a `Pass` in three steps: `read_ahead`
+while OpenNebula answers, `feed` as each endpoint's records are written (their environments are decided and
+written at once: the other endpoints are still being refreshed), `finish` for the rest (passive members of a
+failover group, after their partners; envs whose records the refresh did not hand over). `run` is the pass in
+one go. Decisions are pure; the states are written back per batch by one compare-and-set Lua call. An action
+starts its job through functions.ops.operations.request_policy (op guard first; busy: nothing happens this
+minute).
 
-Policies come from the service's CURRENT configuration by the environment's configuration name (a new upload
-applies from the next minute), or from the env's spec snapshot when that configuration was removed;
-`policy_source` says which (the upload's time, or "snapshot"). Within a failover group the active members are
-decided before the passive ones, so a passive env follows its partner in the same minute. Environments whose
-create has not finished (INIT) are skipped. Once per minute however often it runs: decide does nothing for a
-minute already evaluated, and every write checks pol_minute.
+Within a failover group the active members are decided before the passive ones, so a passive env follows its
+partner in the same minute. Once per minute however often it runs: decide does nothing for a minute already
+evaluated, and every write checks pol_minute.
 """
 
 from __future__ import annotations
@@ -22,210 +20,73 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from functools import lru_cache
-from operator import itemgetter
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from rq import Queue
 
 from functions.model.clock import Clock, system_clock
 from functions.ops import operations
-from functions.policy import DEFAULT_GRACE, Decision, EnvInputs, PolicyState, VmObs, decide
-from functions.policy.failover import PASSIVE_ROLE, Member, pair_up, role_of
-from functions.policy.state import FIELD_NAMES
-from functions.policy.vmclass import record_class
+from functions.policy import DEFAULT_GRACE, Decision, EnvInputs, decide
+from functions.policy.failover import PASSIVE_ROLE, Member, pair_up
 from functions.store import policystore, tenants
-from functions.store.policystore import EnvRead, StateWrite
-from functions.views.shapes import iso_time
+from functions.store.policystore import StateWrite
+from functions.upkeep.policyread import BATCH, SNAPSHOT, Env, Handed, attach, read_service
 
 log = logging.getLogger("carina.policies")
 
-BATCH = 500
 STARTERS = 4                    # policy actions started at once (threads: each waits on Redis round trips)
-SNAPSHOT = "snapshot"
-READ_FIELDS = ("service", "name", "job", "policy_source", *FIELD_NAMES.values())
 POLICY_MESSAGES = ("POLICY_STATUS:", "AVAIL_POLICY_STATUS:")
-LEAVING = ("removing", "gone")
-RECORD_KEYS = ("state", "vmid", "one_state", "vm_state", "lcm_state", "init", "cpu", "created", "slot", "role",
-               "origin")
-_RECORD_VALUES = itemgetter(*RECORD_KEYS)
 
 
-class Handed(NamedTuple):
-    """An env's VM records as the minute refresh left them (decoded JSON), and what the policies see of them
-    (vm_obs of each, leaving ones dropped) when the refresh made it, else None."""
+class _Pairs:
+    """The failover members among a service's envs, each one's partner (failover.pair_up once per group:
+    n log n for a large group, by role and envid whatever the statuses), and each member's status as decided so
+    far this minute."""
 
-    records: list[dict[str, Any]]
-    vms: tuple[VmObs, ...] | None = None
-
-
-@dataclass
-class _Env:
-    """One environment being evaluated this minute."""
-
-    read: EnvRead
-    state: PolicyState
-    elasticity: Mapping[str, Any] | None
-    availability: Mapping[str, Any] | None
-    source: str
-    note: str = ""
-    base_size: int = 1
-    busy: bool = False
-    op_ended_at: float = 0.0
-    vms: tuple[VmObs, ...] = ()
-    records: list[dict[str, Any]] = field(default_factory=list)
-    _role: tuple[Mapping[str, Any] | None, tuple[str, str] | None] | None = None
-
-    @property
-    def envid(self) -> str:
-        return self.read.envid
-
-    @property
-    def expect(self) -> tuple[str, str]:
-        return self.read.fields.get("policy_status") or "", self.read.fields.get("pol_minute") or ""
-
-    @property
-    def role(self) -> tuple[str, str] | None:
-        """(failover role, group) of the env's availability policy, or None (computed once it is known)."""
-        if self._role is None or self._role[0] is not self.availability:
-            self._role = (self.availability, role_of(self.availability))
-        return self._role[1]
-
-
-def _number(value: Any, default: float) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def vm_obs(rec: Mapping[str, Any]) -> VmObs | None:
-    """A VM record (decoded JSON) as the policies see it; None for a record on its way out. Pure."""
-    try:
-        state, vmid, one_state, vm_state, lcm, init, cpu, created, slot, role, origin = _RECORD_VALUES(rec)
-    except KeyError:                                            # an older record lacks a key: None for it
-        state, vmid, one_state, vm_state, lcm, init, cpu, created, slot, role, origin = map(rec.get, RECORD_KEYS)
-    if state in LEAVING:
-        return None
-    one_state = one_state or ""
-    cls = record_class(vmid is not None, one_state if type(one_state) is str else str(one_state),
-                       vm_state if type(vm_state) is int and vm_state >= 0 else -1,
-                       lcm if type(lcm) is int and lcm >= 0 else -1,
-                       type(init) is str and init.startswith("fail:"))   # its own SLAVE_<n>_INIT_FAIL
-    if type(cpu) is not float and type(cpu) is not int:
-        cpu = _number(cpu, -1.0)
-    if type(created) is not float and type(created) is not int:
-        created = _number(created, 0.0)
-    slot, role = slot or "", role or ""
-    return VmObs(slot if type(slot) is str else str(slot), role if type(role) is str else str(role), cls,
-                 cpu if cpu >= 0 else None, created, origin == "policy")
-
-
-def _policy(value: Any) -> Mapping[str, Any] | None:
-    return value if isinstance(value, Mapping) else None
-
-
-@lru_cache(maxsize=64)
-def _source(uploaded: str) -> str:
-    """`policy_source` of policies from the configuration uploaded at `uploaded` (one per service)."""
-    return iso_time(uploaded) or "current"
-
-
-def _prepare(read: EnvRead, cfg: Mapping[str, Any] | None, uploaded: str) -> _Env | None:
-    """The env (without its VMs: _attach) with its policies from the current configuration; None when it is not
-    evaluated (gone, INIT)."""
-    fields = read.fields
-    if fields.get("service") is None:
-        return None
-    state = PolicyState.from_fields(fields)
-    if state.status == "INIT":
-        return None
-    name = fields.get("name") or ""
-    entry = ((cfg or {}).get("ENVIRONMENT") or {}).get(name)
-    if isinstance(entry, Mapping) and entry.get("type", "compute") != "group":
-        env = _Env(read, state, _policy(entry.get("elasticity_policy")), _policy(entry.get("availability_policy")),
-                   _source(uploaded))
-        env.base_size = 1 + max(0, int(_number(entry.get("num_slaves"), 0)))
-    else:
-        env = _Env(read, state, None, None, SNAPSHOT,
-                   f"policies from the create-time snapshot: configuration {name!r} is no longer uploaded")
-    return env
-
-
-def _attach(r: redis.Redis, envs: Sequence[_Env], known: Mapping[str, Handed], batch: int) -> None:
-    """Give each env its VM records and their observations (those the refresh handed over in `known`, the
-    others read and made)."""
-    missing = [env.envid for env in envs if env.envid not in known]
-    found: dict[str, list[dict[str, Any]]] = {}
-    for chunk in _chunks(missing, batch):
-        found.update(policystore.read_records(r, chunk))
-    for env in envs:
-        records, vms = known.get(env.envid) or (found.get(env.envid, []), None)
-        env.records = records
-        env.vms = tuple(filter(None, map(vm_obs, records))) if vms is None else vms   # a leaving record: None
-
-
-def _needs_job(env: _Env) -> list[str]:
-    """The jobs whose state this env's decision depends on: the guard's holder; the last job under a cooldown."""
-    out = [env.read.holder] if env.read.holder else []
-    cooldown = (env.elasticity or {}).get("cooldown")
-    if isinstance(cooldown, int) and cooldown > 0 and env.read.fields.get("job"):
-        out.append(str(env.read.fields["job"]))
-    return out
-
-
-def _complete(r: redis.Redis, envs: list[_Env]) -> None:
-    """Fill in busy / op_ended_at (job states) and what only the spec snapshot knows (2 pipelined reads)."""
-    jobs = policystore.job_states(r, [j for env in envs for j in _needs_job(env)])
-    for env in envs:
-        holder = env.read.holder
-        if holder:
-            status = jobs.get(holder, (None, None))[0]
-            env.busy = status not in ("DONE", "FAIL", "ABORT")   # a job not written yet holds it too
-        last = jobs.get(str(env.read.fields.get("job") or ""))
-        if last and last[0] in ("DONE", "FAIL", "ABORT"):
-            env.op_ended_at = _number(last[1], 0.0)
-    wanted = [env for env in envs if env.source == SNAPSHOT or (env.role and env.role[0] == PASSIVE_ROLE)]
-    spec_of = policystore.specs(r, [env.envid for env in wanted]) if wanted else {}
-    for env in wanted:
-        spec = spec_of.get(env.envid) or {}
-        if env.source == SNAPSHOT:
-            env.elasticity = _policy(spec.get("elasticity_policy"))
-            env.availability = _policy(spec.get("availability_policy"))
-        env.base_size = 1 + max(0, int(_number(spec.get("num_slaves"), env.base_size - 1)))
-
-
-def _decide_all(envs: list[_Env], now: float, minute: int, grace: float) -> dict[str, Decision]:
-    """Decide every env: the non-passive ones first, then each passive one with its partner as just decided.
-
-    Partners are paired once per failover group (failover.pair_up: by role and envid, whatever the statuses),
-    so a large group costs n log n; a partner's status is the one decided this minute when it is known.
-    """
-    groups: dict[str, list[Member]] = {}
-    for env in envs:
-        if env.role:
-            groups.setdefault(env.role[1], []).append(Member(env.envid, env.role[0], env.state.status))
-    partner_id = {envid: other for members in groups.values() for envid, other in pair_up(members).items()}
-    member = {m.envid: m for members in groups.values() for m in members}
-    out: dict[str, Decision] = {}
-    for passive in (False, True):
+    def __init__(self, envs: Sequence[Env]) -> None:
+        groups: dict[str, list[Member]] = {}
         for env in envs:
-            if (env.role is not None and env.role[0] == PASSIVE_ROLE) != passive:
-                continue
-            other = member.get(partner_id.get(env.envid) or "")
-            inputs = EnvInputs(env.envid, env.elasticity, env.availability, env.base_size, env.vms, env.busy,
-                               env.op_ended_at, grace, other)
-            out[env.envid] = decision = decide(inputs, env.state, now, minute)
-            if env.envid in member and decision.state.status != member[env.envid].status:
-                member[env.envid] = replace(member[env.envid], status=decision.state.status)
+            if env.role:
+                groups.setdefault(env.role[1], []).append(Member(env.envid, env.role[0], env.state.status))
+        self.partner_id = {envid: other for members in groups.values() for envid, other in pair_up(members).items()}
+        self.member = {m.envid: m for members in groups.values() for m in members}
+
+    def partner(self, envid: str) -> Member | None:
+        return self.member.get(self.partner_id.get(envid) or "")
+
+    def decided(self, envid: str, status: str) -> None:
+        found = self.member.get(envid)
+        if found is not None and found.status != status:
+            self.member[envid] = Member(found.envid, found.role, status)
+
+
+def _decide(envs: Sequence[Env], pairs: _Pairs, now: float, minute: int, grace: float,
+            passive: bool) -> dict[str, Decision]:
+    """Decide the passive envs among `envs`, or the others: each with its partner as decided so far. Pure."""
+    out: dict[str, Decision] = {}
+    for env in envs:
+        if (env.role is not None and env.role[0] == PASSIVE_ROLE) != passive:
+            continue
+        inputs = EnvInputs(env.envid, env.elasticity, env.availability, env.base_size, env.vms, env.busy,
+                           env.op_ended_at, grace, pairs.partner(env.envid))
+        out[env.envid] = decision = decide(inputs, env.state, now, minute)
+        pairs.decided(env.envid, decision.state.status)
     return out
 
 
-def _fields(env: _Env, decision: Decision) -> dict[str, str]:
+def _decide_all(envs: list[Env], now: float, minute: int, grace: float) -> dict[str, Decision]:
+    """Decide every env: the non-passive ones first, then each passive one with its partner as just decided."""
+    pairs = _Pairs(envs)
+    out = _decide(envs, pairs, now, minute, grace, passive=False)
+    out.update(_decide(envs, pairs, now, minute, grace, passive=True))
+    return out
+
+
+def _fields(env: Env, decision: Decision) -> dict[str, str]:
     """The hash fields that change: the new policy state, its source, and `info` unless it would only erase
     a message that is not a policy's (the engine's last job info stays until a policy has something to say)."""
     state = decision.state
@@ -239,7 +100,7 @@ def _fields(env: _Env, decision: Decision) -> dict[str, str]:
     return {k: v for k, v in fields.items() if env.read.fields.get(k) != v}
 
 
-def _events(env: _Env, decision: Decision, fields: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+def _events(env: Env, decision: Decision, fields: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
     """This minute's events of the env: its messages when something changed, and the status transition."""
     service = str(env.read.fields.get("service"))
     changed = decision.action is not None or decision.transition is not None
@@ -254,7 +115,7 @@ def _events(env: _Env, decision: Decision, fields: Mapping[str, str]) -> list[tu
     return out
 
 
-def _start(r: redis.Redis, queue: Queue, env: _Env, decision: Decision, fields: dict[str, str],
+def _start(r: redis.Redis, queue: Queue, env: Env, decision: Decision, fields: dict[str, str],
            clock: Clock) -> str | None:
     """Start the decided action with the new state (ops.operations.request_policy). None when busy."""
     action = decision.action
@@ -268,14 +129,14 @@ def _start(r: redis.Redis, queue: Queue, env: _Env, decision: Decision, fields: 
                                      clock, why or decision.info)
 
 
-def _apply(r: redis.Redis, queue: Queue, envs: list[_Env], decisions: Mapping[str, Decision], clock: Clock,
+def _apply(r: redis.Redis, queue: Queue, envs: list[Env], decisions: Mapping[str, Decision], clock: Clock,
            stats: Counter[str]) -> None:
     """Write the states (one compare-and-set per batch), start the actions (STARTERS at once: each is a few
     round trips to Redis, and envs are independent), record the events."""
     writes: list[StateWrite] = []
     pending: list[list[tuple[str, str, str, str]]] = []
     events: list[tuple[str, str, str, str]] = []
-    starts: list[tuple[_Env, Decision, dict[str, str], list[tuple[str, str, str, str]]]] = []
+    starts: list[tuple[Env, Decision, dict[str, str], list[tuple[str, str, str, str]]]] = []
     for env in envs:
         decision = decisions[env.envid]
         if not decision.evaluated:
@@ -302,7 +163,7 @@ def _apply(r: redis.Redis, queue: Queue, envs: list[_Env], decisions: Mapping[st
     policystore.add_events(r, events, clock)
 
 
-def _start_all(r: redis.Redis, queue: Queue, starts: Sequence[tuple[_Env, Decision, dict[str, str], Any]],
+def _start_all(r: redis.Redis, queue: Queue, starts: Sequence[tuple[Env, Decision, dict[str, str], Any]],
                clock: Clock) -> list[str | None]:
     """`_start` of each (env, decision, fields, _), STARTERS at once; the jobids in order (None: busy)."""
     if len(starts) < 2:
@@ -311,79 +172,105 @@ def _start_all(r: redis.Redis, queue: Queue, starts: Sequence[tuple[_Env, Decisi
         return list(pool.map(lambda s: _start(r, queue, s[0], s[1], s[2], clock), starts))
 
 
-def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+@dataclass
+class _Service:
+    """One service in the pass: its envs as read (without VMs until attached), their failover pairs, the envids
+    decided so far, and whether something failed (the rest of the service waits for the next minute)."""
+
+    name: str
+    envs: list[Env]
+    count: int
+    pairs: _Pairs
+    done: set[str] = field(default_factory=set)
+    failed: bool = False
 
 
-def read_service(r: redis.Redis, service: str, batch: int = BATCH) -> tuple[list[_Env], int]:
-    """What the policy pass reads of a service that the VM refresh does not change: its configuration, each
-    env's fields, op guard and the jobs its decision depends on (batches of `batch`, a few round trips each).
-    Returns (the envs to evaluate, without their VMs; how many envs the service has). Read-only."""
-    cfg, uploaded = tenants.config_with_time(r, service)
-    envids = policystore.service_envids(r, service)
-    envs: list[_Env] = []
-    for chunk in _chunks(envids, batch):
-        found = [env for env in (_prepare(read, cfg, uploaded) for read in
-                                 policystore.read_heads(r, chunk, READ_FIELDS)) if env is not None]
-        _complete(r, found)
-        envs.extend(found)
-    return envs, len(envids)
+class Pass:
+    """The minute's policy pass in steps (the module says why). One `now` for the whole pass, taken when it is
+    made. Every step is safe to run twice: a decided env is not decided again, and every write checks
+    pol_minute."""
 
+    def __init__(self, r: redis.Redis, queue: Queue, clock: Clock = system_clock, grace: float = DEFAULT_GRACE,
+                 batch: int = BATCH) -> None:
+        self.r, self.queue, self.clock, self.grace, self.batch = r, queue, clock, grace, batch
+        self.now = clock()
+        self.services: dict[str, _Service] = {}
+        self.owner: dict[str, tuple[_Service, Env]] = {}
+        self.stats: Counter[str] = Counter()
+        self.fed = 0.0
 
-class Ahead:
-    """read_service of every service, made before the pass (e.g. while the VM refresh waits on OpenNebula: the
-    minute's tick gives it to refresh.refresh as `meanwhile`). A service whose read failed is read again by the
-    pass (which then logs why). Safe to call twice (the second call reads again)."""
+    def _service(self, name: str, envs: list[Env], count: int) -> _Service:
+        svc = _Service(name, envs, count, _Pairs(envs))
+        self.owner.update((env.envid, (svc, env)) for env in envs)
+        return svc
 
-    def __init__(self, r: redis.Redis, batch: int = BATCH) -> None:
-        self.r, self.batch = r, batch
-        self.services: dict[str, tuple[list[_Env], int]] = {}
-
-    def __call__(self) -> None:
-        self.services = {}
+    def read_ahead(self) -> None:
+        """policyread.read_service of every service (nothing the VM refresh writes: the tick runs it while
+        OpenNebula answers). A service whose read failed is read again by `finish` (which logs why). Read-only."""
         for service in tenants.service_names(self.r):
             try:
-                self.services[service] = read_service(self.r, service, self.batch)
-            except Exception:  # noqa: BLE001 - the pass reads this service again and logs what went wrong
+                self.services[service] = self._service(service, *read_service(self.r, service, self.batch))
+            except Exception:  # noqa: BLE001 - finish reads this service again and logs what went wrong
                 log.debug("policy pass: reading service %s ahead", service, exc_info=True)
 
+    def feed(self, handed: Mapping[str, Handed]) -> None:
+        """Decide and write at once the envs among `handed` (records as the refresh just left them) of the
+        services read ahead, but the passive ones (they follow their partner: `finish`)."""
+        started = time.perf_counter()
+        picked: dict[str, tuple[_Service, list[Env]]] = {}
+        for envid in handed:
+            svc, env = self.owner.get(envid) or (None, None)
+            if svc is None or env is None or svc.failed or envid in svc.done or (
+                    env.role is not None and env.role[0] == PASSIVE_ROLE):
+                continue
+            picked.setdefault(svc.name, (svc, []))[1].append(env)
+        for svc, envs in picked.values():
+            self._evaluate(svc, envs, handed, (False,))
+        self.fed += time.perf_counter() - started
 
-def run_service(r: redis.Redis, queue: Queue, service: str, clock: Clock = system_clock,
-                grace: float = DEFAULT_GRACE, batch: int = BATCH,
-                known: Mapping[str, Handed] | None = None,
-                read: tuple[list[_Env], int] | None = None) -> Counter[str]:
-    """Evaluate the policies of every environment of `service` for the current minute (`known`: envid -> its
-    records as the minute refresh just left them, the others are read; `read`: the service's read_service made
-    moments before, else read now). Safe to run twice."""
-    now = clock()
-    minute = int(now // 60)
-    stats: Counter[str] = Counter()
-    envs, count = read if read is not None else read_service(r, service, batch)
-    stats["envs"] += count
-    _attach(r, envs, known or {}, batch)
-    decisions = _decide_all(envs, now, minute, grace)
-    stats["evaluated"] += sum(1 for d in decisions.values() if d.evaluated)
-    for start in range(0, len(envs), batch):
-        _apply(r, queue, envs[start:start + batch], decisions, clock, stats)
-    return stats
+    def finish(self, known: Mapping[str, Handed] | None = None) -> dict[str, Any]:
+        """Evaluate every env not decided yet (records from `known`, the others read): the rest of each service
+        read ahead, the other services read now. One service's failure is logged and does not stop the others.
+        Returns counts for logs and tests (`seconds`: this step, `fed_seconds`: the feeds)."""
+        started = time.perf_counter()
+        for service in tenants.service_names(self.r):
+            svc = self.services.pop(service, None)       # each read used once
+            if svc is None:
+                try:
+                    svc = self._service(service, *read_service(self.r, service, self.batch))
+                except Exception:  # noqa: BLE001 - one service's bad data must not stop every other one's policies
+                    log.exception("policy pass: service %s", service)
+                    self.stats["errors"] += 1
+                    continue
+            if not svc.failed:
+                self.stats["envs"] += svc.count
+                self._evaluate(svc, [env for env in svc.envs if env.envid not in svc.done], known or {}, (False, True))
+        out: dict[str, Any] = dict(self.stats)
+        out["seconds"] = round(time.perf_counter() - started, 3)
+        out["fed_seconds"] = round(self.fed, 3)
+        return out
+
+    def _evaluate(self, svc: _Service, envs: list[Env], known: Mapping[str, Handed],
+                  passives: tuple[bool, ...]) -> None:
+        """Attach the envs' VMs, decide them (non-passive, then passive, as `passives` says) and write them in
+        batches. A failure is logged and marks the service failed for the minute."""
+        try:
+            attach(self.r, envs, known, self.batch)
+            decisions: dict[str, Decision] = {}
+            for passive in passives:
+                decisions.update(_decide(envs, svc.pairs, self.now, int(self.now // 60), self.grace, passive))
+            svc.done.update(decisions)
+            self.stats["evaluated"] += sum(1 for d in decisions.values() if d.evaluated)
+            for start in range(0, len(envs), self.batch):
+                _apply(self.r, self.queue, envs[start:start + self.batch], decisions, self.clock, self.stats)
+        except Exception:  # noqa: BLE001 - one service's bad data must not stop every other one's policies
+            log.exception("policy pass: service %s", svc.name)
+            self.stats["errors"] += 1
+            svc.failed = True
 
 
 def run(r: redis.Redis, queue: Queue, clock: Clock = system_clock, grace: float = DEFAULT_GRACE,
-        batch: int = BATCH, known: Mapping[str, Handed] | None = None,
-        ahead: Ahead | None = None) -> dict[str, Any]:
-    """The policy pass over every service (one service's failure is logged and does not stop the others;
-    `known`: see run_service; `ahead`: the services' reads made moments before, used once). Returns counts for
-    logs and tests. Safe to run twice in a minute: the second acts on nothing."""
-    started = time.perf_counter()
-    stats: Counter[str] = Counter()
-    done = ahead.services if ahead is not None else {}
-    for service in tenants.service_names(r):
-        try:
-            stats.update(run_service(r, queue, service, clock, grace, batch, known, done.pop(service, None)))
-        except Exception:  # noqa: BLE001 - one service's bad data must not stop every other service's policies
-            log.exception("policy pass: service %s", service)
-            stats["errors"] += 1
-    out: dict[str, Any] = dict(stats)
-    out["seconds"] = round(time.perf_counter() - started, 3)
-    return out
+        batch: int = BATCH, known: Mapping[str, Handed] | None = None) -> dict[str, Any]:
+    """The policy pass over every service in one go (`known`: envid -> its records as the minute refresh just
+    left them; the others are read). Returns counts. Safe to run twice in a minute: the second acts on nothing."""
+    return Pass(r, queue, clock, grace, batch).finish(known)

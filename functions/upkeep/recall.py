@@ -40,7 +40,7 @@ class Memory:
     stored: dict[str, list[observed.Seen]] = field(default_factory=dict)   # envid -> records as the refresh left them
     vmids: dict[str, tuple[int, ...]] = field(default_factory=dict)        # envid -> its records' VM ids, as read
     judged: dict[str, Marks] = field(default_factory=dict)   # envid -> its records' VMs when last judged
-    obs: dict[str, tuple[VmObs | None, ...]] = field(default_factory=dict)  # envid -> policies.vm_obs of each record
+    obs: dict[str, tuple[VmObs | None, ...]] = field(default_factory=dict)  # envid -> policyread.vm_obs of each record
 
 
 _MEMORIES: dict[str, Memory] = {}

@@ -22,8 +22,8 @@ from); a record still without one is checked again (within the same budget) unti
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -38,7 +38,7 @@ from functions.model.clock import Clock, system_clock
 from functions.policy import VmObs
 from functions.store import envstore, observed, policystore, tenants
 from functions.upkeep import recall
-from functions.upkeep.policies import Handed, vm_obs
+from functions.upkeep.policyread import Handed, vm_obs
 
 log = logging.getLogger("carina.refresh")
 
@@ -249,14 +249,16 @@ def _int(text: str) -> int | None:
     return int(text) if text.lstrip("-").isdigit() else None
 
 
-def _handover(mem: recall.Memory, unsure: set[str]) -> dict[str, Handed]:
+def _handover(mem: recall.Memory, obs: dict[str, tuple[VmObs | None, ...]], envids: Iterable[str],
+              skip: set[str]) -> dict[str, Handed]:
     """envid -> its decoded records as this minute's writes left them, with what the policies see of them when
-    the refresh made it (else the pass does), for every env observed, not held and whose writes all landed (the
-    others the policy pass reads again)."""
+    the refresh made it (else the pass does), for each of `envids` observed, not held and not in `skip` (envs
+    whose writes did not all land, or already handed over: the policy pass reads the first again)."""
     out = {}
-    for envid, rows in mem.stored.items():
-        if envid not in unsure:
-            seen_as = mem.obs.get(envid)
+    for envid in envids:
+        rows = mem.stored.get(envid)
+        if rows is not None and envid not in skip:
+            seen_as = obs.get(envid)
             out[envid] = Handed([seen.doc for seen in rows if seen.doc is not None],
                                 None if seen_as is None else tuple(filter(None, seen_as)))
     return out
@@ -284,32 +286,44 @@ def refresh_vms(r: redis.Redis, clock: Clock = system_clock,
 
 
 def refresh(r: redis.Redis, clock: Clock = system_clock, one_factory: Callable[[str, str], OneClient] = OneClient,
-            meanwhile: Callable[[], None] | None = None) -> tuple[dict[str, Any], dict[str, Handed]]:
+            meanwhile: Callable[[], None] | None = None,
+            each: Callable[[dict[str, Handed]], None] | None = None) -> tuple[dict[str, Any], dict[str, Handed]]:
     """`refresh_vms`, and the records as they are after its writes (`_handover`: the policy pass that follows in
     the same tick need not read them again). What the last minutes read is remembered
     (functions.upkeep.recall): only the records written since are read again. Each group's records are read,
     then OpenNebula is asked about them in a thread (OBSERVERS at once) while the next group's records are read:
     it renders its answer while this process reads Redis; `meanwhile` (e.g. the policy pass's own reads) runs
-    once every group is asked, before the first answer is used. Safe to run twice."""
+    once every group is asked, before the first answer is used. Answers are used as they come; `each` is given
+    each group's records once they are written (the policy pass decides those envs while the other groups are
+    still asked), and the records it was given are not handed over again at the end. Safe to run twice."""
     stats = {"endpoints": 0, "changed": 0, "cpu": 0, "busy": 0, "errors": 0, "calls": 0, "unchecked": 0,
              "reread": 0}
     mem, changed, gen = recall.recall(r, int(clock() // 60))
     groups = _groups(r, mem)
     run = _Run(r, mem, set(), set(), {}, {}, stats)
+    given: set[str] = set()
     with ThreadPoolExecutor(max_workers=OBSERVERS, thread_name_prefix="observe") as pool:
         asked = {}
         for key, group in groups.items():
             stats["busy"] += _read(r, group, mem, changed, run.fresh)
             if group.vmids:
-                asked[key] = pool.submit(_observe, one_factory, key, group.vmids, clock)
+                asked[pool.submit(_observe, one_factory, key, group.vmids, clock)] = key
         if meanwhile is not None:
             meanwhile()
-        for key, future in asked.items():
-            run.apply(key, groups[key], future.result())
+        for future in as_completed(asked):
+            group = groups[asked[future]]
+            run.apply(asked[future], group, future.result())
+            if each is not None:
+                envids = [env.envid for env in group.envs]
+                try:
+                    each(_handover(mem, run.obs, envids, run.unsure))
+                    given.update(envids)
+                except Exception:  # noqa: BLE001 - the refresh goes on; these records are handed over at the end
+                    log.exception("refresh: handing over the records of %s", asked[future][0])
     stats["reread"] = len(run.fresh)
     mem.judged, mem.obs = run.judged, run.obs
     recall.settle(mem, gen, {env.envid for group in groups.values() for env in group.envs}, run.unsure)
-    return stats, _handover(mem, run.unsure)
+    return stats, _handover(mem, mem.obs, list(mem.stored), run.unsure | given)
 
 
 @dataclass

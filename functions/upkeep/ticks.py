@@ -64,13 +64,14 @@ def gc_paused() -> Iterator[None]:
 def observe_and_decide(r: redis.Redis, queue: Queue, clock: Clock = system_clock,
                        one_factory: Callable[[str, str], OneClient] = OneClient,
                        grace: float = DEFAULT_GRACE) -> dict[str, Any]:
-    """The minute's VM refresh, then the policy pass on the records it hands over, with the cyclic GC paused;
-    the pass's reads the refresh does not change (policies.Ahead) are made while OpenNebula answers. Returns the
-    refresh's counts with the policy pass's under "policies". Safe to run twice in a minute."""
-    ahead = policies.Ahead(r)
+    """The minute's VM refresh and the policy pass (policies.Pass) woven into it, with the cyclic GC paused: the
+    pass reads what the refresh does not change while OpenNebula answers, decides each endpoint's envs as soon as
+    their records are written, and the rest after. Returns the refresh's counts with the policy pass's under
+    "policies". Safe to run twice in a minute."""
+    step = policies.Pass(r, queue, clock, grace)
     with gc_paused():
-        stats, records = refresh.refresh(r, clock, one_factory, meanwhile=ahead)
-        stats["policies"] = policies.run(r, queue, clock, grace, known=records, ahead=ahead)
+        stats, records = refresh.refresh(r, clock, one_factory, meanwhile=step.read_ahead, each=step.feed)
+        stats["policies"] = step.finish(records)
         del records
     return stats
 

@@ -12,7 +12,7 @@ from functions.store import envstore, keys, policystore
 from functions.store.envstore import VmRecord
 from functions.store.policystore import StateWrite
 from functions.store.runtime import JsonQueue
-from functions.upkeep.policies import READ_FIELDS
+from functions.upkeep.policyread import READ_FIELDS
 from tests.harness import twin
 
 SPEC = {"endpoint": "sim", "num_slaves": 1}

@@ -14,7 +14,7 @@ import redis
 
 from functions.cloud.one import OneClient
 from functions.store import envstore, keys
-from functions.upkeep import policies, recall
+from functions.upkeep import policyread, recall
 from functions.upkeep import refresh as refresh_mod
 from tests.integration.engine_fixtures import Rig, create_ready, open_rig
 
@@ -25,18 +25,18 @@ def rig(rdb: redis.Redis) -> Iterator[Rig]:
     yield from open_rig(rdb)
 
 
-def minute(rig: Rig) -> tuple[dict[str, Any], dict[str, policies.Handed]]:
+def minute(rig: Rig) -> tuple[dict[str, Any], dict[str, policyread.Handed]]:
     """One minute's refresh (the clock moved on a minute first)."""
     rig.clock.advance(60)
     return refresh_mod.refresh(rig.r, rig.clock, lambda url, auth: OneClient(url, auth))
 
 
-def by_slot(known: dict[str, policies.Handed], envid: str) -> dict[str, dict[str, Any]]:
+def by_slot(known: dict[str, policyread.Handed], envid: str) -> dict[str, dict[str, Any]]:
     """The env's handed-over records by slot; what the refresh made of them for the policies (remembered from
     minute to minute) is checked to be what the policy pass would make of them itself."""
     records, vms = known[envid]
     if vms is not None:
-        assert sorted(vms, key=lambda o: o.slot) == sorted(filter(None, map(policies.vm_obs, records)),
+        assert sorted(vms, key=lambda o: o.slot) == sorted(filter(None, map(policyread.vm_obs, records)),
                                                            key=lambda o: o.slot)
     return {str(rec["slot"]): rec for rec in records}
 

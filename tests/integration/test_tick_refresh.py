@@ -208,7 +208,7 @@ def test_a_new_cpu_figure_goes_to_env_cpu_and_leaves_the_records_as_they_are(rig
 
 def test_the_records_handed_to_the_policy_pass_are_those_a_read_after_the_refresh_gives(rig: Rig) -> None:
     from functions.store import policystore
-    from functions.upkeep import policies
+    from functions.upkeep import policyread
 
     envid, _ = create_ready(rig, master_setup_time=0, num_slaves=3)
     vms = rig.vms(envid)
@@ -219,10 +219,10 @@ def test_the_records_handed_to_the_policy_pass_are_those_a_read_after_the_refres
     handed: list[Any] = []
     for _ in range(2):                                     # the first minute checks tags, the second is steady
         stats, known = refresh_mod.refresh(rig.r, rig.clock, lambda url, auth: OneClient(url, auth))
-        (read,) = policystore.read_envs(rig.r, [envid], policies.READ_FIELDS)
+        (read,) = policystore.read_envs(rig.r, [envid], policyread.READ_FIELDS)
 
         def obs(records: list[dict[str, Any]]) -> list[Any]:
-            return sorted((policies.vm_obs(rec) for rec in records), key=lambda o: o.slot if o else "")
+            return sorted((policyread.vm_obs(rec) for rec in records), key=lambda o: o.slot if o else "")
         assert obs(known[envid].records) == obs(read.vms)
         assert {o.slot: o.cls for o in obs(known[envid].records) if o} == {"m": "running", "s0": "unknown",
                                                                            "s1": "missing", "s2": "failed"}
@@ -316,9 +316,10 @@ def test_a_big_answer_is_read_by_a_helper_process_with_the_same_rows(rig: Rig, m
 
 def test_the_policy_pass_reads_ahead_while_opennebula_answers_and_a_change_meanwhile_is_not_overwritten(
         rig: Rig) -> None:
-    """The tick gives the refresh the policy pass's own reads (policies.Ahead) as `meanwhile`: they run once every
-    endpoint is asked and before an answer is used (here the answer waits for them). The pass then decides from
-    them; an env whose policy state changed since (a create ending, another pass) is not overwritten."""
+    """The tick gives the refresh the policy pass's own reads (policies.Pass.read_ahead) as `meanwhile`: they run
+    once every endpoint is asked and before an answer is used (here the answer waits for them). The pass then
+    decides from them; an env whose policy state changed since (a create ending, another pass) is not
+    overwritten."""
     import threading
 
     from functions.upkeep import policies
@@ -326,7 +327,7 @@ def test_the_policy_pass_reads_ahead_while_opennebula_answers_and_a_change_meanw
     a, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
     b, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
     read_ahead = threading.Event()
-    ahead = policies.Ahead(rig.r)
+    step = policies.Pass(rig.r, rig.queue, rig.clock)
 
     class Waiting(OneClient):
         def observe_rows(self, vmids: Any) -> Any:
@@ -334,15 +335,16 @@ def test_the_policy_pass_reads_ahead_while_opennebula_answers_and_a_change_meanw
             return super().observe_rows(vmids)
 
     def meanwhile() -> None:
-        ahead()
+        step.read_ahead()
         read_ahead.set()
     stats, known = refresh_mod.refresh(rig.r, rig.clock, lambda url, auth: Waiting(url, auth), meanwhile=meanwhile)
     assert stats["endpoints"] == 1 and {a, b} <= set(known)
-    (envs, count), = ahead.services.values()
-    assert count == 2 and sorted(env.envid for env in envs) == sorted([a, b]) and not any(env.vms for env in envs)
+    (svc,) = step.services.values()
+    assert svc.count == 2 and sorted(env.envid for env in svc.envs) == sorted([a, b])
+    assert not any(env.vms for env in svc.envs)
     rig.r.hset(keys.env(b), "pol_minute", "12345")                       # changed after the pass read it
-    out = policies.run(rig.r, rig.queue, rig.clock, known=known, ahead=ahead)
+    out = step.finish(known)
     assert (out["envs"], out["evaluated"], out["written"], out["changed_meanwhile"]) == (2, 2, 1, 1)
     assert rig.r.hget(keys.env(b), "pol_minute") == "12345"
     assert rig.r.hget(keys.env(a), "pol_minute") == str(int(rig.clock() // 60))
-    assert not ahead.services                                             # used once
+    assert not step.services                                              # each read used once

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from functions.policy import PolicyState, VmObs, classify, classify_short
 from functions.policy.vmclass import CLASSES, FAILED, MISSING, OTHER, RUNNING, STARTING, UNKNOWN
 from functions.store.policystore import EnvRead
-from functions.upkeep import policies
+from functions.upkeep import policies, policyread
 from tests.unit.policy_helpers import T0, avail_policy
 
 BASE = {"slot": "s2", "role": "slave", "vmid": 12, "state": "announced", "one_state": "runn", "vm_state": 3,
@@ -19,7 +19,7 @@ BASE = {"slot": "s2", "role": "slave", "vmid": 12, "state": "announced", "one_st
 
 
 def _obs(**over: Any) -> Any:
-    return policies.vm_obs({**BASE, **over})
+    return policyread.vm_obs({**BASE, **over})
 
 
 def test_vm_obs_reads_the_numbers_first_then_the_short_code() -> None:
@@ -46,7 +46,7 @@ def test_a_vm_that_reported_its_init_failed_counts_as_failed() -> None:
 @given(st.dictionaries(st.sampled_from(sorted(BASE)), st.none() | st.integers(-5, 80) | st.floats() | st.text(
     max_size=8)))
 def test_vm_obs_never_raises_on_garbage(over: dict[str, Any]) -> None:
-    vm = policies.vm_obs({**BASE, **over})
+    vm = policyread.vm_obs({**BASE, **over})
     assert vm is None or vm.cls in CLASSES
 
 
@@ -67,8 +67,8 @@ def _reference(rec: dict[str, Any]) -> VmObs | None:
     if cls != MISSING and str(rec.get("init") or "").startswith("fail:"):
         cls = FAILED
     cpu, created, slot, role = rec.get("cpu"), rec.get("created"), rec.get("slot") or "", rec.get("role") or ""
-    cpu = cpu if type(cpu) in (int, float) else policies._number(cpu, -1.0)
-    created = created if type(created) in (int, float) else policies._number(created, 0.0)
+    cpu = cpu if type(cpu) in (int, float) else policyread.number(cpu, -1.0)
+    created = created if type(created) in (int, float) else policyread.number(created, 0.0)
     return VmObs(str(slot), str(role), cls, cpu if cpu >= 0 else None, created, rec.get("origin") == "policy")
 
 
@@ -81,8 +81,8 @@ _ANY = (st.none() | st.booleans() | st.integers(-3, 80) | st.floats() | st.text(
 def test_vm_obs_with_its_cached_class_equals_the_plain_classification(overs: list[dict[str, Any]]) -> None:
     for over in overs:                       # several records per example: the cache is filled in between
         rec = {**BASE, **over}
-        assert policies.vm_obs(rec) == _reference(rec)
-        assert policies.vm_obs(rec) == _reference(rec)   # a cached class is the same again
+        assert policyread.vm_obs(rec) == _reference(rec)
+        assert policyread.vm_obs(rec) == _reference(rec)   # a cached class is the same again
 
 
 @given(st.dictionaries(st.sampled_from([*sorted(BASE), "init"]), _ANY),
@@ -90,14 +90,14 @@ def test_vm_obs_with_its_cached_class_equals_the_plain_classification(overs: lis
 def test_a_new_cpu_on_an_observation_equals_observing_the_record_with_it(over: dict[str, Any],
                                                                         cpu: float) -> None:
     rec = {**BASE, **over}                   # the refresh's fast path: a record unchanged but for its CPU
-    before = policies.vm_obs(rec)
+    before = policyread.vm_obs(rec)
     if before is not None:
-        assert before.with_cpu(cpu) == policies.vm_obs({**rec, "cpu": cpu})
+        assert before.with_cpu(cpu) == policyread.vm_obs({**rec, "cpu": cpu})
 
 
 def _env(envid: str, status: str, availability: dict[str, Any], cls: str = RUNNING) -> Any:
     fields = {"service": "svc", "name": "x", "policy_status": status, "pol_minute": "1"}
-    env = policies._Env(EnvRead(envid, fields, [], None), PolicyState.from_fields(fields), None, availability,
+    env = policyread.Env(EnvRead(envid, fields, [], None), PolicyState.from_fields(fields), None, availability,
                         "current")
     env.vms = (_obs(slot="m", role="master", vm_state=3, lcm_state=16 if cls == UNKNOWN else 3, created=0.0),)
     return env
