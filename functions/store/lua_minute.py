@@ -98,7 +98,7 @@ return out
 # The state of many jobs at once (the policy pass asks for each env's guard holder and last job): one flat
 # answer parses far faster than thousands of pipelined HMGET replies.
 LUA["job_states"] = """
--- KEYS job hashes; ARGV none. Returns per job its status then its end (false when absent), flat.
+-- KEYS[1], KEYS[2], ... job hashes; ARGV none. Returns per job its status then its end (false when absent), flat.
 local out = {}
 for i = 1, #KEYS do
   local found = redis.call('HMGET', KEYS[i], 'status', 'end')
