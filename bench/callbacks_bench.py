@@ -95,7 +95,7 @@ from bench.stack_bench import BenchStack  # noqa: E402
 from functions.model import tokens  # noqa: E402
 from functions.model.clock import system_clock  # noqa: E402
 from functions.ops import cbinbox  # noqa: E402
-from functions.store import envstore, keys, runtime  # noqa: E402
+from functions.store import envstore, guards, keys, runtime  # noqa: E402
 from functions.store.envstore import VmRecord  # noqa: E402
 from tests.harness import RedisServer, free_port  # noqa: E402
 
@@ -126,7 +126,7 @@ def populate(r: redis.Redis, vms: int) -> list[list[str]]:
     for start in range(0, vms, PER_ENV):
         envid, jobid = envstore.create_env(r, SERVICE, "cb", {"endpoint": "onesim"}, "CREATE", system_clock)
         envstore.finish_job(r, jobid, "DONE", system_clock)
-        envstore.release_op(r, envid, jobid)
+        guards.release_op(r, envid, jobid)
         envstore.clear_inflight(r, envid)
         envstore.update_env(r, envid, policy_status="ACTIVE", phase="done")
         for i in range(min(PER_ENV, vms - start)):

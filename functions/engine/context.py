@@ -25,7 +25,7 @@ from functions.cloud import sshexec
 from functions.cloud.one import OneClient, OneError
 from functions.model import specview
 from functions.model.clock import Clock, system_clock
-from functions.store import envstore, keys, scripts, tenants
+from functions.store import envstore, guards, keys, scripts, tenants
 from functions.store.envstore import VmRecord
 
 log = logging.getLogger("carina.engine")
@@ -33,7 +33,7 @@ log = logging.getLogger("carina.engine")
 POLL = 1.0                  # seconds: a delayed re-drive. A step waiting on OpenNebula returns a Watch instead
                             # (vmops.watch / vmops.wait_new), so waiting costs no job per environment
 FINAL = ("DONE", "FAIL", "ABORT")
-LOCK_TTL = envstore.LOCK_TTL  # the env lock's TTL, renewed while a step runs (functions.store.envstore.env_lock)
+LOCK_TTL = guards.LOCK_TTL  # the env lock's TTL, renewed while a step runs (functions.store.guards.env_lock)
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ def work_pending(r: redis.Redis, env: Env) -> bool:
         return False
     job = envstore.get_job(r, env.jobid)
     if job is None:
-        return envstore.current_op(r, env.envid) == env.jobid
+        return guards.current_op(r, env.envid) == env.jobid
     return job.get("status") not in FINAL
 
 
@@ -201,7 +201,7 @@ def _end(ctx: Ctx, env: Env, job_status: str, info: str, **fields: Any) -> None:
     envstore.finish_job(ctx.r, env.jobid, job_status, ctx.clock, info,
                         fence=(env.envid, ctx.fence) if ctx.fence else None)
     envstore.update_env(ctx.r, env.envid, info=info, retries=0, **fields)
-    envstore.release_op(ctx.r, env.envid, env.jobid)
+    guards.release_op(ctx.r, env.envid, env.jobid)
     scripts.run(ctx.r, "clear_inflight", [keys.env(env.envid), keys.inflight()], [env.envid, env.jobid])
     ctx.r.zrem(keys.kick_schedule(), env.envid)      # its delayed kick (a deadline) has nothing left to do
     for hook in ctx.on_end:

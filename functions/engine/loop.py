@@ -22,7 +22,7 @@ from functions.engine import kick as lifecycle
 from functions.engine import steps, vmops
 from functions.engine.context import Ctx, Env, Step, Watch, deadline_passed, fail, load, work_pending
 from functions.model import specview
-from functions.store import envstore, keys, scripts, watching
+from functions.store import envstore, guards, keys, scripts, watching
 
 log = logging.getLogger("carina.engine")
 
@@ -45,7 +45,7 @@ def dispatch(ctx: Ctx, env: Env) -> Step:
         if env.op == "REMOVE" and (envstore.get_job(ctx.r, env.jobid) or {}).get("status") == "DONE":
             envstore.delete_env(ctx.r, env.envid, ctx.clock)     # killed between its DONE and the deletion
             return None
-        envstore.release_op(ctx.r, env.envid, env.jobid)
+        guards.release_op(ctx.r, env.envid, env.jobid)
         scripts.run(ctx.r, "clear_inflight", [keys.env(env.envid), keys.inflight()], [env.envid, env.jobid])
         return None
     if env.data.get("op_job") != env.jobid:
@@ -130,8 +130,8 @@ def run_steps(ctx: Ctx, envid: str) -> tuple[float | None, str]:
 
 
 def held_lock(r: redis.Redis, envid: str) -> AbstractContextManager[str]:
-    """The environment lock: envstore.env_lock (owner token, short TTL renewed while held)."""
-    return envstore.env_lock(r, envid)
+    """The environment lock: guards.env_lock (owner token, short TTL renewed while held)."""
+    return guards.env_lock(r, envid)
 
 
 def step(ctx: Ctx, envid: str) -> str:
@@ -139,20 +139,20 @@ def step(ctx: Ctx, envid: str) -> str:
 
     Takes the env lock; every VM record and job end it writes is fenced by that lock, so a drive paused past
     the lock's TTL stops ("lost") instead of writing over the new holder. A drive that finds the lock taken
-    asks the holder to rerun (envstore.want_rerun: a drive holding it kicks a new drive at once when it is done,
+    asks the holder to rerun (guards.want_rerun: a drive holding it kicks a new drive at once when it is done,
     so what made this drive run is never missed for long), tries once more (the holder may have just let go),
     and leaves a delayed kick in case the holder does not rerun (a callback holds it briefly). Unexpected errors
     are recorded as events and retried with backoff, never lost. Safe to run any number of times, concurrently.
     """
     result = _step_locked(ctx, envid)
     if result is None:
-        envstore.want_rerun(ctx.r, envid)
+        guards.want_rerun(ctx.r, envid)
         result = _step_locked(ctx, envid)
     if result is None:
         lifecycle.kick(ctx.queue, envid, BUSY_RETRY)
         return "busy"
     nxt, outcome = result
-    if envstore.take_rerun(ctx.r, envid):     # a drive came while this one held the lock: run again now
+    if guards.take_rerun(ctx.r, envid):     # a drive came while this one held the lock: run again now
         nxt = 0.0
     if nxt is not None:
         lifecycle.kick(ctx.queue, envid, nxt)

@@ -33,7 +33,7 @@ from functions.model.cbfold import Entry, find_record, fold_one, report_text
 from functions.model.clock import Clock
 from functions.ops import cbinbox, cbroster
 from functions.ops.cbroster import lookup
-from functions.store import envstore, keys, runtime, scripts
+from functions.store import envstore, guards, keys, runtime, scripts
 from functions.store.envstore import VmRecord
 
 log = logging.getLogger("carina.callbacks")
@@ -279,7 +279,7 @@ def apply(r: redis.Redis, queue: Queue, envid: str, vmid: int, kind: str, fields
     """
     if kind not in KINDS:
         raise ValueError(f"kind: must be one of {', '.join(KINDS)}")
-    with envstore.env_lock(r, envid) as fence:
+    with guards.env_lock(r, envid) as fence:
         if not fence:
             enqueue_apply(queue, envid, vmid, kind, fields, slot or "", attempt + 1)
             return "retry"

@@ -29,7 +29,7 @@ from rq import Queue
 from functions.engine.kick import kick
 from functions.model.cbfold import Entry, Folded, fold_batch, gather_wait
 from functions.model.clock import Clock
-from functions.store import envstore, keys, runtime, scripts
+from functions.store import envstore, guards, keys, runtime, scripts
 
 log = logging.getLogger("carina.callbacks")
 
@@ -171,7 +171,7 @@ def drain(r: redis.Redis, queue: Queue, envid: str, clock: Clock) -> str:
     Raises envstore.LockLost when the lock was lost midway (nothing of that batch written; the lease brings the
     drain back). Safe to run twice and concurrently (one holds the lock; the other retries)."""
     _gather(r, envid, clock)
-    with envstore.env_lock(r, envid) as fence:
+    with guards.env_lock(r, envid) as fence:
         if not fence:
             _retry_later(r, envid, time.time())
             return "retry"

@@ -31,7 +31,7 @@ from functions.gs.config import pools_of, services_of
 from functions.gs.model import ALLOCATED, PEND, Request
 from functions.model import specview
 from functions.model.clock import Clock
-from functions.store import envstore, gsstore, opstart, runtime, tenants
+from functions.store import envstore, gsstore, guards, opstart, runtime, tenants
 from functions.store.envstore import VmRecord
 from functions.store.gsstore import Stored
 
@@ -260,9 +260,9 @@ def _orphans(r: redis.Redis, now: float) -> int:
         for stored in reqs:
             if stored.req.id not in slots:
                 ended += bool(gsstore.end(r, stored, now, "no VM slot is bound to this request"))
-        if envstore.current_op(r, envid) is None:
-            with envstore.env_lock(r, envid) as got:
-                if got and envstore.current_op(r, envid) is None:
+        if guards.current_op(r, envid) is None:
+            with guards.env_lock(r, envid) as got:
+                if got and guards.current_op(r, envid) is None:
                     ended += settle_env(r, envid, envstore.get_vms(r, envid), now, "no operation running")
     return ended
 

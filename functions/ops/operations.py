@@ -2,7 +2,7 @@
 
 Each request_* function records the request (job, env fields op/job/phase, in-flight mark, an event)
 and kicks `functions.tasks.drive` for the environment; the lifecycle owns `phase` and every step
-after that. The operation guard (envstore.claim_op / take_over_op) makes a second scale a 409 across
+after that. The operation guard (guards.claim_op / take_over_op) makes a second scale a 409 across
 gateways, workers and restarts; a remove pre-empts whatever runs.
 """
 
@@ -20,7 +20,7 @@ from functions.errors import Busy, Conflict, Invalid, NotFound
 from functions.model.clock import Clock
 from functions.model.spec import build_spec
 from functions.ops import groups
-from functions.store import envstore, gsstore, opstart, policystore, tenants
+from functions.store import envstore, gsstore, guards, opstart, policystore, tenants
 
 SCALE_TYPES = {"up": "SCALEUP", "down": "SCALEDOWN"}
 POLICY_TYPES = ("SCALEUP", "SCALEDOWN", "RECREATE")
@@ -63,7 +63,7 @@ def request_scale(r: redis.Redis, queue: Queue, service: str, envid: str, direct
     env = envstore.get_env(r, envid, service)
     if env is None:
         raise NotFound(f"envid: no environment {envid}", "envid")
-    holder = envstore.current_op(r, envid)
+    holder = guards.current_op(r, envid)
     holding = (envstore.get_job(r, holder) or {}).get("status") not in (None, *FINAL) if holder else False
     if not holding and env.get("policy_status") == "INIT":      # an ended holder (a killed worker's) is none
         raise Conflict(f"envid: environment {envid} is not ready (its create did not complete: "
@@ -108,7 +108,7 @@ def request_policy(r: redis.Redis, queue: Queue, env: Mapping[str, str], kind: s
 
 def _remove_one(r: redis.Redis, queue: Queue, service: str, env: dict[str, Any], clock: Clock) -> str:
     envid = env["envid"]
-    holder = envstore.current_op(r, envid)
+    holder = guards.current_op(r, envid)
     running = envstore.get_job(r, holder) if holder else None
     if running and running.get("type") == "REMOVE" and running.get("status") not in FINAL:
         return str(holder)                               # already being removed: same job

@@ -19,7 +19,7 @@ import orjson
 import redis
 
 from functions.model.clock import Clock
-from functions.store import envstore, keys, observed, scripts
+from functions.store import envstore, guards, keys, observed, scripts
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ def start_job(r: redis.Redis, env: Mapping[str, str], jobid: str, job_type: str,
     envid, service = str(env["envid"]), str(env["service"])
     job = envstore.job_fields(service, jobid, envid, str(env["name"]), job_type, clock(), origin="policy")
     job.update(job_extra)
-    holder = envstore.current_op(r, envid) or ""
+    holder = guards.current_op(r, envid) or ""
     args: list[str] = [expect[0], expect[1], jobid, envid, holder, str(len(fields))]
     for name, value in fields.items():
         args += [name, str(value)]

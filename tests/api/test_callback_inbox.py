@@ -17,7 +17,7 @@ from rq.serializers import JSONSerializer
 from functions.model.cbfold import Entry, fold_batch
 from functions.model.clock import FakeClock
 from functions.ops import callbacks, cbinbox
-from functions.store import envstore, keys, runtime
+from functions.store import envstore, guards, keys, runtime
 from functions.store.envstore import VmRecord
 from functions.store.runtime import JsonJob
 from tests.api.test_callbacks import _queue, _queued, _run_queue, make_world
@@ -180,7 +180,7 @@ def test_a_gateway_dying_before_it_queued_the_drain_loses_nothing(world):
 def test_a_busy_env_lock_retries_the_drain_soon_without_a_job_per_callback(world):
     e = world.envid
     _status(world, 8, "B1")
-    with envstore.env_lock(world.r, e) as held:
+    with guards.env_lock(world.r, e) as held:
         assert held
         _status(world, 8, "B2")
         assert cbinbox.drain(world.r, _queue(world.r), e, world.clock) == "retry"

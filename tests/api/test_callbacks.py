@@ -16,7 +16,7 @@ from rq.serializers import JSONSerializer
 from config.settings import Settings
 from functions.model import tokens
 from functions.ops import callbacks, cbinbox
-from functions.store import envstore, keys, runtime, tenants
+from functions.store import envstore, guards, keys, runtime, tenants
 from functions.store.envstore import VmRecord
 from functions.store.runtime import JsonQueue
 from gateway import create_app
@@ -148,7 +148,7 @@ def test_master_init_fail_keeps_the_reason(world):
 def test_busy_env_lock_requeues_the_callback(world):
     e = world.envid
     q = _queue(world.r)
-    with envstore.env_lock(world.r, e) as got:
+    with guards.env_lock(world.r, e) as got:
         assert got
         assert callbacks.apply(world.r, q, e, 8, "status", {"status": "X"}, world.clock, "s0") == "retry"
     assert envstore.get_env(world.r, e)["status"] == "INIT"

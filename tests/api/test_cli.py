@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from functions.model.clock import system_clock
-from functions.store import envstore, tenants
+from functions.store import envstore, guards, tenants
 from tests.api.test_configs import EXAMPLES, SECRET, SMALL
 from tests.harness import RedisServer, free_port, project_env, wait_port
 
@@ -220,7 +220,7 @@ def _service_with_env(rdb) -> tuple[str, str, str]:
 def _end_job(rdb, envid: str, jobid: str, status: str, info: str) -> None:
     """What the engine does when an operation ends: the job's final status, then its closing event."""
     envstore.finish_job(rdb, jobid, status, system_clock, info)
-    envstore.release_op(rdb, envid, jobid)
+    guards.release_op(rdb, envid, jobid)
     envstore.update_env(rdb, envid, policy_status="ACTIVE")
     envstore.add_event(rdb, envid, "a", "step" if status == "DONE" else "error",
                        f"job {jobid} {status}: {info}", system_clock, job=jobid)

@@ -12,7 +12,7 @@ import redis
 from config.settings import Settings
 from functions import errors
 from functions.ops import operations
-from functions.store import envstore, keys, tenants
+from functions.store import envstore, guards, keys, tenants
 from functions.store.envstore import VmRecord
 from functions.store.runtime import JsonQueue
 from gateway import create_app
@@ -80,9 +80,9 @@ def _create(api, token: str, name: str = "tomcat") -> tuple[str, str]:
 
 def _finish(api, envid: str) -> None:
     """What the lifecycle does at the end of an op: job DONE, guard released, env ready."""
-    jobid = envstore.current_op(api.r, envid)
+    jobid = guards.current_op(api.r, envid)
     envstore.finish_job(api.r, jobid, "DONE", api.clock)
-    envstore.release_op(api.r, envid, jobid)
+    guards.release_op(api.r, envid, jobid)
     envstore.update_env(api.r, envid, policy_status="ACTIVE", status="MASTER_INIT_DONE")
 
 
@@ -98,7 +98,7 @@ def test_create_records_env_job_event_and_kicks_the_lifecycle(api):
     assert spec["num_slaves"] == 2 and spec["drain_time"] == 0 and spec["name"] == "tomcat"
     assert "s3cret-pw" not in api.r.hget(keys.env(envid), "spec")          # never the oneauth secret
     assert envstore.get_job(api.r, jobid)["type"] == "CREATE"
-    assert envid in envstore.inflight(api.r) and envstore.current_op(api.r, envid) == jobid
+    assert envid in envstore.inflight(api.r) and guards.current_op(api.r, envid) == jobid
     assert [e["type"] for e in envstore.list_events(api.r, envid)] == ["request"]
     q = _queue(api.r)
     jobs = [q.fetch_job(j) for j in q.job_ids]
@@ -216,7 +216,7 @@ def test_scale_of_a_failed_create_is_409_not_ready(api):
     token = _setup(api)
     envid, jobid = _create(api, token)
     envstore.finish_job(api.r, jobid, "FAIL", api.clock)
-    envstore.release_op(api.r, envid, jobid)
+    guards.release_op(api.r, envid, jobid)
     res = api.client.simulate_put(f"/envs/{envid}/scaledown", headers=bearer(token))
     assert res.status_code == 409 and "is not ready" in res.json["description"]
 
@@ -248,7 +248,7 @@ def test_guard_left_by_an_ended_job_does_not_block_forever(api):
     envstore.update_env(api.r, envid, policy_status="ACTIVE")
     envstore.finish_job(api.r, jobid, "DONE", api.clock)               # ended, but the guard was never released
     res = api.client.simulate_put(f"/envs/{envid}/scaleup", headers=bearer(token))
-    assert res.status_code == 202 and envstore.current_op(api.r, envid) == res.json["jobid"]
+    assert res.status_code == 202 and guards.current_op(api.r, envid) == res.json["jobid"]
 
 
 def test_concurrent_scaleups_exactly_one_wins(api):
@@ -282,7 +282,7 @@ def test_remove_preempts_a_running_scale(api):
     job = envstore.get_job(api.r, scale)
     assert job["status"] == "FAIL" and job["info"] == f"pre-empted by remove {remove}"
     env = envstore.get_env(api.r, envid)
-    assert (env["op"], env["job"]) == ("REMOVE", remove) and envstore.current_op(api.r, envid) == remove
+    assert (env["op"], env["job"]) == ("REMOVE", remove) and guards.current_op(api.r, envid) == remove
     assert envstore.get_job(api.r, remove)["type"] == "REMOVE"
     again = api.client.simulate_delete(f"/envs/{envid}", headers=bearer(token))
     assert again.status_code == 202 and again.json["jobid"] == remove          # same remove, no new job

@@ -13,7 +13,7 @@ from redis.client import Pipeline
 from config.settings import Settings
 from functions import errors
 from functions.ops import operations
-from functions.store import envstore, keys
+from functions.store import envstore, guards, keys
 from functions.upkeep import reconcile
 from tests.api.test_env_routes import _create, _finish, _queue, _setup
 
@@ -64,7 +64,7 @@ def check_invariants(r: redis.Redis, service: str) -> None:
     it); a held guard's env is in flight (recovery will drive it)."""
     for env in envstore.list_envs(r, service):
         envid = env["envid"]
-        holder = envstore.current_op(r, envid)
+        holder = guards.current_op(r, envid)
         if holder:
             job = envstore.get_job(r, holder)
             assert job is not None, f"env {envid}: guard {holder} names no job"
@@ -108,7 +108,7 @@ def test_a_scale_request_failing_at_any_write_never_blocks_the_environment(api: 
 
     def after(ctx: tuple[str, str]) -> None:
         envid = ctx[1]
-        holder = envstore.current_op(api.r, envid)
+        holder = guards.current_op(api.r, envid)
         try:                                        # the next request is served, or the recorded one runs
             operations.request_scale(api.r, _queue(api.r), "svc1", envid, "up", api.clock)
         except errors.Busy:
@@ -130,7 +130,7 @@ def test_a_remove_request_failing_at_any_write_leaves_the_environment_removable(
 
     def after(envid: str) -> None:
         (jobid,) = operations.request_remove(api.r, _queue(api.r), "svc1", envid, api.clock)
-        assert envstore.current_op(api.r, envid) == jobid and envstore.get_job(api.r, jobid)["type"] == "REMOVE"
+        assert guards.current_op(api.r, envid) == jobid and envstore.get_job(api.r, jobid)["type"] == "REMOVE"
 
     assert inject_everywhere(api.r, setup, request, after) >= 3
 

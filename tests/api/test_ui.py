@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from functions.model.clock import system_clock
-from functions.store import envstore, tenants
+from functions.store import envstore, guards, tenants
 from functions.store.envstore import VmRecord
 from tests.api.conftest import bearer
 from tests.cdp import Browser, chromium_path
@@ -84,7 +84,7 @@ def seed(r: redis.Redis) -> tuple[str, str]:
             envstore.add_event(r, envid, "oneenv1", "step", f"{rec.role} {rec.slot}: VM {rec.vmid} allocated", c)
         if end is not None:
             envstore.finish_job(r, jobid, end[0], c, end[1])
-            envstore.release_op(r, envid, jobid)
+            guards.release_op(r, envid, jobid)
             envstore.add_event(r, envid, "oneenv1", "step" if end[0] == "DONE" else "error",
                                f"CREATE job {jobid} {end[0]}: {end[1]}", c, job=jobid)
         envstore.update_env(r, envid, **fields)

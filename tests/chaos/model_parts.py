@@ -25,7 +25,7 @@ from functions.cloud.sshexec import SshResult
 from functions.conf.schema import load_config
 from functions.engine.context import FINAL, Ctx
 from functions.model.clock import FakeClock
-from functions.store import envstore, keys, scripts, tenants
+from functions.store import envstore, guards, keys, scripts, tenants
 from onesim import lifecycle as simlife
 from onesim import states as S
 from tests.integration.engine_fixtures import BAD_VM_TEXT, FAKE_HOST_KEY, SERVICE, VM_TEXT, Rig, SpyOne, env_entry
@@ -192,7 +192,7 @@ def check_settled(rig: Rig, envids: list[str], vanished: set[int]) -> None:
     assert unfinished == [], f"jobs that never ended: {unfinished}"
     tagged = live_tagged(rig)
     for envid in envids:
-        holder = envstore.current_op(r, envid)
+        holder = guards.current_op(r, envid)
         assert holder is None, f"env {envid}: guard held by job {holder} ({envstore.get_job(r, holder)})"
         assert r.get(keys.env_lock(envid)) is None, f"env {envid}: lock still held"
         env = envstore.get_env(r, envid)

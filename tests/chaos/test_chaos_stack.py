@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from functions import schedule
-from functions.store import envstore, keys
+from functions.store import envstore, guards, keys
 from functions.store.runtime import JsonJob
 from tests.stack import Stack, wait_for
 
@@ -146,7 +146,7 @@ def test_worker_kill_9_mid_scaledown_and_mid_remove_converges(stack: tuple[Stack
     finally:
         _fast(st)
     assert st.vms_of(envid) == [] and st.env_state(envid) is None
-    assert envstore.current_op(st.r, envid) is None and envid not in envstore.inflight(st.r)
+    assert guards.current_op(st.r, envid) is None and envid not in envstore.inflight(st.r)
 
 
 def test_opennebula_down_during_a_create_is_retried_and_shown(stack: tuple[Stack, str]) -> None:

@@ -37,7 +37,7 @@ from functions.engine.context import load, work_pending
 from functions.errors import Busy, Conflict, NotFound
 from functions.model.clock import FakeClock
 from functions.ops import callbacks, operations
-from functions.store import envstore, keys
+from functions.store import envstore, guards, keys
 from functions.store.runtime import JsonQueue
 from functions.upkeep import ticks
 from onesim.server import start_simulator
@@ -134,7 +134,7 @@ class ChaosModel(RuleBasedStateMachine):
         """An environment of this example: one that still exists, with `busy` one whose operation runs (where
         an interrupted worker matters), falling back to any."""
         alive = [e for e in self.envids if self.rig.r.exists(keys.env(e))]
-        running = [e for e in alive if envstore.current_op(self.rig.r, e)] if busy else []
+        running = [e for e in alive if guards.current_op(self.rig.r, e)] if busy else []
         return data.draw(st.sampled_from(running or alive or self.envids), label="envid")
 
     def _create(self, kind: str) -> str:

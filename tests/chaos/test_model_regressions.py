@@ -17,7 +17,7 @@ from functions.engine import loop as engine
 from functions.engine.context import Ctx
 from functions.errors import Conflict, NotFound
 from functions.ops import operations
-from functions.store import envstore, keys, scripts
+from functions.store import envstore, guards, keys, scripts
 from tests.chaos.model_parts import Fuse, Killed, fused_ctx
 from tests.integration.engine_fixtures import SERVICE, Rig, SpyOne, create_ready, open_rig
 
@@ -81,11 +81,11 @@ def test_a_worker_killed_right_after_ending_a_job_leaves_no_guard_behind(rig: Ri
     rig.drive(envid)                                         # waiting for MASTER_INIT_DONE
     rig.clock.advance(rig.settings.create_deadline)
     _killed_after(rig, envid, "finish_job_if_owner")
-    assert rig.job(jobid)["status"] == "FAIL" and envstore.current_op(rig.r, envid) == jobid
+    assert rig.job(jobid)["status"] == "FAIL" and guards.current_op(rig.r, envid) == jobid
     with pytest.raises(Conflict, match="not ready"):         # even before recovery drives it again
         rig.scale(envid, "up")
     assert rig.drive(envid) == "idle"                        # recovery's drive
-    assert envstore.current_op(rig.r, envid) is None and envstore.inflight(rig.r) == []
+    assert guards.current_op(rig.r, envid) is None and envstore.inflight(rig.r) == []
     with pytest.raises(Conflict, match="not ready"):
         rig.scale(envid, "up")
 
@@ -114,7 +114,7 @@ def test_a_remove_killed_between_its_done_and_the_deletion_still_deletes_and_tak
     with pytest.raises(NotFound):
         rig.scale(envid, "up")
     assert rig.drive(envid) in ("idle", "gone")              # recovery's drive finishes the deletion
-    assert envstore.get_env(rig.r, envid) is None and envstore.current_op(rig.r, envid) is None
+    assert envstore.get_env(rig.r, envid) is None and guards.current_op(rig.r, envid) is None
     assert envstore.inflight(rig.r) == [] and rig.job(remove)["status"] == "DONE"
     assert [j["status"] for j in envstore.list_jobs(rig.r, SERVICE)] == ["DONE", "DONE"]   # create, remove
 
@@ -213,4 +213,4 @@ def test_a_remove_with_opennebula_down_still_fails_at_its_deadline(rig: Rig) -> 
     assert rig.drive(envid) == "idle"
     job = rig.job(remove)
     assert job["status"] == "FAIL" and "remove did not complete within" in job["info"]
-    assert envstore.current_op(rig.r, envid) is None and envstore.get_env(rig.r, envid) is not None
+    assert guards.current_op(rig.r, envid) is None and envstore.get_env(rig.r, envid) is not None

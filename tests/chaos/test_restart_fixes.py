@@ -19,7 +19,7 @@ from config.settings import Settings
 from functions.engine import loop as engine
 from functions.model.clock import FakeClock
 from functions.ops import callbacks, operations
-from functions.store import envstore, keys, runtime, scripts, tenants
+from functions.store import envstore, guards, keys, runtime, scripts, tenants
 from functions.store.envstore import VmRecord
 from functions.store.runtime import JsonQueue
 from functions.upkeep import ticks
@@ -40,7 +40,7 @@ def _holder(rdb: redis.Redis, envid: str, ttl: float | None) -> subprocess.Popen
     arg = "" if ttl is None else f", ttl={ttl}"
     code = ("import os, sys, time, redis\nfrom functions.store import envstore\n"
             "r = redis.Redis.from_url(os.environ['REDIS_URL'], decode_responses=True)\n"
-            f"with envstore.env_lock(r, {envid!r}{arg}) as got:\n"
+            f"with guards.env_lock(r, {envid!r}{arg}) as got:\n"
             "    print('held' if got else 'busy', flush=True)\n    time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], env=project_env(REDIS_URL=url_of(rdb)),
                             stdout=subprocess.PIPE, text=True)
@@ -73,13 +73,13 @@ def _renewals(samples: list[int]) -> int:
 def test_a_killed_lock_holder_frees_the_env_within_the_short_ttl(rdb: redis.Redis) -> None:
     """A worker process holding an env lock with the default TTL renews it while alive; once it is killed -9
     nobody renews it (its TTL only falls) and the lock disappears, at most the TTL after the kill."""
-    assert envstore.LOCK_TTL <= 20                           # short (it was 120 s): a killed holder costs little
+    assert guards.LOCK_TTL <= 20                           # short (it was 120 s): a killed holder costs little
     key = keys.env_lock("1")
     holder = _holder(rdb, "1", ttl=None)
     try:
-        with envstore.env_lock(rdb, "1") as got:
+        with guards.env_lock(rdb, "1") as got:
             assert not got
-        alive = _pttl_samples(rdb, key, lambda s: _renewals(s) >= 1 or s[-1] < 0, envstore.LOCK_TTL * 3,
+        alive = _pttl_samples(rdb, key, lambda s: _renewals(s) >= 1 or s[-1] < 0, guards.LOCK_TTL * 3,
                               "the live holder to renew its lock")
         assert _renewals(alive) >= 1, alive
         token = rdb.get(key)
@@ -87,10 +87,10 @@ def test_a_killed_lock_holder_frees_the_env_within_the_short_ttl(rdb: redis.Redi
         os.kill(holder.pid, signal.SIGKILL)                  # crash while holding: nobody releases it
         holder.wait(5)
     left = rdb.pttl(key)
-    assert 0 < left <= envstore.LOCK_TTL * 1000 and rdb.get(key) == token
-    dead = _pttl_samples(rdb, key, lambda s: s[-1] == -2, envstore.LOCK_TTL + 30, "the dead holder's lock to go")
+    assert 0 < left <= guards.LOCK_TTL * 1000 and rdb.get(key) == token
+    dead = _pttl_samples(rdb, key, lambda s: s[-1] == -2, guards.LOCK_TTL + 30, "the dead holder's lock to go")
     assert _renewals(dead) == 0 and max(dead) <= left, dead  # it ran out; it was never extended
-    with envstore.env_lock(rdb, "1") as got:
+    with guards.env_lock(rdb, "1") as got:
         assert got
 
 
@@ -98,13 +98,13 @@ def test_the_lock_is_renewed_while_held_and_released_by_its_owner_only(rdb: redi
     """Held for more renewals than fit in one TTL (so for longer than its TTL), by the same owner throughout;
     a failed attempt by another does not release it; leaving the block does."""
     key = keys.env_lock("3")
-    with envstore.env_lock(rdb, "3", ttl=3) as got:
+    with guards.env_lock(rdb, "3", ttl=3) as got:
         assert got
         token = rdb.get(key)
         held = _pttl_samples(rdb, key, lambda s: _renewals(s) >= 5 or s[-1] < 0, 60, "five renewals")
         assert _renewals(held) >= 5 and min(held) > 0, held   # renewed every ttl/4, never let go
         assert rdb.get(key) == token
-        with envstore.env_lock(rdb, "3") as second:
+        with guards.env_lock(rdb, "3") as second:
             assert not second                                # and a failed attempt does not release it
         assert rdb.get(key) == token
     assert rdb.get(key) is None
@@ -112,11 +112,11 @@ def test_the_lock_is_renewed_while_held_and_released_by_its_owner_only(rdb: redi
 
 def test_the_engine_uses_the_same_lock(rdb: redis.Redis) -> None:
     ctx = engine.Ctx(r=rdb, queue=_queue(rdb), settings=Settings())
-    with envstore.env_lock(rdb, "4") as got:
+    with guards.env_lock(rdb, "4") as got:
         assert got and engine.step(ctx, "4") == "busy"
     with engine.held_lock(rdb, "4") as got:
-        assert got and 0 < rdb.pttl(keys.env_lock("4")) <= envstore.LOCK_TTL * 1000
-        with envstore.env_lock(rdb, "4") as other:
+        assert got and 0 < rdb.pttl(keys.env_lock("4")) <= guards.LOCK_TTL * 1000
+        with guards.env_lock(rdb, "4") as other:
             assert not other
 
 
@@ -133,7 +133,7 @@ def _env_with_master(rdb: redis.Redis) -> str:
 def test_a_busy_callback_is_retried_through_the_pumped_set_not_rq_delayed_jobs(rdb: redis.Redis) -> None:
     q = _queue(rdb)
     envid = _env_with_master(rdb)
-    with envstore.env_lock(rdb, envid):
+    with guards.env_lock(rdb, envid):
         assert callbacks.apply(rdb, q, envid, 7, "net", {"newip": "10.0.0.7"}, FakeClock(T0), "m") == "retry"
     cq = runtime.sibling(q, runtime.CALLBACKS)                      # callbacks are served before drives
     assert q.scheduled_job_registry.get_job_ids() == [] and q.job_ids == [] and cq.job_ids == []
@@ -197,7 +197,7 @@ def test_a_remove_racing_the_deletion_of_its_env_ends_done(rdb: redis.Redis) -> 
     ctx = engine.Ctx(r=rdb, queue=q, settings=Settings(), clock=clock)
     assert engine.step(ctx, envid) == "gone"                                 # the kicked drive
     assert envstore.get_job(rdb, second)["status"] == "DONE"
-    assert envstore.current_op(rdb, envid) is None and envid not in envstore.inflight(rdb)
+    assert guards.current_op(rdb, envid) is None and envid not in envstore.inflight(rdb)
 
 
 def test_a_deletion_right_after_a_remove_was_recorded_ends_that_remove_done(rdb: redis.Redis) -> None:
@@ -206,12 +206,12 @@ def test_a_deletion_right_after_a_remove_was_recorded_ends_that_remove_done(rdb:
     envid, first = envstore.create_env(rdb, "svc", "tomcat", {"endpoint": "onesim"}, "REMOVE", clock)
     envstore.finish_job(rdb, first, "DONE", clock, "environment removed")
     second = operations.request_remove(rdb, q, "svc", envid, clock)[0]     # recorded, guarded, in flight
-    assert envstore.current_op(rdb, envid) == second
+    assert guards.current_op(rdb, envid) == second
     envstore.delete_env(rdb, envid, clock)                                    # the earlier remove deletes
     ctx = engine.Ctx(r=rdb, queue=q, settings=Settings(), clock=clock)
     assert engine.step(ctx, envid) == "gone"
     assert envstore.get_job(rdb, second)["status"] == "DONE"
-    assert envstore.current_op(rdb, envid) is None and envid not in envstore.inflight(rdb)
+    assert guards.current_op(rdb, envid) is None and envid not in envstore.inflight(rdb)
 
 
 def test_a_drive_of_a_vanished_env_finishes_the_job_holding_its_guard(rdb: redis.Redis) -> None:
@@ -220,12 +220,12 @@ def test_a_drive_of_a_vanished_env_finishes_the_job_holding_its_guard(rdb: redis
     envid, create = envstore.create_env(rdb, "svc", "tomcat", {"endpoint": "onesim"}, "CREATE", clock)
     envstore.delete_env(rdb, envid)                      # deleted behind the lifecycle's back (no clock)
     remove = envstore.new_job(rdb, "svc", envid, "tomcat", "REMOVE", clock)
-    envstore.take_over_op(rdb, envid, remove)            # a remove took the guard after the deletion
+    guards.take_over_op(rdb, envid, remove)            # a remove took the guard after the deletion
     envstore.mark_inflight(rdb, envid)
     ctx = engine.Ctx(r=rdb, queue=q, settings=Settings(), clock=clock)
     assert engine.step(ctx, envid) == "gone"
     assert envstore.get_job(rdb, remove)["status"] == "DONE"
-    assert envstore.current_op(rdb, envid) is None and envstore.inflight(rdb) == []
+    assert guards.current_op(rdb, envid) is None and envstore.inflight(rdb) == []
     assert envstore.get_job(rdb, create)["status"] == "RUNNING"   # not the guard's holder: left alone
     assert engine.step(ctx, envid) == "gone"                     # twice: harmless
     assert envstore.get_job(rdb, remove)["status"] == "DONE"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from functions.ops import operations
-from functions.store import envstore
+from functions.store import envstore, guards
 from functions.upkeep import ticks
 from functions.views import shapes
 from tests.integration.engine_fixtures import SERVICE, Rig, drive_ready
@@ -27,10 +27,10 @@ def settle(rig: Rig, envid: str, rounds: int = 30, until: str = "") -> None:
     """Drive the env's current operation to its end (or until its phase is `until`), letting the simulator
     move (2 s per round)."""
     for _ in range(rounds):
-        if envstore.current_op(rig.r, envid) is None:
+        if guards.current_op(rig.r, envid) is None:
             return
         rig.drive(envid)
-        if envstore.current_op(rig.r, envid) is None or (until and rig.env(envid).get("phase") == until):
+        if guards.current_op(rig.r, envid) is None or (until and rig.env(envid).get("phase") == until):
             return
         rig.tick(2.0)
     raise AssertionError(f"env {envid}: operation still running: {rig.env(envid).get('phase')}")

@@ -11,7 +11,7 @@ import redis
 
 from functions.engine import loop as engine
 from functions.model import tokens
-from functions.store import envstore
+from functions.store import envstore, guards
 from onesim import states as S
 from tests.integration.engine_fixtures import FAKE_HOST_KEY, Rig, create_ready, open_rig
 
@@ -25,7 +25,7 @@ def _finished(rig: Rig, envid: str, jobid: str, status: str) -> dict[str, str]:
     """Assert the job ended `status` and the environment let go of it (guard, in-flight set)."""
     job = rig.job(jobid)
     assert job["status"] == status, job
-    assert envstore.current_op(rig.r, envid) is None
+    assert guards.current_op(rig.r, envid) is None
     assert envid not in envstore.inflight(rig.r)
     return job
 

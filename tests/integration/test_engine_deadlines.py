@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from functions.ops import operations
-from functions.store import envstore
+from functions.store import envstore, guards
 from tests.integration.engine_fixtures import SERVICE, Rig, create_ready, open_rig
 
 
@@ -47,7 +47,7 @@ def test_a_refused_terminate_is_surfaced_and_the_remove_fails_at_its_deadline(ri
     rig.drive(envid)
     job = rig.job(remove)
     assert job["status"] == "FAIL" and "within 120s (deadline)" in job["info"] and "refused" in job["info"]
-    assert envstore.current_op(rig.r, envid) is None
+    assert guards.current_op(rig.r, envid) is None
 
     rig.sim.model.set_delay("boot", 0)                                         # the VM gets out of BOOT
     rig.tick(1)
@@ -70,4 +70,4 @@ def test_a_scale_down_with_opennebula_down_fails_at_its_deadline(rig: Rig) -> No
     rig.drive(envid)
     job = rig.job(down)
     assert job["status"] == "FAIL" and "scaledown did not complete within 120s" in job["info"]
-    assert envstore.current_op(rig.r, envid) is None
+    assert guards.current_op(rig.r, envid) is None

@@ -13,7 +13,7 @@ import redis
 from functions.cloud.one import OneClient
 from functions.engine import loop
 from functions.ops import operations
-from functions.store import envstore, keys
+from functions.store import envstore, guards, keys
 from functions.upkeep import ticks
 from onesim import states as S
 from tests.integration.engine_fixtures import SERVICE, Rig, create_ready, open_rig, retag
@@ -83,9 +83,9 @@ def test_a_drive_that_lost_its_lock_allocates_nothing(rig: Rig) -> None:
     """Fencing: a holder paused past the lock's TTL (another worker holds the env now) cannot write an intent,
     so it never allocates a second VM for the slot."""
     envid, _ = rig.create(master_setup_time=0)
-    with envstore.env_lock(rig.r, envid) as stale:
+    with guards.env_lock(rig.r, envid) as stale:
         rig.r.delete(keys.env_lock(envid))                                   # expired during a long pause
-        with envstore.env_lock(rig.r, envid) as current:
+        with guards.env_lock(rig.r, envid) as current:
             assert current and current != stale
             ctx = rig.ctx()
             ctx.fence = stale

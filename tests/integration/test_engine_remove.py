@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from functions.ops import operations
-from functions.store import envstore
+from functions.store import envstore, guards
 from tests.integration.engine_fixtures import SERVICE, Rig, create_ready, open_rig
 
 
@@ -43,7 +43,7 @@ def test_remove_preempts_a_create_mid_slaves_and_leaves_no_vm(rig: Rig) -> None:
 
     assert rig.live(envid) == []                              # nothing left in OpenNebula
     assert rig.job(remove_job)["status"] == "DONE"
-    assert envstore.current_op(rig.r, envid) is None and envid not in envstore.inflight(rig.r)
+    assert guards.current_op(rig.r, envid) is None and envid not in envstore.inflight(rig.r)
     assert envid not in [e["envid"] for e in envstore.list_envs(rig.r, SERVICE)]
 
 

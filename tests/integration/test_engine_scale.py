@@ -11,7 +11,7 @@ import redis
 
 from functions.engine import vmops
 from functions.engine.context import load
-from functions.store import envstore, tenants
+from functions.store import envstore, guards, tenants
 from functions.store.envstore import VmRecord
 from onesim import states as S
 from onesim.sshd import Endpoint, ExecResult, SshServer, generate_host_key, load_host_key, public_line
@@ -49,7 +49,7 @@ def test_scaledown_announces_drains_then_terminates(rig: Rig) -> None:
     assert rig.running(before["s0"].vmid) and len(rig.live(envid)) == 2
     events = rig.events(envid)
     assert events.index(f"master: remove {s1.ip} 8080") < events.index(f"slave s1: terminating VM {s1.vmid}")
-    assert envstore.current_op(rig.r, envid) is None and envid not in envstore.inflight(rig.r)
+    assert guards.current_op(rig.r, envid) is None and envid not in envstore.inflight(rig.r)
 
 
 def test_scaledown_without_slaves_is_a_done_noop(rig: Rig) -> None:
@@ -59,7 +59,7 @@ def test_scaledown_without_slaves_is_a_done_noop(rig: Rig) -> None:
     job = rig.job(jobid)
     assert job["status"] == "DONE" and job["info"] == "no slave to remove"
     assert set(rig.vms(envid)) == {"m"} and len(rig.live(envid)) == 1 and rig.ssh.calls == []
-    assert envstore.current_op(rig.r, envid) is None
+    assert guards.current_op(rig.r, envid) is None
 
 
 def test_scaleup_boot_failure_terminates_the_new_vm(rig: Rig) -> None:
@@ -79,7 +79,7 @@ def test_scaleup_boot_failure_terminates_the_new_vm(rig: Rig) -> None:
     assert rig.env(envid)["status"].startswith("SLAVE_SCALEUP_FAIL: slave s1")
     assert sorted(rig.vms(envid)) == ["m", "s0"] and rig.env(envid)["desired_slaves"] == "1"
     assert rig.sim_vm(new.vmid).state == S.DONE and len(rig.live(envid)) == 2
-    assert envstore.current_op(rig.r, envid) is None
+    assert guards.current_op(rig.r, envid) is None
 
 
 class _Master:

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from functions.engine.steps import scale
-from functions.store import envstore, tenants
+from functions.store import envstore, guards, tenants
 from onesim import states as S
 from onesim.sshd import Endpoint, ExecResult, SshServer, generate_host_key, load_host_key
 from tests.harness import free_port, wait_port
@@ -158,7 +158,7 @@ def test_scaleup_whose_master_script_keeps_failing_ends_slave_scaleup_fail(rig: 
     vms = rig.vms(envid)
     assert vms["s1"].state == "running" and vms["s1"].vmid == s1.vmid  # kept, as the original did
     assert rig.running(s1.vmid) and len(rig.live(envid)) == 3
-    assert envstore.current_op(rig.r, envid) is None and envid not in envstore.inflight(rig.r)
+    assert guards.current_op(rig.r, envid) is None and envid not in envstore.inflight(rig.r)
 
 
 def test_scaleup_retries_a_refusing_master_then_announces(rig: Rig, master: FailingMaster) -> None:

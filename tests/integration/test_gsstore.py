@@ -10,7 +10,7 @@ import redis
 from functions import tasks
 from functions.gs.model import ALLOCATED, CANCELLED, PEND, RELEASED, Request, Size
 from functions.ops import gsched
-from functions.store import envstore, gsstore, keys, runtime
+from functions.store import envstore, gsstore, guards, keys, runtime
 from functions.store.runtime import JsonJob, JsonQueue
 from tests.harness import twin, url_of
 
@@ -31,7 +31,7 @@ def test_a_slot_has_one_live_request(rdb: redis.Redis) -> None:
 
 
 def test_a_request_needs_the_env_lock_it_was_asked_under(rdb: redis.Redis) -> None:
-    with envstore.env_lock(rdb, "7") as token:
+    with guards.env_lock(rdb, "7") as token:
         assert gsstore.new_request(rdb, _req(), "m", fence=("7", token)).req.status == PEND
         with pytest.raises(envstore.LockLost):
             gsstore.new_request(rdb, _req(), "s0", fence=("7", "someone-else"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from functions.store import envstore
+from functions.store import envstore, guards
 from tests.stack import Stack, wait_for
 
 pytestmark = pytest.mark.slow
@@ -105,7 +105,7 @@ def test_master_init_fail_ends_the_create_without_slaves(stack: tuple[Stack, str
     assert env is not None and env["status"].startswith("MASTER_INIT_FAIL"), env
     assert env["policy_status"] == "INIT"
     assert st.slots_of(envid) == ["m"]
-    assert envstore.current_op(st.r, envid) is None and envid not in envstore.inflight(st.r)
+    assert guards.current_op(st.r, envid) is None and envid not in envstore.inflight(st.r)
     _remove(st, token, envid)
 
 

@@ -13,7 +13,7 @@ import redis
 
 from functions.ops import operations
 from functions.policy import PolicyState
-from functions.store import envstore, tenants
+from functions.store import envstore, guards, tenants
 from functions.upkeep import policies, ticks
 from tests.integration.engine_fixtures import SERVICE, Rig, create_ready, env_entry, open_rig
 from tests.integration.policy_fixtures import GRACE, env_doc, last_job, minute, policy_jobs, set_cpu, settle
@@ -65,7 +65,7 @@ def test_the_window_is_read_in_the_policy_time_zone(rig: Rig) -> None:
     policy = {"mode": "time-based", "windows": {"rush": {"spec": spec, "min": 2}}, "timezone": "UTC"}
     envid, _ = create_ready(rig, num_slaves=0, master_setup_time=0, elasticity_policy=policy)
     minute(rig)                                          # the same clock time, read in UTC: outside it
-    assert envstore.current_op(rig.r, envid) is None
+    assert guards.current_op(rig.r, envid) is None
     assert rig.env(envid)["info"] == "POLICY_STATUS: No time window matches now; keeping 1 VMs"
 
 
@@ -135,7 +135,7 @@ def test_two_ticks_for_the_same_minute_act_once(rig: Rig) -> None:
     data = {"envid": envid, "service": SERVICE, "name": "web"}
     assert operations.request_policy(rig.r, rig.queue, data, "SCALEUP", (), "elasticity", stale,
                                       old.to_fields(), rig.clock) is None
-    assert len(policy_jobs(rig, envid)) == 1 and envstore.current_op(rig.r, envid) is None
+    assert len(policy_jobs(rig, envid)) == 1 and guards.current_op(rig.r, envid) is None
 
 
 def test_a_busy_environment_gets_no_policy_action(rig: Rig) -> None:
@@ -144,7 +144,7 @@ def test_a_busy_environment_gets_no_policy_action(rig: Rig) -> None:
     envid, _ = create_ready(rig, num_slaves=0, master_setup_time=0, elasticity_policy=policy)
     manual = rig.scale(envid, "up")                      # the operator's scale-up is running
     stats = minute(rig)
-    assert stats.get("action_SCALEUP", 0) == 0 and envstore.current_op(rig.r, envid) == manual
+    assert stats.get("action_SCALEUP", 0) == 0 and guards.current_op(rig.r, envid) == manual
     assert rig.env(envid)["info"].endswith("(waiting: an operation is in progress)")
     settle(rig, envid)
     minute(rig)                                          # 2 VMs < min 3: now it acts
@@ -169,7 +169,7 @@ def test_a_new_upload_applies_from_the_next_tick_and_a_removed_one_falls_back(ri
     doc = env_doc(rig, envid)
     assert doc["policy_source"] == "snapshot"
     assert doc["info"] == ("policies from the create-time snapshot: configuration 'web' is no longer uploaded")
-    assert envstore.current_op(rig.r, envid) is None and len(rig.vms(envid)) == 2   # the snapshot had none
+    assert guards.current_op(rig.r, envid) is None and len(rig.vms(envid)) == 2   # the snapshot had none
     messages = [e["msg"] for e in envstore.list_events(rig.r, envid) if e["type"] == "policy"]
     assert messages.count(doc["info"]) == 1
 

@@ -10,7 +10,7 @@ import redis
 
 from functions.engine import loop as engine
 from functions.engine import vmops
-from functions.store import envstore, keys, watching
+from functions.store import envstore, guards, keys, watching
 from onesim import states as S
 from tests.integration.engine_fixtures import Rig, SpyOne, create_ready, open_rig
 from tests.integration.policy_fixtures import env_doc, fail_vm, minute, policy_jobs, settle
@@ -37,7 +37,7 @@ def test_a_broken_slave_is_replaced_in_its_slot_and_re_announced(rig: Rig, kind:
     fail_vm(rig, old.vmid, kind)
     minute(rig)
     assert rig.env(envid)["info"] == "AVAIL_POLICY_STATUS: Detected missing or unhealthy VM counter=1 period=2"
-    assert envstore.current_op(rig.r, envid) is None
+    assert guards.current_op(rig.r, envid) is None
     minute(rig)
     assert rig.env(envid)["info"] == "AVAIL_POLICY_STATUS: Recreating VM s1"
     settle(rig, envid)

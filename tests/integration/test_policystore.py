@@ -8,7 +8,7 @@ import redis
 from functions.model.clock import FakeClock
 from functions.ops import operations
 from functions.policy import PolicyState
-from functions.store import envstore, keys, policystore
+from functions.store import envstore, guards, keys, policystore
 from functions.store.envstore import VmRecord
 from functions.store.policystore import StateWrite
 from functions.store.runtime import JsonQueue
@@ -21,7 +21,7 @@ SPEC = {"endpoint": "sim", "num_slaves": 1}
 def _env(rdb: redis.Redis, clock: FakeClock, status: str = "ACTIVE") -> str:
     envid, jobid = envstore.create_env(rdb, "svc", "web", SPEC, "CREATE", clock)
     envstore.finish_job(rdb, jobid, "DONE", clock)
-    envstore.release_op(rdb, envid, jobid)
+    guards.release_op(rdb, envid, jobid)
     envstore.update_env(rdb, envid, policy_status=status, pol_minute=41)
     return envid
 
@@ -37,7 +37,7 @@ def test_read_envs_in_batches_with_records_guard_and_gone_envs(rdb: redis.Redis)
     envstore.put_vm(rdb, envids[0], VmRecord(slot="s0", role="slave", index=0, endpoint="sim", vmid=8))
     rdb.hset(keys.env_vms(envids[1]), "s9", "{not json")                        # one unreadable record
     envstore.put_vm(rdb, envids[1], VmRecord(slot="m", role="master", index=0, endpoint="sim", vmid=9))
-    envstore.claim_op(rdb, envids[2], "77")
+    guards.claim_op(rdb, envids[2], "77")
     envstore.delete_env(rdb, envids[3])
     reads = policystore.read_envs(rdb, envids, READ_FIELDS)
     assert [x.envid for x in reads] == envids
@@ -68,15 +68,15 @@ def test_a_policy_job_starts_with_its_state_or_not_at_all(rdb: redis.Redis) -> N
     env = {"envid": envid, "service": "svc", "name": "web"}
     state = PolicyState(status="ACTIVE", minute=42, info="AVAIL_POLICY_STATUS: Recreating VM s0").to_fields()
     manual = envstore.next_jobid(rdb)
-    envstore.claim_op(rdb, envid, manual)
+    guards.claim_op(rdb, envid, manual)
     envstore.record_job(rdb, "svc", manual, envid, "web", "SCALEUP", clock)
     assert operations.request_policy(rdb, queue, env, "RECREATE", ["s0"], "availability", ("ACTIVE", "41"),
                                      state, clock) is None                     # busy: nothing written
-    assert rdb.hget(keys.env(envid), "pol_minute") == "41" and envstore.current_op(rdb, envid) == manual
+    assert rdb.hget(keys.env(envid), "pol_minute") == "41" and guards.current_op(rdb, envid) == manual
     envstore.finish_job(rdb, manual, "DONE", clock)                         # its holder ended, guard left
     jobid = operations.request_policy(rdb, queue, env, "RECREATE", ["s0"], "availability", ("ACTIVE", "41"),
                                       state, clock, "s0 VM 8 unkn")
-    assert jobid is not None and envstore.current_op(rdb, envid) == jobid
+    assert jobid is not None and guards.current_op(rdb, envid) == jobid
     job, data = envstore.get_job(rdb, jobid), envstore.get_env(rdb, envid)
     assert job is not None and data is not None
     assert (job["type"], job["status"], job["origin"], job["slots"], job["source"]) == (
@@ -96,4 +96,4 @@ def test_a_stale_decision_releases_the_guard_it_claimed(rdb: redis.Redis) -> Non
     env = {"envid": envid, "service": "svc", "name": "web"}
     assert operations.request_policy(rdb, queue, env, "SCALEUP", [], "elasticity", ("ACTIVE", "40"),
                                      {"pol_minute": "42"}, clock) is None
-    assert envstore.current_op(rdb, envid) is None and rdb.hget(keys.env(envid), "pol_minute") == "41"
+    assert guards.current_op(rdb, envid) is None and rdb.hget(keys.env(envid), "pol_minute") == "41"

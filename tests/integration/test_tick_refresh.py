@@ -16,7 +16,7 @@ import redis
 from functions.cloud import fastxml, offload
 from functions.cloud import one as one_mod
 from functions.cloud.one import OneClient
-from functions.store import envstore, keys, observed
+from functions.store import envstore, guards, keys, observed
 from functions.upkeep import refresh as refresh_mod
 from functions.upkeep import ticks
 from onesim import lifecycle as simlife
@@ -113,7 +113,7 @@ def test_an_environment_a_step_holds_is_left_for_the_next_minute(rig: Rig) -> No
     refresh(rig)
     vms = rig.vms(envid)
     rig.rpc().onesim.vm.setcpu(rig.sim.auth, vms["m"].vmid, 77.0)
-    with envstore.env_lock(rig.r, envid) as token:
+    with guards.env_lock(rig.r, envid) as token:
         assert token
         stats = refresh(rig)
         assert stats["busy"] == 1 and rig.vms(envid)["m"].cpu == vms["m"].cpu
@@ -234,7 +234,7 @@ def test_the_records_handed_to_the_policy_pass_are_those_a_read_after_the_refres
 
 def test_an_env_a_step_holds_is_not_handed_to_the_policy_pass(rig: Rig) -> None:
     envid, _ = create_ready(rig, master_setup_time=0, num_slaves=1)
-    with envstore.env_lock(rig.r, envid) as token:
+    with guards.env_lock(rig.r, envid) as token:
         assert token
         _, known = refresh_mod.refresh(rig.r, rig.clock, lambda url, auth: OneClient(url, auth))
     assert envid not in known
