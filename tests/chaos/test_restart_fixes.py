@@ -38,7 +38,7 @@ def _queue(rdb: redis.Redis) -> JsonQueue:
 def _holder(rdb: redis.Redis, envid: str, ttl: float | None) -> subprocess.Popen[str]:
     """A separate process that takes envid's lock (ttl None: the default) and holds it until killed."""
     arg = "" if ttl is None else f", ttl={ttl}"
-    code = ("import os, sys, time, redis\nfrom functions.store import envstore\n"
+    code = ("import os, sys, time, redis\nfrom functions.store import guards\n"
             "r = redis.Redis.from_url(os.environ['REDIS_URL'], decode_responses=True)\n"
             f"with guards.env_lock(r, {envid!r}{arg}) as got:\n"
             "    print('held' if got else 'busy', flush=True)\n    time.sleep(600)\n")

@@ -9,6 +9,7 @@ import pytest
 from functions.model.clock import FakeClock
 from functions.model.tokens import token_matches, vm_token
 from functions.store import envstore as es
+from functions.store import guards
 
 
 def test_create_env_records_env_job_and_guard(rdb):
@@ -18,7 +19,7 @@ def test_create_env_records_env_job_and_guard(rdb):
     assert env["status"] == "INIT" and env["spec"]["num_slaves"] == 2
     assert es.get_env(rdb, envid, service="other") is None
     assert es.get_job(rdb, jobid)["status"] == "RUNNING"
-    assert es.current_op(rdb, envid) == jobid
+    assert guards.current_op(rdb, envid) == jobid
     assert es.inflight(rdb) == [envid]
     envid2, jobid2 = es.create_env(rdb, "svc1", "tomcat", {}, "CREATE", clock)
     assert int(envid2) == int(envid) + 1 and int(jobid2) > int(jobid)
@@ -31,7 +32,7 @@ def test_op_guard_one_winner_and_stale_release(rdb):
 
     def claim(i):
         barrier.wait()
-        results.append(es.claim_op(rdb, envid, f"j{i}"))
+        results.append(guards.claim_op(rdb, envid, f"j{i}"))
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
     for t in threads:
@@ -39,20 +40,20 @@ def test_op_guard_one_winner_and_stale_release(rdb):
     for t in threads:
         t.join()
     assert results.count(True) == 1
-    holder = es.current_op(rdb, envid)
-    assert not es.release_op(rdb, envid, "not-the-holder")
-    assert es.current_op(rdb, envid) == holder
-    assert es.take_over_op(rdb, envid, "remove-job") == holder
-    assert es.release_op(rdb, envid, "remove-job")
-    assert es.current_op(rdb, envid) is None
+    holder = guards.current_op(rdb, envid)
+    assert not guards.release_op(rdb, envid, "not-the-holder")
+    assert guards.current_op(rdb, envid) == holder
+    assert guards.take_over_op(rdb, envid, "remove-job") == holder
+    assert guards.release_op(rdb, envid, "remove-job")
+    assert guards.current_op(rdb, envid) is None
 
 
 def test_env_lock_is_exclusive_and_expires(rdb):
-    with es.env_lock(rdb, "1", ttl=5) as first:
-        with es.env_lock(rdb, "1", ttl=5) as second:
+    with guards.env_lock(rdb, "1", ttl=5) as first:
+        with guards.env_lock(rdb, "1", ttl=5) as second:
             assert first and not second
         assert rdb.ttl("carina:env:1:lock") > 0
-    with es.env_lock(rdb, "1") as again:
+    with guards.env_lock(rdb, "1") as again:
         assert again
 
 
@@ -109,9 +110,9 @@ def test_fenced_writes_refuse_a_holder_that_lost_its_lock(rdb):
     clock = lambda: 1000.0  # noqa: E731
     envid, jobid = es.create_env(rdb, "svc", "web", {"endpoint": "e"}, "CREATE", clock)
     rec = es.VmRecord(slot="s0", role="slave", index=0, endpoint="e")
-    with es.env_lock(rdb, envid, ttl=5) as stale:
+    with guards.env_lock(rdb, envid, ttl=5) as stale:
         rdb.delete(f"carina:env:{envid}:lock")                 # its TTL ran out during a long pause ...
-        with es.env_lock(rdb, envid, ttl=5) as current:        # ... and another worker took the env
+        with guards.env_lock(rdb, envid, ttl=5) as current:        # ... and another worker took the env
             assert stale and current and stale != current
             with pytest.raises(es.LockLost):
                 es.put_vm(rdb, envid, rec, fence=stale)
