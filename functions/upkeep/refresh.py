@@ -323,7 +323,7 @@ def refresh(r: redis.Redis, clock: Clock = system_clock, one_factory: Callable[[
     stats["reread"] = len(run.fresh)
     mem.judged, mem.obs = run.judged, run.obs
     recall.settle(mem, gen, {env.envid for group in groups.values() for env in group.envs}, run.unsure)
-    return stats, _handover(mem, mem.obs, list(mem.stored), run.unsure | given)
+    return stats, _handover(mem, mem.obs, mem.stored, run.unsure | given)
 
 
 @dataclass
