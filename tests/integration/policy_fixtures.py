@@ -4,15 +4,32 @@ methods (onesim/faults.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from functions.conf.schema import load_config
 from functions.ops import operations
 from functions.store import envstore, guards
 from functions.upkeep import ticks
 from functions.views import shapes
-from tests.integration.engine_fixtures import SERVICE, Rig, drive_ready
+from tests.integration.engine_fixtures import SERVICE, Rig, drive_ready, env_entry
 
 GRACE = 120.0
+GUIDE = Path(__file__).resolve().parents[2] / "config/examples/config.rb"
+ACTIVE, PASSIVE = "tomcat_ha_active", "tomcat_ha_passive"
+
+
+def guide_pair() -> dict[str, dict[str, Any]]:
+    """The guide's active/passive pair (config/examples/config.rb) with its policies and sizes, on the rig's
+    endpoint and templates."""
+    guide = load_config(GUIDE.read_text(), "rb", {"example.vm", "cassandra.vm"})
+    out = {}
+    for name in (ACTIVE, PASSIVE):
+        entry = guide["ENVIRONMENT"][name]
+        out[name] = env_entry(num_slaves=entry["num_slaves"], master_setup_time=0, drain_time=0,
+                              availability_policy=entry["availability_policy"],
+                              elasticity_policy=entry.get("elasticity_policy"))
+    return out
 
 
 def minute(rig: Rig, grace: float = GRACE) -> dict[str, Any]:

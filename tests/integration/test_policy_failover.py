@@ -4,35 +4,27 @@ and back through the minute tick: real Redis, the in-process simulator with inje
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
-from functions.conf.schema import load_config
-from tests.integration.engine_fixtures import Rig, env_entry, open_rig
-from tests.integration.policy_fixtures import create_named, env_doc, fail_vm, minute, policy_jobs, settle
-
-ROOT = Path(__file__).resolve().parents[2]
-ACTIVE, PASSIVE = "tomcat_ha_active", "tomcat_ha_passive"
+from tests.integration.engine_fixtures import Rig, open_rig
+from tests.integration.policy_fixtures import (
+    ACTIVE,
+    PASSIVE,
+    create_named,
+    env_doc,
+    fail_vm,
+    guide_pair,
+    minute,
+    policy_jobs,
+    settle,
+)
 
 
 @pytest.fixture
 def rig(rdb: redis.Redis) -> Iterator[Rig]:
     yield from open_rig(rdb)
-
-
-def _guide_pair() -> dict[str, dict[str, Any]]:
-    """The two entries with the guide's policies and sizes, on the rig's endpoint and templates."""
-    guide = load_config((ROOT / "config/examples/config.rb").read_text(), "rb", {"example.vm", "cassandra.vm"})
-    out = {}
-    for name in (ACTIVE, PASSIVE):
-        entry = guide["ENVIRONMENT"][name]
-        out[name] = env_entry(num_slaves=entry["num_slaves"], master_setup_time=0, drain_time=0,
-                              availability_policy=entry["availability_policy"],
-                              elasticity_policy=entry.get("elasticity_policy"))
-    return out
 
 
 def _drive(rig: Rig, envid: str) -> None:
@@ -44,7 +36,7 @@ def _drive(rig: Rig, envid: str) -> None:
 
 
 def test_the_guide_pair_fails_over_and_back(rig: Rig) -> None:
-    rig.configure_envs(_guide_pair())
+    rig.configure_envs(guide_pair())
     active, passive = create_named(rig, ACTIVE), create_named(rig, PASSIVE)
     assert (rig.env(active)["policy_status"], rig.env(passive)["policy_status"]) == ("ACTIVE", "PASSIVE")
     minute(rig)

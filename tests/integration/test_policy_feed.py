@@ -7,21 +7,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from functions.cloud.one import OneClient
-from functions.conf.schema import load_config
 from functions.store import keys
 from functions.upkeep import ticks
 from tests.integration.engine_fixtures import Rig, env_entry, open_rig
-from tests.integration.policy_fixtures import GRACE, create_named, fail_vm
+from tests.integration.policy_fixtures import ACTIVE, GRACE, PASSIVE, create_named, fail_vm, guide_pair
 
-ROOT = Path(__file__).resolve().parents[2]
-ACTIVE, PASSIVE, PLAIN = "tomcat_ha_active", "tomcat_ha_passive", "plain"
+PLAIN = "plain"
 
 
 @pytest.fixture
@@ -30,14 +27,7 @@ def rig(rdb: redis.Redis) -> Iterator[Rig]:
 
 
 def _entries() -> dict[str, dict[str, Any]]:
-    guide = load_config((ROOT / "config/examples/config.rb").read_text(), "rb", {"example.vm", "cassandra.vm"})
-    out = {PLAIN: env_entry(num_slaves=0, master_setup_time=0, drain_time=0)}
-    for name in (ACTIVE, PASSIVE):
-        entry = guide["ENVIRONMENT"][name]
-        out[name] = env_entry(num_slaves=entry["num_slaves"], master_setup_time=0, drain_time=0,
-                              availability_policy=entry["availability_policy"],
-                              elasticity_policy=entry.get("elasticity_policy"))
-    return out
+    return {PLAIN: env_entry(num_slaves=0, master_setup_time=0, drain_time=0), **guide_pair()}
 
 
 def test_an_answered_endpoints_envs_are_decided_while_another_is_asked_and_a_passive_follows_its_partner(
