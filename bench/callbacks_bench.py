@@ -95,7 +95,7 @@ from bench.stack_bench import BenchStack  # noqa: E402
 from functions.model import tokens  # noqa: E402
 from functions.model.clock import system_clock  # noqa: E402
 from functions.ops import cbinbox  # noqa: E402
-from functions.store import envstore, guards, keys, runtime  # noqa: E402
+from functions.store import envstore, guards, install, keys, runtime  # noqa: E402
 from functions.store.envstore import VmRecord  # noqa: E402
 from tests.harness import RedisServer, free_port  # noqa: E402
 
@@ -120,7 +120,7 @@ def bare_app() -> falcon.App:
 
 def populate(r: redis.Redis, vms: int) -> list[list[str]]:
     """Environments of PER_ENV VM records (op finished, nothing in flight); per VM, its two callback paths."""
-    secret = envstore.callback_secret(r)
+    secret = install.callback_secret(r)
     out: list[list[str]] = []
     vmid = 1000
     for start in range(0, vms, PER_ENV):

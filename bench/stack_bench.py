@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 from bench.common import Row, children, latency_rows, rss_mb, timed_ms, wait_until
 from functions.model import tokens
-from functions.store import envstore, keys
+from functions.store import envstore, install, keys
 from tests.stack import Stack
 
 SERVICE = "bench"
@@ -96,7 +96,7 @@ def redis_per_vm(stack: Stack, envid: str, grown: int) -> list[Row]:
 def callback_round_trips(stack: Stack, client: Client, envid: str, runs: int) -> list[Row]:
     """Status callbacks from the master with its real token: the HTTP answer, and until the worker applied it."""
     rec = envstore.get_vms(stack.r, envid)["m"]
-    token = tokens.vm_token(envstore.callback_secret(stack.r), envid, "m", rec.nonce)
+    token = tokens.vm_token(install.callback_secret(stack.r), envid, "m", rec.nonce)
     http_ms, applied_ms = [], []
     for i in range(runs + 5):
         status = f"APP_BENCH_{i}"

@@ -26,7 +26,7 @@ from functions.cloud.one import OneClient
 from functions.engine import vmops
 from functions.engine.context import Step
 from functions.model import hostkeys
-from functions.store import envstore, tenants
+from functions.store import install, tenants
 from functions.store.envstore import VmRecord
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def tell_master(ctx: Ctx, env: Env, master: VmRecord, verb: str,
     commands = [sshexec.script_command(script, [verb, s.ip, data]) for s in slaves]
     private_pem, _ = tenants.service_keypair(ctx.r, env.service)
     assert master.vmid is not None
-    known = envstore.pinned_hostkey(ctx.r, vmops.pin_id(env, master))
+    known = install.pinned_hostkey(ctx.r, vmops.pin_id(env, master))
     try:
         outcomes, seen = ctx.batch_ssh()(master.ip, ctx.settings.ssh_port, str(env.cfg.get("adminuser") or "root"),
                                          private_pem, commands, known_key=known or master.hostkey or None,
@@ -84,7 +84,7 @@ def _pin(ctx: Ctx, env: Env, master: VmRecord, seen: str) -> None:
     """Pin the key the master just showed (never replacing a pin) and record whether the callback vouched for
     it. Safe to run twice."""
     how = "callback" if master.hostkey else "first-use"
-    if envstore.pin_hostkey(ctx.r, vmops.pin_id(env, master), seen) != seen or master.hostkey_pin:
+    if install.pin_hostkey(ctx.r, vmops.pin_id(env, master), seen) != seen or master.hostkey_pin:
         return
     master.hostkey_pin = how
     ctx.put_vm(env, master)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from functions.cloud.one import OneClient, OneError
 from functions.engine import vmops
 from functions.model import render, specview
-from functions.store import envstore, keys
+from functions.store import envstore, install, keys
 from functions.store.envstore import VmRecord
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def _intents(ctx: Ctx, env: Env, wanted: Sequence[tuple[str, str, int]], master_
              num_slaves: int) -> tuple[list[tuple[VmRecord, str]], vmops.WaitCapacity | None]:
     """The new records and their allocate texts, for the slots Ctx.capacity grants (rendered first: a render
     error raises before anything is written); the first WaitCapacity of the others."""
-    secret = envstore.callback_secret(ctx.r)
+    secret = install.callback_secret(ctx.r)
     made: list[tuple[VmRecord, str]] = []
     short: vmops.WaitCapacity | None = None
     for slot, role, index in wanted:

@@ -25,7 +25,7 @@ from functions.cloud import sshexec
 from functions.cloud.one import OneClient, OneError
 from functions.model import specview
 from functions.model.clock import Clock, system_clock
-from functions.store import envstore, guards, keys, scripts, tenants
+from functions.store import envstore, guards, install, keys, scripts, tenants
 from functions.store.envstore import VmRecord
 
 log = logging.getLogger("carina.engine")
@@ -154,7 +154,7 @@ class Ctx:
     def install(self) -> str:
         """This installation's id (tags every VM), read once per context."""
         if not self._install:
-            self._install = envstore.installation_id(self.r, self.settings.home)
+            self._install = install.installation_id(self.r, self.settings.home)
         return self._install
 
     def event(self, env: Env, kind: str, msg: str, **extra: str) -> None:

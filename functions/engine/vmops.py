@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from functions.cloud.one import OneClient, VmView
 from functions.engine.context import Watch
 from functions.model import ownership, render, specview, tokens
-from functions.store import envstore, gsstore, keys, watching
+from functions.store import envstore, gsstore, install, keys, watching
 from functions.store.envstore import VmRecord
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def _per_endpoint(entry: dict, key: str, endpoint: str, role: str) -> str:
 def render_vm(ctx: Ctx, env: Env, rec: VmRecord, master_ip: str = "", num_slaves: int = 0,
               secret: bytes | None = None) -> str:
     """The allocate text for `rec` (role master or slave). Pure apart from reading the callback secret (unless
-    `secret`, envstore.callback_secret, is given).
+    `secret`, install.callback_secret, is given).
 
     Raises RenderError / SpecError naming the culprit.
     """
@@ -72,7 +72,7 @@ def render_vm(ctx: Ctx, env: Env, rec: VmRecord, master_ip: str = "", num_slaves
         values.update({"MASTER": master_ip, "APP_PACKAGE": str(cfg.get("app_package") or "")})
     pairs = render.context_pairs(str(cfg.get(f"{role}_context_var") or ""), role, master_ip=master_ip,
                                  index=rec.index, num_slaves=num_slaves, deps=specview.deps(env.spec))
-    secret = envstore.callback_secret(ctx.r) if secret is None else secret
+    secret = install.callback_secret(ctx.r) if secret is None else secret
     token = tokens.vm_token(secret, env.envid, rec.slot, rec.nonce)
     extra = {"CARINA_TOKEN": token, "CARINA_ROLE": role, "CARINA_SLOT": rec.slot}
     return render.render_vm(specview.vm_text(env.spec, role), values, pairs, context_extra=extra,
@@ -400,7 +400,7 @@ def terminate(ctx: Ctx, env: Env, one: OneClient, rec: VmRecord, hard: bool = Fa
             return False
         if ctx.r.get(keys.vm_index(env.endpoint, rec.vmid)) == f"{env.envid} {rec.slot}":
             ctx.r.delete(keys.vm_index(env.endpoint, rec.vmid))
-        envstore.forget_hostkey(ctx.r, pin_id(env, rec))
+        install.forget_hostkey(ctx.r, pin_id(env, rec))
     ctx.del_vm(env, rec.slot)
     env.vms.pop(rec.slot, None)
     gsstore.release_slot(ctx.r, env.envid, rec.slot, rec.nonce, ctx.clock())    # its capacity comes back

@@ -33,7 +33,7 @@ from functions.model.cbfold import Entry, find_record, fold_one, report_text
 from functions.model.clock import Clock
 from functions.ops import cbinbox, cbroster
 from functions.ops.cbroster import lookup
-from functions.store import envstore, guards, keys, runtime, scripts
+from functions.store import envstore, guards, install, keys, runtime, scripts
 from functions.store.envstore import VmRecord
 
 log = logging.getLogger("carina.callbacks")
@@ -86,7 +86,7 @@ _SECRETS: weakref.WeakKeyDictionary[redis.Redis, bytes] = weakref.WeakKeyDiction
 def _secret(r: redis.Redis, fresh: bool = False) -> bytes:
     """The callback HMAC key, read once per client (it never changes once made); `fresh` reads it again."""
     if fresh or r not in _SECRETS:
-        _SECRETS[r] = envstore.callback_secret(r)
+        _SECRETS[r] = install.callback_secret(r)
     return _SECRETS[r]
 
 

@@ -1,4 +1,5 @@
-"""Environments, their VM records, jobs and events (the operation guard and the lock: functions.store.guards).
+"""Environments, their VM records, jobs and events (the operation guard and the lock: functions.store.guards; the
+callback secret, the installation id and pinned host keys: functions.store.install).
 
 All state lives in Redis (key names from functions/store/keys.py); `r` is always a decode_responses client.
 Writes that must land together use MULTI pipelines; compare-and-delete uses Lua so a stale owner can
@@ -12,7 +13,6 @@ import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -326,7 +326,7 @@ def vm_by_id(r: redis.Redis, envid: str, vmid: int) -> VmRecord | None:
     return None
 
 
-# ---------------------------------------------------------------- events, in-flight set, host keys, secret
+# ---------------------------------------------------------------- events, in-flight set
 
 
 def add_event(r: redis.Redis, envid: str, service: str, kind: str, msg: str, clock: Clock,
@@ -371,54 +371,3 @@ def clear_inflight(r: redis.Redis, envid: str) -> None:
 
 def inflight(r: redis.Redis) -> list[str]:
     return sorted(r.smembers(keys.inflight()), key=int)
-
-
-def pinned_hostkey(r: redis.Redis, pin: str) -> str | None:
-    """The host key pinned for VM incarnation `pin` (vmops.pin_id), or None. Read-only."""
-    return r.hget(keys.hostkeys(), pin)
-
-
-def pin_hostkey(r: redis.Redis, pin: str, key: str) -> str:
-    """Pin `key` for the VM incarnation unless one is pinned already; returns the key now pinned."""
-    r.hsetnx(keys.hostkeys(), pin, key)
-    return r.hget(keys.hostkeys(), pin) or key
-
-
-def forget_hostkey(r: redis.Redis, pin: str) -> None:
-    r.hdel(keys.hostkeys(), pin)
-
-
-def callback_secret(r: redis.Redis) -> bytes:
-    """The HMAC key for VM callback tokens, created on first use (same for every process)."""
-    r.set(keys.callback_secret(), secrets.token_hex(32), nx=True)
-    return bytes.fromhex(r.get(keys.callback_secret()) or "")
-
-
-INSTALL_FILE = "install.id"
-
-
-def known_installation_id(r: redis.Redis) -> str | None:
-    """The installation id if one was made (every VM created since carries it), else None. Read-only."""
-    value = r.get(keys.install_id())
-    return str(value) if value else None
-
-
-def installation_id(r: redis.Redis, home: Path) -> str:
-    """This installation's id, made once and kept in Redis and in `home`/install.id (so a Redis reset keeps
-    it, and a new CARINA_HOME with the old Redis too). Safe to run twice, from any process."""
-    stored = r.get(keys.install_id())
-    if stored:
-        return str(stored)
-    path = Path(home) / INSTALL_FILE
-    try:
-        candidate = path.read_text().strip()
-    except OSError:
-        candidate = ""
-    r.set(keys.install_id(), candidate or secrets.token_hex(8), nx=True)
-    chosen = str(r.get(keys.install_id()))
-    if candidate != chosen:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(chosen + "\n")
-        tmp.replace(path)
-    return chosen

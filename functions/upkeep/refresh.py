@@ -36,7 +36,7 @@ from functions.cloud.one import INFOSET_SLICE, OneClient, OneError, OneUnavailab
 from functions.model import ownership
 from functions.model.clock import Clock, system_clock
 from functions.policy import VmObs
-from functions.store import envstore, observed, policystore, tenants
+from functions.store import install, observed, policystore, tenants
 from functions.upkeep import recall
 from functions.upkeep.policyread import Handed, vm_obs
 
@@ -206,7 +206,7 @@ def _settle(r: redis.Redis, mem: recall.Memory, one: OneClient, pending: list[_P
     calls) and make their writes: a VM of another owner (or gone meanwhile) is missing; a match is remembered
     in `checked`. Records past the budget, or of a slice OpenNebula did not answer, are left unwritten for the
     next minute (after an upgrade every record is checked once: the budget spreads that over minutes)."""
-    install = envstore.known_installation_id(r)
+    install_id = install.known_installation_id(r)
     changes: Changes = {}
     touched: set[str] = set()
     for part in _chunks(pending[:OWNER_SLICE * OWNER_SLICES], OWNER_SLICE):
@@ -220,7 +220,7 @@ def _settle(r: redis.Redis, mem: recall.Memory, one: OneClient, pending: list[_P
             rec, found = recs.get((p.envid, p.seen.slot)), owners.get(p.view.vmid)
             if rec is None:
                 continue
-            tags = ownership.vm_tags(p.service, install, p.envid, p.seen.slot, str(rec.get("nonce") or ""),
+            tags = ownership.vm_tags(p.service, install_id, p.envid, p.seen.slot, str(rec.get("nonce") or ""),
                                      str(rec.get("role") or ""))
             if found is not None and found.stime == p.view.stime and not ownership.mismatch(found.user_template, tags):
                 row = rows.get(p.view.vmid)

@@ -16,7 +16,7 @@ from rq.serializers import JSONSerializer
 from config.settings import Settings
 from functions.model import tokens
 from functions.ops import callbacks, cbinbox
-from functions.store import envstore, guards, keys, runtime, tenants
+from functions.store import envstore, guards, install, keys, runtime, tenants
 from functions.store.envstore import VmRecord
 from functions.store.runtime import JsonQueue
 from gateway import create_app
@@ -42,7 +42,7 @@ def make_world(api, redis_server, monkeypatch):
     slave = VmRecord(slot="s0", role="slave", index=0, endpoint="onesim", vmid=8, state="running")
     for rec in (master, slave):
         envstore.put_vm(api.r, envid, rec)
-    secret = envstore.callback_secret(api.r)
+    secret = install.callback_secret(api.r)
     api.envid = envid
     api.tok = {rec.vmid: tokens.vm_token(secret, envid, rec.slot, rec.nonce) for rec in (master, slave)}
     return api
@@ -249,7 +249,7 @@ def test_token_proves_a_slot_whose_vmid_is_not_recorded_yet(world):
     e = world.envid
     rec = VmRecord(slot="s1", role="slave", index=1, endpoint="onesim", vmid=None)
     envstore.put_vm(world.r, e, rec)
-    token = tokens.vm_token(envstore.callback_secret(world.r), e, "s1", rec.nonce)
+    token = tokens.vm_token(install.callback_secret(world.r), e, "s1", rec.nonce)
     res = world.client.simulate_get(f"/cgi-bin/updatevmstatus.sh?vmid=12&envid={e}&newip=10.0.0.12&token={token}")
     assert res.status_code == 200
     _run_queue(world.r)

@@ -11,7 +11,7 @@ import redis
 
 from functions.engine import loop as engine
 from functions.model import tokens
-from functions.store import envstore, guards
+from functions.store import envstore, guards, install
 from onesim import states as S
 from tests.integration.engine_fixtures import FAKE_HOST_KEY, Rig, create_ready, open_rig
 
@@ -37,7 +37,7 @@ def test_create_one_master_two_slaves(rig: Rig) -> None:
     assert intent["slot"] == "m" and intent["rec"].state == "allocating" and intent["rec"].vmid is None
     master = rig.vms(envid)["m"]
     assert master.state == "allocated" and master.nonce == intent["rec"].nonce and master.vmid is not None
-    token = tokens.vm_token(envstore.callback_secret(rig.r), envid, "m", master.nonce)
+    token = tokens.vm_token(install.callback_secret(rig.r), envid, "m", master.nonce)
     assert rig.sim_vm(master.vmid).context["CARINA_TOKEN"] == token
     assert rig.sim_vm(master.vmid).context["BALANCE_PORT"] == "8080"
     assert rig.env(envid)["phase"] == "master_boot"

@@ -12,7 +12,7 @@ from functions.engine.context import load
 from functions.engine.vmops import pin_id
 from functions.model import hostkeys
 from functions.ops.callbacks import apply
-from functions.store import envstore, tenants
+from functions.store import install, tenants
 from onesim.sshd import Endpoint, ExecResult, SshServer, generate_host_key, load_host_key, public_line
 from tests.harness import free_port, wait_port
 from tests.integration.engine_fixtures import SERVICE, Rig, open_rig
@@ -80,7 +80,7 @@ def boot(rig: Rig, master: Master, hostkey: str | None) -> tuple[str, str]:
 def pinned(rig: Rig, envid: str) -> str | None:
     env = load(rig.r, envid)
     assert env is not None
-    return envstore.pinned_hostkey(rig.r, pin_id(env, rig.vms(envid)["m"]))
+    return install.pinned_hostkey(rig.r, pin_id(env, rig.vms(envid)["m"]))
 
 
 def test_the_callback_key_checks_the_first_connection_and_is_pinned(rig: Rig, master: Master) -> None:

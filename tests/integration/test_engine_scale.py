@@ -11,7 +11,7 @@ import redis
 
 from functions.engine import vmops
 from functions.engine.context import load
-from functions.store import envstore, guards, tenants
+from functions.store import envstore, guards, install, tenants
 from functions.store.envstore import VmRecord
 from onesim import states as S
 from onesim.sshd import Endpoint, ExecResult, SshServer, generate_host_key, load_host_key, public_line
@@ -133,7 +133,7 @@ def test_announce_refuses_a_changed_master_host_key(rig: Rig, master_sshd: _Mast
     rig.tick()
     rig.drive(envid)                                         # announce over real SSH: key pinned on first use
     assert master_sshd.seen == [f"~/master.sh add {rig.vms(envid)['s0'].ip} 8080"]
-    assert envstore.pinned_hostkey(rig.r, pin(rig, envid, master)) == first_key
+    assert install.pinned_hostkey(rig.r, pin(rig, envid, master)) == first_key
 
     master_sshd.serve(master.ip)                             # the master now presents another host key
     up = rig.scale(envid, "up")
@@ -149,7 +149,7 @@ def test_announce_refuses_a_changed_master_host_key(rig: Rig, master_sshd: _Mast
     assert job["status"] == "FAIL" and "host key changed" in job["info"]
     assert env["status"] == "SLAVE_SCALEDOWN_FAIL: master host key changed"
     assert len(master_sshd.seen) == 1                        # nothing ran under the changed key
-    assert envstore.pinned_hostkey(rig.r, pin(rig, envid, master)) == first_key       # never accepted
+    assert install.pinned_hostkey(rig.r, pin(rig, envid, master)) == first_key       # never accepted
     assert rig.vms(envid)["s1"].state == "running" and len(rig.live(envid)) == 3  # nothing terminated
 
 
@@ -161,7 +161,7 @@ def test_create_fails_when_the_master_key_differs_from_the_pinned_one(rig: Rig, 
     master = rig.vms(envid)["m"]
     master_sshd.serve(master.ip)
     other = public_line(load_host_key(generate_host_key()))
-    envstore.pin_hostkey(rig.r, pin(rig, envid, master), other)   # contacted before with another key
+    install.pin_hostkey(rig.r, pin(rig, envid, master), other)   # contacted before with another key
     rig.callback(envid, "m", "MASTER_INIT_DONE")
     rig.drive(envid)
     rig.tick()
@@ -169,7 +169,7 @@ def test_create_fails_when_the_master_key_differs_from_the_pinned_one(rig: Rig, 
     job = rig.job(jobid)
     assert job["status"] == "FAIL" and job["info"].startswith("announce s0: ") and "host key changed" in job["info"]
     assert rig.env(envid)["status"] == "SLAVE_CREATE_FAIL: master host key changed"
-    assert master_sshd.seen == [] and envstore.pinned_hostkey(rig.r, pin(rig, envid, master)) == other
+    assert master_sshd.seen == [] and install.pinned_hostkey(rig.r, pin(rig, envid, master)) == other
 
 
 def test_opennebula_down_is_retried_with_growing_delay_without_duplicates(rig: Rig) -> None:

@@ -9,7 +9,7 @@ import pytest
 from functions.model.clock import FakeClock
 from functions.model.tokens import token_matches, vm_token
 from functions.store import envstore as es
-from functions.store import guards
+from functions.store import guards, install
 
 
 def test_create_env_records_env_job_and_guard(rdb):
@@ -85,10 +85,10 @@ def test_vm_records_events_and_delete(rdb):
 
 
 def test_hostkey_pinning_and_tokens(rdb):
-    assert es.pin_hostkey(rdb, "svc http://e/RPC2 3 n1", "ssh-ed25519 AAA") == "ssh-ed25519 AAA"
-    assert es.pin_hostkey(rdb, "svc http://e/RPC2 3 n1", "ssh-ed25519 BBB") == "ssh-ed25519 AAA"
-    secret = es.callback_secret(rdb)
-    assert secret == es.callback_secret(rdb) and len(secret) == 32
+    assert install.pin_hostkey(rdb, "svc http://e/RPC2 3 n1", "ssh-ed25519 AAA") == "ssh-ed25519 AAA"
+    assert install.pin_hostkey(rdb, "svc http://e/RPC2 3 n1", "ssh-ed25519 BBB") == "ssh-ed25519 AAA"
+    secret = install.callback_secret(rdb)
+    assert secret == install.callback_secret(rdb) and len(secret) == 32
     tok = vm_token(secret, "4", "m", "n1")
     assert token_matches(secret, "4", "m", "n1", tok)
     assert not token_matches(secret, "4", "s0", "n1", tok)

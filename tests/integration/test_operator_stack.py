@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from functions.model.tokens import vm_token
-from functions.store import envstore, tenants
+from functions.store import envstore, install, tenants
 from tests.integration.test_lifecycle_stack import EXTRA_ENVS, SILENT
 from tests.stack import ROOT, SIM_AUTH, Stack, wait_for
 
@@ -56,7 +56,7 @@ def cycle(stack: tuple[Stack, str]) -> Cycle:
     c = Cycle(st, token)
     c.runs["create"] = st.oneenv(token, "--create", "tomcat", "--wait", "--timeout", "50", check=False)
     c.envid = json.loads(c.runs["create"].stdout.splitlines()[0])["envid"]
-    secret = envstore.callback_secret(st.r)
+    secret = install.callback_secret(st.r)
     c.vm_tokens = [vm_token(secret, c.envid, v.slot, v.nonce) for v in envstore.get_vms(st.r, c.envid).values()]
     c.runs["scaleup"] = st.oneenv(token, "--scaleup", c.envid, "--wait", check=False)
     c.runs["remove"] = st.oneenv(token, "--remove", c.envid, "--wait", check=False)

@@ -34,7 +34,7 @@ from rq.registry import FailedJobRegistry
 
 from functions.model.tokens import vm_token
 from functions.schedule import TICK_ID
-from functions.store import envstore, runtime, tenants
+from functions.store import envstore, install, runtime, tenants
 from onesim.sandbox import GUEST_USER
 from tests.stack import Stack, wait_for
 from tests.unit.test_confschema_limits import hostile_rb
@@ -160,7 +160,7 @@ def _noauth(st: Stack) -> dict[str, Any]:
 
 def _flood(st: Stack, envid: str) -> dict[str, Any]:
     rec = envstore.get_vms(st.r, envid)["m"]
-    token = vm_token(envstore.callback_secret(st.r), envid, "m", rec.nonce)
+    token = vm_token(install.callback_secret(st.r), envid, "m", rec.nonce)
     codes: list[int] = []
     refusal: tuple[dict[str, str], bytes] | None = None
     started = time.monotonic()
