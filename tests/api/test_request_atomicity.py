@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis.client import Pipeline
 
 from config.settings import Settings
 from functions import errors
@@ -16,6 +15,7 @@ from functions.ops import operations
 from functions.store import envstore, guards, keys
 from functions.upkeep import reconcile
 from tests.api.test_env_routes import _create, _finish, _queue, _setup
+from tests.faultredis import TickingRedis
 
 FINAL = ("DONE", "FAIL", "ABORT")
 
@@ -24,7 +24,7 @@ class Injected(redis.ConnectionError):
     """The injected failure."""
 
 
-class FaultyRedis(redis.Redis):
+class FaultyRedis(TickingRedis):
     """A real client whose `fail_at`-th command (a pipeline's EXEC counting as one) raises Injected."""
 
     fail_at = 0
@@ -34,25 +34,6 @@ class FaultyRedis(redis.Redis):
         self.count += 1
         if self.count == self.fail_at:
             raise Injected(f"injected failure at command {self.count}")
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        self.tick()
-        return super().execute_command(*args, **options)
-
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
-        client = self
-
-        class FaultyPipeline(Pipeline):
-            def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
-                client.tick()
-                return super().immediate_execute_command(*args, **options)
-
-            def execute(self, raise_on_error: bool = True) -> Any:
-                if self.command_stack:
-                    client.tick()
-                return super().execute(raise_on_error)
-
-        return FaultyPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
 
 def jobs_of(r: redis.Redis, service: str, envid: str) -> list[dict[str, str]]:

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 import redis
-from redis.client import Pipeline
 
 from functions.gs.model import ALLOCATED, CANCELLED, PEND, RELEASED
 from functions.ops import gsched, operations
 from functions.store import envstore, gsstore, keys
 from onesim import states as S
+from tests.faultredis import TickingRedis
 from tests.harness import RedisServer, url_of
 from tests.integration import gs_fixtures as gs
 from tests.integration.engine_fixtures import SERVICE, Rig, open_rig
@@ -104,7 +104,7 @@ class Killed(BaseException):
     """The worker died here (not an Exception: nothing in Carina catches it)."""
 
 
-class KillingRedis(redis.Redis):
+class KillingRedis(TickingRedis):
     """A real client whose `kill_at`-th command run by a job (`armed`; a pipeline's EXEC counting as one) raises
     Killed."""
 
@@ -118,25 +118,6 @@ class KillingRedis(redis.Redis):
         self.count += 1
         if self.count == self.kill_at:
             raise Killed(f"killed at command {self.count}")
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        self.tick()
-        return super().execute_command(*args, **options)
-
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
-        client = self
-
-        class KillingPipeline(Pipeline):
-            def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
-                client.tick()
-                return super().immediate_execute_command(*args, **options)
-
-            def execute(self, raise_on_error: bool = True) -> Any:
-                if self.command_stack:
-                    client.tick()
-                return super().execute(raise_on_error)
-
-        return KillingPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
 
 def _survive(rig: Rig, call: Callable[[], Any]) -> None:
