@@ -53,7 +53,7 @@ class Stack:
     """Real processes on free loopback ports; logs in `workdir/*.log`."""
 
     def __init__(self, workdir: Path, workers: int = 1, env: dict[str, str] | None = None,
-                 sim_delay: float = 0.2) -> None:
+                 sim_delay: float = 0.2, clock_skew: bool = False) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.n_workers = workers
@@ -63,6 +63,9 @@ class Stack:
         self.ssh_port = free_port()
         self.sim_delay = sim_delay
         self.extra_env = dict(env or {})
+        self.skew_file = workdir / "clock.skew" if clock_skew else None   # run_minute moves Carina's clock
+        if self.skew_file is not None:
+            self.extra_env["CARINA_CLOCK_SKEW_FILE"] = str(self.skew_file)
         self.guest_root = guest_root()   # outside every 0700 directory: the guest user reaches its sandboxes
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.workers: list[subprocess.Popen[bytes]] = []
@@ -147,6 +150,29 @@ class Stack:
         proc = self._spawn(name, args)
         self.procs[name] = proc
         return proc
+
+    def skew(self) -> float:
+        """Seconds by which this stack's Carina processes' clock runs ahead (functions.model.clock.system_clock)."""
+        try:
+            return float(self.skew_file.read_text()) if self.skew_file else 0.0
+        except OSError:
+            return 0.0
+
+    def run_minute(self, timeout: float = 60.0) -> int:
+        """Move every Carina process's clock to the start of its next minute (the stack made with clock_skew) and
+        wait until the minute tick of that minute has run (its closing log line; a scheduler must be started).
+        Returns that minute. Never call it while a job's deadline matters: the clock jumps up to a minute."""
+        assert self.skew_file is not None, "Stack(clock_skew=True) runs minutes"
+        skew = self.skew()
+        now = time.time() + skew
+        minute = int(now // 60) + 1
+        tmp = self.skew_file.with_suffix(".tmp")
+        tmp.write_text(repr(skew + minute * 60 + 0.5 - now))
+        tmp.replace(self.skew_file)
+        done = re.compile(rf"minute tick: .*'minute': {minute}\b")
+        wait_for(lambda: any(done.search(p.read_text(errors="replace")) for p in self.workdir.glob("worker*.log")),
+                 timeout, f"the minute tick of minute {minute}", every=0.2, stack=self)
+        return minute
 
     def crash_redis(self) -> None:
         """SIGKILL redis-server (what was acknowledged is in the AOF, appendfsync always)."""
