@@ -41,6 +41,7 @@ PARTS = (
     "callbacks_bench",
     "create_bench",
     "policy_tick_bench",
+    "policy_start_bench",
 )
 
 

@@ -9,13 +9,14 @@ gateways, workers and restarts; a remove pre-empts whatever runs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 from rq import Queue
 
 from config.settings import Settings
-from functions.engine.kick import kick
+from functions.engine.kick import kick, kick_many
 from functions.errors import Busy, Conflict, Invalid, NotFound
 from functions.model.clock import Clock
 from functions.model.spec import build_spec
@@ -78,32 +79,59 @@ def request_scale(r: redis.Redis, queue: Queue, service: str, envid: str, direct
     return started.jobid
 
 
+@dataclass(frozen=True)
+class PolicyRequest:
+    """An operation a policy decided: `env` has envid, service, name; `kind` SCALEUP, SCALEDOWN (of `slots[0]`)
+    or RECREATE (of `slots`), each in place; `expect` the (policy_status, pol_minute) it was decided from; `state`
+    the policy fields written with it; `why` ends its request event."""
+
+    env: Mapping[str, str]
+    kind: str
+    slots: Sequence[str]
+    source: str
+    expect: tuple[str, str]
+    state: Mapping[str, str]
+    why: str = ""
+
+
+def request_policies(r: redis.Redis, queue: Queue, requests: Sequence[PolicyRequest], clock: Clock) -> list[str | None]:
+    """Start each operation a policy decided with its policy state, each atomically on its own
+    (functions.store.policystore.start_jobs), in a few pipelined round trips for all: the job ids, the starts,
+    the request events, the drive kicks. Each claims the op guard in its atomic step (a stale
+    holder whose job ended is replaced): when another operation holds it, or the state changed meanwhile, nothing
+    is written for it. The job records origin=policy, its slots and the deciding policy (`source`); the engine
+    takes the slots from it. Returns the jobids in order (None: not started). Safe to run twice: the second call
+    finds pol_minute changed (or the guard held) and starts nothing."""
+    if not requests:
+        return []
+    bad = next((q.kind for q in requests if q.kind not in POLICY_TYPES), None)
+    if bad is not None:
+        raise Invalid(f"kind: must be one of {', '.join(POLICY_TYPES)}", "kind")
+    jobids = envstore.next_jobids(r, len(requests))
+    now = repr(clock())
+    starts = [policystore.JobStart(q.env, jobid, q.kind, q.expect,
+                                   {**q.state, "op": q.kind, "job": jobid, "phase": "new", "phase_since": now},
+                                   {"slots": ",".join(q.slots), "source": q.source})
+              for q, jobid in zip(requests, jobids, strict=True)]
+    started = policystore.start_jobs(r, starts, clock)
+    done = [(q, jobid) for q, jobid, ok in zip(requests, jobids, started, strict=True) if ok]
+    policystore.add_events(r, [(str(q.env["envid"]), str(q.env["service"]), "request", _request_text(q, jobid))
+                               for q, jobid in done], clock,
+                           [{"jobid": jobid, "op": q.kind, "origin": "policy"} for q, jobid in done])
+    kick_many(queue, [str(q.env["envid"]) for q, _ in done])
+    return [jobid if ok else None for jobid, ok in zip(jobids, started, strict=True)]
+
+
 def request_policy(r: redis.Redis, queue: Queue, env: Mapping[str, str], kind: str, slots: Sequence[str],
                    source: str, expect: tuple[str, str], state: Mapping[str, str], clock: Clock,
                    why: str = "") -> str | None:
-    """Start the operation a policy decided (SCALEUP, SCALEDOWN of slot `slots[0]`, RECREATE of `slots`, each
-    in place) and write the policy `state` fields with it, atomically (functions.store.policystore.start_job).
+    """request_policies for one operation: its jobid, or None when it was not started."""
+    return request_policies(r, queue, [PolicyRequest(env, kind, slots, source, expect, state, why)], clock)[0]
 
-    `env` has envid, service, name; `expect` is the (policy_status, pol_minute) the decision was made from.
-    Claims the op guard in the same atomic step (a stale holder whose job ended is replaced): when another
-    operation holds it, or the state changed meanwhile, nothing is written and None is returned. The job records
-    origin=policy, its slots and the deciding policy (`source`); the engine takes the slots from it. Returns the jobid.
-    Safe to run twice: the second call finds pol_minute changed (or the guard held) and starts nothing.
-    """
-    if kind not in POLICY_TYPES:
-        raise Invalid(f"kind: must be one of {', '.join(POLICY_TYPES)}", "kind")
-    envid, service = str(env["envid"]), str(env["service"])
-    jobid = envstore.next_jobid(r)
-    fields = {**state, "op": kind, "job": jobid, "phase": "new", "phase_since": repr(clock())}
-    extra = {"slots": ",".join(slots), "source": source}
-    if not policystore.start_job(r, env, jobid, kind, expect, fields, clock, extra):
-        return None
-    what = f"{kind} of {', '.join(slots)}" if slots else kind
-    envstore.add_event(r, envid, service, "request",
-                       f"{what} requested by the {source} policy (job {jobid})" + (f": {why}" if why else ""),
-                       clock, jobid=jobid, op=kind, origin="policy")
-    kick(queue, envid)
-    return jobid
+
+def _request_text(q: PolicyRequest, jobid: str) -> str:
+    what = f"{q.kind} of {', '.join(q.slots)}" if q.slots else q.kind
+    return f"{what} requested by the {q.source} policy (job {jobid})" + (f": {q.why}" if q.why else "")
 
 
 def _remove_one(r: redis.Redis, queue: Queue, service: str, env: dict[str, Any], clock: Clock) -> str:

@@ -194,6 +194,12 @@ def next_jobid(r: redis.Redis) -> str:
     return str(r.incr(keys.job_seq()))
 
 
+def next_jobids(r: redis.Redis, count: int) -> list[str]:
+    """Take `count` fresh job ids in one round trip (ascending)."""
+    last = int(r.incrby(keys.job_seq(), count)) if count > 0 else 0
+    return [str(last - count + 1 + i) for i in range(count)]
+
+
 def record_job(r: redis.Redis, service: str, jobid: str, envid: str, name: str, job_type: str, clock: Clock,
                status: str = "RUNNING") -> None:
     """Write job `jobid` (an id from next_jobid). Safe to run twice (same values)."""

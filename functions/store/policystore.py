@@ -19,7 +19,7 @@ import orjson
 import redis
 
 from functions.model.clock import Clock
-from functions.store import envstore, guards, keys, observed, scripts
+from functions.store import envstore, keys, observed, scripts
 
 
 @dataclass(frozen=True)
@@ -158,38 +158,58 @@ def write_states(r: redis.Redis, writes: Sequence[StateWrite]) -> list[bool]:
     return [bool(x) for x in done]
 
 
-def start_job(r: redis.Redis, env: Mapping[str, str], jobid: str, job_type: str, expect: tuple[str, str],
-              fields: Mapping[str, str], clock: Clock, job_extra: Mapping[str, str]) -> bool:
-    """Write the policy state + the env's op fields + job `jobid` (origin policy) + the in-flight mark at once.
+@dataclass(frozen=True)
+class JobStart:
+    """A policy job to start: `env` has envid, service, name; `fields` are the env's new policy and op fields,
+    `expect` the (policy_status, pol_minute) they were decided from; `job_extra` goes into the job hash."""
 
-    `env` has envid, service, name. The op guard is claimed in the same step (free, or held by a job that ended);
-    nothing is written (False) when another operation holds it or the policy state no longer reads `expect`.
-    Safe to run twice (the second finds pol_minute changed).
-    """
-    envid, service = str(env["envid"]), str(env["service"])
-    job = envstore.job_fields(service, jobid, envid, str(env["name"]), job_type, clock(), origin="policy")
-    job.update(job_extra)
-    holder = guards.current_op(r, envid) or ""
-    args: list[str] = [expect[0], expect[1], jobid, envid, holder, str(len(fields))]
-    for name, value in fields.items():
-        args += [name, str(value)]
-    for name, value in job.items():
-        args += [name, str(value)]
-    found = scripts.run(r, "policy_start", [keys.env(envid), keys.env_op(envid), keys.job(jobid),
+    env: Mapping[str, str]
+    jobid: str
+    job_type: str
+    expect: tuple[str, str]
+    fields: Mapping[str, str]
+    job_extra: Mapping[str, str]
+
+
+def start_jobs(r: redis.Redis, starts: Sequence[JobStart], clock: Clock) -> list[bool]:
+    """For each start, at once: write the policy state + the env's op fields + the job (origin policy) + the
+    in-flight mark, claiming the op guard (free, or held by a job that ended); nothing is written for a start
+    (False) when another operation holds the guard or the policy state no longer reads `expect`. Two pipelined
+    round trips for all (the guard holders, then one script call each). Safe to run twice (the second finds
+    pol_minute changed)."""
+    if not starts:
+        return []
+    with r.pipeline(transaction=False) as p:
+        for start in starts:
+            p.get(keys.env_op(str(start.env["envid"])))
+        holders = [h or "" for h in p.execute()]
+    now = clock()
+    with r.pipeline(transaction=False) as p:
+        for start, holder in zip(starts, holders, strict=True):
+            envid, service = str(start.env["envid"]), str(start.env["service"])
+            job = envstore.job_fields(service, start.jobid, envid, str(start.env["name"]), start.job_type, now,
+                                      origin="policy")
+            job.update(start.job_extra)
+            args: list[str] = [start.expect[0], start.expect[1], start.jobid, envid, holder, str(len(start.fields))]
+            for name, value in (*start.fields.items(), *job.items()):
+                args += [name, str(value)]
+            scripts.run(p, "policy_start", [keys.env(envid), keys.env_op(envid), keys.job(start.jobid),
                                             keys.service_jobs(service), keys.inflight(),
-                                            keys.job(holder or jobid)], args)
-    return bool(found)
+                                            keys.job(holder or start.jobid)], args)
+        return [bool(found) for found in p.execute()]
 
 
-def add_events(r: redis.Redis, events: Sequence[tuple[str, str, str, str]], clock: Clock) -> None:
-    """Append (envid, service, type, msg) events to the env and service streams, pipelined. Call it only for
-    environments that exist (a deleted environment's stream would not expire)."""
+def add_events(r: redis.Redis, events: Sequence[tuple[str, str, str, str]], clock: Clock,
+               extras: Sequence[Mapping[str, str]] = ()) -> None:
+    """Append (envid, service, type, msg) events to the env and service streams, pipelined; `extras`, when given,
+    holds each event's further fields, in the same order. Call it only for environments that exist (a deleted
+    environment's stream would not expire)."""
     if not events:
         return
     now = str(clock())
     with r.pipeline(transaction=False) as p:
-        for envid, service, kind, msg in events:
-            entry = {"ts": now, "envid": envid, "type": kind, "msg": msg}
+        for i, (envid, service, kind, msg) in enumerate(events):
+            entry = {"ts": now, "envid": envid, "type": kind, "msg": msg, **(extras[i] if extras else {})}
             p.xadd(keys.env_events(envid), entry, maxlen=envstore.EVENT_MAXLEN, approximate=True)
             p.xadd(keys.service_events(service), entry, maxlen=envstore.EVENT_MAXLEN, approximate=True)
         p.execute()

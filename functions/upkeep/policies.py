@@ -6,9 +6,9 @@ it sees the VM records the refresh hands over). In the tick the pass is a `Pass`
 while OpenNebula answers, `feed` as each endpoint's records are written (their environments are decided and
 written at once: the other endpoints are still being refreshed), `finish` for the rest (passive members of a
 failover group, after their partners; envs whose records the refresh did not hand over). `run` is the pass in
-one go. Decisions are pure; the states are written back per batch by one compare-and-set Lua call. An action
-starts its job through functions.ops.operations.request_policy (op guard first; busy: nothing happens this
-minute).
+one go. Decisions are pure; the states are written back per batch by one compare-and-set Lua call. A batch's
+actions start their jobs together through functions.ops.operations.request_policies (each claims the op guard in
+its own atomic step; busy: nothing happens for it this minute).
 
 Within a failover group the active members are decided before the passive ones, so a passive env follows its
 partner in the same minute. Once per minute however often it runs: decide does nothing for a minute already
@@ -21,7 +21,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +37,6 @@ from functions.upkeep.policyread import BATCH, SNAPSHOT, Env, Handed, attach, re
 
 log = logging.getLogger("carina.policies")
 
-STARTERS = 4                    # policy actions started at once (threads: each waits on Redis round trips)
 POLICY_MESSAGES = ("POLICY_STATUS:", "AVAIL_POLICY_STATUS:")
 
 
@@ -115,9 +113,8 @@ def _events(env: Env, decision: Decision, fields: Mapping[str, str]) -> list[tup
     return out
 
 
-def _start(r: redis.Redis, queue: Queue, env: Env, decision: Decision, fields: dict[str, str],
-           clock: Clock) -> str | None:
-    """Start the decided action with the new state (ops.operations.request_policy). None when busy."""
+def _request(env: Env, decision: Decision, fields: dict[str, str]) -> operations.PolicyRequest:
+    """The decided action with the new state, as ops.operations.request_policies starts it."""
     action = decision.action
     assert action is not None
     found = {str(rec.get("slot")): rec for rec in env.records}
@@ -125,18 +122,19 @@ def _start(r: redis.Redis, queue: Queue, env: Env, decision: Decision, fields: d
                     if s in found) if action.kind == "RECREATE" else ""
     data = {"envid": env.envid, "service": str(env.read.fields.get("service")),
             "name": str(env.read.fields.get("name") or "")}
-    return operations.request_policy(r, queue, data, action.kind, action.slots, action.source, env.expect, fields,
-                                     clock, why or decision.info)
+    return operations.PolicyRequest(data, action.kind, action.slots, action.source, env.expect, fields,
+                                    why or decision.info)
 
 
 def _apply(r: redis.Redis, queue: Queue, envs: list[Env], decisions: Mapping[str, Decision], clock: Clock,
            stats: Counter[str]) -> None:
-    """Write the states (one compare-and-set per batch), start the actions (STARTERS at once: each is a few
-    round trips to Redis, and envs are independent), record the events."""
+    """Write the states (one compare-and-set per batch), start the actions (a few pipelined round trips for all:
+    operations.request_policies), record the events."""
     writes: list[StateWrite] = []
     pending: list[list[tuple[str, str, str, str]]] = []
     events: list[tuple[str, str, str, str]] = []
-    starts: list[tuple[Env, Decision, dict[str, str], list[tuple[str, str, str, str]]]] = []
+    requests: list[operations.PolicyRequest] = []
+    requested: list[list[tuple[str, str, str, str]]] = []
     for env in envs:
         decision = decisions[env.envid]
         if not decision.evaluated:
@@ -145,15 +143,17 @@ def _apply(r: redis.Redis, queue: Queue, envs: list[Env], decisions: Mapping[str
         fields = _fields(env, decision)
         lines = _events(env, decision, fields)
         if decision.action is not None:
-            starts.append((env, decision, fields, lines))
+            requests.append(_request(env, decision, fields))
+            requested.append(lines)
             continue
         writes.append(StateWrite(env.envid, env.expect, fields))
         pending.append(lines)
-    for (_, decision, _, lines), jobid in zip(starts, _start_all(r, queue, starts, clock), strict=True):
+    jobids = operations.request_policies(r, queue, requests, clock)
+    for request, lines, jobid in zip(requests, requested, jobids, strict=True):
         if jobid is None:
             stats["busy"] += 1
             continue
-        stats[f"action_{decision.action.kind}"] += 1  # type: ignore[union-attr]
+        stats[f"action_{request.kind}"] += 1
         events.extend(lines)
     for done, lines in zip(policystore.write_states(r, writes), pending, strict=True):
         stats["written" if done else "changed_meanwhile"] += 1
@@ -161,15 +161,6 @@ def _apply(r: redis.Redis, queue: Queue, envs: list[Env], decisions: Mapping[str
             events.extend(lines)
     stats["events"] += len(events)
     policystore.add_events(r, events, clock)
-
-
-def _start_all(r: redis.Redis, queue: Queue, starts: Sequence[tuple[Env, Decision, dict[str, str], Any]],
-               clock: Clock) -> list[str | None]:
-    """`_start` of each (env, decision, fields, _), STARTERS at once; the jobids in order (None: busy)."""
-    if len(starts) < 2:
-        return [_start(r, queue, env, decision, fields, clock) for env, decision, fields, _ in starts]
-    with ThreadPoolExecutor(max_workers=STARTERS, thread_name_prefix="policy-start") as pool:
-        return list(pool.map(lambda s: _start(r, queue, s[0], s[1], s[2], clock), starts))
 
 
 @dataclass

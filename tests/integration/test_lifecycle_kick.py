@@ -87,3 +87,15 @@ def test_a_kick_rescheduled_while_leased_is_kept(rdb: redis.Redis) -> None:
     assert scripts.run(q.connection, "zrem_if_score", [keys.kick_schedule()],
                        ["10", repr(due + lifecycle.KICK_LEASE)]) == 0         # the old lease can't remove it
     assert rdb.zcard(keys.kick_schedule()) == 1
+
+
+def test_kick_many_queues_one_drive_per_env_not_already_kicked(rdb: redis.Redis) -> None:
+    q = _queue(rdb)
+    assert lifecycle.kick(q, "7") is True                                   # a drive of 7 already waits
+    assert lifecycle.kick_many(q, ["7", "8", "9", "8"]) == ["8", "9"]       # once each, 7 not again
+    assert lifecycle.kick_many(q, ["8", "9"]) == []                         # repeated: nothing more
+    assert sorted(q.fetch_job(j).args[0] for j in q.job_ids) == ["7", "8", "9"]
+    job = q.fetch_job(next(j for j in q.job_ids if j.startswith("drive-8-")))
+    assert job.func_name == "functions.tasks.drive" and job.timeout == lifecycle.JOB_TIMEOUT
+    assert lifecycle.clear_kick(rdb, "8", job.id) is True                   # its mark stands for this job
+    assert lifecycle.kick_many(q, ["8"]) == ["8"]                           # a wake-up during the run

@@ -97,3 +97,40 @@ def test_a_stale_decision_releases_the_guard_it_claimed(rdb: redis.Redis) -> Non
     assert operations.request_policy(rdb, queue, env, "SCALEUP", [], "elasticity", ("ACTIVE", "40"),
                                      {"pol_minute": "42"}, clock) is None
     assert guards.current_op(rdb, envid) is None and rdb.hget(keys.env(envid), "pol_minute") == "41"
+
+
+def test_policy_jobs_start_in_one_batch_each_on_its_own(rdb: redis.Redis) -> None:
+    """request_policies: each start succeeds or leaves nothing on its own (a busy guard, a stale decision); the
+    started ones have their job, state, request event (with its job, op and origin) and one drive job each."""
+    clock, queue = FakeClock(), _queue(rdb)
+    ok1, busy, stale, ok2 = envids = [_env(rdb, clock) for _ in range(4)]
+    for envid in envids:
+        envstore.clear_inflight(rdb, envid)                                 # their creates' drives are over
+    manual = envstore.next_jobid(rdb)
+    guards.claim_op(rdb, busy, manual)
+    envstore.record_job(rdb, "svc", manual, busy, "web", "SCALEUP", clock)
+    state = {"pol_minute": "42", "policy_status": "ACTIVE"}
+
+    def ask(envid: str, kind: str, slots: list[str], expect: tuple[str, str]) -> operations.PolicyRequest:
+        return operations.PolicyRequest({"envid": envid, "service": "svc", "name": "web"}, kind, slots, "elasticity",
+                                        expect, state, "why not")
+
+    jobids = operations.request_policies(rdb, queue, [ask(ok1, "SCALEUP", [], ("ACTIVE", "41")),
+                                                      ask(busy, "SCALEUP", [], ("ACTIVE", "41")),
+                                                      ask(stale, "SCALEUP", [], ("ACTIVE", "40")),
+                                                      ask(ok2, "SCALEDOWN", ["s0"], ("ACTIVE", "41"))], clock)
+    assert jobids[1] is None and jobids[2] is None and None not in (jobids[0], jobids[3])
+    assert int(jobids[3]) > int(jobids[0]) > int(manual)
+    for envid, jobid, kind in ((ok1, jobids[0], "SCALEUP"), (ok2, jobids[3], "SCALEDOWN")):
+        data = envstore.get_env(rdb, envid)
+        assert data is not None and (data["op"], data["job"], data["pol_minute"]) == (kind, jobid, "42")
+        assert guards.current_op(rdb, envid) == jobid and envid in envstore.inflight(rdb)
+        event = envstore.list_events(rdb, envid)[-1]
+        assert (event["type"], event["jobid"], event["op"], event["origin"]) == ("request", jobid, kind, "policy")
+    assert envstore.list_events(rdb, ok2)[-1]["msg"] == (
+        f"SCALEDOWN of s0 requested by the elasticity policy (job {jobids[3]}): why not")
+    for envid in (busy, stale):                                             # untouched
+        assert rdb.hget(keys.env(envid), "pol_minute") == "41" and envid not in envstore.inflight(rdb)
+    assert guards.current_op(rdb, busy) == manual and guards.current_op(rdb, stale) is None
+    assert sorted(queue.fetch_job(j).args[0] for j in queue.job_ids) == sorted([ok1, ok2])
+    assert operations.request_policies(rdb, queue, [], clock) == []

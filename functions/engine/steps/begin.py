@@ -1,7 +1,7 @@
 """`begin`: what every new job records once before its first step (deadline, chosen slot, who asked); a REMOVE
 pre-empts the environment's other unfinished jobs.
 
-A job started by a policy (functions.ops.operations.request_policy) names its slots in the job hash (`slots`)
+A job started by a policy (functions.ops.operations.request_policies) names its slots in the job hash (`slots`)
 and has `origin` "policy": a SCALEDOWN removes that slot instead of the highest one, a RECREATE replaces those
 slots in place, and a SCALEUP's new VM is recorded as added by policy (`op_origin`).
 """
