@@ -148,7 +148,10 @@ class _Interface(paramiko.ServerInterface):
         except (OSError, EOFError, paramiko.SSHException):
             log.debug("sshd: client went away before the result was sent")
         finally:
-            channel.close()
+            try:
+                channel.close()         # the close message fails too when the client has gone
+            except (OSError, EOFError, paramiko.SSHException):
+                log.debug("sshd: client went away before the channel was closed")
             self.transport.accept(0)  # drop the channel from paramiko's accept queue
 
 

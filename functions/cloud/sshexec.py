@@ -235,7 +235,10 @@ def _poll(chan: paramiko.Channel, run: _Running, timeout: float, where: str) -> 
         outcome: Outcome = SshFailed(f"timed out after {timeout:g}s")
     except (paramiko.SSHException, OSError, EOFError) as exc:
         outcome = SshFailed(f"ssh to {where}: {type(exc).__name__}: {exc}")
-    chan.close()
+    try:
+        chan.close()
+    except (paramiko.SSHException, OSError, EOFError):
+        pass                          # closing fails too when the connection broke: the outcome stands
     return outcome
 
 

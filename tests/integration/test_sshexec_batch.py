@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import paramiko
@@ -16,6 +16,7 @@ from functions.cloud import sshexec
 from functions.cloud.sshexec import HostKeyMismatch, SshFailed, SshResult, run_batch
 from onesim.sshd import Endpoint, ExecResult, SshServer, generate_host_key, load_host_key, public_line
 from tests.harness import free_port, wait_port
+from tests.stack import wait_for
 
 
 @dataclass
@@ -77,6 +78,19 @@ def batch(m: Master, commands: list[str], **kw: object) -> tuple[list[sshexec.Ou
     return run_batch("127.0.0.1", m.port, "root", m.client_pem, commands, **opts)  # type: ignore[arg-type]
 
 
+def break_channel_close(monkeypatch: pytest.MonkeyPatch, side: Callable[[threading.Thread], bool]) -> None:
+    """Make paramiko's Channel.close raise EOFError after closing, in the threads `side` picks: what it does when
+    the socket broke before the transport noticed (seen once in CI)."""
+    close = paramiko.Channel.close
+
+    def broken_close(channel: paramiko.Channel) -> None:
+        close(channel)
+        if side(threading.current_thread()):
+            raise EOFError
+
+    monkeypatch.setattr(paramiko.Channel, "close", broken_close)
+
+
 def test_runs_every_command_over_one_connection_in_order(master: Master) -> None:
     commands = [f"add 10.0.0.{i}" for i in range(30)]
     outcomes, seen = batch(master, commands, channels=1)
@@ -105,6 +119,16 @@ def test_a_command_past_its_timeout_fails_alone(master: Master) -> None:
     outcomes, _ = batch(master, ["add a sleep", "add b"], timeout=1.0, channels=2)
     assert isinstance(outcomes[0], SshFailed) and "timed out after 1s" in str(outcomes[0])
     assert outcomes[1] == SshResult(0, "ran add b\n", "")
+
+
+def test_a_command_past_its_timeout_fails_alone_even_when_closing_its_channel_fails(
+        master: Master, monkeypatch: pytest.MonkeyPatch) -> None:
+    """paramiko raises EOFError from Channel.close when the socket broke first (injected here on the client's
+    side): the command still gets its failure, nothing escapes run_batch."""
+    break_channel_close(monkeypatch, lambda t: t is threading.main_thread())      # run_batch's thread
+    master.slow = 3.0
+    outcomes, _ = batch(master, ["add a sleep"], timeout=0.5)
+    assert isinstance(outcomes[0], SshFailed) and "timed out after 0.5s" in str(outcomes[0])
 
 
 def test_a_lost_connection_fails_what_had_not_finished(master: Master) -> None:
@@ -168,3 +192,25 @@ def test_a_server_allowing_fewer_sessions_gets_fewer_channels_not_failures(maste
     outcomes, _ = batch(master, commands, channels=8)
     assert all(isinstance(o, SshResult) and o.rc == 0 for o in outcomes), outcomes
     assert sorted(master.ran) == sorted(commands) and master.most <= 2 and master.auths == 1
+
+
+def test_the_server_survives_clients_gone_before_their_answer(master: Master,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that goes away while its command runs (the link dropped, or the client gave up on its timeout):
+    the simulator's exec thread ends quietly even when closing the channel fails as well (paramiko raises
+    EOFError there when the socket broke before the transport noticed: injected here, seen once in CI), and the
+    next client is served."""
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    close = paramiko.Channel.close
+    break_channel_close(monkeypatch, lambda t: t.name == "onesim-sshd-exec")      # the simulator's side
+    master.slow = 0.5
+    batch(master, ["add a drop"], channels=1)                          # the link closes under the command
+    outcomes, _ = batch(master, ["add b sleep"], timeout=0.1)          # the client gives up first
+    assert not isinstance(outcomes[0], SshResult)
+
+    wait_for(lambda: not [t for t in threading.enumerate() if t.name == "onesim-sshd-exec"], 10,
+             "the simulator's exec threads to end", every=0.05)
+    assert errors == []
+    monkeypatch.setattr(paramiko.Channel, "close", close)
+    assert batch(master, ["add c"])[0] == [SshResult(0, "ran add c\n", "")]
