@@ -13,7 +13,10 @@ APP_SVC_START (MASTER_INIT_DONE would wake a drive of an environment that has no
 
 Load: 2 client processes x 4 threads (as many as the gateway's threads), each VM's two callbacks in order from one
 thread: first as VMs send them (wget: a new connection per callback), then on keep-alive connections (the gateway's
-share of the work is larger there: nothing is spent on connections). Ingestion runs while the worker drains;
+share of the work is larger there: nothing is spent on connections), each client opening a new one every RECYCLE
+requests as a connection pool does (with 8 connections for a whole round, how gunicorn's two workers happened to
+accept them decided a round's rate: the bare route's ranged 2,232-4,271 req/s, 0.92 s of CPU on one worker and
+0.10 on the other in the slow rounds; recycled, 3,470-4,044). Ingestion runs while the worker drains;
 rounds alternate bare and Carina (each VM's callback gate forgotten between rounds), the best round of each counts
 (the machine is shared); the CPU time per request of the gunicorn workers, redis-server and the worker is noted, a
 figure the sharing disturbs less. The clients are closed-loop and saturate the gateway: p99 includes queueing on
@@ -66,6 +69,18 @@ gunicorn -w 4 --threads 2 and -w 1 --threads 8 for both servers: Carina's own th
 Left: the drain's RQ enqueue (~170 us of CPU in a tight loop, 250-500 in the route, once every ~15 callbacks while a
 worker drains: ~20 us a callback); RQ's ~56 commands and ~2 ms of CPU per job, paid once per drain (about 20
 callbacks a job while ingesting, 200 from a backlog).
+
+Session 9 (full runs, keep-alive recycled, load < 1): a connection per callback 0.55-0.60 x, keep-alive 0.48-0.51 x
+the bare route: keep-alive is at the line (it was 0.47-0.66 x while the accept race decided the baseline). Per
+callback: gateway 615-640 us against 395-400 for the bare route, redis-server ~105, worker ~110 (the drain itself
+~32, the rest RQ's per-job cost at ~40 callbacks a drain). gunicorn shapes for both servers (one run each unless
+noted): -w 4 --threads 1 (three runs): 0.53-0.58 / 0.54-0.55 x, Carina's own throughput up ~20 % (1,920-2,040 cb/s)
+and p99 ~8 ms, but the bare route gains as much, and one thread a process leaves no room for the events route's
+long-polling followers; -w 3 --threads 1 (two runs) 0.51-0.53 / 0.55 x; -w 4 --threads 2: 0.59 / 0.49 x. Kept
+-w 2 --threads 4. A redis-py 8.1 command costs ~60 us of client CPU against ~23 us on a raw socket (its pool's
+get/release with observability counters; single_connection_client: ~47 us). A drain gathering up to 120 ms that
+stops once the inbox grew by nothing for 20 ms halved the drain jobs (worker CPU a callback 93 -> 67 us) without
+moving the throughput beyond noise: not adopted.
 """
 
 from __future__ import annotations
@@ -102,6 +117,7 @@ from tests.harness import RedisServer, free_port  # noqa: E402
 SERVICE = "bench"
 PER_ENV = 100               # VMs per environment: 1 master + 99 slaves
 PROCS, THREADS = 2, 4       # client processes x keep-alive connections each
+RECYCLE = 25                # a keep-alive client opens a new connection every RECYCLE requests (as a pool does)
 
 
 def bare_app() -> falcon.App:
@@ -154,11 +170,14 @@ def _connection_run(port: int, vms: list[list[str]], go_at: float, keepalive: bo
     while time.time() < go_at:
         time.sleep(0.001)
     start = time.time()
+    sent = 0
     for paths in vms:
         for path in paths:
             t0 = time.perf_counter()
-            if not keepalive:
+            if not keepalive or (sent and sent % RECYCLE == 0):
+                conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            sent += 1
             conn.request("GET", path)
             resp = conn.getresponse()
             resp.read()
