@@ -50,14 +50,19 @@ def kick(queue: Queue, envid: str, delay: float = 0.0, force: bool = False) -> b
         conn.zadd(keys.kick_schedule(), {envid: now + delay}, lt=True)   # keeps the earliest due time
         return True
     slack = -1e12 if force else PENDING_SLACK
-    marked = scripts.run(conn, "kick_mark", [keys.env_kick(envid)], [repr(now), repr(slack), str(PENDING_GRACE)])
-    if not marked:
+    if not _mark(conn, envid, now, slack):
         return False
     try:
         queue.enqueue(DRIVE, envid, unique=True, **_drive_options(envid, now))
     except DuplicateJobError:
         return False
     return True
+
+
+def _mark(client: Any, envid: str, now: float, slack: float) -> Any:
+    """Set the env's pending-kick mark unless a drive due within `slack` s is already marked (script kick_mark);
+    truthy when it was set. On a pipeline the answer comes with its execute()."""
+    return scripts.run(client, "kick_mark", [keys.env_kick(envid)], [repr(now), repr(slack), str(PENDING_GRACE)])
 
 
 def _drive_options(envid: str, now: float) -> dict[str, Any]:
@@ -74,8 +79,7 @@ def kick_many(queue: Queue, envids: Sequence[str]) -> list[str]:
     conn, now = queue.connection, time.time()
     with conn.pipeline(transaction=False) as p:
         for envid in envids:
-            scripts.run(p, "kick_mark", [keys.env_kick(str(envid))],
-                        [repr(now), repr(PENDING_SLACK), str(PENDING_GRACE)])
+            _mark(p, str(envid), now, PENDING_SLACK)
         marked = [str(e) for e, m in zip(envids, p.execute(), strict=True) if m]   # a repeated env: marked once
     if marked:
         with conn.pipeline() as p:
