@@ -110,6 +110,9 @@ def _handshake(host: str, port: int, known_key: str | None, deadline: _Deadline)
     except (paramiko.SSHException, OSError, EOFError) as exc:
         transport.close()
         raise SshFailed(f"ssh handshake with {host}:{port}: {exc}") from None
+    if not transport.initial_kex_done:      # start_client returns quietly when its timeout passes mid-exchange
+        transport.close()
+        raise SshFailed(f"ssh handshake with {host}:{port}: timed out after {deadline.timeout:g}s")
     key = transport.get_remote_server_key()
     seen = f"{key.get_name()} {key.get_base64()}"
     if known_key is not None and not hostkeys.matches(known_key, seen):
