@@ -35,6 +35,7 @@ from functions.cloud.fastxml import VmRow
 from functions.cloud.one import INFOSET_SLICE, OneClient, OneError, OneUnavailable, VmView, row_view
 from functions.model import ownership
 from functions.model.clock import Clock, system_clock
+from functions.model.observation import cpu_figure, judgeable, observation
 from functions.policy import VmObs
 from functions.store import install, observed, policystore, tenants
 from functions.upkeep import recall
@@ -65,45 +66,6 @@ class _Pending:
     service: str
     seen: observed.Seen
     view: VmView
-
-
-def observation(seen: observed.Seen, view: VmView | None, checked: str | None = None) -> tuple[str, ...] | None:
-    """The record's FIELDS (observed.FIELDS, JSON value text) with what OpenNebula says (`view` None: the VM
-    is missing; `checked`: a new ownership mark; the view's IP, when it carries one, becomes `one_ip`: full
-    bodies do, short ones not), or None when nothing changed. A DONE VM is missing; a missing VM keeps its last
-    numbers and address. Pure."""
-    old = seen.written()
-    mark = old[4] if checked is None else checked
-    if view is None or view.state == 6:
-        new = (old[0], "missing", old[2], old[3], mark, old[5])
-    else:
-        new = (old[0], view.short_status(), str(view.state), str(view.lcm_state), mark, view.ip or old[5])
-    return None if new == old else new
-
-
-def cpu_figure(seen: observed.Seen, view: VmView | None, cpu: float | None) -> float | None:
-    """The VM's new CPU figure, or None when there is none or it did not change (a missing or DONE VM keeps
-    its last figure; the figure now is the decoded record's, which the refresh keeps up to date, else the one
-    read). Pure."""
-    if view is None or view.state == 6 or cpu is None:
-        return None
-    now = seen.doc.get("cpu") if seen.doc is not None else _float(seen.cpu)
-    return None if now == cpu else float(cpu)
-
-
-def _float(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def judgeable(seen: observed.Seen, taken: float) -> bool:
-    """A record the snapshot can judge: it has a VM id, is not mid-allocate, was allocated before `taken`."""
-    if not seen.vmid.isdigit() or seen.state == "allocating":
-        return False
-    created = _float(seen.created or "0")
-    return created is not None and created <= taken
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
