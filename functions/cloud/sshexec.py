@@ -14,9 +14,11 @@ import io
 import select
 import shlex
 import socket
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import paramiko
@@ -81,6 +83,52 @@ class _Deadline:
         if left <= 0:
             raise SshFailed(f"timed out after {self.timeout:g}s")
         return left
+
+
+class _Watchdog:
+    """Closes a connection whose server leaves an armed wait unanswered past its deadline: paramiko's
+    Channel.exec_command waits for the server's answer without a limit (closing the transport wakes it). One
+    thread per connection; `stop` ends it."""
+
+    def __init__(self, transport: paramiko.Transport) -> None:
+        self.transport = transport
+        self.cond = threading.Condition()
+        self.until: float | None = None
+        self.stopped = False
+        threading.Thread(target=self._watch, name="carina-ssh-watchdog", daemon=True).start()
+
+    @contextmanager
+    def armed(self, deadline: _Deadline) -> Iterator[None]:
+        """Within the block, the connection is closed once `deadline` passes; raises SshFailed("timed out")
+        when the block failed because it did."""
+        with self.cond:
+            self.until = deadline.end
+            self.cond.notify()
+        try:
+            yield
+        except (paramiko.SSHException, OSError, EOFError):
+            if deadline.end <= time.monotonic():
+                raise SshFailed(f"timed out after {deadline.timeout:g}s (the server did not answer)") from None
+            raise
+        finally:
+            with self.cond:
+                self.until = None
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify()
+
+    def _watch(self) -> None:
+        with self.cond:
+            while not self.stopped and (self.until is None or self.until > time.monotonic()):
+                self.cond.wait(None if self.until is None else self.until - time.monotonic())
+            if self.stopped:
+                return
+        try:
+            self.transport.close()
+        except (paramiko.SSHException, OSError, EOFError):
+            pass                      # a connection that broke on its own is closed as well
 
 
 def _handshake(host: str, port: int, known_key: str | None, deadline: _Deadline) -> tuple[paramiko.Transport, str]:
@@ -164,14 +212,17 @@ def _run_remote(host: str, port: int, user: str, private_pem: str, command: str,
         raise ValueError("timeout: must be positive")
     deadline = _Deadline(timeout)
     transport, seen = _connect(host, port, user, private_pem, known_key, deadline)
+    watchdog = _Watchdog(transport)
     try:
         chan = transport.open_session(timeout=deadline.left())
         chan.settimeout(deadline.left())
-        chan.exec_command(command)
+        with watchdog.armed(deadline):
+            chan.exec_command(command)
         return _collect(chan, deadline), seen
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise SshFailed(f"ssh to {host}:{port}: {type(exc).__name__}: {exc}") from None
     finally:
+        watchdog.stop()
         transport.close()
 
 Outcome = SshResult | SshFailed        # one command's result in a batch: what it returned, or why it did not run
@@ -212,10 +263,12 @@ def _drain(chan: paramiko.Channel, run: _Running) -> bool:
     return chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready()
 
 
-def _open(transport: paramiko.Transport, command: str, index: int, timeout: float) -> tuple[paramiko.Channel, _Running]:
+def _open(transport: paramiko.Transport, watchdog: _Watchdog, command: str, index: int,
+          timeout: float) -> tuple[paramiko.Channel, _Running]:
     run = _Running(index, _Deadline(timeout))
     chan = transport.open_session(timeout=run.deadline.left())
-    chan.exec_command(command)
+    with watchdog.armed(run.deadline):
+        chan.exec_command(command)
     return chan, run
 
 
@@ -245,8 +298,8 @@ def _poll(chan: paramiko.Channel, run: _Running, timeout: float, where: str) -> 
     return outcome
 
 
-def _run_channels(transport: paramiko.Transport, commands: Sequence[str], timeout: float, channels: int,
-                  where: str) -> list[Outcome]:
+def _run_channels(transport: paramiko.Transport, watchdog: _Watchdog, commands: Sequence[str], timeout: float,
+                  channels: int, where: str) -> list[Outcome]:
     """Each command on its own exec channel, at most `channels` at once (fewer once the server refuses a channel
     while others are open: its MaxSessions), each within `timeout` s of its start. A command that could not
     start or finish gets its SshFailed; the others are not affected unless the connection itself is lost (then
@@ -258,7 +311,7 @@ def _run_channels(transport: paramiko.Transport, commands: Sequence[str], timeou
         while pending and len(active) < channels and transport.is_active():
             i = pending.popleft()
             try:
-                chan, run = _open(transport, commands[i], i, timeout)
+                chan, run = _open(transport, watchdog, commands[i], i, timeout)
             except paramiko.ChannelException as exc:
                 if active:                    # the server allows fewer sessions at once (MaxSessions): use fewer
                     pending.appendleft(i)
@@ -266,7 +319,10 @@ def _run_channels(transport: paramiko.Transport, commands: Sequence[str], timeou
                     break
                 results[i] = SshFailed(f"ssh to {where}: {type(exc).__name__}: {exc}")
                 continue
-            except (paramiko.SSHException, OSError, EOFError, SshFailed) as exc:
+            except SshFailed as exc:
+                results[i] = SshFailed(f"ssh to {where}: {exc}")
+                continue
+            except (paramiko.SSHException, OSError, EOFError) as exc:
                 results[i] = SshFailed(f"ssh to {where}: {type(exc).__name__}: {exc}")
                 continue
             active[chan] = run
@@ -290,8 +346,10 @@ def run_batch(host: str, port: int, user: str, private_pem: str, commands: Seque
 
     Raises HostKeyMismatch (before authenticating: nothing ran) or SshFailed when the connection, the key
     exchange or the authentication fails within `timeout` s (nothing ran). Each command then has `timeout` s
-    from its start. Changes nothing locally; running it twice runs every command twice. Each command's
-    duration and outcome go to the metrics, like run_remote's.
+    from its start; a server that leaves a command's start (its exec request) unanswered that long is taken as
+    hung: the connection is closed and every command not finished fails with it. Changes nothing locally;
+    running it twice runs every command twice. Each command's duration and outcome go to the metrics, like
+    run_remote's.
     """
     if timeout <= 0 or channels < 1:
         raise ValueError("timeout and channels: must be positive")
@@ -306,9 +364,11 @@ def run_batch(host: str, port: int, user: str, private_pem: str, commands: Seque
     except SshFailed:
         metrics.ssh_command(time.monotonic() - started, "failed")
         raise
+    watchdog = _Watchdog(transport)
     try:
-        results = _run_channels(transport, commands, timeout, channels, f"{host}:{port}")
+        results = _run_channels(transport, watchdog, commands, timeout, channels, f"{host}:{port}")
     finally:
+        watchdog.stop()
         transport.close()
     each = (time.monotonic() - started) / len(commands)
     for r in results:

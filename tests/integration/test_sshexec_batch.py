@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import paramiko
 import pytest
 
+import onesim.sshd
 from functions.cloud import sshexec
 from functions.cloud.sshexec import HostKeyMismatch, SshFailed, SshResult, run_batch
 from onesim.sshd import Endpoint, ExecResult, SshServer, generate_host_key, load_host_key, public_line
@@ -188,6 +189,36 @@ def test_a_key_exchange_past_the_timeout_fails_as_ssh_failed(stalling_server: in
         with pytest.raises(SshFailed, match="ssh handshake with 127.0.0.1"):
             sshexec.run_remote("127.0.0.1", stalling_server, "root", generate_host_key(), "add a", known_key=None,
                                timeout=0.3)
+
+
+@pytest.fixture
+def unanswered_exec(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The simulator's sshd stops answering exec requests (as an sshd stuck setting up a session does)."""
+    release = threading.Event()
+    answer = onesim.sshd._Interface.check_channel_exec_request           # noqa: SLF001 - the test stalls it
+
+    def stuck(self: onesim.sshd._Interface, channel: paramiko.Channel, command: bytes) -> bool:
+        release.wait(10)
+        return answer(self, channel, command)
+
+    monkeypatch.setattr(onesim.sshd._Interface, "check_channel_exec_request", stuck)
+    yield
+    release.set()
+
+
+@pytest.mark.usefixtures("unanswered_exec")
+def test_an_exec_request_never_answered_fails_within_the_timeout(master: Master) -> None:
+    """paramiko's exec_command waits for the server's answer without a limit: both runners still end within
+    their timeout, the batch's other commands failing with the connection (taken as hung)."""
+    started = time.monotonic()
+    outcomes, _ = batch(master, ["add a", "add b", "add c"], timeout=0.5, channels=2)
+    assert time.monotonic() - started < 3
+    assert "timed out after 0.5s" in str(outcomes[0]) and all(isinstance(o, SshFailed) for o in outcomes)
+    started = time.monotonic()
+    with pytest.raises(SshFailed, match="timed out after 0.5s"):
+        sshexec.run_remote("127.0.0.1", master.port, "root", master.client_pem, "add d", known_key=None, timeout=0.5)
+    assert time.monotonic() - started < 3
+    assert master.ran == []
 
 
 def test_no_commands_makes_no_connection(master: Master) -> None:
