@@ -129,8 +129,8 @@ def test_a_command_past_its_timeout_fails_alone_even_when_closing_its_channel_fa
     side): the command still gets its failure, nothing escapes run_batch."""
     break_channel_close(monkeypatch, lambda t: t is threading.main_thread())      # run_batch's thread
     master.slow = 3.0
-    outcomes, _ = batch(master, ["add a sleep"], timeout=0.5)
-    assert isinstance(outcomes[0], SshFailed) and "timed out after 0.5s" in str(outcomes[0])
+    outcomes, _ = batch(master, ["add a sleep"], timeout=1.0)          # the key exchange fits in 1 s even on a busy CI
+    assert isinstance(outcomes[0], SshFailed) and "timed out after 1s" in str(outcomes[0])
 
 
 def test_a_lost_connection_fails_what_had_not_finished(master: Master) -> None:
@@ -198,7 +198,7 @@ def unanswered_exec(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     answer = onesim.sshd._Interface.check_channel_exec_request           # noqa: SLF001 - the test stalls it
 
     def stuck(self: onesim.sshd._Interface, channel: paramiko.Channel, command: bytes) -> bool:
-        release.wait(10)
+        release.wait(30)
         return answer(self, channel, command)
 
     monkeypatch.setattr(onesim.sshd._Interface, "check_channel_exec_request", stuck)
@@ -210,14 +210,14 @@ def unanswered_exec(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_an_exec_request_never_answered_fails_within_the_timeout(master: Master) -> None:
     """paramiko's exec_command waits for the server's answer without a limit: both runners still end within
     their timeout, the batch's other commands failing with the connection (taken as hung)."""
+    started = time.monotonic()                  # 1.5 s: the key exchange and auth fit in it even on a busy CI
+    outcomes, _ = batch(master, ["add a", "add b", "add c"], timeout=1.5, channels=2)
+    assert time.monotonic() - started < 8       # each command would otherwise wait for the stall (30 s)
+    assert "timed out after 1.5s" in str(outcomes[0]) and all(isinstance(o, SshFailed) for o in outcomes)
     started = time.monotonic()
-    outcomes, _ = batch(master, ["add a", "add b", "add c"], timeout=0.5, channels=2)
-    assert time.monotonic() - started < 3
-    assert "timed out after 0.5s" in str(outcomes[0]) and all(isinstance(o, SshFailed) for o in outcomes)
-    started = time.monotonic()
-    with pytest.raises(SshFailed, match="timed out after 0.5s"):
-        sshexec.run_remote("127.0.0.1", master.port, "root", master.client_pem, "add d", known_key=None, timeout=0.5)
-    assert time.monotonic() - started < 3
+    with pytest.raises(SshFailed, match="timed out after 1.5s"):
+        sshexec.run_remote("127.0.0.1", master.port, "root", master.client_pem, "add d", known_key=None, timeout=1.5)
+    assert time.monotonic() - started < 8
     assert master.ran == []
 
 
